@@ -1,0 +1,256 @@
+"""Selective scan (Mamba-1 S6 recurrence) in three interchangeable implementations.
+
+    h_t = exp(dt_t * A) * h_{t-1} + (dt_t * x_t) B_t        h: [B, D, N]
+    y_t = <h_t, C_t>_N + Dskip * x_t                         y: [B, L, D]
+
+All modes share one signature (channels-last, fp32 inside, output cast back to
+``x.dtype``):
+
+* ``"sequential"``: a fused ``lax.scan`` over L whose step discretises on the
+  fly, so nothing of shape [B, L, D, N] is ever materialised; the step is
+  wrapped in ``jax.checkpoint`` so the backward pass stores only the carried
+  state per step (one [B, L, D, N]-sized buffer). The CPU default.
+* ``"associative"``: materialises a = exp(dt A), b = dt x B as [B, L, D, N]
+  and runs ``lax.associative_scan`` with the affine-map combine
+  ``(a1, b1) o (a2, b2) = (a2 a1, a2 b1 + b2)``. Parallel depth log L (GPU),
+  memory-hungry.
+* ``"chunked"``: ``lax.scan`` over chunks of length ``chunk`` carrying the
+  state; inside a chunk an associative (default) or sequential scan; the chunk
+  body is ``jax.checkpoint``-ed so the backward pass keeps only chunk-boundary
+  states and recomputes the rest. Memory O(B D N (L/chunk + chunk)).
+
+Plus ``selective_scan_step`` for recurrent decoding (one token, state in/out).
+The float64 NumPy reference ``selective_scan_ref`` lives here too so tests and
+benchmarks share it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+ScanMode = Literal["sequential", "associative", "chunked"]
+MODES: tuple[str, ...] = ("sequential", "associative", "chunked")
+
+
+def _check_inputs(x, dt, A, B, C, D, h0) -> tuple[int, int, int, int]:
+    """Validates shapes before anything is traced; returns (Bsz, L, Dch, N)."""
+    if x.ndim != 3:
+        raise ValueError(f"selective_scan: x must be [B, L, D], got shape {tuple(x.shape)}")
+    bsz, length, dch = x.shape
+    if tuple(dt.shape) != (bsz, length, dch):
+        raise ValueError(
+            f"selective_scan: dt must have the shape of x {tuple(x.shape)}, got {tuple(dt.shape)}"
+        )
+    if A.ndim != 2 or A.shape[0] != dch:
+        raise ValueError(
+            f"selective_scan: A must be [D, N] with D={dch} (channels of x), got {tuple(A.shape)}"
+        )
+    n = A.shape[1]
+    for name, m in (("B", B), ("C", C)):
+        if tuple(m.shape) != (bsz, length, n):
+            raise ValueError(
+                f"selective_scan: {name} must be [B, L, N] = {(bsz, length, n)} "
+                f"(N = A.shape[1]), got {tuple(m.shape)}"
+            )
+    if D is not None and tuple(D.shape) != (dch,):
+        raise ValueError(f"selective_scan: D must be [{dch}] or None, got {tuple(D.shape)}")
+    if h0 is not None and tuple(h0.shape) != (bsz, dch, n):
+        raise ValueError(
+            f"selective_scan: h0 must be [B, D, N] = {(bsz, dch, n)}, got {tuple(h0.shape)}"
+        )
+    return bsz, length, dch, n
+
+
+def _combine(left, right):
+    """Affine-map composition, earlier element on the left: h -> a2 (a1 h + b1) + b2."""
+    a1, b1 = left
+    a2, b2 = right
+    return a2 * a1, a2 * b1 + b2
+
+
+def _scan_sequential(x, dt, A, B, C, h0, *, reverse: bool, unroll: int):
+    """Fused lax.scan. Inputs fp32: x, dt [B,L,D]; B, C [B,L,N]; h0 [B,D,N]."""
+
+    @jax.checkpoint
+    def step(h, inp):
+        x_t, dt_t, b_t, c_t = inp  # [B, D], [B, D], [B, N], [B, N]
+        da = jnp.exp(dt_t[:, :, None] * A[None])  # [B, D, N]
+        h = da * h + (dt_t * x_t)[:, :, None] * b_t[:, None, :]
+        y_t = jnp.einsum("bdn,bn->bd", h, c_t)
+        return h, y_t
+
+    xs = tuple(jnp.swapaxes(t, 0, 1) for t in (x, dt, B, C))  # time-major
+    h, ys = lax.scan(step, h0, xs, reverse=reverse, unroll=unroll)
+    return jnp.swapaxes(ys, 0, 1), h
+
+
+def _scan_associative(x, dt, A, B, C, h0, *, reverse: bool):
+    a = jnp.exp(dt[..., None] * A)  # [B, L, D, N]
+    b = (dt * x)[..., None] * B[:, :, None, :]  # [B, L, D, N]
+    p, h = lax.associative_scan(_combine, (a, b), axis=1, reverse=reverse)
+    h = h + p * h0[:, None]
+    y = jnp.einsum("bldn,bln->bld", h, C)
+    h_last = h[:, 0] if reverse else h[:, -1]
+    return y, h_last
+
+
+def _scan_chunked(x, dt, A, B, C, h0, *, chunk: int, inner: str, unroll: int):
+    """Forward-direction chunked scan; L must be a multiple of ``chunk``."""
+    bsz, length, dch = x.shape
+    nc = length // chunk
+
+    def to_chunks(t):  # [B, L, ...] -> [nc, B, Q, ...]
+        return jnp.swapaxes(t.reshape(bsz, nc, chunk, *t.shape[2:]), 0, 1)
+
+    @jax.checkpoint
+    def body(h_in, inp):
+        x_c, dt_c, b_c, c_c = inp  # [B, Q, D], [B, Q, D], [B, Q, N], [B, Q, N]
+        if inner == "associative":
+            y_c, h_out = _scan_associative(x_c, dt_c, A, b_c, c_c, h_in, reverse=False)
+        else:
+            y_c, h_out = _scan_sequential(x_c, dt_c, A, b_c, c_c, h_in, reverse=False,
+                                          unroll=unroll)
+        return h_out, y_c
+
+    h, ys = lax.scan(body, h0, tuple(to_chunks(t) for t in (x, dt, B, C)))
+    y = jnp.swapaxes(ys, 0, 1).reshape(bsz, length, dch)
+    return y, h
+
+
+@functools.partial(
+    jax.jit, static_argnames=("mode", "chunk", "inner", "reverse", "return_state", "unroll")
+)
+def _selective_scan_jit(x, dt, A, B, C, D, h0, *, mode, chunk, inner, reverse, return_state,
+                        unroll):
+    out_dtype = x.dtype
+    f32 = lambda t: t.astype(jnp.float32)
+    x, dt, A, B, C = map(f32, (x, dt, A, B, C))
+    x_in = x
+    bsz, length, dch = x.shape
+    n = A.shape[1]
+    h0 = jnp.zeros((bsz, dch, n), jnp.float32) if h0 is None else f32(h0)
+    if mode == "sequential":
+        y, h = _scan_sequential(x, dt, A, B, C, h0, reverse=reverse, unroll=unroll)
+    elif mode == "associative":
+        y, h = _scan_associative(x, dt, A, B, C, h0, reverse=reverse)
+    else:
+        if reverse:  # run forward on the flipped sequence
+            x, dt, B, C = (jnp.flip(t, 1) for t in (x, dt, B, C))
+        pad = (-length) % chunk
+        if pad:  # dt = 0 on padding => a = 1, b = 0: the state passes through unchanged
+            padf = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0)))
+            x, dt, B, C = map(padf, (x, dt, B, C))
+        y, h = _scan_chunked(x, dt, A, B, C, h0, chunk=chunk, inner=inner, unroll=unroll)
+        y = y[:, :length]
+        if reverse:
+            y = jnp.flip(y, 1)
+    if D is not None:
+        y = y + f32(D) * x_in
+    y = y.astype(out_dtype)
+    return (y, h) if return_state else y
+
+
+def selective_scan(
+    x: jax.Array,
+    dt: jax.Array,
+    A: jax.Array,
+    B: jax.Array,
+    C: jax.Array,
+    D: jax.Array | None = None,
+    *,
+    mode: ScanMode = "sequential",
+    chunk: int = 64,
+    inner: Literal["associative", "sequential"] = "associative",
+    reverse: bool = False,
+    h0: jax.Array | None = None,
+    return_state: bool = False,
+    unroll: int = 8,
+):
+    """Selective scan y = S6(x; dt, A, B, C) + D x.
+
+    Args:
+        x: [B, L, D] input.
+        dt: [B, L, D] positive step sizes (softplus already applied).
+        A: [D, N] state matrix diagonal (negative for stability).
+        B: [B, L, N] input projection per step.
+        C: [B, L, N] output projection per step.
+        D: [D] skip weights, or None.
+        mode: "sequential", "associative" or "chunked" (see module docstring).
+        chunk: chunk length for ``mode="chunked"`` (L is padded to a multiple).
+        inner: scan used inside a chunk: "associative" or "sequential".
+        reverse: scan from t = L-1 down to 0 (anti-causal).
+        h0: [B, D, N] initial state (zeros if None).
+        return_state: also return the final state [B, D, N] (state after the
+            last processed step: t = L-1, or t = 0 when ``reverse``).
+        unroll: ``lax.scan`` unroll factor for the sequential loops.
+
+    Returns:
+        y [B, L, D] in ``x.dtype``, or (y, h_last) if ``return_state``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"selective_scan: mode must be one of {MODES}, got {mode!r}")
+    if inner not in ("associative", "sequential"):
+        raise ValueError(f"selective_scan: inner must be 'associative' or 'sequential', got "
+                         f"{inner!r}")
+    if chunk < 1 or unroll < 1:
+        raise ValueError(f"selective_scan: chunk and unroll must be >= 1, got {chunk}, {unroll}")
+    _check_inputs(x, dt, A, B, C, D, h0)
+    return _selective_scan_jit(
+        x, dt, A, B, C, D, h0, mode=mode, chunk=int(chunk), inner=inner, reverse=bool(reverse),
+        return_state=bool(return_state), unroll=int(unroll),
+    )
+
+
+def selective_scan_step(
+    h: jax.Array,
+    x_t: jax.Array,
+    dt_t: jax.Array,
+    A: jax.Array,
+    B_t: jax.Array,
+    C_t: jax.Array,
+    D: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """One recurrent step (decoding).
+
+    Args:
+        h: [B, D, N] state. x_t, dt_t: [B, D]. A: [D, N]. B_t, C_t: [B, N]. D: [D] or None.
+
+    Returns:
+        (h_new [B, D, N] fp32, y_t [B, D] in x_t.dtype).
+    """
+    if h.ndim != 3 or x_t.shape != h.shape[:2] or B_t.shape != (h.shape[0], h.shape[2]):
+        raise ValueError(
+            "selective_scan_step: expected h [B, D, N], x_t/dt_t [B, D], B_t/C_t [B, N]; got "
+            f"h {tuple(h.shape)}, x_t {tuple(x_t.shape)}, B_t {tuple(B_t.shape)}"
+        )
+    f32 = lambda t: t.astype(jnp.float32)
+    xf, dtf = f32(x_t), f32(dt_t)
+    da = jnp.exp(dtf[:, :, None] * f32(A)[None])
+    h = da * f32(h) + (dtf * xf)[:, :, None] * f32(B_t)[:, None, :]
+    y = jnp.einsum("bdn,bn->bd", h, f32(C_t))
+    if D is not None:
+        y = y + f32(D) * xf
+    return h, y.astype(x_t.dtype)
+
+
+def selective_scan_ref(x, dt, A, B, C, D=None, *, reverse=False, h0=None):
+    """Float64 NumPy loop reference. Returns (y [B, L, D], h_last [B, D, N])."""
+    x, dt, A, B, C = (np.asarray(t, np.float64) for t in (x, dt, A, B, C))
+    bsz, length, dch = x.shape
+    n = A.shape[1]
+    h = np.zeros((bsz, dch, n)) if h0 is None else np.asarray(h0, np.float64).copy()
+    y = np.zeros((bsz, length, dch))
+    steps = range(length - 1, -1, -1) if reverse else range(length)
+    for t in steps:
+        h = np.exp(dt[:, t, :, None] * A[None]) * h + (dt[:, t] * x[:, t])[:, :, None] * B[
+            :, t, None, :]
+        y[:, t] = np.einsum("bdn,bn->bd", h, C[:, t])
+    if D is not None:
+        y = y + np.asarray(D, np.float64) * x
+    return y, h
