@@ -1,0 +1,1 @@
+"""absl entrypoints: one per paper, the reproduction suite and benchmarks."""

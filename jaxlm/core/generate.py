@@ -1,0 +1,274 @@
+"""Batched generation and scoring, compiled once per (batch, prompt bucket, max length).
+
+The whole decode loop is one ``lax.while_loop`` inside ``jax.jit`` (no Python
+per token, no host syncs); the KV cache is the loop carry and is updated in
+place. ``stream`` is the token-by-token variant (one jitted decode step per
+call, cache donated) used by the chat entrypoint to print as it goes.
+
+Prompts of different lengths are left-padded; pads get position -1 and are
+never attended to, so every sequence sees exactly its own prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from jaxlm.core.cache import KVCache, init_cache
+from jaxlm.core.config import ModelConfig
+from jaxlm.core.transformer import Params, apply, positions_from_mask
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to pick the next token.
+
+    Attributes:
+        temperature: 0 means greedy (argmax).
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: nucleus sampling mass (1.0 = off).
+    """
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@struct.dataclass
+class GenerateOutput:
+    """Generated tokens [B, max_new] (pad after stop), lengths [B] (stop token excluded),
+    and the final cache."""
+
+    tokens: Array
+    lengths: Array
+    cache: KVCache
+
+
+def sample_logits(logits: Array, key: Array, sampling: SamplingConfig) -> Array:
+    """Samples token ids [B] from logits [B, V] per ``sampling`` (explicit PRNG key)."""
+    if sampling.temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits.astype(jnp.float32) / sampling.temperature
+    if sampling.top_k > 0:
+        kth = jax.lax.top_k(logits, sampling.top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1.0:
+        sorted_logits = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        cum = jnp.cumsum(probs, axis=-1)
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        cutoff_idx = jnp.sum(cum - probs < sampling.top_p, axis=-1, keepdims=True) - 1
+        cutoff = jnp.take_along_axis(sorted_logits, cutoff_idx, axis=-1)
+        logits = jnp.where(logits < cutoff, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def pad_prompts(
+    prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 16
+) -> tuple[np.ndarray, np.ndarray]:
+    """Left-pads token lists to a common length rounded up to ``bucket``.
+
+    Returns:
+        (tokens [B, T] int32, mask [B, T] bool with True on real tokens).
+    """
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("every prompt needs at least one token")
+    t = max(len(p) for p in prompts)
+    t = -(-t // bucket) * bucket
+    toks = np.full((len(prompts), t), pad_id, np.int32)
+    mask = np.zeros((len(prompts), t), bool)
+    for i, p in enumerate(prompts):
+        toks[i, t - len(p):] = p
+        mask[i, t - len(p):] = True
+    return toks, mask
+
+
+def prefill(params: Params, cfg: ModelConfig, tokens: Array, mask: Array, cache: KVCache):
+    """Runs the (left-padded) prompt through the model into ``cache``.
+
+    Returns:
+        (last-position logits [B, V], updated cache).
+    """
+    pos = positions_from_mask(mask, cache.next_pos)
+    out = apply(params, cfg, tokens, positions=pos, cache=cache, last_logits_only=True)
+    return out.logits[:, -1], out.cache
+
+
+def decode_step(params: Params, cfg: ModelConfig, token: Array, cache: KVCache):
+    """One token per sequence: token [B] -> (logits [B, V], cache)."""
+    out = apply(params, cfg, token[:, None], cache=cache)
+    return out.logits[:, 0], out.cache
+
+
+@functools.partial(
+    jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id"),
+)
+def _generate(params, tokens, mask, key, *, cfg, max_new_tokens, sampling, stop_ids, pad_id):
+    b, t = tokens.shape
+    cache = init_cache(cfg, b, t + max_new_tokens)
+    logits, cache = prefill(params, cfg, tokens, mask, cache)
+    stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
+
+    def pick(logits, step):
+        return sample_logits(logits, jax.random.fold_in(key, step), sampling)
+
+    first = pick(logits, 0)
+    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    done = jnp.isin(first, stops)
+    lengths = jnp.where(done, 0, 1).astype(jnp.int32)
+
+    def cond(state):
+        step, _, _, done, _, _ = state
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def body(state):
+        step, cache, last, done, out, lengths = state
+        logits, cache = decode_step(params, cfg, last, cache)
+        nxt = pick(logits, step)
+        nxt = jnp.where(done, pad_id, nxt)
+        out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step))
+        stop = jnp.isin(nxt, stops)
+        lengths = lengths + jnp.where(done | stop, 0, 1)
+        return step + 1, cache, nxt, done | stop, out, lengths
+
+    state = (jnp.int32(1), cache, first, done, out, lengths)
+    _, cache, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
+    out = jnp.where(jnp.arange(max_new_tokens)[None] < lengths[:, None], out, pad_id)
+    return GenerateOutput(tokens=out, lengths=lengths, cache=cache)
+
+
+def check_fits(cfg: ModelConfig, prompt_len: int, max_new_tokens: int) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    total = prompt_len + max_new_tokens
+    if cfg.pos == "learned" and total > cfg.max_seq_len:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+            f"the model's {cfg.max_seq_len} learned positions; shorten the prompt or generate less."
+        )
+    if total > cfg.max_seq_len:
+        raise ValueError(
+            f"prompt ({prompt_len} tokens) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+            f"the model context of {cfg.max_seq_len}; shorten the prompt or lower max_new_tokens."
+        )
+
+
+def generate(
+    params: Params,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    key: Array | None = None,
+    sampling: SamplingConfig = SamplingConfig(),
+    stop_ids: Sequence[int] = (),
+    pad_id: int = 0,
+    bucket: int = 16,
+) -> GenerateOutput:
+    """Generates up to ``max_new_tokens`` for each prompt (token-id lists).
+
+    Compiled once per (batch, padded prompt length, max_new_tokens, sampling).
+
+    Returns:
+        GenerateOutput with tokens [B, max_new_tokens] and lengths [B].
+    """
+    toks, mask = pad_prompts(prompts, pad_id, bucket)
+    check_fits(cfg, toks.shape[1], max_new_tokens)
+    key = jax.random.PRNGKey(0) if key is None else key
+    return _generate(
+        params, jnp.asarray(toks), jnp.asarray(mask), key, cfg=cfg,
+        max_new_tokens=max_new_tokens, sampling=sampling,
+        stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id),
+    )
+
+
+_prefill_jit = jax.jit(prefill, static_argnames=("cfg",), donate_argnames=("cache",))
+_decode_jit = jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",))
+_sample_jit = jax.jit(sample_logits, static_argnames=("sampling",))
+
+
+def stream(
+    params: Params,
+    cfg: ModelConfig,
+    prompt: Sequence[int],
+    *,
+    max_new_tokens: int,
+    key: Array | None = None,
+    sampling: SamplingConfig = SamplingConfig(),
+    stop_ids: Sequence[int] = (),
+) -> Iterator[int]:
+    """Yields generated token ids one at a time for a single prompt."""
+    toks, mask = pad_prompts([prompt], 0, 16)
+    check_fits(cfg, toks.shape[1], max_new_tokens)
+    key = jax.random.PRNGKey(0) if key is None else key
+    cache = init_cache(cfg, 1, toks.shape[1] + max_new_tokens)
+    logits, cache = _prefill_jit(params, cfg, jnp.asarray(toks), jnp.asarray(mask), cache)
+    for step in range(max_new_tokens):
+        tok = _sample_jit(logits, jax.random.fold_in(key, step), sampling)
+        t = int(tok[0])
+        if t in stop_ids:
+            return
+        yield t
+        if step + 1 < max_new_tokens:
+            logits, cache = _decode_jit(params, cfg, tok, cache)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _score(params, tokens, positions, targets, tmask, *, cfg):
+    logits = apply(params, cfg, tokens, positions=positions).logits
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    tok_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    return jnp.where(tmask, tok_lp, 0.0)
+
+
+def score(
+    params: Params,
+    cfg: ModelConfig,
+    prompt: Sequence[int],
+    continuations: Sequence[Sequence[int]],
+    *,
+    bucket: int = 16,
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Log-probability of each continuation given the prompt.
+
+    Returns:
+        (total log-prob per continuation [C], per-token log-probs per continuation).
+    """
+    if not prompt:
+        raise ValueError("score: the prompt needs at least one token")
+    if not continuations or any(len(c) == 0 for c in continuations):
+        raise ValueError("score: every continuation needs at least one token")
+    seqs = [list(prompt) + list(c) for c in continuations]
+    t = -(-max(len(s) for s in seqs) // bucket) * bucket
+    check_fits(cfg, t, 1) if t >= cfg.max_seq_len else None
+    n = len(seqs)
+    toks = np.zeros((n, t), np.int32)
+    pos = np.full((n, t), -1, np.int32)
+    targets = np.zeros((n, t), np.int32)
+    tmask = np.zeros((n, t), bool)
+    for i, s in enumerate(seqs):
+        toks[i, : len(s)] = s
+        pos[i, : len(s)] = np.arange(len(s))
+        # logits at position j predict token j+1
+        start = len(prompt) - 1
+        targets[i, start : len(s) - 1] = s[start + 1 :]
+        tmask[i, start : len(s) - 1] = True
+    lp = np.asarray(_score(params, toks, pos, targets, tmask, cfg=cfg))
+    per_tok = [lp[i, len(prompt) - 1 : len(seqs[i]) - 1] for i in range(n)]
+    return lp.sum(axis=1), per_tok

@@ -1,0 +1,127 @@
+"""Pure building blocks: norms, positional schemes, MLPs.
+
+Every function takes its params sub-tree explicitly. Shapes: B batch, T query
+positions, S key slots, D model width, H query heads, K kv heads, G = H // K,
+Dh head width, F MLP width.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxlm.core.config import ModelConfig
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------- norms
+def init_norm(cfg: ModelConfig) -> dict[str, Array]:
+    p = {"scale": jnp.ones((cfg.d_model,), cfg.pdtype)}
+    if cfg.norm == "layer":
+        p["bias"] = jnp.zeros((cfg.d_model,), cfg.pdtype)
+    return p
+
+
+def norm(p: dict[str, Array], cfg: ModelConfig, x: Array) -> Array:
+    """RMSNorm or LayerNorm over the last axis, computed in float32."""
+    dtype = x.dtype
+    x32 = x.astype(jnp.float32)
+    if cfg.norm == "rms":
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.norm_eps)
+        y = y * p["scale"].astype(jnp.float32)
+    else:
+        mu = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mu), axis=-1, keepdims=True)
+        y = (x32 - mu) * jax.lax.rsqrt(var + cfg.norm_eps)
+        y = y * p["scale"].astype(jnp.float32) + p["bias"].astype(jnp.float32)
+    return y.astype(dtype)
+
+
+# --------------------------------------------------------------------------- RoPE
+def rope_angles(cfg: ModelConfig, positions: Array) -> tuple[Array, Array]:
+    """cos/sin of RoPE for integer positions [B, T] -> ([B, T, R/2], [B, T, R/2])."""
+    rot = cfg.rotary_dim or cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_base ** (jnp.arange(0, rot, 2, dtype=jnp.float32) / rot))
+    ang = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, R/2]
+    return jnp.cos(ang), jnp.sin(ang)
+
+
+def apply_rope(cfg: ModelConfig, x: Array, cos: Array, sin: Array) -> Array:
+    """Rotates x [B, T, N, Dh] by position; layout per cfg.rope_layout.
+
+    "half": pairs (i, i + R/2) as in HF Llama; "interleaved": pairs (2i, 2i+1) as
+    in GPT-J and llama.cpp's GGUF row order. Only the first R = rotary_dim dims
+    rotate; the rest pass through.
+    """
+    rot = cfg.rotary_dim or cfg.head_dim
+    dtype = x.dtype
+    xr, xp = x[..., :rot].astype(jnp.float32), x[..., rot:]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]  # [B, T, 1, R/2]
+    if cfg.rope_layout == "half":
+        x1, x2 = xr[..., : rot // 2], xr[..., rot // 2 :]
+        out = jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1)
+    else:
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        out = jnp.stack([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).reshape(xr.shape)
+    out = out.astype(dtype)
+    return out if rot == x.shape[-1] else jnp.concatenate([out, xp], axis=-1)
+
+
+# --------------------------------------------------------------------------- ALiBi
+def alibi_slopes(n_heads: int) -> Array:
+    """Per-head ALiBi slopes (Press et al.), geometric in 2^(-8/n), for any head count."""
+
+    def pow2(n):
+        start = 2 ** (-(2 ** -(math.log2(n) - 3)))
+        return [start * start**i for i in range(n)]
+
+    if math.log2(n_heads).is_integer():
+        s = pow2(n_heads)
+    else:
+        closest = 2 ** math.floor(math.log2(n_heads))
+        s = pow2(closest) + pow2(2 * closest)[0::2][: n_heads - closest]
+    return jnp.asarray(s, jnp.float32)
+
+
+# --------------------------------------------------------------------------- MLP
+def init_mlp(key: Array, cfg: ModelConfig) -> dict[str, Array]:
+    k1, k2, k3 = jax.random.split(key, 3)
+    d, f, std = cfg.d_model, cfg.d_ff, cfg.init_std
+    p = {
+        "w_up": (std * jax.random.normal(k1, (d, f))).astype(cfg.pdtype),
+        "w_down": (std / math.sqrt(2 * cfg.n_layers) * jax.random.normal(k2, (f, d))).astype(
+            cfg.pdtype
+        ),
+    }
+    if cfg.mlp == "swiglu":
+        p["w_gate"] = (std * jax.random.normal(k3, (d, f))).astype(cfg.pdtype)
+    if cfg.use_bias:
+        p["b_up"] = jnp.zeros((f,), cfg.pdtype)
+        p["b_down"] = jnp.zeros((d,), cfg.pdtype)
+        if cfg.mlp == "swiglu":
+            p["b_gate"] = jnp.zeros((f,), cfg.pdtype)
+    return p
+
+
+def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: int = 0) -> Array:
+    """SwiGLU (silu(x Wg) * x Wu) Wd or GELU (gelu(x Wu)) Wd; x [B, T, D]."""
+    ct = cfg.cdtype
+    up = x @ p["w_up"].astype(ct)
+    if "b_up" in p:
+        up = up + p["b_up"].astype(ct)
+    if cfg.mlp == "swiglu":
+        gate = x @ p["w_gate"].astype(ct)
+        if "b_gate" in p:
+            gate = gate + p["b_gate"].astype(ct)
+        h = jax.nn.silu(gate) * up
+    else:
+        h = jax.nn.gelu(up, approximate=True)
+    if intervene is not None:
+        h = intervene("mlp_hidden", layer, h)
+    out = h @ p["w_down"].astype(ct)
+    if "b_down" in p:
+        out = out + p["b_down"].astype(ct)
+    return out

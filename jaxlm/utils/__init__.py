@@ -1,0 +1,1 @@
+"""Shared utilities: config registries and overrides, benchmark and report writers."""

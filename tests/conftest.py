@@ -1,0 +1,21 @@
+"""Test set-up shared by every test module.
+
+* absl flags are marked parsed so library code that reads absl logging works.
+* JAX gets 4 fake CPU devices before any backend starts, so data-parallel and
+  sharding tests run in the same process; code must never assume 1 device.
+* float32 matmuls at full precision on CPU (the default already); x64 stays off
+  except where a test enables it locally with ``jax.experimental.enable_x64``.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax  # noqa: E402
+from absl import flags  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_platforms", "cpu")
+
+if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
