@@ -4,13 +4,14 @@ r"""Matching and the generality preorder ``g <= s`` ("g is more general than s")
   an occurrence ``X(x1..xn)`` (distinct bound variables) against ``u`` forces
   ``X := \x1..xn. u`` (capture-avoiding: fails if ``u`` mentions another bound variable).
 * :func:`match`: bounded second-order matching for non-pattern (e.g. nested)
-  generalizations of small size. Candidate images of a variable are built from the
-  target's subterms with some occurrences of argument terms abstracted, plus the
-  projections; a candidate substitution is accepted only after checking
-  ``g sigma == s`` exactly, so a returned substitution is always a witness (sound).
-  Completeness holds when every variable of ``g`` has an occurrence whose instance
-  survives in ``s`` (true for the chain family and the enumeration problems here);
-  the search is capped by ``max_candidates``.
+  generalizations of small size: goal-directed backtracking. At ``X(a1..an) =^= u``
+  with X unassigned, each candidate image is ``u`` with chosen occurrences of chosen
+  subterms ``v_i`` replaced by ``z_i`` (all subsets; capture-avoiding), and the new
+  goals are ``a_i =^= v_i`` (an unused ``z_i`` leaves ``a_i`` unconstrained). With X
+  assigned, its image body is matched against ``u`` to read the ``v_i``. Every
+  second-order solution has this shape, so for second-order variables over base
+  types the search is complete; it is capped by ``max_candidates`` and a returned
+  substitution is re-checked (``g sigma == s``), so it is always a witness.
 * :func:`more_general`, :func:`equivalent`: the preorder and its equivalence.
 
 Variables of the *generalization* are flexible; free variables of the target are
@@ -101,13 +102,7 @@ def match_pattern(g: Term, s: Term, gvars: Iterable[str] | None = None) -> dict[
     return sigma
 
 
-def _occurrences(g: Term, flex: set[str]) -> dict[str, tuple[int, object]]:
-    """Flexible variable -> (arity, type) from its occurrences in ``g``."""
-    out: dict[str, tuple[int, object]] = {}
-    for node, _ in T.iter_subterms(g):
-        if node.kind == APP and node.hkind == FVAR and node.head in flex:
-            out.setdefault(node.head, (len(node.args), node.ty))
-    return out
+MAX_BOUNDED_SIZE = 400
 
 
 def _loose_indices(u: Term) -> set[int]:
@@ -118,102 +113,170 @@ def _loose_indices(u: Term) -> set[int]:
     return out
 
 
-def _candidates(s: Term, arity: int, ty, cap: int) -> list[Term]:
-    r"""Candidate images ``\z1..zn. w[a_i := z_i]`` from the subterms ``w`` of ``s``."""
+def _eligible(u: Term):
+    """Occurrences ``(path, value)`` of base-type subterms of ``u`` whose loose
+    variables all point outside ``u`` (value = the subterm as seen at u's root)."""
+    out = []
+    stack = [(u, (), 0)]
+    while stack:
+        v, path, m = stack.pop()
+        if v.kind == ABS:
+            stack.append((v.body, path + (0,), m + 1))
+            continue
+        if all(i >= m for i in _loose_indices(v)):
+            out.append((path, T.shift(v, -m) if m else v))
+        for j, a in enumerate(v.args):
+            stack.append((a, path + (j,), m))
+    return out
+
+
+def _replace_paths(u: Term, repl: dict, n: int, path: tuple = (), m: int = 0) -> Term | None:
+    """u with the occurrences at ``repl`` paths replaced by parameter ``z_j`` (j = repl[path]);
+    ``None`` if a loose bound variable of the context would remain (capture)."""
+    j = repl.get(path)
+    if j is not None:
+        return T.bvar(m + n - 1 - j)
+    if u.kind == ABS:
+        b = _replace_paths(u.body, repl, n, path + (0,), m + 1)
+        return None if b is None else T.mk_abs(u.ty, b)
+    if u.hkind == BVAR and u.head >= m:
+        return None
+    args = []
+    for i, a in enumerate(u.args):
+        sub = path + (i,)
+        if a.lb <= m and not any(p[: len(sub)] == sub for p in repl):
+            args.append(a)
+            continue
+        r = _replace_paths(a, repl, n, sub, m)
+        if r is None:
+            return None
+        args.append(r)
+    return T.mk_app(u.hkind, u.head, u.ty, args)
+
+
+def _images(u: Term, arity: int, ty, cap: int):
+    r"""Candidate images ``(\z1..zn. u[occurrences := z], {i: value_i})`` for X(a1..an) =^= u."""
     arg_tys = T.split_type(ty)[0] if ty is not None else [None] * arity
-    res_ty = T.split_type(ty)[1] if ty is not None else None
-    out: dict[Term, None] = {}
-    # projections first (cheap, and needed when an occurrence's instance vanished)
-    for i in range(arity):
-        if ty is None or arg_tys[i] == res_ty:
-            out[T.lams(arg_tys, T.bvar(arity - 1 - i))] = None
-    # subterm occurrences of s with their binder context
-    occs = []  # (w, ctx types outermost-first)
-    stack = [(s, ())]
-    while stack:
-        node, cx = stack.pop()
-        if node.kind == ABS:
-            stack.append((node.body, cx + (node.ty,)))
+    by_val: dict[Term, list[tuple]] = {}
+    for path, val in _eligible(u):
+        by_val.setdefault(val, []).append(path)
+    values = list(by_val)
+    count = 0
+    seen = set()
+    for assign in itertools.product([None] + values, repeat=arity):
+        used = [a for a in assign if a is not None]
+        if len(set(used)) != len(used):
             continue
-        occs.append((node, cx))
-        for a in node.args:
-            stack.append((a, cx))
-    seen_w = set()
-    for w, cx in occs:
-        if (w, len(cx)) in seen_w:
+        if ty is not None and any(
+            a is not None and T.type_of(a) is not None and T.type_of(a) != arg_tys[i]
+            for i, a in enumerate(assign)
+            if a is not None and a.lb == 0
+        ):
             continue
-        seen_w.add((w, len(cx)))
-        if ty is not None and T.type_of(w, cx) != res_ty:
-            continue
-        # eligible argument positions inside w: (path-free) subterms whose loose
-        # variables all point outside w, with their value as seen at w's root.
-        positions = []  # (value at w's root, occurrence id)
-        pstack = [(w, 0, cx)]
-        while pstack:
-            v, m, vcx = pstack.pop()
-            if v.kind == ABS:
-                pstack.append((v.body, m + 1, vcx + (v.ty,)))
+        subsets = []
+        for a in assign:
+            if a is None:
+                subsets.append([()])
                 continue
-            li = _loose_indices(v)
-            if all(i >= m for i in li):
-                val = T.shift(v, -m) if m else v
-                positions.append(val)
-            for a in v.args:
-                pstack.append((a, m, vcx))
-        values = list(dict.fromkeys(positions))
-        choices = [None] + values
-        for assign in itertools.product(choices, repeat=arity):
-            used = [a for a in assign if a is not None]
-            if len(set(used)) != len(used):
+            paths = by_val[a]
+            subsets.append(
+                [c for r in range(1, len(paths) + 1) for c in itertools.combinations(paths, r)]
+            )
+        for choice in itertools.product(*subsets):
+            repl: dict[tuple, int] = {}
+            clash = False
+            for i, paths in enumerate(choice):
+                for p in paths:
+                    if any(p[: len(q)] == q or q[: len(p)] == p for q in repl):
+                        clash = True
+                    repl[p] = i
+            if clash:
                 continue
-            if ty is not None and any(
-                a is not None and T.type_of(a, cx) != arg_tys[i] for i, a in enumerate(assign)
-            ):
+            body = _replace_paths(u, repl, arity)
+            if body is None:
                 continue
-            img = _replace_all(w, assign, arity, arg_tys)
-            if img is not None:
-                out[img] = None
-                if len(out) > cap:
-                    raise SearchLimit(f"more than {cap} candidate images; raise max_candidates")
-    return list(out)
+            img = T.lams(arg_tys, body)
+            if img in seen:
+                continue
+            seen.add(img)
+            count += 1
+            if count > cap:
+                raise SearchLimit(f"more than {cap} candidate images; raise max_candidates")
+            yield img, {i: a for i, a in enumerate(assign) if a is not None}
 
 
-def _replace_all(w: Term, assign, n: int, arg_tys) -> Term | None:
-    """Replace every occurrence (top-down) of ``assign[i]`` in ``w`` by ``z_i``."""
-    pos = {a: i for i, a in enumerate(assign) if a is not None}
-    out: list[Term] = []
-    stack: list[tuple] = [(w, 0, False)]
+def _holes(b: Term, u: Term, n: int) -> dict[int, Term] | None:
+    """Match an image body ``b`` (parameters = loose indices 0..n-1 at its root) against
+    ``u``: the subterm of ``u`` at each parameter occurrence, or ``None`` on mismatch."""
+    vals: dict[int, Term] = {}
+    stack = [(b, u, 0)]
     while stack:
-        v, m, done = stack.pop()
-        if not done:
-            val = v
-            if m and v.kind == APP:
-                li = _loose_indices(v)
-                val = T.shift(v, -m) if all(i >= m for i in li) else None
-            j = pos.get(val) if val is not None and v.kind == APP else None
-            if j is not None:
-                out.append(T.bvar(m + n - 1 - j))
-                continue
-            if v.kind == ABS:
-                stack.append((v, m, True))
-                stack.append((v.body, m + 1, False))
-                continue
-            if v.hkind == BVAR and v.head >= m:
-                return None  # a bound variable of the context would be captured
-            stack.append((v, m, True))
-            for a in reversed(v.args):
-                stack.append((a, m, False))
-        else:
-            if v.kind == ABS:
-                out.append(T.mk_abs(v.ty, out.pop()))
-                continue
-            k = len(v.args)
-            args = out[-k:] if k else []
-            if k:
-                del out[-k:]
-            # bound heads here are local to w (loose ones returned None above): unchanged
-            out.append(T.mk_app(v.hkind, v.head, v.ty, args))
-    return T.lams(arg_tys, out[0])
+        p, v, m = stack.pop()
+        if p.lb <= m:
+            if p is not v:
+                return None
+            continue
+        if p.kind == APP and p.hkind == BVAR and p.head >= m:
+            if p.args:
+                raise ValueError("bounded matching: parameters must be of base type")
+            if not all(i >= m for i in _loose_indices(v)):
+                return None
+            val = T.shift(v, -m) if m else v
+            j = n - 1 - (p.head - m)
+            if vals.setdefault(j, val) is not val:
+                return None
+            continue
+        if p.kind != v.kind:
+            return None
+        if p.kind == ABS:
+            if p.ty != v.ty:
+                return None
+            stack.append((p.body, v.body, m + 1))
+            continue
+        if p.hkind != v.hkind or p.head != v.head or p.ty != v.ty or len(p.args) != len(v.args):
+            return None
+        stack.extend((x, y, m) for x, y in zip(p.args, v.args))
+    return vals
+
+
+def _solve(goals: list, sigma: dict, flex: set, cap: int):
+    """Backtracking second-order matching over goals ``(p, u)`` at the same binder depth."""
+    if not goals:
+        yield sigma
+        return
+    (p, u), rest = goals[0], goals[1:]
+    if not p.has_fv:
+        if p is u:
+            yield from _solve(rest, sigma, flex, cap)
+        return
+    if p.kind == ABS:
+        if u.kind == ABS and p.ty == u.ty:
+            yield from _solve([(p.body, u.body)] + rest, sigma, flex, cap)
+        return
+    if p.hkind != FVAR or p.head not in flex:
+        if (
+            u.kind == APP
+            and p.hkind == u.hkind
+            and p.head == u.head
+            and p.ty == u.ty
+            and len(p.args) == len(u.args)
+        ):
+            yield from _solve(list(zip(p.args, u.args)) + rest, sigma, flex, cap)
+        return
+    if p.ty is not None and T.type_order(p.ty) > 1:
+        raise ValueError(f"bounded matching supports second-order variables only ({p.head}: {p.ty})")
+    n = len(p.args)
+    img = sigma.get(p.head)
+    if img is not None:
+        _, body = T.strip_lams(img)
+        vals = _holes(body, u, n)
+        if vals is not None:
+            yield from _solve([(p.args[i], v) for i, v in vals.items()] + rest, sigma, flex, cap)
+        return
+    for img, vals in _images(u, n, p.ty, cap):
+        sigma2 = dict(sigma)
+        sigma2[p.head] = img
+        yield from _solve([(p.args[i], v) for i, v in vals.items()] + rest, sigma2, flex, cap)
 
 
 def match(
@@ -236,22 +299,13 @@ def match(
         return match_pattern(g, s, flex)
     except NotPattern:
         pass
-    occ = _occurrences(g, flex)
-    names = sorted(occ)
-    cands = []
-    for x in names:
-        arity, ty = occ[x]
-        if ty is not None and T.type_order(ty) > 1:
-            raise ValueError(f"bounded matching supports second-order variables only ({x}: {ty})")
-        cands.append(_candidates(s, arity, ty, max_candidates))
-    total = 1
-    for c in cands:
-        total *= max(1, len(c))
-    if total > max_candidates * 10:
-        raise SearchLimit(f"{total} candidate substitutions; raise max_candidates")
-    for combo in itertools.product(*cands):
-        sigma = dict(zip(names, combo))
-        if T.subst(g, sigma) is s:
+    if g.size > MAX_BOUNDED_SIZE:
+        raise ValueError(
+            f"bounded second-order matching is for small terms (<= {MAX_BOUNDED_SIZE} nodes); "
+            f"the generalization has {g.size}"
+        )
+    for sigma in _solve([(g, s)], {}, flex, max_candidates):
+        if T.subst(g, sigma) is s:  # always re-checked: a returned sigma is a witness
             return sigma
     return None
 
