@@ -1,0 +1,323 @@
+"""Token attributions for a next-token target: gradients, integrated gradients, occlusion.
+
+Every method explains one scalar ``f`` of the model's last-position output:
+``f = log p(target)`` ("logprob"), the target's logit ("logit"), its probability
+("prob"), or the contrast ``log p(target) - log p(foil)`` ("contrast"). The input
+variable is the matrix of token embeddings ``e`` [T, D]; the substrate's
+``"embed"`` intervention site adds ``e - E[tokens]`` to the embedding output, so
+learned absolute positions (if any) stay untouched.
+
+Two layers:
+  * generic cores over any batched function ``f(E [N, T, D]) -> [N]``
+    (``gradient_x_input_fn``, ``integrated_gradients_fn``, ...) that the tests
+    check against analytic answers on linear functions;
+  * model wrappers (``saliency``, ``gradient_x_input``, ``integrated_gradients``,
+    ``smoothgrad``, ``occlusion``) that build ``f`` from ``jaxlm.core.apply``.
+
+Token scores: gradient x input and IG sum over the embedding dimension (signed);
+saliency and SmoothGrad take the L2 norm of the gradient (unsigned).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.core import ModelConfig, apply
+
+Array = jax.Array
+Kind = Literal["logprob", "logit", "prob", "contrast"]
+BatchFn = Callable[[Array], Array]  # E [N, T, D] -> f [N]
+KINDS = ("logprob", "logit", "prob", "contrast")
+
+
+# --------------------------------------------------------------------------- targets
+def _check(tokens, target_id: int, kind: str, foil_id: int | None, cfg: ModelConfig) -> Array:
+    tokens = jnp.asarray(tokens)
+    if tokens.ndim != 1 or tokens.shape[0] == 0:
+        raise ValueError(f"tokens must be a non-empty 1-D id sequence [T], got shape {tokens.shape}")
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if not 0 <= int(target_id) < cfg.vocab_size:
+        raise ValueError(f"target_id {target_id} outside the vocabulary [0, {cfg.vocab_size})")
+    if kind == "contrast" and foil_id is None:
+        raise ValueError("kind='contrast' needs foil_id (the competing answer token)")
+    return tokens.astype(jnp.int32)
+
+
+def readout(logits: Array, target_id, kind: str = "logprob", foil_id=None) -> Array:
+    """The explained scalar from last-position logits [..., V] -> [...]."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    if kind == "logprob":
+        return logp[..., target_id]
+    if kind == "logit":
+        return logits[..., target_id]
+    if kind == "prob":
+        return jnp.exp(logp[..., target_id])
+    if kind == "contrast":
+        return logp[..., target_id] - logp[..., foil_id]
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+
+
+def token_embeddings(params, tokens: Array) -> Array:
+    """The token-embedding rows E[tokens]: [T] -> [T, D] (float32)."""
+    return jnp.asarray(params["embed"], jnp.float32)[tokens]
+
+
+def model_fn(params, cfg: ModelConfig, tokens: Array, target_id, kind="logprob", foil_id=None):
+    """``f(E [N, T, D]) -> [N]``: the model's readout when token embeddings are ``E``."""
+    base = token_embeddings(params, tokens)  # [T, D]
+
+    def f(emb: Array) -> Array:
+        n = emb.shape[0]
+        toks = jnp.broadcast_to(tokens[None], (n, tokens.shape[0]))
+
+        def hook(site, layer, act):
+            if site == "embed":
+                return act + (emb - base[None]).astype(act.dtype)
+            return act
+
+        out = apply(params, cfg, toks, intervene=hook, last_logits_only=True)
+        return readout(out.logits[:, -1], target_id, kind, foil_id)
+
+    return f
+
+
+# --------------------------------------------------------------------------- generic cores
+def gradients_fn(f: BatchFn, emb: Array) -> tuple[Array, Array]:
+    """(f(emb) [N], df/demb [N, T, D]) for a batch of independent inputs."""
+    val, vjp = jax.vjp(f, emb)
+    (g,) = vjp(jnp.ones_like(val))
+    return val, g
+
+
+def gradient_x_input_fn(f: BatchFn, emb: Array) -> Array:
+    """Sum_d e_{i,d} * df/de_{i,d}: emb [T, D] -> scores [T]."""
+    _, g = gradients_fn(f, emb[None])
+    return jnp.sum(g[0] * emb, axis=-1)
+
+
+def saliency_fn(f: BatchFn, emb: Array) -> Array:
+    """||df/de_i||_2: emb [T, D] -> scores [T]."""
+    _, g = gradients_fn(f, emb[None])
+    return jnp.linalg.norm(g[0], axis=-1)
+
+
+def _quadrature(steps: int, rule: str) -> tuple[np.ndarray, np.ndarray]:
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if rule == "midpoint":
+        return (np.arange(steps) + 0.5) / steps, np.full(steps, 1.0 / steps)
+    if rule == "gauss_legendre":
+        x, w = np.polynomial.legendre.leggauss(steps)
+        return (x + 1) / 2, w / 2
+    if rule == "left":
+        return np.arange(steps) / steps, np.full(steps, 1.0 / steps)
+    raise ValueError(f"rule must be midpoint/gauss_legendre/left, got {rule!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class IGResult:
+    """Integrated gradients for one input.
+
+    Attributes:
+        scores: [T] per-token attributions (summed over D).
+        f_input: f at the input; f_baseline: f at the baseline.
+        completeness_error: |sum(scores) - (f_input - f_baseline)| / |f_input - f_baseline|.
+    """
+
+    scores: np.ndarray
+    f_input: float
+    f_baseline: float
+    completeness_error: float
+
+
+def integrated_gradients_fn(
+    f: BatchFn,
+    emb: Array,
+    baseline: Array,
+    *,
+    steps: int = 64,
+    rule: str = "gauss_legendre",
+    chunk: int = 64,
+) -> IGResult:
+    """IG_i = sum_d (e - e')_{i,d} * int_0^1 df(e' + a (e - e'))/de_{i,d} da.
+
+    All interpolation points of a chunk run as one batch.
+
+    Args:
+        f: batched function E [N, T, D] -> [N].
+        emb: [T, D] input; baseline: [T, D] reference input e'.
+        steps: quadrature points m.
+        rule: "gauss_legendre" (default; exact for polynomials of degree < 2m),
+            "midpoint" or "left" Riemann sums.
+        chunk: interpolation points per batch (memory bound).
+
+    Returns:
+        IGResult with the completeness check.
+    """
+    if emb.shape != baseline.shape:
+        raise ValueError(f"baseline shape {baseline.shape} must equal input shape {emb.shape}")
+    alphas, weights = _quadrature(steps, rule)
+    diff = emb - baseline
+    total = jnp.zeros_like(emb)
+    for s in range(0, steps, chunk):
+        a = jnp.asarray(alphas[s : s + chunk], emb.dtype)[:, None, None]
+        w = jnp.asarray(weights[s : s + chunk], emb.dtype)[:, None, None]
+        _, g = gradients_fn(f, baseline[None] + a * diff[None])
+        total = total + jnp.sum(w * g, axis=0)
+    scores = jnp.sum(total * diff, axis=-1)
+    ends = f(jnp.stack([emb, baseline]))
+    f_in, f_base = float(ends[0]), float(ends[1])
+    delta = f_in - f_base
+    err = abs(float(jnp.sum(scores)) - delta) / max(abs(delta), 1e-12)
+    return IGResult(np.asarray(scores), f_in, f_base, err)
+
+
+def smoothgrad_fn(f: BatchFn, emb: Array, key: Array, *, n_samples: int = 16,
+                  sigma: float = 0.1) -> Array:
+    """SmoothGrad: mean over noisy copies of ||df/de_i||; noise std = sigma * std(emb)."""
+    scale = sigma * jnp.std(emb)
+    noisy = emb[None] + scale * jax.random.normal(key, (n_samples, *emb.shape), emb.dtype)
+    _, g = gradients_fn(f, noisy)
+    return jnp.mean(jnp.linalg.norm(g, axis=-1), axis=0)
+
+
+# --------------------------------------------------------------------------- model wrappers
+@functools.partial(jax.jit, static_argnames=("cfg", "kind"))
+def _grads(params, tokens, target_id, foil_id, *, cfg, kind):
+    f = model_fn(params, cfg, tokens, target_id, kind, foil_id)
+    emb = token_embeddings(params, tokens)
+    _, g = gradients_fn(f, emb[None])
+    return emb, g[0]
+
+
+def saliency(params, cfg: ModelConfig, tokens, target_id: int, *, kind: Kind = "logprob",
+             foil_id: int | None = None) -> np.ndarray:
+    """Gradient-norm saliency ||df/de_i||_2 per token.
+
+    Args:
+        params, cfg: the model.
+        tokens: [T] prompt ids; the explained output is the next token after the prompt.
+        target_id: the answer token y.
+        kind: readout (see module doc); foil_id for kind="contrast".
+
+    Returns:
+        scores [T] (numpy, >= 0).
+    """
+    tokens = _check(tokens, target_id, kind, foil_id, cfg)
+    _, g = _grads(params, tokens, target_id, foil_id if foil_id is not None else 0,
+                  cfg=cfg, kind=kind)
+    return np.asarray(jnp.linalg.norm(g, axis=-1))
+
+
+def gradient_x_input(params, cfg: ModelConfig, tokens, target_id: int, *,
+                     kind: Kind = "logprob", foil_id: int | None = None) -> np.ndarray:
+    """Gradient x input, sum_d e_{i,d} df/de_{i,d}, per token: scores [T] (signed)."""
+    tokens = _check(tokens, target_id, kind, foil_id, cfg)
+    emb, g = _grads(params, tokens, target_id, foil_id if foil_id is not None else 0,
+                    cfg=cfg, kind=kind)
+    return np.asarray(jnp.sum(emb * g, axis=-1))
+
+
+def make_baseline(params, tokens: Array, baseline: str | int | Array = "zero",
+                  keep_mask: Array | None = None) -> Array:
+    """IG baseline e' [T, D]: "zero", a filler token id (int), or an explicit array.
+
+    Positions where ``keep_mask`` is True (special / template tokens) keep their real
+    embedding, so they get zero attribution.
+    """
+    emb = token_embeddings(params, tokens)
+    if isinstance(baseline, str):
+        if baseline != "zero":
+            raise ValueError(f"baseline must be 'zero', a filler token id or an array, got {baseline!r}")
+        base = jnp.zeros_like(emb)
+    elif isinstance(baseline, (int, np.integer)):
+        base = jnp.broadcast_to(token_embeddings(params, jnp.asarray([baseline]))[0], emb.shape)
+    else:
+        base = jnp.asarray(baseline, emb.dtype)
+        if base.shape != emb.shape:
+            raise ValueError(f"baseline array must be [T, D]={emb.shape}, got {base.shape}")
+    if keep_mask is not None:
+        base = jnp.where(jnp.asarray(keep_mask, bool)[:, None], emb, base)
+    return base
+
+
+def integrated_gradients(
+    params,
+    cfg: ModelConfig,
+    tokens,
+    target_id: int,
+    *,
+    baseline: str | int | Array = "zero",
+    steps: int = 64,
+    rule: str = "gauss_legendre",
+    kind: Kind = "logprob",
+    foil_id: int | None = None,
+    keep_mask=None,
+    chunk: int = 64,
+) -> IGResult:
+    """Integrated gradients over token embeddings, batched over interpolation steps.
+
+    Args:
+        params, cfg, tokens, target_id, kind, foil_id: as in ``saliency``.
+        baseline: "zero", a filler token id, or a [T, D] array (see ``make_baseline``).
+        steps, rule, chunk: quadrature (see ``integrated_gradients_fn``).
+        keep_mask: optional [T] bool, positions held at their real embedding.
+
+    Returns:
+        IGResult (scores [T], f values, relative completeness error).
+    """
+    tokens = _check(tokens, target_id, kind, foil_id, cfg)
+    emb = token_embeddings(params, tokens)
+    base = make_baseline(params, tokens, baseline, keep_mask)
+    f = jax.jit(model_fn(params, cfg, tokens, target_id, kind, foil_id))
+    return integrated_gradients_fn(f, emb, base, steps=steps, rule=rule, chunk=chunk)
+
+
+def smoothgrad(params, cfg: ModelConfig, tokens, target_id: int, key: Array, *,
+               n_samples: int = 16, sigma: float = 0.1, kind: Kind = "logprob",
+               foil_id: int | None = None) -> np.ndarray:
+    """SmoothGrad saliency (mean gradient norm over Gaussian-perturbed embeddings): [T]."""
+    tokens = _check(tokens, target_id, kind, foil_id, cfg)
+    f = model_fn(params, cfg, tokens, target_id, kind, foil_id)
+    emb = token_embeddings(params, tokens)
+    return np.asarray(jax.jit(lambda e, k: smoothgrad_fn(f, e, k, n_samples=n_samples,
+                                                         sigma=sigma))(emb, key))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "kind"))
+def readout_batch(params, tokens_b: Array, target_id, foil_id, *, cfg, kind="logprob"):
+    """Readout for a batch of equal-length prompts [N, T] -> [N] (and argmax ids [N])."""
+    logits = apply(params, cfg, tokens_b, last_logits_only=True).logits[:, -1]
+    return readout(logits, target_id, kind, foil_id), jnp.argmax(logits, -1)
+
+
+def occlusion(params, cfg: ModelConfig, tokens, target_id: int, *, filler_id: int,
+              kind: Kind = "logprob", foil_id: int | None = None, keep_mask=None) -> np.ndarray:
+    """Leave-one-out by replacement: s_i = f(x) - f(x with token i -> filler).
+
+    Positions stay fixed (replacement, not deletion). ``keep_mask`` positions score 0.
+    Returns scores [T].
+    """
+    tokens = _check(tokens, target_id, kind, foil_id, cfg)
+    t = tokens.shape[0]
+    variants = jnp.where(jnp.eye(t, dtype=bool), filler_id, tokens[None])  # [T, T]
+    batch = jnp.concatenate([tokens[None], variants], axis=0)
+    vals, _ = readout_batch(params, batch, target_id, foil_id if foil_id is not None else 0,
+                            cfg=cfg, kind=kind)
+    s = vals[0] - vals[1:]
+    if keep_mask is not None:
+        s = jnp.where(jnp.asarray(keep_mask, bool), 0.0, s)
+    return np.asarray(s)
+
+
+def random_attribution(key: Array, t: int) -> np.ndarray:
+    """A random ranking control: i.i.d. uniform scores [T]."""
+    return np.asarray(jax.random.uniform(key, (t,)))
