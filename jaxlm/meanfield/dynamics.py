@@ -45,7 +45,11 @@ class FlowConfig:
         log_every: metrics are computed every this many steps.
         batch: M, x-samples per step (static / joint).
         fresh_batch: draw a fresh x-batch every step instead of the fixed one.
-        kappa: Gamma step = kappa * eta (joint / prompt).
+        kappa: Gamma step = kappa * eta (joint / prompt), times the preconditioner below.
+        gamma_precond: divide the Gamma step by (tr(S_hh)/k)^2. L_TF is invariant under
+            (h, Gamma) -> (c h, Gamma / c^2), so plain GD on Gamma runs c^4 slower when the
+            features are small (|h|^2 ~ 1/N at a mean-zero init); the scalar preconditioner
+            makes "kappa times faster" independent of that scale. False = plain GD.
         inner_steps: Gamma updates per particle step (joint).
         prompt_len: n for mode "prompt".
         prompts_per_step: prompts per SGD step for mode "prompt".
@@ -66,6 +70,7 @@ class FlowConfig:
     batch: int = 2048
     fresh_batch: bool = False
     kappa: float = 10.0
+    gamma_precond: bool = True
     inner_steps: int = 1
     prompt_len: int = 64
     prompts_per_step: int = 32
@@ -142,6 +147,14 @@ def init_state(
     return FlowState(particles=particles, gamma=gamma, key=kl, step=jnp.zeros((), jnp.int32))
 
 
+def _gamma_lr(h: jax.Array, fcfg: FlowConfig) -> jax.Array:
+    lr = fcfg.eta * fcfg.kappa
+    if fcfg.gamma_precond:
+        h = jax.lax.stop_gradient(h)
+        lr = lr / (jnp.sum(h * h) / h.shape[0] / h.shape[1]) ** 2
+    return lr
+
+
 def _step_loss_and_grads(state, x, teacher, mcfg, fcfg, key):
     """Returns (loss, particle grads, gamma after its update)."""
     p, gamma = state.particles, state.gamma
@@ -152,17 +165,19 @@ def _step_loss_and_grads(state, x, teacher, mcfg, fcfg, key):
     if fcfg.mode == "joint":
         f = teacher(x)
         loss, (g, g_gamma) = jax.value_and_grad(mf.loss_joint, argnums=(0, 1))(p, gamma, x, f)
+        h = jax.lax.stop_gradient(mf.features(p, x))
+        lr = _gamma_lr(h, fcfg)
         if fcfg.inner_steps > 1:
-            h = jax.lax.stop_gradient(mf.features(p, x))
-            gamma = mf.gamma_descent(h, f, gamma, fcfg.eta * fcfg.kappa, fcfg.inner_steps)
+            gamma = mf.gamma_descent(h, f, gamma, lr, fcfg.inner_steps)
         else:
-            gamma = gamma - fcfg.eta * fcfg.kappa * g_gamma
+            gamma = gamma - lr * g_gamma
         return loss, g, gamma
     prompts = mf.sample_prompts(
         key, teacher, fcfg.prompts_per_step, fcfg.prompt_len, fcfg.label_noise, x.dtype
     )
     loss, (g, g_gamma) = jax.value_and_grad(mf.loss_prompts, argnums=(0, 1))(p, gamma, prompts)
-    return loss, g, gamma - fcfg.eta * fcfg.kappa * g_gamma
+    lr = _gamma_lr(mf.features(p, prompts["x_q"]), fcfg)
+    return loss, g, gamma - lr * g_gamma
 
 
 def _birth_death(particles, key, mcfg: mf.ModelConfig, fcfg: FlowConfig):
@@ -318,7 +333,8 @@ def population_mesh(n_devices: int | None = None) -> jax.sharding.Mesh:
     n = len(devs) if n_devices is None else n_devices
     if n < 1 or n > len(devs):
         raise ValueError(f"n_devices must be in [1, {len(devs)}], got {n_devices}")
-    return jax.make_mesh((n,), ("pop",), axis_types=(jax.sharding.AxisType.Explicit,),
+    # Auto axis: results stay ordinary arrays (indexable without out_sharding annotations).
+    return jax.make_mesh((n,), ("pop",), axis_types=(jax.sharding.AxisType.Auto,),
                          devices=devs[:n])
 
 
