@@ -350,8 +350,11 @@ class _Sol:
         name = self.fresh()
         lv2 = {occ[r][1]: i for i, r in enumerate(perm) if occ[r][0] == "b"}
         tp2 = {occ[r][1]: i for i, r in enumerate(perm) if occ[r][0] == "t"}
-        img_s = _abstract(s, depth, perm, ord_ptys, tp2, lv2)
-        img_t = _abstract(t, depth, perm, ord_ptys, tp2, lv2)
+        if self.mer != "naive" and perm == list(range(len(occ))):
+            img_s, img_t = key  # canonical order is already the parameter order
+        else:
+            img_s = _abstract(s, depth, perm, ord_ptys, tp2, lv2)
+            img_t = _abstract(t, depth, perm, ord_ptys, tp2, lv2)
         entry = StoreEntry(name, var_ty, img_s, img_t)
         self.store.append(entry)
         rep = {"entry": entry, "perm": perm, "s": s, "t": t, "depth": depth, "occ": occ, "ptys": ptys}
@@ -445,8 +448,14 @@ def tms_lgg(
         policy = POLICIES[policy]
     if mer not in ("bucket", "naive"):
         raise ValueError(f"mer must be 'bucket' or 'naive', got {mer!r}")
+    with T.gc_paused():
+        return _tms_run(s, t, policy, mer)
+
+
+def _tms_run(s: Term, t: Term, policy: ArgumentPolicy, mer: str) -> AUResult:
     typed = T.type_of(s) is not None
-    taken = {n for (_, n) in T.symbols(s)} | {n for (_, n) in T.symbols(t)}
+    # fresh names avoid the inputs' free variables (constants live in another namespace)
+    taken = set(T.free_vars(s)) | set(T.free_vars(t))
     sol = _Sol(policy, mer, _Fresh(taken), typed)
     stats = {"dec": 0, "abs": 0}
     out: list[Term] = []

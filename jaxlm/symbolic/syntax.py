@@ -20,7 +20,6 @@ iterative, so deeply nested inputs (10^5 nodes) parse without recursion limits.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 
@@ -48,29 +47,25 @@ class TypeCheckError(ValueError):
     """Ill-typed input (with the offending position)."""
 
 
-_TOKEN = re.compile(r"\s*(?:(->)|([A-Za-z_][A-Za-z0-9_']*)|(\\|λ)|([().,:])|(\S))", re.S)
+_TOKEN = re.compile(r"(->)|([A-Za-z_][A-Za-z0-9_']*)|(\\|λ)|([().,:])|(\S)")
+_KINDS = (None, "->", "id", "lam", None, None)
 
 
 def _tokenize(text: str) -> list[tuple[str, str, int]]:
     toks = []
-    pos = 0
-    n = len(text)
-    while pos < n:
-        m = _TOKEN.match(text, pos)
-        if m is None:  # only whitespace left
-            break
-        if m.group(1):
-            toks.append(("->", "->", m.start(1)))
-        elif m.group(2):
-            toks.append(("id", m.group(2), m.start(2)))
-        elif m.group(3):
-            toks.append(("lam", m.group(3), m.start(3)))
-        elif m.group(4):
-            toks.append((m.group(4), m.group(4), m.start(4)))
-        elif m.group(5):
-            raise ParseError(text, m.start(5), "an identifier, '\\', '(', ')', ',', '.' or ':'")
-        pos = m.end()
-    toks.append(("eof", "", n))
+    append = toks.append
+    for m in _TOKEN.finditer(text):
+        g = m.lastindex
+        if g == 2:
+            append(("id", m.group(2), m.start()))
+        elif g == 4:
+            v = m.group(4)
+            append((v, v, m.start()))
+        elif g == 5:
+            raise ParseError(text, m.start(), "an identifier, '\\', '(', ')', ',', '.' or ':'")
+        else:
+            append((_KINDS[g], m.group(g), m.start()))
+    toks.append(("eof", "", len(text)))
     return toks
 
 
@@ -116,15 +111,15 @@ def _unclosed(text: str, pos: int):
 
 
 # ---------------------------------------------------------------------- raw syntax
-@dataclasses.dataclass(eq=False)
 class _Raw:
-    kind: str  # "var" | "lam" | "app"
-    pos: int
-    name: str = ""
-    binders: list = dataclasses.field(default_factory=list)  # [(name, Type|None, pos)]
-    body: _Raw | None = None
-    head: _Raw | None = None
-    args: list = dataclasses.field(default_factory=list)
+    """Raw syntax node: "var" (name), "lam" (binders [(name, Type|None, pos)], body),
+    "app" (head, args)."""
+
+    __slots__ = ("kind", "pos", "name", "binders", "body", "head", "args")
+
+    def __init__(self, kind, pos, name="", binders=(), body=None, head=None, args=()):
+        self.kind, self.pos, self.name = kind, pos, name
+        self.binders, self.body, self.head, self.args = binders, body, head, args
 
 
 def _parse_raw(text: str) -> _Raw:
@@ -385,7 +380,10 @@ def _to_term(raw: _Raw, sig: Mapping[str, Type] | None, binder_types: dict | Non
             args = out[-n:]
             del out[-n:]
             head = out.pop()
-            out.append(T.apply(head, args, fuel))
+            if head.kind == T.APP and not head.args and head.hkind != BVAR:
+                out.append(T.mk_app(head.hkind, head.head, head.ty, args))
+            else:
+                out.append(T.apply(head, args, fuel))
     return out[0]
 
 
@@ -412,6 +410,11 @@ def parse(
     """
     if not isinstance(text, str):
         raise TypeError(f"parse() needs a string, got {type(text).__name__}")
+    with T.gc_paused():
+        return _parse(text, signature, default_base)
+
+
+def _parse(text, signature, default_base) -> Term:
     raw = _parse_raw(text)
     if signature is None:
         return _to_term(raw, None, None)

@@ -23,7 +23,9 @@ printer names them by binder depth.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -109,6 +111,22 @@ class Term:
 
 
 _TABLE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pauses Python's cyclic GC during bulk term construction (restored on exit).
+
+    Term nodes form no reference cycles, so the collector only rescans the growing
+    heap; with it running, building 10^5-node terms becomes superlinear.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def mk_abs(ty: Type | None, body: Term) -> Term:
@@ -241,8 +259,22 @@ def symbols(t: Term) -> dict[tuple[str, str], Type | None]:
 
 
 def free_vars(t: Term) -> dict[str, Type | None]:
-    """Free (generalization) variables of ``t`` with their types."""
-    return {n: ty for (k, n), ty in symbols(t).items() if k == FVAR}
+    """Free (generalization) variables of ``t`` with their types (skips fvar-free parts)."""
+    out: dict[str, Type | None] = {}
+    seen = set()
+    stack = [t]
+    while stack:
+        node = stack.pop()
+        if not node.has_fv or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.kind == ABS:
+            stack.append(node.body)
+        else:
+            if node.hkind == FVAR:
+                out[node.head] = node.ty
+            stack.extend(node.args)
+    return out
 
 
 def _rebuild(
@@ -309,10 +341,15 @@ def shift(t: Term, delta: int, cutoff: int = 0) -> Term:
 
 
 class _Fuel:
-    __slots__ = ("left",)
+    """Step budget and nesting budget for (possibly untyped) hereditary reduction."""
+
+    __slots__ = ("left", "depth")
+
+    MAX_DEPTH = 150  # nested redex chains; typed terms need at most their type order
 
     def __init__(self, left: int):
         self.left = left
+        self.depth = 0
 
     def spend(self) -> None:
         self.left -= 1
@@ -340,7 +377,17 @@ def apply(f: Term, args: Sequence[Term], fuel: _Fuel | None = None) -> Term:
         for ty in reversed(tys[k:]):
             inner = mk_abs(ty, inner)
         fuel.spend()
-        f = instantiate(inner, args[:k], fuel)
+        fuel.depth += 1
+        if fuel.depth > _Fuel.MAX_DEPTH:
+            raise NormalisationError(
+                "beta-normalisation nested more than "
+                f"{_Fuel.MAX_DEPTH} redexes deep; the (untyped) input probably has no normal "
+                "form. Check the term or pass typed input."
+            )
+        try:
+            f = instantiate(inner, args[:k], fuel)
+        finally:
+            fuel.depth -= 1
         args = args[k:]
     return f
 
