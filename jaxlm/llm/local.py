@@ -1,0 +1,452 @@
+"""``LocalBackend``: a jaxlm model + tokenizer behind the backend protocol (all three tiers).
+
+Scoring is the workhorse of the small-model agents: ``score_many`` takes G prefixes
+with C continuations each and runs **one jitted call**: the prefixes are prefilled
+once into a KV cache (left-padded, batch G), the cache is tiled C times and all
+G*C continuations run through the model against it. Every shape is padded to a
+bucket (powers of two, then multiples of 256 for prefixes), so a long agent run
+compiles a handful of programs and then reuses them.
+
+The text tier wraps ``jaxlm.core.generate.generate`` (prompt and max-new-token
+lengths bucketed the same way); the white-box tier exposes per-layer activations
+via the substrate's ``intervene`` hook, attention probabilities, an additive key
+mask and masked generation, and editable params (``with_params``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.core import apply, init_cache
+from jaxlm.core.config import ModelConfig
+from jaxlm.core.generate import SamplingConfig, generate
+from jaxlm.core.transformer import unembed
+from jaxlm.llm.base import (
+    Completion,
+    GenConfig,
+    Message,
+    ScoreResult,
+    check_continuations,
+    check_messages,
+    truncate_at_stop,
+)
+
+NEG_BIAS = -1e9
+SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
+
+
+def bucket_len(n: int, minimum: int = 8) -> int:
+    """Padded size for ``n``: powers of two up to 256, then multiples of 256."""
+    if n <= 0:
+        raise ValueError(f"bucket_len: n must be > 0, got {n}")
+    b = minimum
+    while b < n and b < 256:
+        b *= 2
+    if b >= n:
+        return b
+    return -(-n // 256) * 256
+
+
+class ByteTokenizer:
+    """A byte-level tokenizer (vocab 256) with a ChatML-like text template.
+
+    For the tiny random ``*_test`` presets (vocab 256) in tests: ids are UTF-8 bytes.
+    """
+
+    eos_id = 0
+    bos_id = None
+    pad_id = 0
+    stop_ids: tuple[int, ...] = (0,)
+    vocab_size = 256
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        return bytes(int(i) % 256 for i in ids if not (skip_special and int(i) == 0)).decode(
+            "utf-8", errors="replace"
+        )
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> str:
+        s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+
+# ------------------------------------------------------------------------ jitted kernels
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _score_packed(params, toks, pos, seg, pred_idx, tgt, *, cfg: ModelConfig):
+    """Log-probs of packed continuations, one forward pass, no KV cache.
+
+    Each row is ``[prefix][cont 1][cont 2]...[pad]``; continuation tokens get positions
+    continuing the prefix, and an additive bias lets a token see only the prefix and its
+    own continuation (segment ids: 0 prefix, c + 1 continuation c, -1 pad).
+
+    Args:
+        toks, pos, seg: [G, T] tokens, positions (-1 pad) and segment ids.
+        pred_idx, tgt: [G, N] index of the position predicting each target token, and
+            the target token ids.
+
+    Returns:
+        [G, N] log-probs of the targets.
+    """
+    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # [G, Tq, Tk]
+    bias = jnp.where(same, 0.0, NEG_BIAS)[:, None]  # [G, 1, T, T]
+    out = apply(params, cfg, toks, positions=pos, attn_bias=bias, return_hidden=True,
+                last_logits_only=True)
+    h = jnp.take_along_axis(out.hidden[-1], pred_idx[..., None], axis=1)  # [G, N, D]
+    logits = unembed(params, cfg, h)  # [G, N, V]
+    lp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capture", "layers", "want_attn"))
+def _forward(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
+    acts: dict[str, dict[int, jax.Array]] = {s: {} for s in capture}
+
+    def hook(site, layer, x):
+        if site in acts and (layers is None or layer in layers):
+            acts[site][layer] = x
+        return x
+
+    out = apply(
+        params, cfg, toks, positions=pos, attn_bias=bias, return_hidden=True,
+        return_attn=want_attn, intervene=hook if capture else None,
+    )
+    return out.logits, acts, out.hidden, out.attn
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def _masked_prefill(params, toks, pos, bias, cache, *, cfg):
+    out = apply(params, cfg, toks, positions=pos, cache=cache, attn_bias=bias,
+                last_logits_only=True)
+    return out.logits[:, -1], out.cache
+
+
+@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
+def _masked_step(params, tok, bias, cache, *, cfg):
+    out = apply(params, cfg, tok[:, None], cache=cache, attn_bias=bias)
+    return out.logits[:, 0], out.cache
+
+
+class LocalBackend:
+    """A jaxlm model as an ``LLMBackend`` (text, scoring and white-box tiers).
+
+    Args:
+        model: a ``jaxlm.weights.load`` name or path (default SmolLM2-135M-Instruct), used
+            when ``cfg``/``params`` are not given.
+        cfg, params, tokenizer: an explicit model (e.g. a tiny random ``*_test`` preset with
+            ``ByteTokenizer()``).
+        name: backend name (defaults to the model name).
+        max_tokens_per_call: most packed tokens (rows x row length) per scoring call.
+    """
+
+    def __init__(
+        self,
+        model: str | None = "smollm2-135m-instruct",
+        *,
+        cfg: ModelConfig | None = None,
+        params: Any = None,
+        tokenizer: Any = None,
+        name: str | None = None,
+        max_tokens_per_call: int = 16384,
+    ):
+        if cfg is None or params is None:
+            from jaxlm.weights import load
+
+            m = load(model)
+            cfg, params, tokenizer = m.cfg, m.params, tokenizer or m.tokenizer
+            name = name or str(model)
+        if tokenizer is None:
+            raise ValueError("LocalBackend: pass a tokenizer with an explicit cfg/params")
+        if getattr(tokenizer, "vocab_size", cfg.vocab_size) > cfg.vocab_size:
+            raise ValueError(
+                f"LocalBackend: tokenizer vocab ({tokenizer.vocab_size}) exceeds the model's "
+                f"({cfg.vocab_size}); pair the model with its own tokenizer"
+            )
+        self.cfg = cfg
+        self.params = jax.tree.map(jnp.asarray, params)
+        self.tokenizer = tokenizer
+        self.name = name or "local"
+        self.max_tokens_per_call = max_tokens_per_call
+        self.context_window = cfg.max_seq_len
+        self.capabilities = frozenset(
+            {"chat", "complete", "score", "encode", "forward", "masked_generate"}
+        )
+        self.stats = {"score_calls": 0, "score_seqs": 0, "gen_calls": 0}
+
+    # ------------------------------------------------------------------ white-box basics
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_bos=None))
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> str:
+        return self.tokenizer.apply_chat_template(
+            check_messages(messages), add_generation_prompt=add_generation_prompt
+        )
+
+    def with_params(self, params: Any) -> LocalBackend:
+        """A backend sharing config and tokenizer with edited ``params`` (same pytree layout)."""
+        if jax.tree.structure(params) != jax.tree.structure(self.params):
+            raise ValueError("with_params: params must have the same pytree layout as .params")
+        return LocalBackend(cfg=self.cfg, params=params, tokenizer=self.tokenizer,
+                            name=self.name + "+edited",
+                            max_tokens_per_call=self.max_tokens_per_call)
+
+    # ------------------------------------------------------------------ scoring tier
+    def _prefix_ids(self, prefix: str | Sequence[Message]) -> list[int]:
+        text = prefix if isinstance(prefix, str) else self.apply_chat_template(prefix)
+        ids = self.encode(text)
+        if not ids:
+            raise ValueError("score: the prefix encodes to no tokens; give a non-empty prefix")
+        return ids
+
+    def score(
+        self, prefix: str | Sequence[Message], continuations: Sequence[str]
+    ) -> list[ScoreResult]:
+        """Summed log-probs of each continuation after ``prefix`` (text or chat messages;
+        chat prefixes get the generation prompt). Prefix and continuation are tokenized
+        separately."""
+        return self.score_many([(prefix, continuations)])[0]
+
+    def score_many(
+        self, requests: Sequence[tuple[str | Sequence[Message], Sequence[str]]]
+    ) -> list[list[ScoreResult]]:
+        """Scores several (prefix, continuations) requests in as few jitted calls as fit."""
+        if not requests:
+            return []
+        enc = []
+        for prefix, conts in requests:
+            conts = check_continuations(conts)
+            enc.append((self._prefix_ids(prefix), [self.encode(c) for c in conts]))
+        results = self.score_ids_batch(enc)
+        return [
+            [ScoreResult(float(lp.sum()), len(lp)) for lp in per_req] for per_req in results
+        ]
+
+    def score_ids_batch(
+        self, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]
+    ) -> list[list[np.ndarray]]:
+        """Per-token log-probs for token-id requests [(prefix_ids, [cont_ids, ...]), ...].
+
+        Each request becomes one packed row (prefix once, then every continuation);
+        rows are grouped so a jitted call holds at most ``max_tokens_per_call`` tokens.
+        Shapes (rows, row length, targets) are bucketed to limit recompiles.
+        """
+        for p, cs in requests:
+            if len(p) == 0 or not cs or any(len(c) == 0 for c in cs):
+                raise ValueError("score: prefix and every continuation need >= 1 token")
+            total = len(p) + sum(len(c) for c in cs)
+            if total > self.cfg.max_seq_len:
+                raise ValueError(
+                    f"score: prefix ({len(p)} tokens) + all continuations "
+                    f"({total - len(p)} tokens) exceed the model context {self.cfg.max_seq_len}; "
+                    "shorten the prompt or score fewer continuations per request"
+                )
+        out: list[list[np.ndarray]] = [[] for _ in requests]
+        group: list[int] = []
+        for i in list(range(len(requests))) + [None]:
+            if group:
+                cand = group + ([] if i is None else [i])
+                t = bucket_len(max(self._row_len(requests[j]) for j in cand), 64)
+                if i is None or bucket_len(len(cand), 1) * t > self.max_tokens_per_call:
+                    for j, r in zip(group, self._run_packed([requests[j] for j in group]),
+                                    strict=True):
+                        out[j] = r
+                    group = []
+            if i is not None:
+                group.append(i)
+        return out
+
+    @staticmethod
+    def _row_len(req) -> int:
+        return len(req[0]) + sum(len(c) for c in req[1])
+
+    def _run_packed(self, reqs) -> list[list[np.ndarray]]:
+        g = bucket_len(len(reqs), 1)
+        t = min(bucket_len(max(self._row_len(r) for r in reqs), 64), self.cfg.max_seq_len)
+        n = bucket_len(max(sum(len(c) for c in r[1]) for r in reqs), 16)
+        pad = self.tokenizer.pad_id
+        toks = np.full((g, t), pad, np.int32)
+        pos = np.full((g, t), -1, np.int32)
+        seg = np.full((g, t), -1, np.int32)
+        pred = np.zeros((g, n), np.int32)
+        tgt = np.zeros((g, n), np.int32)
+        spans = []
+        for i, (pre, conts) in enumerate(reqs):
+            lp = len(pre)
+            toks[i, :lp], pos[i, :lp], seg[i, :lp] = pre, np.arange(lp), 0
+            s, k, row_spans = lp, 0, []
+            for c, x in enumerate(conts):
+                lx = len(x)
+                toks[i, s: s + lx] = x
+                pos[i, s: s + lx] = lp + np.arange(lx)
+                seg[i, s: s + lx] = c + 1
+                pred[i, k] = lp - 1
+                pred[i, k + 1: k + lx] = s + np.arange(lx - 1)
+                tgt[i, k: k + lx] = x
+                row_spans.append((k, k + lx))
+                s, k = s + lx, k + lx
+            spans.append(row_spans)
+        lp = np.asarray(_score_packed(self.params, toks, pos, seg, pred, tgt, cfg=self.cfg))
+        self.stats["score_calls"] += 1
+        self.stats["score_seqs"] += sum(len(r[1]) for r in reqs)
+        return [[lp[i, a:b].astype(np.float64) for a, b in sp] for i, sp in enumerate(spans)]
+
+    # ------------------------------------------------------------------ text tier
+    def chat(self, messages: Sequence[Message], cfg: GenConfig = GenConfig()) -> list[Completion]:
+        return self.complete(self.apply_chat_template(messages), cfg)
+
+    def complete(self, prompt: str, cfg: GenConfig = GenConfig()) -> list[Completion]:
+        """Generates ``cfg.n`` completions of the raw text ``prompt`` (no chat template)."""
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("complete: prompt must be a non-empty string")
+        ids = self.encode(prompt)
+        if not ids:
+            raise ValueError("complete: the prompt encodes to no tokens")
+        toks = self._generate_ids([ids] * cfg.n, cfg)
+        outs = []
+        for row in toks:
+            text, hit = truncate_at_stop(self.decode(row["ids"]), cfg.stop)
+            reason = "stop" if (hit or row["stopped"]) else "length"
+            outs.append(Completion(text=text, finish_reason=reason, prompt_tokens=len(ids),
+                                   completion_tokens=len(row["ids"])))
+        return outs
+
+    def _generate_ids(self, prompts: list[list[int]], cfg: GenConfig) -> list[dict[str, Any]]:
+        p = bucket_len(max(len(x) for x in prompts), 32)
+        new = bucket_len(cfg.max_tokens, 16)
+        if p + new > self.cfg.max_seq_len:
+            new = max(cfg.max_tokens, self.cfg.max_seq_len - p)
+            if p + new > self.cfg.max_seq_len:
+                raise ValueError(
+                    f"complete: prompt ({max(len(x) for x in prompts)} tokens) + max_tokens "
+                    f"({cfg.max_tokens}) exceeds the model context {self.cfg.max_seq_len}"
+                )
+        sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
+        out = generate(
+            self.params, self.cfg, prompts, max_new_tokens=new,
+            key=jax.random.PRNGKey(cfg.seed), sampling=sampling,
+            stop_ids=tuple(self.tokenizer.stop_ids), pad_id=self.tokenizer.pad_id, bucket=p,
+        )
+        self.stats["gen_calls"] += 1
+        toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)
+        rows = []
+        for i in range(len(prompts)):
+            n = int(lens[i])
+            stopped = n < new and n < cfg.max_tokens
+            rows.append({"ids": toks[i, : min(n, cfg.max_tokens)].tolist(), "stopped": stopped})
+        return rows
+
+    # ------------------------------------------------------------------ white-box tier
+    @staticmethod
+    def _bias(key_mask, b: int, t: int):
+        if key_mask is None:
+            return None
+        km = np.asarray(key_mask)
+        if km.ndim == 1:
+            km = np.broadcast_to(km[None], (b, t))
+        if km.shape != (b, t):
+            raise ValueError(f"key_mask must be [B, T] = {(b, t)}, got {km.shape}")
+        if km.dtype == bool:
+            km = np.where(km, 0.0, NEG_BIAS)
+        return jnp.asarray(km, jnp.float32)[:, None, None, :]  # [B, 1, 1, S]
+
+    def _ids_array(self, ids) -> np.ndarray:
+        arr = np.asarray(ids, np.int32)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2 or arr.shape[1] == 0:
+            raise ValueError(f"ids must be [T] or [B, T] with T >= 1, got shape {arr.shape}")
+        if arr.min() < 0 or arr.max() >= self.cfg.vocab_size:
+            raise ValueError(f"ids must be in [0, {self.cfg.vocab_size})")
+        return arr
+
+    def forward(
+        self,
+        ids,
+        key_mask=None,
+        position_ids=None,
+        capture: Sequence[str] = ("attn_out",),
+        layers: str | Sequence[int] = "all",
+        return_attn: bool = False,
+    ) -> dict[str, Any]:
+        """One forward pass with activations.
+
+        Args:
+            ids: [B, T] (or [T]) token ids.
+            key_mask: [B, T] bool (True = may be attended) or float additive bias.
+            position_ids: [B, T] int positions (default 0..T-1; -1 = padding).
+            capture: sites from SITES; each returns {layer: [B, T, D or F]}.
+            layers: "all" or layer indices.
+            return_attn: also return per-layer attention probs [B, H, T, T].
+
+        Returns:
+            {"logits": [B, T, V], "acts": {site: {layer: array}}, "hidden": L+1 x [B, T, D],
+            "attn": tuple or None}.
+        """
+        toks = self._ids_array(ids)
+        b, t = toks.shape
+        bad = set(capture) - set(SITES)
+        if bad:
+            raise ValueError(f"forward: unknown capture sites {sorted(bad)}; use {SITES}")
+        pos = (np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)) if position_ids is None
+               else np.asarray(position_ids, np.int32).reshape(b, t))
+        lay = None if layers == "all" else tuple(int(i) for i in layers)
+        logits, acts, hidden, attn = _forward(
+            self.params, jnp.asarray(toks), jnp.asarray(pos), self._bias(key_mask, b, t),
+            cfg=self.cfg, capture=tuple(capture), layers=lay, want_attn=return_attn,
+        )
+        return {"logits": logits, "acts": acts, "hidden": hidden, "attn": attn}
+
+    def generate_ids(self, ids, key_mask=None, cfg: GenConfig = GenConfig(),
+                     position_ids=None) -> list[list[int]]:
+        """Generates from [B, T] prompt ids; masked prompt keys stay invisible to every later
+        token (prompt positions are kept, i.e. masking differs from deleting text only in
+        position ids). Returns the new ids per row (stop token excluded)."""
+        toks = self._ids_array(ids)
+        b, t = toks.shape
+        new = cfg.max_tokens
+        if t + new > self.cfg.max_seq_len:
+            raise ValueError(f"generate_ids: {t} + {new} tokens exceed {self.cfg.max_seq_len}")
+        cap = t + new
+        bias = np.zeros((b, cap), np.float32)
+        if key_mask is not None:
+            bias[:, :t] = np.asarray(self._bias(key_mask, b, t))[:, 0, 0, :]
+        bias_j = jnp.asarray(bias)[:, None, None, :]
+        pos = (np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)) if position_ids is None
+               else np.asarray(position_ids, np.int32).reshape(b, t))
+        cache = init_cache(self.cfg, b, cap)
+        logits, cache = _masked_prefill(self.params, jnp.asarray(toks), jnp.asarray(pos),
+                                        bias_j[..., :t], cache, cfg=self.cfg)
+        sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
+        from jaxlm.core.generate import sample_logits
+
+        key = jax.random.PRNGKey(cfg.seed)
+        outs: list[list[int]] = [[] for _ in range(b)]
+        done = np.zeros(b, bool)
+        stops = set(self.tokenizer.stop_ids)
+        for step in range(new):
+            tok = np.asarray(sample_logits(logits, jax.random.fold_in(key, step), sampling))
+            for i in range(b):
+                if not done[i]:
+                    if int(tok[i]) in stops:
+                        done[i] = True
+                    else:
+                        outs[i].append(int(tok[i]))
+            if done.all() or step + 1 == new:
+                break
+            logits, cache = _masked_step(self.params, jnp.asarray(tok), bias_j, cache,
+                                         cfg=self.cfg)
+        return outs
