@@ -236,6 +236,8 @@ def enumerate_generalizations(
     max_vars: int = 2,
     max_arity: int = 1,
     max_candidates: int = 20_000,
+    patterns_only: bool = False,
+    compute_order: bool = True,
     progress=None,
 ) -> EnumerationResult:
     """All generalizations of ``s`` and ``t`` whose body has at most ``size_bound`` symbols.
@@ -251,6 +253,10 @@ def enumerate_generalizations(
         max_vars: generalization variables per arity.
         max_arity: maximum arity of a generalization variable.
         max_candidates: cap for the bounded matcher.
+        patterns_only: keep only higher-order patterns (linear matching; for checking
+            least generality of the pattern lgg).
+        compute_order: compute the generality order, classes and maximal elements
+            (quadratic in the number of generalizations); otherwise those are empty.
         progress: optional tqdm-like bar factory ``progress(total, desc)``.
 
     Returns:
@@ -283,6 +289,9 @@ def enumerate_generalizations(
             g = _canonical_vars(T.lams(prefix, body))
             if g in seen:
                 continue
+            if patterns_only and not T.is_pattern(g):
+                seen[g] = -1
+                continue
             seen[g] = -1
             try:
                 ok = M.more_general(g, s, max_candidates=max_candidates) and M.more_general(
@@ -297,6 +306,8 @@ def enumerate_generalizations(
     if bar is not None:
         bar.close()
     n = len(gens)
+    if not compute_order:
+        return EnumerationResult(size_bound, gens, sizes, [], [], [])
     leq = [[i == j or M.more_general(gens[i], gens[j], max_candidates=max_candidates) for j in range(n)] for i in range(n)]
     classes: list[list[int]] = []
     cls_of = [-1] * n
