@@ -218,3 +218,79 @@ def geometric_sizes(lo: int, hi: int, per_decade: int = 2) -> list[int]:
     """Sizes lo..hi spaced geometrically (``per_decade`` points per factor 10)."""
     k = int(round(math.log10(hi / lo) * per_decade))
     return sorted({int(round(lo * (hi / lo) ** (i / k))) for i in range(k + 1)})
+
+
+# ----------------------------------------------------------------- presets
+import dataclasses  # noqa: E402
+
+from jaxlm.utils.config import Registry  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Linear-time benchmark sweep.
+
+    Attributes:
+        lo, hi: smallest / largest term size (nodes per input).
+        per_decade: sizes per factor 10.
+        naive_max: the quadratic naive Mer runs only up to this size.
+        repeats: timed repeats (median) per size.
+        parse_size: size of the pair for the parse + AU timing (0: skip).
+    """
+
+    lo: int = 100
+    hi: int = 100_000
+    per_decade: int = 2
+    naive_max: int = 30_000
+    repeats: int = 3
+    parse_size: int = 100_000
+
+
+BENCH_PRESETS: Registry[BenchConfig] = Registry("antiunify bench")
+BENCH_PRESETS.add("full", BenchConfig())
+BENCH_PRESETS.add("quick", BenchConfig(naive_max=10_000, repeats=2))
+BENCH_PRESETS.add("full_test", BenchConfig(hi=1_000, naive_max=1_000, repeats=1, parse_size=1_000))
+BENCH_PRESETS.add("quick_test", BenchConfig(hi=1_000, naive_max=1_000, repeats=1, parse_size=0))
+
+
+def bench_targets(result: dict) -> list:
+    """The issue's targets, computed from a :func:`run_benchmark` result."""
+    from jaxlm.utils.bench import Target
+
+    out = [
+        Target("BKLV bucketed Mer log-log slope (1e2..1e5 nodes)", result["slope_bucket"], 1.15, "<="),
+        Target("naive pairwise Mer log-log slope (shows superlinear growth)", result["slope_naive"], 1.5, ">="),
+    ]
+    if "parse_au" in result:
+        p = result["parse_au"]
+        out.append(Target(f"parse + AU of a {p['n']}-node-per-term pair (s)", p["total_s"], 5.0, "<="))
+    return out
+
+
+def random_small_pair(rng: random.Random, max_size: int = 12) -> tuple[Term, Term]:
+    """Two random typed terms ``\\x y:i. body`` (symbols f:i->i->i, g:i->i, h:(i->i)->i,
+    a, b:i) of at most ``max_size`` nodes each: inputs for property checks."""
+    i = T.base("i")
+    ii = T.arrow(i, i)
+    sig = {"f": T.arrow(i, i, i), "g": ii, "h": T.arrow(ii, i)}
+
+    def build(budget: int, depth: int) -> Term:
+        r = rng.random()
+        if budget <= 1 or r < 0.3:
+            choice = rng.randrange(4 + (depth > 2))
+            if choice < 2:
+                return T.bvar(depth - 1 - choice)
+            if choice < 4:
+                return T.const("ab"[choice - 2], i)
+            return T.bvar(0)
+        if r < 0.6 and budget >= 3:
+            left = rng.randrange(1, budget - 1)
+            return T.const("f", sig["f"], build(left, depth), build(budget - 1 - left, depth))
+        if r < 0.85:
+            return T.const("g", ii, build(budget - 1, depth))
+        return T.const("h", sig["h"], T.mk_abs(i, build(budget - 2, depth + 1)))
+
+    def one() -> Term:
+        return T.lams([i, i], build(rng.randrange(1, max_size - 1), 2))
+
+    return one(), one()
