@@ -66,8 +66,10 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
         )
-        self.mngr = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "meta"))
+        self.mngr = ocp.CheckpointManager(
+            self.directory, options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "meta": ocp.JsonCheckpointHandler()})
 
     def __enter__(self) -> Checkpointer:
         return self
