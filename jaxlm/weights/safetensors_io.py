@@ -35,6 +35,16 @@ def _read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
+def _rope_theta(hf: dict[str, Any]) -> float:
+    """RoPE base: top-level ``rope_theta`` (transformers < 5) or ``rope_parameters``."""
+    if "rope_theta" in hf:
+        return float(hf["rope_theta"])
+    rp = hf.get("rope_parameters") or {}
+    if rp.get("rope_type", "default") not in ("default", None):
+        raise WeightsError(f"RoPE scaling {rp.get('rope_type')!r} is not supported yet")
+    return float(rp.get("rope_theta", 10000.0))
+
+
 def config_from_hf(hf: dict[str, Any], path) -> ModelConfig:
     mt = hf.get("model_type")
     if mt in ("llama", "mistral", "qwen2"):
@@ -44,7 +54,7 @@ def config_from_hf(hf: dict[str, Any], path) -> ModelConfig:
             n_kv_heads=hf.get("num_key_value_heads", h), head_dim=hf.get("head_dim") or d // h,
             d_ff=hf["intermediate_size"], max_seq_len=hf.get("max_position_embeddings", 2048),
             norm="rms", norm_eps=hf.get("rms_norm_eps", 1e-6), pos="rope", rope_layout="half",
-            rope_base=float(hf.get("rope_theta", 10000.0)), mlp="swiglu",
+            rope_base=_rope_theta(hf), mlp="swiglu",
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         )
     if mt == "gpt2":
