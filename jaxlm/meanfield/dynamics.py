@@ -45,11 +45,15 @@ class FlowConfig:
         log_every: metrics are computed every this many steps.
         batch: M, x-samples per step (static / joint).
         fresh_batch: draw a fresh x-batch every step instead of the fixed one.
-        kappa: Gamma step = kappa * eta (joint / prompt), times the preconditioner below.
-        gamma_precond: divide the Gamma step by (tr(S_hh)/k)^2. L_TF is invariant under
-            (h, Gamma) -> (c h, Gamma / c^2), so plain GD on Gamma runs c^4 slower when the
-            features are small (|h|^2 ~ 1/N at a mean-zero init); the scalar preconditioner
-            makes "kappa times faster" independent of that scale. False = plain GD.
+        kappa: Gamma time-scale ratio: per particle step Gamma moves kappa * eta (joint /
+            prompt), in the units set by ``gamma_precond``.
+        gamma_precond: measure Gamma steps in units of 1 / (tr(S_hf S_fh) tr(S_hh)), an upper
+            bound of the curvature of L_TF in Gamma. L_TF is invariant under (h, Gamma) ->
+            (c h, Gamma / c^2), so plain GD on Gamma runs c^4 slower when the features are
+            small (|h|^2 ~ 1/N at a mean-zero init); the normalisation makes "kappa times
+            faster" scale-free, and kappa * eta > 1 is split into ceil(kappa * eta) stable
+            inner steps (joint; prompt mode caps the normalised step at 1). False = plain GD
+            with step kappa * eta and ``inner_steps`` steps.
         inner_steps: Gamma updates per particle step (joint).
         prompt_len: n for mode "prompt".
         prompts_per_step: prompts per SGD step for mode "prompt".
@@ -147,36 +151,45 @@ def init_state(
     return FlowState(particles=particles, gamma=gamma, key=kl, step=jnp.zeros((), jnp.int32))
 
 
-def _gamma_lr(h: jax.Array, fcfg: FlowConfig) -> jax.Array:
-    lr = fcfg.eta * fcfg.kappa
-    if fcfg.gamma_precond:
-        h = jax.lax.stop_gradient(h)
-        lr = lr / (jnp.sum(h * h) / h.shape[0] / h.shape[1]) ** 2
-    return lr
+def _gamma_schedule(fcfg: FlowConfig) -> tuple[float, int]:
+    """(step size per inner Gamma step in normalised units, number of inner steps)."""
+    total = fcfg.eta * fcfg.kappa
+    if not fcfg.gamma_precond:
+        return total, fcfg.inner_steps
+    n_inner = max(fcfg.inner_steps, int(np.ceil(total)))
+    return total / n_inner, n_inner
+
+
+def _gamma_norm(h: jax.Array, f: jax.Array) -> jax.Array:
+    """tr(S_hf S_fh) * tr(S_hh) >= the Lipschitz constant of grad_Gamma L_TF."""
+    s_hh, s_fh, _ = mf.moments(h, f)
+    return jnp.sum(s_fh * s_fh) * jnp.trace(s_hh)
 
 
 def _step_loss_and_grads(state, x, teacher, mcfg, fcfg, key):
     """Returns (loss, particle grads, gamma after its update)."""
     p, gamma = state.particles, state.gamma
+    lr, n_inner = _gamma_schedule(fcfg)
     if fcfg.mode == "static":
         f = teacher(x)
         loss, g = jax.value_and_grad(mf.loss_two_timescale)(p, x, f, fcfg.ridge)
         return loss, g, gamma
     if fcfg.mode == "joint":
         f = teacher(x)
-        loss, (g, g_gamma) = jax.value_and_grad(mf.loss_joint, argnums=(0, 1))(p, gamma, x, f)
+        loss, g = jax.value_and_grad(mf.loss_joint)(p, gamma, x, f)
         h = jax.lax.stop_gradient(mf.features(p, x))
-        lr = _gamma_lr(h, fcfg)
-        if fcfg.inner_steps > 1:
-            gamma = mf.gamma_descent(h, f, gamma, lr, fcfg.inner_steps)
-        else:
-            gamma = gamma - lr * g_gamma
-        return loss, g, gamma
+        if fcfg.gamma_precond:
+            lr = lr / _gamma_norm(h, f)
+        return loss, g, mf.gamma_descent(h, f, gamma, lr, n_inner)
     prompts = mf.sample_prompts(
         key, teacher, fcfg.prompts_per_step, fcfg.prompt_len, fcfg.label_noise, x.dtype
     )
     loss, (g, g_gamma) = jax.value_and_grad(mf.loss_prompts, argnums=(0, 1))(p, gamma, prompts)
-    lr = _gamma_lr(mf.features(p, prompts["x_q"]), fcfg)
+    if fcfg.gamma_precond:
+        xc = prompts["x_ctx"].reshape(-1, prompts["x_ctx"].shape[-1])
+        h = jax.lax.stop_gradient(mf.features(p, xc))
+        # a stochastic gradient allows one step: cap the normalised step at 1
+        lr = min(fcfg.eta * fcfg.kappa, 1.0) / _gamma_norm(h, teacher(xc))
     return loss, g, gamma - lr * g_gamma
 
 

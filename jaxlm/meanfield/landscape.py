@@ -175,6 +175,12 @@ def restrict_support(particles: mf.Particles, u: jax.Array) -> mf.Particles:
     return {**particles, "w": w - (w @ u)[:, None] * u[None, :]}
 
 
+def restrict_to_span(particles: mf.Particles, basis: jax.Array) -> mf.Particles:
+    """Projects every w_j onto span of the orthonormal rows of ``basis`` [r, d] (E5 saddle)."""
+    w = particles["w"]
+    return {**particles, "w": (w @ basis.T) @ basis}
+
+
 def perturb_along(particles: mf.Particles, u: jax.Array, eps: float, key: jax.Array):
     """w_j += eps * xi_j * u with random signs xi_j (arm A of E5)."""
     n = particles["w"].shape[0]

@@ -1,0 +1,430 @@
+"""Experiments E1-E6 of the meanfield_icl spec (logic; entrypoints live in experiments/).
+
+Every ``run_eX(cfg, bar=None)`` returns a dict of plain numpy / float results that the
+entrypoint plots and the reproduction entry turns into a report section. Configs are frozen
+dataclasses registered in ``PRESETS`` (``full``, ``quick`` and a tiny ``*_test`` twin each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.meanfield import dynamics as dy
+from jaxlm.meanfield import landscape as ls
+from jaxlm.meanfield import model as mf
+from jaxlm.utils.config import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Sizes of E1-E6 (spec section 4). Times are t = eta * step."""
+
+    d: int = 20
+    k: int = 5
+    teachers: tuple[str, ...] = ("t2", "t1")
+    s0: float = 3.0
+    seed: int = 0
+    # E1 / E2: static two-timescale WGF, N sweep
+    n_particles: tuple[int, ...] = (64, 256, 1024)
+    seeds: int = 5
+    batch: int = 4096
+    eval_batch: int = 65536
+    eta: float = 0.1
+    steps: int = 10000
+    log_every: int = 100
+    ridge: float = 1e-6
+    # E2 prompt lengths for the closed-form ICL table
+    n_icl: tuple[int, ...] = (16, 64, 256, 1024)
+    # E3: joint GD vs static
+    e3_particles: int = 256
+    e3_steps: int = 4000
+    kappas: tuple[float, ...] = (1.0, 10.0, 100.0)
+    # E4: finite-prompt SGD
+    e4_particles: int = 256
+    e4_prompt_len: int = 64
+    e4_prompts: int = 32
+    e4_steps: int = 20000
+    e4_eta: float = 0.1
+    e4_kappa: float = 10.0
+    # E5 / E6: saddles and Hessian spectra (float64)
+    e5_particles: int = 64
+    e5_batch: int = 2048
+    e5_build_steps: int = 4000
+    e5_steps: int = 4000
+    e5_eps: tuple[float, ...] = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
+    e6_particles: int = 64
+    e6_steps: int = 3000
+    e6_every: int = 200
+    lanczos_m: int = 80
+
+
+PRESETS: Registry[ExperimentConfig] = Registry("meanfield experiment")
+PRESETS.add("full", ExperimentConfig())
+PRESETS.add(
+    "quick",
+    ExperimentConfig(
+        teachers=("t2",), n_particles=(64, 256), seeds=5, batch=2048, eval_batch=16384,
+        steps=2000, log_every=50, n_icl=(16, 64, 256, 1024), e3_particles=64, e3_steps=1000,
+        e4_particles=128, e4_steps=1500, e4_prompts=16, e5_particles=32, e5_batch=1024,
+        e5_build_steps=1500, e5_steps=2500, e6_particles=32, e6_steps=1200, e6_every=200,
+        lanczos_m=60,
+    ),
+)
+PRESETS.add(
+    "full_test",
+    ExperimentConfig(
+        d=6, k=2, teachers=("t2",), n_particles=(8, 16), seeds=2, batch=256, eval_batch=1024,
+        steps=40, log_every=10, n_icl=(16, 256), e3_particles=8, e3_steps=20, kappas=(1.0, 10.0),
+        e4_particles=8, e4_steps=20, e4_prompt_len=16, e4_prompts=4, e5_particles=8,
+        e5_batch=256, e5_build_steps=40, e5_steps=40, e5_eps=(1e-6, 1e-2), e6_particles=8,
+        e6_steps=40, e6_every=20, lanczos_m=10,
+    ),
+)
+PRESETS.add("quick_test", PRESETS.get("full_test"))
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Raises ValueError naming a bad experiment field and the fix (before compiling)."""
+    if cfg.k > cfg.d or cfg.k < 2:
+        raise ValueError(f"need 2 <= k <= d, got k={cfg.k}, d={cfg.d}")
+    for t in cfg.teachers:
+        if t not in ("t1", "t2"):
+            raise ValueError(f"teachers must be t1/t2, got {t!r}")
+    if min(cfg.n_particles) < 1 or cfg.seeds < 1:
+        raise ValueError("n_particles entries and seeds must be >= 1")
+    for steps, name in ((cfg.steps, "steps"), (cfg.e3_steps, "e3_steps"),
+                        (cfg.e4_steps, "e4_steps"), (cfg.e5_steps, "e5_steps"),
+                        (cfg.e5_build_steps, "e5_build_steps")):
+        if steps % cfg.log_every:
+            raise ValueError(f"{name}={steps} must be a multiple of log_every={cfg.log_every}")
+    if cfg.e6_steps % cfg.e6_every or cfg.e6_every % cfg.log_every:
+        raise ValueError("e6_steps must be a multiple of e6_every, itself a multiple of log_every")
+
+
+def _teacher(cfg: ExperimentConfig, kind: str, dtype=np.float32) -> mf.Teacher:
+    return mf.make_teacher(jax.random.PRNGKey(cfg.seed + 1), cfg.d, cfg.k, kind, cfg.s0, dtype)
+
+
+def _model(cfg: ExperimentConfig, kind: str, n: int, ridge: float | None = None):
+    return mf.ModelConfig(
+        d=cfg.d, k=cfg.k, n_particles=n, bias=(kind == "t2"),
+        ridge=cfg.ridge if ridge is None else ridge,
+    )
+
+
+def _np(tree):
+    return jax.tree.map(np.asarray, tree)
+
+
+def _tick(bar, n=1):
+    if bar is not None:
+        bar.update(n)
+
+
+# ----------------------------------------------------------------------------- E1 + E2
+
+
+def run_e1(cfg: ExperimentConfig, bar=None) -> dict:
+    """E1 (+E2 tables): static two-timescale WGF for every teacher and N, ``seeds`` seeds each.
+
+    Returns:
+        {teacher: {N: {"metrics": {name: [seeds, logs]}, "eval_loss": [seeds],
+        "eval_cca": [seeds, k], "icl": {...}, "seconds": float}}, "baselines": {...}}.
+    """
+    out: dict = {}
+    x_eval = jax.random.normal(jax.random.PRNGKey(cfg.seed + 7), (cfg.eval_batch, cfg.d))
+    for kind in cfg.teachers:
+        teacher = _teacher(cfg, kind)
+        f_eval = teacher(x_eval)
+        res: dict = {"baselines": _icl_baselines(cfg, x_eval, f_eval)}
+        for n in cfg.n_particles:
+            mcfg = _model(cfg, kind, n)
+            fcfg = dy.FlowConfig(
+                eta=cfg.eta, steps=cfg.steps, log_every=cfg.log_every, batch=cfg.batch,
+                ridge=cfg.ridge,
+            )
+            x = jax.random.normal(jax.random.PRNGKey(cfg.seed + 2), (cfg.batch, cfg.d))
+            keys = jax.random.split(jax.random.PRNGKey(cfg.seed + 100 + n), cfg.seeds)
+            states = dy.init_population(keys, mcfg, x)
+            t0 = time.perf_counter()
+            final, met = dy.run_population(states, x, teacher, mcfg, fcfg)
+            met = _np(met)
+            secs = time.perf_counter() - t0
+            evl, cca, icl, icl0, l0 = [], [], [], [], []
+            for s in range(cfg.seeds):
+                p = jax.tree.map(lambda z, s=s: z[s], final.particles)
+                p0 = jax.tree.map(lambda z, s=s: z[s], states.particles)
+                h, h0 = mf.features(p, x_eval), mf.features(p0, x_eval)
+                evl.append(float(mf.loss_from_features(h, f_eval, cfg.ridge)))
+                l0.append(float(mf.loss_from_features(h0, f_eval, cfg.ridge)))
+                cca.append(np.asarray(mf.cca_spectrum(h, f_eval)))
+                mom, mom0 = mf.icl_moments(h, f_eval), mf.icl_moments(h0, f_eval)
+                icl.append([float(mf.icl_closed_form_moments(mom, m)[1]) for m in cfg.n_icl])
+                icl0.append([float(mf.icl_closed_form_moments(mom0, m)[1]) for m in cfg.n_icl])
+            res[n] = {
+                "metrics": met, "eval_loss": np.array(evl), "eval_loss0": np.array(l0),
+                "eval_cca": np.array(cca), "icl": np.array(icl), "icl_frozen": np.array(icl0),
+                "seconds": secs, "steps_per_s": cfg.steps * cfg.seeds / secs,
+                "power_law": ls.fit_power_law(
+                    met["loss"][:, 1:], met["grad_sq"][:, 1:], hi=0.5 * float(met["loss"][:, 0].min())
+                ),
+            }
+            _tick(bar)
+        out[kind] = res
+    return out
+
+
+def _icl_baselines(cfg, x_eval, f_eval) -> dict:
+    """Closed-form rows: true features and LSA on (x, 1), for each n in cfg.n_icl and inf."""
+    mom_t = mf.icl_moments(f_eval, f_eval)
+    mom_l = mf.icl_moments(mf.lsa_features(x_eval), f_eval)
+    ns = list(cfg.n_icl) + [np.inf]
+    return {
+        "n": ns,
+        "true_feats": [float(mf.icl_closed_form_moments(mom_t, n)[1]) for n in ns],
+        "lsa_x1": [float(mf.icl_closed_form_moments(mom_l, n)[1]) for n in ns],
+    }
+
+
+# ----------------------------------------------------------------------------- E3
+
+
+def run_e3(cfg: ExperimentConfig, bar=None) -> dict:
+    """E3: joint GD on (mu, Gamma) with kappa in cfg.kappas against exact Gamma_mu (static).
+
+    Same init, seed and batch for every run; teacher = cfg.teachers[0].
+
+    Returns:
+        {"static": metrics, "kappa=<k>": metrics} with metrics as in ``dynamics.run_flow``.
+    """
+    kind = cfg.teachers[0]
+    teacher = _teacher(cfg, kind)
+    mcfg = _model(cfg, kind, cfg.e3_particles)
+    x = jax.random.normal(jax.random.PRNGKey(cfg.seed + 3), (cfg.batch, cfg.d))
+    st = dy.init_state(jax.random.PRNGKey(cfg.seed + 30), mcfg, x)
+    base = dy.FlowConfig(eta=cfg.eta, steps=cfg.e3_steps, log_every=cfg.log_every,
+                         batch=cfg.batch, ridge=cfg.ridge)
+    out = {}
+    _, out["static"] = dy.simulate(st, x, teacher, mcfg, base)
+    _tick(bar)
+    for kap in cfg.kappas:
+        fc = dataclasses.replace(base, mode="joint", kappa=kap)
+        _, out[f"kappa={kap:g}"] = dy.simulate(st, x, teacher, mcfg, fc)
+        _tick(bar)
+    return _np(out)
+
+
+# ----------------------------------------------------------------------------- E4
+
+
+def run_e4(cfg: ExperimentConfig, bar=None) -> dict:
+    """E4: finite-prompt SGD (fresh prompts each step, Gamma joint with kappa), then ICL risk.
+
+    Returns:
+        dict with training metrics, and for each n_test the risk with the learned Gamma and
+        with Gamma*_n refit by the closed form, next to the true-features and LSA(x,1) rows.
+    """
+    kind = cfg.teachers[0]
+    teacher = _teacher(cfg, kind)
+    mcfg = _model(cfg, kind, cfg.e4_particles)
+    x = jax.random.normal(jax.random.PRNGKey(cfg.seed + 4), (cfg.e4_prompts, cfg.d))
+    fc = dy.FlowConfig(
+        mode="prompt", eta=cfg.e4_eta, steps=cfg.e4_steps, log_every=cfg.log_every,
+        prompt_len=cfg.e4_prompt_len, prompts_per_step=cfg.e4_prompts, kappa=cfg.e4_kappa,
+        ridge=cfg.ridge,
+    )
+    # Gamma_{mu_0} from a larger batch so the start is the exact fast optimum
+    x_init = jax.random.normal(jax.random.PRNGKey(cfg.seed + 40), (cfg.batch, cfg.d))
+    st = dy.init_state(jax.random.PRNGKey(cfg.seed + 41), mcfg, x_init)
+    t0 = time.perf_counter()
+    st, met = dy.simulate(st, x, teacher, mcfg, fc)
+    secs = time.perf_counter() - t0
+    _tick(bar)
+    x_eval = jax.random.normal(jax.random.PRNGKey(cfg.seed + 7), (cfg.eval_batch, cfg.d))
+    f_eval = teacher(x_eval)
+    h = mf.features(st.particles, x_eval)
+    mom = mf.icl_moments(h, f_eval)
+    base = _icl_baselines(cfg, x_eval, f_eval)
+    learned = [float(mf.icl_risk_moments(mom, st.gamma, n)) for n in cfg.n_icl]
+    refit = [float(mf.icl_closed_form_moments(mom, n)[1]) for n in cfg.n_icl]
+    return {
+        "metrics": _np({k: v for k, v in met.items() if k in ("time", "train_loss", "loss")}),
+        "n": list(cfg.n_icl), "learned_gamma": learned, "refit_gamma": refit,
+        "true_feats": base["true_feats"][:-1], "lsa_x1": base["lsa_x1"][:-1],
+        "loss_inf": float(mf.loss_from_features(h, f_eval, cfg.ridge)), "seconds": secs,
+        "train_n": cfg.e4_prompt_len,
+    }
+
+
+# ----------------------------------------------------------------------------- E5 + E6
+
+
+def build_saddle(cfg: ExperimentConfig, teacher: mf.Teacher, x: jax.Array, bar=None):
+    """Constructs the support-restricted stationary point of E5 (float64 inputs expected).
+
+    Particles: half copies of the teacher neurons of features 1..k-1, half random neurons
+    with a scaled by 0.1; every w projected onto span{u_1..u_{k-1}}. The restricted flow is
+    run in chunks with re-projection (round-off along u_k grows exponentially: the
+    subspace is transport-unstable) until it settles.
+
+    Returns:
+        (particles, log dict with loss / grad_sq per chunk).
+    """
+    n, k = cfg.e5_particles, cfg.k
+    dtype = x.dtype
+    mcfg = _model(cfg, "t2", n, ridge=0.0)
+    basis = jnp.asarray(teacher.u[:-1], dtype)
+    tp = teacher.particles
+    keep = np.array([j for j in range(2 * k) if j % k != k - 1])
+    rep = np.resize(keep, n // 2)
+    rnd = mf.init_particles(jax.random.PRNGKey(cfg.seed + 50), mcfg, dtype)
+    parts = {
+        "a": jnp.concatenate([tp["a"][rep], 0.1 * rnd["a"][n // 2:]]),
+        "w": jnp.concatenate([tp["w"][rep], rnd["w"][n // 2:]]),
+        "b": jnp.concatenate([tp["b"][rep], rnd["b"][n // 2:]]),
+    }
+    parts = ls.restrict_to_span(parts, basis)
+    chunk = cfg.log_every * max(1, cfg.e5_build_steps // (10 * cfg.log_every))
+    fc = dy.FlowConfig(eta=cfg.eta, steps=chunk, log_every=cfg.log_every, ridge=0.0)
+    st = dy.init_state(jax.random.PRNGKey(0), mcfg, x, particles=parts, dtype=dtype)
+    log = {"loss": [], "grad_sq": []}
+    for _ in range(cfg.e5_build_steps // chunk):
+        st, met = dy.simulate(st, x, teacher, mcfg, fc)
+        st = st.replace(particles=ls.restrict_to_span(st.particles, basis))
+        log["loss"].append(float(met["loss"][-1]))
+        log["grad_sq"].append(float(met["grad_sq"][-1]))
+    _tick(bar)
+    return st.particles, log
+
+
+def _u_block_min_eig(parts, x, f, u) -> float:
+    """Smallest eigenvalue of N*Hess restricted to perturbations w_j += c_j u (N x N block).
+
+    At the restricted saddle this block is invariant (cross terms are odd in u.x), so its
+    smallest eigenvalue is the exponential escape rate of pure transport along u.
+    """
+    n = parts["a"].shape[0]
+    matvec, flat, unravel = ls.flat_hvp(lambda p: mf.loss_two_timescale(p, x, f), parts, n)
+    zeros = jax.tree.map(jnp.zeros_like, parts)
+    cols = []
+    for j in range(n):
+        e_j = jax.flatten_util.ravel_pytree(dict(zeros, w=zeros["w"].at[j].set(u)))[0]
+        cols.append(np.asarray(unravel(matvec(e_j))["w"] @ u))
+    block = np.stack(cols, axis=1)
+    return float(np.linalg.eigvalsh(0.5 * (block + block.T))[0])
+
+
+def run_e5(cfg: ExperimentConfig, bar=None) -> dict:
+    """E5: constructed saddle, certification, arm A (transport kicks), arm B, genericity.
+
+    Runs in float64 (``jax.enable_x64``) except the float32 control.
+    """
+    with jax.enable_x64(True):
+        return _run_e5(cfg, bar)
+
+
+def _run_e5(cfg: ExperimentConfig, bar) -> dict:
+    teacher = _teacher(cfg, "t2", np.float64)
+    u = jnp.asarray(teacher.u[-1], jnp.float64)
+    xh = jax.random.normal(jax.random.PRNGKey(cfg.seed + 5), (cfg.e5_batch // 2, cfg.d),
+                           jnp.float64)
+    x = ls.antithetic_batch(xh, u)
+    f = teacher(x)
+    parts, build_log = build_saddle(cfg, teacher, x, bar)
+    l_s = float(mf.loss_two_timescale(parts, x, f))
+    g_s = float(ls.grad_sq(parts, x, f))
+    ext = ls.hessian_extremes(parts, x, f, 0.0, n_eig=3, tol=1e-7)
+    _tick(bar)
+    flat, unravel = jax.flatten_util.ravel_pytree(parts)
+    vmin = unravel(jnp.asarray(ext["v_min"]))
+    vmin_u_frac = float(jnp.linalg.norm(vmin["w"] @ u) / np.linalg.norm(ext["v_min"]))
+    lam_u = _u_block_min_eig(parts, x, f, u)
+    _tick(bar)
+    # homotopy (mixture) curvature toward the teacher, best scale c
+    h, f_t = mf.features(parts, x), teacher(x)
+    scales = np.logspace(-3, 1, 17)
+    curv = [float(ls.homotopy_curvature(h, f_t, f, c)) for c in scales]
+
+    mcfg = _model(cfg, "t2", cfg.e5_particles, ridge=0.0)
+    n = cfg.e5_particles
+    eps_list = list(cfg.e5_eps)
+    inits = [ls.perturb_along(parts, u, e, jax.random.PRNGKey(60 + i)) for i, e in enumerate(eps_list)]
+    inits.append(parts)  # eps = 0, exact symmetric batch
+    # arm B: 5% generic full-support particles with tiny a (density floor)
+    n_b = max(1, n // 20)
+    gen = mf.init_particles(jax.random.PRNGKey(cfg.seed + 70), mcfg, jnp.float64)
+    arm_b = {name: leaf.at[:n_b].set(gen[name][:n_b]) for name, leaf in parts.items()}
+    arm_b["a"] = arm_b["a"].at[:n_b].set(1e-3 * gen["a"][:n_b])
+    inits.append(arm_b)
+    fc = dy.FlowConfig(eta=cfg.eta, steps=cfg.e5_steps, log_every=cfg.log_every, ridge=0.0)
+    states = jax.tree.map(
+        lambda *z: jnp.stack(z),
+        *[dy.init_state(jax.random.PRNGKey(0), mcfg, x, particles=p, dtype=jnp.float64)
+          for p in inits],
+    )
+    _, met = dy.run_population(states, x, teacher, mcfg, fc, mesh=dy.population_mesh(1))
+    met = _np(met)
+    _tick(bar)
+    thr = 0.5 * l_s
+    t_esc = [ls.plateau_time(met["time"][i], met["loss"][i], thr) for i in range(len(inits))]
+    fit = ls.fit_escape_slope(np.array(eps_list), np.array(t_esc[: len(eps_list)]))
+    # genericity controls: eps = 0 on a generic (non-antithetic) batch, and in float32
+    xg = jax.random.normal(jax.random.PRNGKey(cfg.seed + 8), x.shape, jnp.float64)
+    st_g = dy.init_state(jax.random.PRNGKey(0), mcfg, xg, particles=parts, dtype=jnp.float64)
+    _, met_g = dy.simulate(st_g, xg, teacher, mcfg, fc)
+    l_sg = float(mf.loss_two_timescale(parts, xg, teacher(xg)))
+    t_gen = ls.plateau_time(np.asarray(met_g["time"]), np.asarray(met_g["loss"]), 0.5 * l_sg)
+    p32 = jax.tree.map(lambda z: z.astype(jnp.float32), parts)
+    x32 = x.astype(jnp.float32)
+    t32 = mf.make_teacher(jax.random.PRNGKey(cfg.seed + 1), cfg.d, cfg.k, "t2", cfg.s0)
+    st_32 = dy.init_state(jax.random.PRNGKey(0), mcfg, x32, particles=p32, dtype=jnp.float32)
+    _, met_32 = dy.simulate(st_32, x32, t32, mcfg, fc)
+    t_f32 = ls.plateau_time(np.asarray(met_32["time"]), np.asarray(met_32["loss"]), thr)
+    _tick(bar)
+    return {
+        "L_S": l_s, "grad_sq_S": g_s, "build_log": build_log,
+        "lambda_min": float(ext["smallest"][0]), "lambda_max": float(ext["largest"][0]),
+        "smallest": ext["smallest"], "vmin_u_frac": vmin_u_frac, "lambda_u": lam_u,
+        "homotopy_scales": scales, "homotopy_curv": np.array(curv),
+        "eps": np.array(eps_list), "t_escape": np.array(t_esc[: len(eps_list)]),
+        "t_escape_eps0": t_esc[len(eps_list)], "t_escape_armB": t_esc[len(eps_list) + 1],
+        "t_escape_generic_batch": t_gen, "t_escape_float32": t_f32,
+        "fit": fit, "predicted_slope": 1.0 / abs(lam_u) if lam_u < 0 else float("inf"),
+        "metrics": {"time": met["time"][0], "loss": met["loss"]},
+        "final_loss": met["loss"][:, -1],
+    }
+
+
+def run_e6(cfg: ExperimentConfig, bar=None) -> dict:
+    """E6: lambda_min / lambda_max of N*Hess (JAX Lanczos) and G along a T2 trajectory (float64)."""
+    with jax.enable_x64(True):
+        teacher = _teacher(cfg, "t2", np.float64)
+        mcfg = _model(cfg, "t2", cfg.e6_particles, ridge=0.0)
+        x = jax.random.normal(jax.random.PRNGKey(cfg.seed + 6), (cfg.e5_batch, cfg.d),
+                              jnp.float64)
+        f = teacher(x)
+        st = dy.init_state(jax.random.PRNGKey(cfg.seed + 61), mcfg, x, dtype=jnp.float64)
+        fc = dy.FlowConfig(eta=cfg.eta, steps=cfg.e6_every, log_every=cfg.log_every, ridge=0.0)
+        rows = []
+        n = cfg.e6_particles
+        for i in range(cfg.e6_steps // cfg.e6_every + 1):
+            p = st.particles
+            matvec, flat, _ = ls.flat_hvp(lambda q: mf.loss_two_timescale(q, x, f), p, n)
+            v0 = jax.random.normal(jax.random.PRNGKey(i), flat.shape, jnp.float64)
+            ev, _ = ls.lanczos(matvec, v0, min(cfg.lanczos_m, flat.shape[0]))
+            rows.append({
+                "time": cfg.eta * cfg.e6_every * i,
+                "loss": float(mf.loss_two_timescale(p, x, f)),
+                "grad_sq": float(ls.grad_sq(p, x, f)),
+                "lambda_min": float(ev[0]), "lambda_max": float(ev[-1]),
+            })
+            if i < cfg.e6_steps // cfg.e6_every:
+                st, _ = dy.simulate(st, x, teacher, mcfg, fc)
+            _tick(bar)
+        return {"rows": rows}
