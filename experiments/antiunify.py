@@ -19,13 +19,19 @@ from absl import app, flags
 _S = flags.DEFINE_string("s", None, "First term, e.g. '\\x y. f(x, y)'.")
 _T = flags.DEFINE_string("t", None, "Second term.")
 _SIG = flags.DEFINE_string(
-    "sig", None, "Typed mode: 'name:type,...' for every constant / free variable (e.g. 'f:i->i,a:i')."
+    "sig",
+    None,
+    "Typed mode: 'name:type,...' for every constant / free variable (e.g. 'f:i->i,a:i').",
 )
-_POLICY = flags.DEFINE_enum("policy", "pattern", ["pattern", "common_subterms", "fo"], "Argument policy.")
+_POLICY = flags.DEFINE_enum(
+    "policy", "pattern", ["pattern", "common_subterms", "fo"], "Argument policy."
+)
 _MER = flags.DEFINE_enum("mer", "bucket", ["bucket", "naive"], "Mer implementation.")
 _NESTED = flags.DEFINE_bool("nested", False, "Bounded enumeration of nested generalizations.")
 _BOUND = flags.DEFINE_integer("bound", 5, "Size bound k for --nested (table for k = 2..bound).")
-_MAX_ARITY = flags.DEFINE_integer("max_arity", 1, "Max arity of generalization variables (--nested).")
+_MAX_ARITY = flags.DEFINE_integer(
+    "max_arity", 1, "Max arity of generalization variables (--nested)."
+)
 _DEMO = flags.DEFINE_enum("demo", None, ["nullary"], "Run a demonstrator.")
 _NMAX = flags.DEFINE_integer("n_max", 12, "Divisibility check for m, n <= n_max (--demo=nullary).")
 _BENCH = flags.DEFINE_bool("bench", False, "Run the linear-time benchmark.")
@@ -62,7 +68,8 @@ def main(argv):
               "(our construction, consistent with Cerna & Buran's nullarity theorem; "
               "not the paper's own witness)")
         for row in R.chain_rows():
-            print(f"  n={row['n']}: {row['G_n']}  sigma_s {row['sigma_s']}  sigma_t {row['sigma_t']}")
+            print(f"  n={row['n']}: {row['G_n']}  sigma_s {row['sigma_s']}  "
+                  f"sigma_t {row['sigma_t']}")
         print(f"G_m <= G_n found by matching (# = yes), m, n <= {_NMAX.value}:")
         print(R.order_matrix_text(rep.order))
         print(f"order == divisibility: {not rep.mismatches}; every G_n generalizes s and t: "
@@ -71,7 +78,13 @@ def main(argv):
             print(f"  G_{m} <= G_{n} via X := {show(sig['X'])}")
         return 0
     if _BENCH.value:
-        from jaxlm.symbolic.bench import BENCH_PRESETS, bench_targets, geometric_sizes, run_benchmark, slope_plot
+        from jaxlm.symbolic.bench import (
+            BENCH_PRESETS,
+            bench_targets,
+            geometric_sizes,
+            run_benchmark,
+            slope_plot,
+        )
         from jaxlm.utils.config import ConfigError
 
         try:
@@ -79,13 +92,15 @@ def main(argv):
         except ConfigError as e:
             raise app.UsageError(str(e)) from None
         res = run_benchmark(geometric_sizes(cfg.lo, cfg.hi, cfg.per_decade), cfg.naive_max,
-                            repeats=cfg.repeats, seed=_SEED.value, parse_size=cfg.parse_size or None)
+                            repeats=cfg.repeats, seed=_SEED.value,
+                            parse_size=cfg.parse_size or None)
         out = pathlib.Path(_WORKDIR.value)
         out.mkdir(parents=True, exist_ok=True)
         for row in res["rows"]:
             print(row)
         for tg in bench_targets(res):
-            print(f"{tg.name}: {tg.measured:.3g} {tg.op} {tg.target} -> {'met' if tg.met else 'NOT met'}")
+            met = "met" if tg.met else "NOT met"
+            print(f"{tg.name}: {tg.measured:.3g} {tg.op} {tg.target} -> {met}")
         print("plot:", slope_plot(res, str(out / "antiunify_slope.png")))
         return 0
     if _S.value is None or _T.value is None:
@@ -96,7 +111,10 @@ def main(argv):
     except (ParseError, TypeCheckError) as e:
         raise app.UsageError(str(e)) from None
     if _NESTED.value:
-        rows = N.enumeration_table(s, t, list(range(2, _BOUND.value + 1)), max_arity=_MAX_ARITY.value)
+        if _BOUND.value < 2:
+            raise app.UsageError("--bound must be >= 2")
+        bounds = list(range(2, _BOUND.value + 1))
+        rows = N.enumeration_table(s, t, bounds, max_arity=_MAX_ARITY.value)
         keys = list(rows[0])
         print(" | ".join(keys))
         for r in rows:

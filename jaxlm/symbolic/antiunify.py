@@ -31,7 +31,7 @@ import itertools
 from collections.abc import Callable, Mapping, Sequence
 
 from jaxlm.symbolic import terms as T
-from jaxlm.symbolic.terms import ABS, APP, BVAR, CONST, FVAR, Term, Type
+from jaxlm.symbolic.terms import ABS, APP, BVAR, Term, Type
 
 
 # ----------------------------------------------------------------------- results
@@ -318,7 +318,8 @@ class _Sol:
             # every bound variable of the difference is an argument too (images closed)
             occ_levels = _loose_levels((s, t), depth)
         # argument descriptors in first-occurrence order: ("b", level) / ("t", term)
-        occ: list[tuple[str, object]] = [("t", a) for a in sub_args] + [("b", lv) for lv in occ_levels]
+        occ: list[tuple[str, object]] = [("t", a) for a in sub_args]
+        occ += [("b", lv) for lv in occ_levels]
         ptys = [ctx[lv] if o == "b" else T.type_of(lv, ctx) for o, lv in occ]
         rho = T.type_of(s, ctx) if self.typed else None
         level_pos = {lv: j for j, (o, lv) in enumerate(occ) if o == "b"}
@@ -357,7 +358,7 @@ class _Sol:
             img_t = _abstract(t, depth, perm, ord_ptys, tp2, lv2)
         entry = StoreEntry(name, var_ty, img_s, img_t)
         self.store.append(entry)
-        rep = {"entry": entry, "perm": perm, "s": s, "t": t, "depth": depth, "occ": occ, "ptys": ptys}
+        rep = {"entry": entry, "perm": perm, "s": s, "t": t, "depth": depth, "occ": occ}
         if self.mer == "naive":
             self.reps.append(rep)
         else:

@@ -264,7 +264,9 @@ def _solve(goals: list, sigma: dict, flex: set, cap: int):
             yield from _solve(list(zip(p.args, u.args)) + rest, sigma, flex, cap)
         return
     if p.ty is not None and T.type_order(p.ty) > 1:
-        raise ValueError(f"bounded matching supports second-order variables only ({p.head}: {p.ty})")
+        raise ValueError(
+            f"bounded matching supports second-order variables only ({p.head}: {p.ty})"
+        )
     n = len(p.args)
     img = sigma.get(p.head)
     if img is not None:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from jaxlm.symbolic import matching as M
 from jaxlm.symbolic import terms as T
 from jaxlm.symbolic.antiunify import pattern_lgg
-from jaxlm.symbolic.terms import ABS, BVAR, CONST, FVAR, Term, Type
+from jaxlm.symbolic.terms import ABS, BVAR, CONST, FVAR, Term
 
 IOTA = T.base("i")
 
@@ -200,7 +200,9 @@ def _canonical_vars(t: Term, prefix: str = "G") -> Term:
     """Renames generalization variables G* to G0, G1, ... in first-occurrence order."""
     order: list[str] = []
     for node, _ in T.iter_subterms(t):
-        if node.kind != ABS and node.hkind == FVAR and node.head.startswith(prefix) and node.head not in order:
+        if node.kind == ABS or node.hkind != FVAR:
+            continue
+        if node.head.startswith(prefix) and node.head not in order:
             order.append(node.head)
     mapping = {v: f"__{i}" for i, v in enumerate(order)}
     t = T.rename_fvars(t, mapping)
@@ -308,7 +310,13 @@ def enumerate_generalizations(
     n = len(gens)
     if not compute_order:
         return EnumerationResult(size_bound, gens, sizes, [], [], [])
-    leq = [[i == j or M.more_general(gens[i], gens[j], max_candidates=max_candidates) for j in range(n)] for i in range(n)]
+    leq = [
+        [
+            i == j or M.more_general(gens[i], gens[j], max_candidates=max_candidates)
+            for j in range(n)
+        ]
+        for i in range(n)
+    ]
     classes: list[list[int]] = []
     cls_of = [-1] * n
     for i in range(n):

@@ -77,7 +77,8 @@ def property_checks(n_pairs: int, seed: int, lgg_bound: int = 4, n_lgg: int = 30
             ok["least_general"] += all(
                 M.match_pattern(g, res.lgg) is not None for g in en.generalizations
             )
-    rates = {k: v / (n_pairs if k != "least_general" else min(n_pairs, n_lgg)) for k, v in ok.items()}
+    denom = {k: n_pairs for k in ok} | {"least_general": min(n_pairs, n_lgg)}
+    rates = {k: v / denom[k] for k, v in ok.items()}
     rates["pattern_generalizations_checked"] = checked_gens
     return rates
 
@@ -95,7 +96,9 @@ def chain_rows(n_show: Sequence[int] = (1, 2, 4, 8)) -> list[dict]:
                 "G_n": f"`{show(g)}`",
                 "sigma_s": f"X := `{show(sig_s['X'])}`",
                 "sigma_t": f"X := `{show(sig_t['X'])}`",
-                "G_n sigma = s, t": "yes" if T.subst(g, sig_s) is s and T.subst(g, sig_t) is t else "NO",
+                "G_n sigma = s, t": "yes"
+                if T.subst(g, sig_s) is s and T.subst(g, sig_t) is t
+                else "NO",
                 "pattern": "yes" if T.is_pattern(g) else "no",
             }
         )

@@ -32,7 +32,8 @@ class ParseError(ValueError):
 
     def __init__(self, text: str, pos: int, expected: str, found: str | None = None):
         self.text, self.pos, self.expected = text, pos, expected
-        found = found if found is not None else (repr(text[pos]) if pos < len(text) else "end of input")
+        if found is None:
+            found = repr(text[pos]) if pos < len(text) else "end of input"
         line = text.count("\n", 0, pos) + 1
         col = pos - (text.rfind("\n", 0, pos) + 1) + 1
         src_line = text.splitlines()[line - 1] if text.strip() else ""
@@ -366,7 +367,10 @@ def _to_term(raw: _Raw, sig: Mapping[str, Type] | None, binder_types: dict | Non
             else:
                 body = out.pop()
                 for j in reversed(range(nb)):
-                    ty = binder_types[(id(node), j)] if binder_types is not None else node.binders[j][1]
+                    if binder_types is not None:
+                        ty = binder_types[(id(node), j)]
+                    else:
+                        ty = node.binders[j][1]
                     body = T.mk_abs(ty, body)
                 out.append(body)
             continue

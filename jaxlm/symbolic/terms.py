@@ -97,7 +97,9 @@ class NormalisationError(ValueError):
 class Term:
     """A hash-consed beta-normal term node. Build with :func:`mk_abs` / :func:`mk_app`."""
 
-    __slots__ = ("kind", "ty", "body", "hkind", "head", "args", "size", "lb", "has_fv", "__weakref__")
+    __slots__ = (
+        "kind", "ty", "body", "hkind", "head", "args", "size", "lb", "has_fv", "__weakref__"
+    )
 
     def __repr__(self) -> str:
         from jaxlm.symbolic.syntax import show  # local import: syntax depends on terms

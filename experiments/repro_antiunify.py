@@ -1,0 +1,139 @@
+"""Reproduction entry `antiunify`: unitary pattern AU vs nullary nested AU.
+
+    python -m experiments.reproduce --only=antiunify --quick
+
+Golden cases + random property checks for the BKLV pattern lgg (unitary), the chain
+table for nested variables (our construction, consistent with Cerna & Buran), the
+bounded-enumeration table, and the timing slope plot (bucketed vs naive Mer).
+"""
+
+from __future__ import annotations
+
+from jaxlm.utils.report import RunContext, Section, markdown_table
+
+NAME = "antiunify"
+TITLE = "Anti-unification of lambda terms: one (patterns, linear time) or nothing (nested)"
+
+
+def run(ctx: RunContext) -> Section:
+    import time
+
+    from jaxlm.symbolic import nested as N
+    from jaxlm.symbolic import report as R
+    from jaxlm.symbolic.bench import geometric_sizes, run_benchmark, slope_plot
+    from jaxlm.symbolic.syntax import parse
+
+    bar = ctx.bar(5, "steps")
+    t0 = time.perf_counter()
+    golden = R.golden_rows()
+    golden_ok = all(r["justified + matches spec"] == "yes" for r in golden)
+    bar.update(1)
+    props = R.property_checks(200 if ctx.quick else 1000, ctx.seed, n_lgg=30 if ctx.quick else 150)
+    checks = ("soundness", "symmetry", "idempotence", "least_general")
+    props_ok = all(props[k] == 1.0 for k in checks)
+    bar.update(1)
+    chain = N.chain_table(12)
+    bar.update(1)
+    s, t = N.chain_problem()
+    enum_chain = N.enumeration_table(s, t, list(range(2, 6 if ctx.quick else 7)))
+    sig = {"f": "i->i->i", "a": "i"}
+    enum_g1 = N.enumeration_table(parse(r"\x.f(x,x)", sig), parse(r"\x.f(a,x)", sig), [2, 3, 4])
+    bar.update(1)
+    sizes = geometric_sizes(100, 100_000, 2)
+    bench = run_benchmark(sizes, 31_623 if ctx.quick else 100_000, repeats=2 if ctx.quick else 3,
+                          seed=ctx.seed, parse_size=100_000)
+    plot = slope_plot(bench, str(ctx.outdir / "antiunify_slope.png"))
+    bar.update(1)
+    bar.close()
+
+    slope_ok = bench["slope_bucket"] <= 1.15
+    naive_ok = bench["slope_naive"] >= 1.3 and bench["slope_naive_top_decade"] >= 1.6
+    parse_ok = bench["parse_au"]["total_s"] <= 5.0
+    all_ok = golden_ok and props_ok and chain.lemma_holds and slope_ok and naive_ok
+    if all_ok and parse_ok:
+        verdict = "reproduced"
+    elif golden_ok and chain.lemma_holds:
+        verdict = "partially reproduced"
+    else:
+        verdict = "not reproduced"
+    note = (
+        f"Golden 9/9 {'pass' if golden_ok else 'FAIL'}; random properties "
+        f"{'all pass' if props_ok else 'FAIL'}; divisibility lemma m,n<=12 "
+        f"{'holds' if chain.lemma_holds else 'FAILS'}; bucketed-Mer slope "
+        f"{bench['slope_bucket']:.2f} (target <= 1.15), naive slope {bench['slope_naive']:.2f} "
+        f"overall, {bench['slope_naive_top_decade']:.2f} over its top decade; "
+        f"parse + AU of a {bench['parse_au']['n']}-node-per-term pair "
+        f"{bench['parse_au']['total_s']:.1f} s CPU ({bench['parse_au']['total_wall_s']:.1f} s wall "
+        "on the shared machine; target < 5 s). Times are process CPU time."
+    )
+    timing_rows = [
+        {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}
+        for r in bench["rows"]
+    ]
+    extra = "\n".join(
+        [
+            "**Random property checks** (typed pairs of <= 12 nodes): "
+            + ", ".join(f"{k} {v:.3g}" for k, v in props.items()),
+            "",
+            "**Nullarity demonstrator** (our construction, consistent with the paper's "
+            "theorem; not the paper's own witness): s = `\\x.x`, t = `\\x.c`.",
+            "",
+            markdown_table(R.chain_rows()),
+            "G_m <= G_n found by bounded second-order matching (`#` = yes), m, n <= 12; "
+            f"equals divisibility: **{not chain.mismatches}**; the pattern lgg is G_1: "
+            f"**{chain.pattern_lgg_is_g1}**. So G_1 < G_2 < G_4 < ... is an infinite strictly "
+            "ascending chain above the pattern lgg. That no maximal generalization exists above "
+            "it is the paper's theorem, not checked here.",
+            "",
+            "```\n" + R.order_matrix_text(chain.order) + "\n```",
+            "",
+            "**Bounded enumeration, chain problem** (bodies of <= k symbols; gen. variables "
+            "of arity <= 1, nested allowed):",
+            "",
+            markdown_table(enum_chain),
+            "The last column stays > 0 at every other k (G_n becomes dominated by G_2n once "
+            "it fits): no bound gives a stable set of maximal generalizations.",
+            "",
+            "**Bounded enumeration, golden row 1** (`\\x.f(x,x)` vs `\\x.f(a,x)`):",
+            "",
+            markdown_table(enum_g1),
+            "",
+            "**Timing** (nodes per input; untyped random pairs with many shared differences):",
+            "",
+            markdown_table(timing_rows),
+            f"Parse + AU: {bench['parse_au']}",
+            f"Total entry time {time.perf_counter() - t0:.0f} s.",
+        ]
+    )
+    return Section(
+        title=TITLE,
+        claim=(
+            "BKLV (JAR 2017): the higher-order pattern lgg is unique up to alpha and renaming "
+            "and computable in linear time (Dec/Abs/Sol/Mer). Cerna & Buran (ACM TOCL 2024): with "
+            "nested generalization variables AU is nullary (no minimal complete set), even with "
+            "restricted arguments, for capture-avoiding substitutions."
+        ),
+        setup=(
+            "Pure-Python jaxlm.symbolic: hash-consed de Bruijn terms, BKLV via the TMS engine "
+            "with the pattern argument policy; Mer by canonical keys in a hash table (naive "
+            "pairwise Mer for comparison). Golden rows from the spec; random typed pairs; chain "
+            "G_n = \\x.X^n(x); sizes 1e2..1e5 nodes per input, median of repeats."
+        ),
+        table=golden,
+        verdict=verdict,
+        verdict_note=note,
+        command="python -m experiments.reproduce --only=antiunify"
+        + (" --quick" if ctx.quick else ""),
+        plots=[plot],
+        metrics={
+            "golden_pass": golden_ok,
+            "properties": props,
+            "chain_lemma_holds": chain.lemma_holds,
+            "slope_bucket": bench["slope_bucket"],
+            "slope_bucket_ge_1e3": bench["slope_bucket_ge_1e3"],
+            "slope_naive": bench["slope_naive"],
+            "slope_naive_top_decade": bench["slope_naive_top_decade"],
+            "parse_au_s": bench["parse_au"]["total_s"],
+        },
+        extra=extra,
+    )
