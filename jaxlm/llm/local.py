@@ -327,8 +327,9 @@ class LocalBackend:
     def _generate_ids(self, prompts: list[list[int]], cfg: GenConfig) -> list[dict[str, Any]]:
         p = bucket_len(max(len(x) for x in prompts), 32)
         new = bucket_len(cfg.max_tokens, 16)
-        if p + new > self.cfg.max_seq_len:
-            new = max(cfg.max_tokens, self.cfg.max_seq_len - p)
+        if p + new > self.cfg.max_seq_len:  # near the context limit: tighter padding
+            p = -(-max(len(x) for x in prompts) // 16) * 16
+            new = max(cfg.max_tokens, min(new, self.cfg.max_seq_len - p))
             if p + new > self.cfg.max_seq_len:
                 raise ValueError(
                     f"complete: prompt ({max(len(x) for x in prompts)} tokens) + max_tokens "
@@ -429,7 +430,7 @@ class LocalBackend:
                else np.asarray(position_ids, np.int32).reshape(b, t))
         cache = init_cache(self.cfg, b, cap)
         logits, cache = _masked_prefill(self.params, jnp.asarray(toks), jnp.asarray(pos),
-                                        bias_j[..., :t], cache, cfg=self.cfg)
+                                        bias_j, cache, cfg=self.cfg)
         sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
         from jaxlm.core.generate import sample_logits
 

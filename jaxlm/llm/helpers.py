@@ -1,0 +1,108 @@
+"""Helpers shared by the agent loops: candidate choice by likelihood, JSON extraction,
+action matching, bootstrap confidence intervals."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxlm.llm.base import Message, ScoreResult, require
+
+
+def score_many(backend: Any, requests: Sequence[tuple[Any, Sequence[str]]]
+               ) -> list[list[ScoreResult]]:
+    """Scores several (prefix, continuations) requests, batched when the backend can."""
+    require(backend, {"score"})
+    if hasattr(backend, "score_many"):
+        return backend.score_many(list(requests))
+    return [backend.score(p, c) for p, c in requests]
+
+
+def rank_values(results: Sequence[ScoreResult], norm: str = "mean",
+                baseline: Sequence[ScoreResult] | None = None) -> np.ndarray:
+    """Scores used for ranking: "sum", "mean" (per token) or "pmi" (sum minus ``baseline``)."""
+    s = np.array([r.sum_logprob for r in results], np.float64)
+    if norm == "sum":
+        return s
+    if norm == "mean":
+        return s / np.array([max(r.n_tokens, 1) for r in results], np.float64)
+    if norm == "pmi":
+        if baseline is None:
+            raise ValueError("rank_values: norm='pmi' needs the unconditional baseline scores")
+        return s - np.array([b.sum_logprob for b in baseline], np.float64)
+    raise ValueError(f"norm must be 'sum', 'mean' or 'pmi', got {norm!r}")
+
+
+def choose(backend: Any, prefix: str | Sequence[Message], options: Sequence[str],
+           norm: str = "mean", null_prefix: str | Sequence[Message] | None = None
+           ) -> tuple[int, np.ndarray]:
+    """Index of the most likely option after ``prefix`` and the per-option values.
+
+    ``norm="pmi"`` subtracts each option's log-prob after ``null_prefix`` (default a
+    neutral "Answer:" prompt), against the length and popularity bias of small models.
+    """
+    if not options:
+        raise ValueError("choose: options must be non-empty")
+    if norm == "pmi":
+        null = null_prefix if null_prefix is not None else "Answer:"
+        res, base = score_many(backend, [(prefix, options), (null, options)])
+        vals = rank_values(res, "pmi", base)
+    else:
+        vals = rank_values(score_many(backend, [(prefix, options)])[0], norm)
+    return int(np.argmax(vals)), vals
+
+
+def extract_json(text: str) -> Any:
+    """The JSON object between the first '{' and the last '}' of ``text`` (ValueError if none)."""
+    a, b = text.find("{"), text.rfind("}")
+    if a == -1 or b <= a:
+        raise ValueError("no JSON object in the text")
+    return json.loads(text[a: b + 1])
+
+
+_CMD_PREFIX = re.compile(r"^\s*(?:>|action\s*:|command\s*:|answer\s*:|\d+[.)]|[-*])\s*", re.I)
+
+
+def match_action(text: str, admissible: Sequence[str], cutoff: float = 0.75
+                 ) -> tuple[str | None, str]:
+    """Maps free text to an admissible command.
+
+    Returns:
+        (command or None, how): how is "exact" (the first non-empty line equals a command
+        after normalisation), "contains" (a command appears in the text; longest wins),
+        "fuzzy" (difflib ratio >= cutoff) or "none".
+    """
+    if not admissible:
+        return None, "none"
+    norm = {re.sub(r"\s+", " ", a.strip().lower()): a for a in admissible}
+    lines = [ln for ln in (text or "").splitlines() if ln.strip()]
+    first = _CMD_PREFIX.sub("", lines[0]).strip().strip("\"'`.!").lower() if lines else ""
+    first = re.sub(r"\s+", " ", first)
+    if first in norm:
+        return norm[first], "exact"
+    low = re.sub(r"\s+", " ", (text or "").lower())
+    hits = [k for k in norm if re.search(r"(?<![a-z])" + re.escape(k) + r"(?![a-z])", low)]
+    if hits:
+        return norm[max(hits, key=len)], "contains"
+    if first:
+        best = difflib.get_close_matches(first, list(norm), n=1, cutoff=cutoff)
+        if best:
+            return norm[best[0]], "fuzzy"
+    return None, "none"
+
+
+def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high) percentile bootstrap CI of the mean."""
+    x = np.asarray(values, np.float64)
+    if x.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
+    return float(x.mean()), float(lo), float(hi)

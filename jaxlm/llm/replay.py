@@ -1,0 +1,243 @@
+"""``ReplayBackend`` (record / replay a JSONL cassette) and ``ScriptedBackend`` (rules).
+
+Cassette format: one JSON object per line. The first line is a header
+``{"cassette": 1, "backend": name, "capabilities": [...], "context_window": n}``;
+every other line is ``{"key": sha256, "method": "chat"|"complete"|"score",
+"request": {...}, "response": [...]}``. The key is the sha256 of the canonical
+JSON of (method, request). Identical requests are replayed in recording order, so
+a recorded run replays exactly, sampled requests included. A request with no
+(remaining) entry raises ``CassetteMiss`` naming the method, the cassette and the
+start of the request, never a silent fallback.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import pathlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from jaxlm.llm.base import (
+    BackendError,
+    Completion,
+    GenConfig,
+    Message,
+    MissingCapability,
+    ScoreResult,
+    check_continuations,
+    check_messages,
+)
+
+
+class CassetteMiss(BackendError):
+    """A replayed request is not in the cassette."""
+
+
+def request_key(method: str, request: dict[str, Any]) -> str:
+    canon = json.dumps({"method": method, "request": request}, sort_keys=True,
+                       separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+def _prefix_json(prefix: str | Sequence[Message]) -> Any:
+    return prefix if isinstance(prefix, str) else check_messages(prefix)
+
+
+class ReplayBackend:
+    """Records an inner backend's traffic to a cassette, or replays it with no model.
+
+    Args:
+        path: the JSONL cassette.
+        inner: the backend to record (``mode="record"``); None to replay.
+        mode: "record" (call inner, append every exchange; truncates the file),
+            "replay" (cassette only) or "auto" (replay hits, record misses via inner).
+    """
+
+    def __init__(self, path: str | os.PathLike, inner: Any = None, mode: str | None = None):
+        self.path = pathlib.Path(path)
+        mode = mode or ("record" if inner is not None else "replay")
+        if mode not in ("record", "replay", "auto"):
+            raise ValueError(f"ReplayBackend: mode must be record|replay|auto, got {mode!r}")
+        if mode in ("record", "auto") and inner is None:
+            raise ValueError(f"ReplayBackend: mode={mode!r} needs an inner backend to record")
+        self.mode, self.inner = mode, inner
+        self._entries: dict[str, collections.deque] = collections.defaultdict(collections.deque)
+        self.stats = {"hits": 0, "recorded": 0}
+        header = None
+        if mode in ("replay", "auto") and self.path.exists():
+            header = self._load()
+        elif mode == "replay":
+            raise FileNotFoundError(
+                f"ReplayBackend: cassette {self.path} does not exist; record it first "
+                "(ReplayBackend(path, inner=backend))"
+            )
+        if inner is not None:
+            self.name = f"replay[{inner.name}]"
+            self.capabilities = frozenset(inner.capabilities) & {"chat", "complete", "score"}
+            self.context_window = inner.context_window
+        else:
+            self.name = f"replay[{header.get('backend', '?')}]"
+            self.capabilities = frozenset(header.get("capabilities", ()))
+            self.context_window = int(header.get("context_window", 0))
+        if mode == "record":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w") as f:
+                f.write(json.dumps({"cassette": 1, "backend": inner.name,
+                                    "capabilities": sorted(self.capabilities),
+                                    "context_window": inner.context_window}) + "\n")
+        elif mode == "auto" and not self.path.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "w") as f:
+                f.write(json.dumps({"cassette": 1, "backend": inner.name,
+                                    "capabilities": sorted(self.capabilities),
+                                    "context_window": inner.context_window}) + "\n")
+
+    def _load(self) -> dict[str, Any]:
+        header = None
+        with open(self.path) as f:
+            for i, line in enumerate(f):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except ValueError as e:
+                    raise BackendError(f"{self.path}:{i + 1}: corrupt cassette line ({e})") from e
+                if i == 0:
+                    if obj.get("cassette") != 1:
+                        raise BackendError(f"{self.path}: not a jaxlm cassette (bad header)")
+                    header = obj
+                    continue
+                self._entries[obj["key"]].append(obj["response"])
+        if header is None:
+            raise BackendError(f"{self.path}: empty cassette")
+        return header
+
+    def _call(self, method: str, request: dict[str, Any], live: Callable[[], Any]) -> Any:
+        if method not in self.capabilities:
+            raise MissingCapability(f"backend {self.name!r} has no {method!r} capability")
+        key = request_key(method, request)
+        q = self._entries.get(key)
+        if self.mode != "record" and q:
+            self.stats["hits"] += 1
+            return q.popleft()
+        if self.mode == "replay":
+            snippet = json.dumps(request, ensure_ascii=False)[:240]
+            raise CassetteMiss(
+                f"no cassette entry for {method} request in {self.path} (key {key[:12]}; the "
+                f"run diverged from the recording or it was recorded with other settings). "
+                f"Request starts: {snippet}"
+            )
+        resp = live()
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"key": key, "method": method, "request": request,
+                                "response": resp}, ensure_ascii=False) + "\n")
+        self.stats["recorded"] += 1
+        return resp
+
+    def chat(self, messages: Sequence[Message], cfg: GenConfig = GenConfig()) -> list[Completion]:
+        msgs = check_messages(messages)
+        req = {"messages": msgs, "cfg": cfg.to_dict()}
+        resp = self._call("chat", req, lambda: [c.to_dict() for c in self.inner.chat(msgs, cfg)])
+        return [Completion.from_dict(d) for d in resp]
+
+    def complete(self, prompt: str, cfg: GenConfig = GenConfig()) -> list[Completion]:
+        req = {"prompt": prompt, "cfg": cfg.to_dict()}
+        resp = self._call("complete", req,
+                          lambda: [c.to_dict() for c in self.inner.complete(prompt, cfg)])
+        return [Completion.from_dict(d) for d in resp]
+
+    def score(
+        self, prefix: str | Sequence[Message], continuations: Sequence[str]
+    ) -> list[ScoreResult]:
+        conts = check_continuations(continuations)
+        req = {"prefix": _prefix_json(prefix), "continuations": conts}
+        resp = self._call("score", req,
+                          lambda: [r.to_dict() for r in self.inner.score(prefix, conts)])
+        return [ScoreResult(float(d["sum_logprob"]), int(d["n_tokens"])) for d in resp]
+
+    def score_many(self, requests) -> list[list[ScoreResult]]:
+        """Batched scoring: when recording, one batched inner call, then one entry per request."""
+        if self.mode != "record" or not hasattr(self.inner, "score_many"):
+            return [self.score(p, c) for p, c in requests]
+        reqs = [(p, check_continuations(c)) for p, c in requests]
+        live = self.inner.score_many(reqs)
+        out = []
+        for (p, c), res in zip(reqs, live, strict=True):
+            d = self._call("score", {"prefix": _prefix_json(p), "continuations": c},
+                           lambda r=res: [x.to_dict() for x in r])
+            out.append([ScoreResult(float(x["sum_logprob"]), int(x["n_tokens"])) for x in d])
+        return out
+
+
+class ScriptedBackend:
+    """Deterministic rule-based backend for unit tests of agent loops.
+
+    Args:
+        rules: (regex, reply) pairs tried in order on the last message / prompt text;
+            a reply may be a string or ``f(text) -> str``.
+        default: reply when no rule matches.
+        scorer: ``f(prefix_text, continuation) -> float`` log-prob for the scoring tier
+            (default: prefers continuations whose words occur in the prefix).
+    """
+
+    def __init__(self, rules: Sequence[tuple[str, Any]] = (), default: str = "look",
+                 scorer: Callable[[str, str], float] | None = None, name: str = "scripted"):
+        self.rules = [(re.compile(p, re.S), r) for p, r in rules]
+        self.default = default
+        self.scorer = scorer or self._overlap
+        self.name = name
+        self.capabilities = frozenset({"chat", "complete", "score"})
+        self.context_window = 1 << 20
+        self.calls: list[tuple[str, str]] = []
+
+    @staticmethod
+    def _overlap(prefix: str, cont: str) -> float:
+        words = cont.lower().split()
+        hits = sum(w in prefix.lower() for w in words)
+        return -float(len(words) - hits) - 0.01 * len(cont)
+
+    def _reply(self, text: str) -> str:
+        for pat, rep in self.rules:
+            if pat.search(text):
+                return rep(text) if callable(rep) else rep
+        return self.default
+
+    def chat(self, messages: Sequence[Message], cfg: GenConfig = GenConfig()) -> list[Completion]:
+        msgs = check_messages(messages)
+        text = msgs[-1]["content"]
+        self.calls.append(("chat", text))
+        return self._finish(self._reply(text), cfg)
+
+    def complete(self, prompt: str, cfg: GenConfig = GenConfig()) -> list[Completion]:
+        if not isinstance(prompt, str) or not prompt:
+            raise ValueError("complete: prompt must be a non-empty string")
+        self.calls.append(("complete", prompt))
+        return self._finish(self._reply(prompt), cfg)
+
+    @staticmethod
+    def _finish(reply: str, cfg: GenConfig) -> list[Completion]:
+        from jaxlm.llm.base import truncate_at_stop
+
+        text, hit = truncate_at_stop(reply, cfg.stop)
+        words = text.split(" ")
+        reason = "stop"
+        if len(words) > cfg.max_tokens:
+            text, reason = " ".join(words[: cfg.max_tokens]), "length"
+        return [Completion(text=text, finish_reason=reason, prompt_tokens=0,
+                           completion_tokens=len(text.split()))] * cfg.n
+
+    def score(
+        self, prefix: str | Sequence[Message], continuations: Sequence[str]
+    ) -> list[ScoreResult]:
+        conts = check_continuations(continuations)
+        text = prefix if isinstance(prefix, str) else "\n".join(
+            m["content"] for m in check_messages(prefix))
+        self.calls.append(("score", text))
+        return [ScoreResult(float(self.scorer(text, c)), max(1, len(c.split()))) for c in conts]
+
+    def score_many(self, requests) -> list[list[ScoreResult]]:
+        return [self.score(p, c) for p, c in requests]
