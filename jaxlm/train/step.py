@@ -107,6 +107,11 @@ def make_train_step(
     def train_step(state: TrainState, batch: Batch, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         params = state.params
+        if axis_name is not None:
+            # Inside shard_map the replicated params are "invariant"; differentiating a
+            # per-device loss w.r.t. them would psum the gradient implicitly. Casting them
+            # to "varying" keeps each device's local gradient, averaged explicitly below.
+            params = jax.lax.pcast(params, axis_name, to="varying")
         if grad_accum == 1:
             g, (lsum, wsum) = grad_fn(params, batch, rng)
         else:
@@ -119,9 +124,13 @@ def make_train_step(
                 g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
                 return (g_acc, l_acc + l, w_acc + w), None
 
-            zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-            init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-            (g, lsum, wsum), _ = jax.lax.scan(body, init, (mbs, jnp.arange(grad_accum)))
+            # The first micro-batch seeds the carry (so under shard_map it already has the
+            # per-device "varying" type the loop body produces).
+            first = jax.tree.map(lambda x: x[0], mbs)
+            g0, (l0, w0) = grad_fn(params, first, jax.random.fold_in(rng, 0))
+            init = (jax.tree.map(lambda x: x.astype(jnp.float32), g0), l0, w0)
+            rest = jax.tree.map(lambda x: x[1:], mbs)
+            (g, lsum, wsum), _ = jax.lax.scan(body, init, (rest, jnp.arange(1, grad_accum)))
         tokens = wsum
         if axis_name is not None:
             g = jax.lax.pmean(g, axis_name)
@@ -129,9 +138,9 @@ def make_train_step(
             wsum = jax.lax.pmean(wsum, axis_name)
             tokens = jax.lax.psum(tokens, axis_name)
         denom = jnp.maximum(wsum, 1e-9)
-        grads = jax.tree.map(lambda x, p: (x / denom).astype(p.dtype), g, params)
-        updates, opt_state = tx.update(grads, state.opt_state, params)
-        new_params = optax.apply_updates(params, updates)
+        grads = jax.tree.map(lambda x, p: (x / denom).astype(p.dtype), g, state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": lsum / denom,
             "grad_norm": global_norm(grads),
