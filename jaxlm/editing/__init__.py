@@ -1,0 +1,1 @@
+"""Knowledge editing: ROME, MEMIT, fine-tuning and retrieval baselines, edit metrics."""

@@ -1,0 +1,276 @@
+"""Keys and target values for locate-and-edit methods (ROME's k* and v*, MEMIT's z).
+
+- ``make_contexts``: short random prefixes sampled from the model ("{}" first),
+  as ROME/MEMIT average keys and the value loss over them.
+- ``compute_keys``: k* = mean over contexts of the "mlp_hidden" activation (the
+  input of ``w_down``) at the subject's last token; also the bare-prompt key.
+- ``optimize_delta``: delta* = argmin NLL(target_new | context + prompt, delta added
+  at the subject's last token at (site, layer)) + kl_factor * KL(P_delta || P) on
+  "{subject} is a" + weight_decay * ||delta|| / ||v0||^2, Adam, with
+  ||delta|| <= clamp_norm_factor * ||v0|| after each step (ROME's compute_v).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxlm.core import ModelConfig
+from jaxlm.editing import hooks
+from jaxlm.editing.requests import EditRequest, TokenizerLike, encode_prompt, target_ids
+
+Params = dict[str, Any]
+CONTEXT_SEEDS = ("The", "Therefore", "Because", "I", "You")
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueConfig:
+    """Hyper-parameters of the delta optimisation (EasyEdit/ROME defaults where they exist).
+
+    Attributes:
+        lr: Adam learning rate (0.5).
+        steps: maximum Adam steps (20).
+        kl_factor: weight of the KL term on the "{} is a" essence prompt (0.0625).
+        weight_decay: weight of ||delta|| / ||v0||^2 (1e-3).
+        clamp_norm_factor: ||delta|| is projected to <= this * ||v0|| (4.0).
+        stop_nll: stop early once the mean target NLL is below this (0.05).
+        kl_prompt: essence prompt template for the KL term.
+        single_token: require single-token targets.
+    """
+
+    lr: float = 0.5
+    steps: int = 20
+    kl_factor: float = 0.0625
+    weight_decay: float = 1e-3
+    clamp_norm_factor: float = 4.0
+    stop_nll: float = 0.05
+    kl_prompt: str = "{} is a"
+    single_token: bool = True
+
+
+def make_contexts(
+    params: Params,
+    cfg: ModelConfig,
+    tok: TokenizerLike,
+    *,
+    n: int = 5,
+    length: int = 5,
+    seed: int = 0,
+) -> list[str]:
+    """Context templates: "{}" plus ``n`` model-sampled prefixes "<text>. {}" of ``length`` tokens."""
+    from jaxlm.core.generate import SamplingConfig, generate
+
+    if n == 0:
+        return ["{}"]
+    seeds = [CONTEXT_SEEDS[i % len(CONTEXT_SEEDS)] for i in range(n)]
+    prompts = [tok.encode(s) for s in seeds]
+    out = generate(
+        params, cfg, prompts, max_new_tokens=length, key=jax.random.PRNGKey(seed),
+        sampling=SamplingConfig(temperature=1.0, top_k=5), stop_ids=(), pad_id=0,
+    )
+    toks = np.asarray(out.tokens)
+    ctx = ["{}"]
+    for s, row in zip(seeds, toks, strict=True):
+        text = (s + tok.decode([int(t) for t in row])).replace("{", "").replace("}", "")
+        ctx.append(" ".join(text.split()) + ". {}")
+    return ctx
+
+
+def compute_keys(
+    params: Params,
+    cfg: ModelConfig,
+    tok: TokenizerLike,
+    request: EditRequest,
+    contexts: Sequence[str],
+    layer: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Keys at block ``layer``: (k* averaged over ``contexts`` [F], bare-prompt key [F]), float64."""
+    template = request.template
+    encs = [encode_prompt(tok, template, request.subject, c) for c in contexts]
+    bare = encode_prompt(tok, template, request.subject, "{}")
+    seqs = [e.ids for e in encs] + [bare.ids]
+    idx = np.array([e.subject_last for e in encs] + [bare.subject_last])
+    toks, pos, _ = hooks.pad_batch(seqs)
+    h = np.asarray(hooks.capture(params, cfg, toks, pos, layer=layer, site="mlp_hidden"))
+    keys = h[np.arange(len(seqs)), idx].astype(np.float64)  # [N+1, F]
+    return keys[:-1].mean(0), keys[-1]
+
+
+@dataclasses.dataclass
+class DeltaBatch:
+    """Rows: one per context (rewrite, with target) then one KL row."""
+
+    tokens: np.ndarray  # [B, T]
+    positions: np.ndarray  # [B, T]
+    subj: np.ndarray  # [B] subject-last index
+    pred: np.ndarray  # [B, M] positions whose logits predict targets (KL rows: col 0)
+    tgt: np.ndarray  # [B, M] target ids
+    tmask: np.ndarray  # [B, M] 1 where a target token counts
+    is_rw: np.ndarray  # [B] rewrite rows
+    is_kl: np.ndarray  # [B] KL rows
+
+
+def build_delta_batch(
+    tok: TokenizerLike, request: EditRequest, contexts: Sequence[str], hp: ValueConfig
+) -> DeltaBatch:
+    """Tokenises the rewrite prompts (context + prompt + target[:-1]) and the KL prompt."""
+    tgt = target_ids(tok, request, single_token=hp.single_token)
+    m = len(tgt)
+    template = request.template
+    seqs, subj, pred, tg, tm = [], [], [], [], []
+    for c in contexts:
+        e = encode_prompt(tok, template, request.subject, c)
+        seqs.append(list(e.ids) + tgt[:-1])
+        subj.append(e.subject_last)
+        p0 = len(e.ids) - 1
+        pred.append([p0 + j for j in range(m)])
+        tg.append(tgt)
+        tm.append([1.0] * m)
+    kl = encode_prompt(tok, hp.kl_prompt, request.subject, "{}")
+    seqs.append(list(kl.ids))
+    subj.append(kl.subject_last)
+    pred.append([len(kl.ids) - 1] * m)
+    tg.append([0] * m)
+    tm.append([0.0] * m)
+    toks, pos, _ = hooks.pad_batch(seqs)
+    n = len(contexts)
+    return DeltaBatch(
+        tokens=toks, positions=pos, subj=np.array(subj, np.int32),
+        pred=np.array(pred, np.int32), tgt=np.array(tg, np.int32),
+        tmask=np.array(tm, np.float32),
+        is_rw=np.array([1.0] * n + [0.0], np.float32), is_kl=np.array([0.0] * n + [1.0], np.float32),
+    )
+
+
+def _tail_logprobs(d, sub, st, b, cfg, start, site):
+    """``sub``: {"first": block start params, "rest": stacked later blocks or None, "head":
+    params with the embedding/final norm/LM head}."""
+    """Log-probs [B, M, V] at the target positions and the site activation [B, D] at the
+    subject's last token, with ``d`` added there (tail column 0)."""
+    store = {}
+
+    def extra(s, layer, act):
+        if s == site and layer == start:
+            store["a"] = act[:, 0]
+            hit = (jnp.arange(act.shape[1]) == 0)[None, :, None]  # [1, Tt, 1]
+            return act + hit.astype(act.dtype) * d.astype(act.dtype)
+        return act
+
+    h = hooks.run_tail(sub["first"], sub["rest"], cfg, start, st, extra)
+    return hooks.final_logprobs_at(sub["head"], cfg, h, b["pred_tail"]), store["a"]
+
+
+def _delta_loss(d, sub, st, b, ref_logp, v0_norm, cfg, start, site, hp):
+    lp, _ = _tail_logprobs(d, sub, st, b, cfg, start, site)  # [B, M, V]
+    tok_lp = jnp.take_along_axis(lp, b["tgt"][..., None], axis=-1)[..., 0]  # [B, M]
+    per_row = -(tok_lp * b["tmask"]).sum(1) / jnp.maximum(b["tmask"].sum(1), 1.0)
+    nll = (per_row * b["is_rw"]).sum() / b["is_rw"].sum()
+    kl_lp = lp[:, 0]  # [B, V]
+    kl_row = jnp.sum(jnp.exp(kl_lp) * (kl_lp - ref_logp), axis=-1)
+    kl = (kl_row * b["is_kl"]).sum() / jnp.maximum(b["is_kl"].sum(), 1.0)
+    wd = hp.weight_decay * jnp.sqrt(jnp.sum(d * d) + 1e-12) / v0_norm**2  # safe grad at d = 0
+    loss = nll + hp.kl_factor * kl + wd
+    p_tgt = (jnp.exp(-per_row) * b["is_rw"]).sum() / b["is_rw"].sum()
+    return loss, (nll, kl, p_tgt)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "start", "site", "hp"))
+def _delta_step(d, opt_state, sub, st, b, ref_logp, v0_norm, *, cfg, start, site, hp):
+    opt = optax.adam(hp.lr)
+    (loss, aux), g = jax.value_and_grad(_delta_loss, has_aux=True)(
+        d, sub, st, b, ref_logp, v0_norm, cfg, start, site, hp
+    )
+    upd, opt_state = opt.update(g, opt_state, d)
+    d = optax.apply_updates(d, upd)
+    max_norm = hp.clamp_norm_factor * v0_norm
+    nrm = jnp.linalg.norm(d)
+    d = jnp.where(nrm > max_norm, d * (max_norm / jnp.maximum(nrm, 1e-12)), d)
+    return d, opt_state, (loss,) + aux
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "start", "site"))
+def _site_and_ref(sub, st, b, *, cfg, start, site):
+    """Unperturbed site activation at the subject's last token [B, D] and the final
+    log-probs [B, V] at the first target position."""
+    d = jnp.zeros((cfg.d_model,), jnp.float32)
+    lp, act = _tail_logprobs(d, sub, st, b, cfg, start, site)
+    return act, lp[:, 0]
+
+
+@dataclasses.dataclass
+class DeltaResult:
+    """delta* [D] and what it was measured against.
+
+    Attributes:
+        delta: the optimised vector (float64 numpy).
+        v0: mean unperturbed activation at (site, layer) over the rewrite prompts.
+        nll: target NLL per step; p_target: final mean P(target) over rewrite prompts.
+        steps: Adam steps taken.
+    """
+
+    delta: np.ndarray
+    v0: np.ndarray
+    nll: list[float]
+    kl: float
+    p_target: float
+    steps: int
+
+
+def optimize_delta(
+    params: Params,
+    cfg: ModelConfig,
+    tok: TokenizerLike,
+    request: EditRequest,
+    contexts: Sequence[str],
+    *,
+    layer: int,
+    site: str,
+    hp: ValueConfig,
+) -> DeltaResult:
+    """Optimises the vector added at ``site`` ("mlp_out" for ROME, "resid_post" for MEMIT)
+    of block ``layer`` at the subject's last token so the model predicts ``target_new``."""
+    if site not in ("mlp_out", "resid_post"):
+        raise ValueError(f"site must be 'mlp_out' or 'resid_post', got {site!r}")
+    if not 0 <= layer < cfg.n_layers:
+        raise ValueError(f"layer {layer} out of range for a {cfg.n_layers}-layer model")
+    batch = build_delta_batch(tok, request, contexts, hp)
+    b = {k: jnp.asarray(v) for k, v in dataclasses.asdict(batch).items()}
+    lens = (batch.positions >= 0).sum(1)
+    tail_len = hooks.bucket_len(int((lens - batch.subj).max()), 2)
+    b["pred_tail"] = jnp.asarray(batch.pred - batch.subj[:, None])
+    stacked = hooks.stack_layers(params["layers"])
+    st = hooks.tail_state(params, cfg, batch.tokens, batch.positions, batch.subj, start=layer,
+                          tail_len=tail_len, stacked=stacked)
+    sub = {
+        "first": params["layers"][layer],
+        "rest": None if layer == cfg.n_layers - 1 else jax.tree.map(lambda a: a[layer + 1 :], stacked),
+        "head": {k: v for k, v in params.items() if k != "layers"},
+    }
+    act, ref = _site_and_ref(sub, st, b, cfg=cfg, start=layer, site=site)
+    rw = batch.is_rw > 0
+    v0 = np.asarray(act, np.float64)[rw].mean(0)
+    v0_norm = jnp.float32(max(np.linalg.norm(v0), 1e-6))
+    d = jnp.zeros((cfg.d_model,), jnp.float32)
+    opt_state = optax.adam(hp.lr).init(d)
+    nlls, kl, p = [], 0.0, 0.0
+    steps = 0
+    for _ in range(hp.steps):
+        d_new, opt_state, (loss, nll, kl, p) = _delta_step(
+            d, opt_state, sub, st, b, ref, v0_norm, cfg=cfg, start=layer, site=site, hp=hp
+        )
+        nlls.append(float(nll))
+        if nlls[-1] < hp.stop_nll:
+            break  # d (not d_new) achieved this loss
+        d = d_new
+        steps += 1
+    return DeltaResult(
+        delta=np.asarray(d, np.float64), v0=v0, nll=nlls, kl=float(kl), p_target=float(p),
+        steps=steps,
+    )
