@@ -16,6 +16,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import os
 import pathlib
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
@@ -144,7 +145,7 @@ def train_bpe(docs: Sequence[str], vocab_size: int, cache_dir: str | pathlib.Pat
         )
         hf.train_from_iterator(docs, trainer=trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         hf.save(str(tmp))
         tmp.replace(path)
     return HFTokenizer(hf=hf, eos_id=hf.token_to_id("<|endoftext|>"), name=f"bpe{vocab_size}")
@@ -190,7 +191,7 @@ def build_token_file(docs: Sequence[str], tok: TextTokenizer, cache_dir: str | p
         parts.append(np.asarray([tok.eos_id], dtype))
     arr = np.concatenate(parts)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npy")
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
     np.save(tmp, arr)
     tmp.replace(path)
     return path

@@ -79,7 +79,13 @@ def resolve_model(cfg: TrainConfig, init_from: str | None):
 
 
 def _place(params: Any, shardings: Any) -> Any:
-    return jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), params, shardings)
+    """Host arrays -> global arrays with ``shardings`` (each process fills its own shards)."""
+
+    def one(x, s):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+
+    return jax.tree.map(one, params, shardings)
 
 
 def train_and_evaluate(
@@ -178,7 +184,8 @@ def train_and_evaluate(
     else:
         state = jax.jit(lambda k: init_state(k, init_fn, tx), out_shardings=state_sh)(
             jax.random.fold_in(root, 0))
-    step_rng = jax.device_put(jax.random.fold_in(root, 1), parallel.replicated(mesh))
+    step_rng = jax.jit(lambda: jax.random.fold_in(root, 1),
+                       out_shardings=parallel.replicated(mesh))()
     start = int(jax.device_get(state.step))
 
     # ---- writers, checkpoints, timing
