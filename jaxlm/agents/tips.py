@@ -1,0 +1,553 @@
+"""Introspective Tips (Chen et al. 2023) on TextWorld: actor, tip generator, tip memory,
+controls and the three scenarios.
+
+* ``Actor`` turns (goal, tips/memory, last K steps, observation, admissible commands)
+  into a chat prompt and picks a command, either by **scoring** every admissible
+  command with the backend's log-probs (default for small models) or by **free
+  generation** matched to an admissible command (exact / contains / fuzzy), with a
+  counted fallback when nothing matches.
+* ``run_episodes`` plays several games in lockstep so that one ``score_many`` call
+  scores the admissible commands of every active game at once.
+* ``TipGenerator`` writes <= N short, general tips from the agent's own trajectory
+  (self), from an expert walkthrough next to the agent's trajectory (expert), or
+  merges tip lists of several games (consolidate); ``TipMemory`` is **rewritten**
+  on each update and keeps provenance (source, games, trial) and credit (episodes
+  and wins while each tip was in the prompt).
+* Methods (``METHODS``): ``none``; ``tips`` (the paper); ``raw`` (previous trajectory
+  pasted instead of tips); ``reflexion`` (appended per-trial reflections);
+  ``oracle_tips`` (template tips from the walkthrough: the ceiling of the tips
+  pathway); ``random`` (random admissible command: floor); ``walkthrough`` (follows
+  the walkthrough: ceiling).
+* Scenarios: ``run_own_experience`` (S1), ``run_expert`` (S2), ``run_zero_shot`` (S3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxlm.llm.base import BackendError, GenConfig
+from jaxlm.llm.helpers import bootstrap_ci, match_action, rank_values, score_many
+
+METHODS = ("none", "tips", "raw", "reflexion", "oracle_tips", "random", "walkthrough")
+LLM_METHODS = ("none", "tips", "raw", "reflexion", "oracle_tips")
+SYSTEM = "You are playing a text adventure game. Answer with exactly one valid action."
+
+
+# --------------------------------------------------------------------------- records
+@dataclasses.dataclass
+class Step:
+    """One env step: the command, what came back, and how the command was chosen."""
+
+    action: str
+    observation: str
+    score: int
+    valid: bool
+    how: str  # score | exact | contains | fuzzy | fallback | random | walkthrough
+    raw: str = ""
+
+
+@dataclasses.dataclass
+class Trajectory:
+    """One episode of one game."""
+
+    game: str
+    trial: int
+    method: str
+    goal: str = ""
+    first_observation: str = ""
+    steps: list[Step] = dataclasses.field(default_factory=list)
+    score: int = 0
+    max_score: int = 1
+    won: bool = False
+    lost: bool = False
+    memory: list[str] = dataclasses.field(default_factory=list)  # tips/reflections in prompt
+    error: str | None = None
+
+    @property
+    def norm_score(self) -> float:
+        return self.score / max(self.max_score, 1)
+
+    @property
+    def n_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def invalid_rate(self) -> float:
+        return sum(not s.valid for s in self.steps) / max(len(self.steps), 1)
+
+    @property
+    def fallback_rate(self) -> float:
+        return sum(s.how == "fallback" for s in self.steps) / max(len(self.steps), 1)
+
+    def render(self, max_steps: int = 12, obs_chars: int = 160) -> str:
+        """Numbered action/observation lines plus the outcome (for tip prompts)."""
+        lines = []
+        steps = self.steps[-max_steps:]
+        off = len(self.steps) - len(steps)
+        for i, s in enumerate(steps):
+            obs = re.sub(r"\s+", " ", s.observation)[:obs_chars]
+            lines.append(f"{off + i + 1}. > {s.action}\n   {obs}")
+        outcome = "WON" if self.won else ("LOST" if self.lost else "did not finish")
+        lines.append(f"Outcome: {outcome}, score {self.score}/{self.max_score} "
+                     f"after {len(self.steps)} steps.")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(norm_score=self.norm_score, invalid_rate=self.invalid_rate,
+                 fallback_rate=self.fallback_rate, n_steps=self.n_steps)
+        return d
+
+
+# --------------------------------------------------------------------------- memory
+@dataclasses.dataclass
+class Tip:
+    text: str
+    source: str  # self | expert | consolidate | oracle
+    games: tuple[str, ...]
+    trial: int
+    version: int
+
+
+def sanitize_tips(text: str, max_tips: int = 5, max_words: int = 20) -> list[str]:
+    """Tip lines from model output: strips numbering/bullets, drops short or duplicate
+    lines and prompt echoes, cuts each to ``max_words`` words; at most ``max_tips``."""
+    out, seen = [], set()
+    for ln in (text or "").splitlines():
+        ln = re.sub(r"^\s*(?:tips?\s*:?\s*)?(?:\d+[.):]|[-*\u2022])?\s*", "", ln).strip()
+        ln = ln.strip("\"'` ")
+        words = ln.split()
+        if len(words) < 3 or not re.search(r"[a-zA-Z]", ln):
+            continue
+        low = ln.lower()
+        if low.startswith(("here are", "tips:", "outcome:", "new tips", "current tips")):
+            continue
+        ln = " ".join(words[:max_words])
+        key = re.sub(r"\W+", " ", ln.lower()).strip()
+        if key in seen:
+            continue
+        seen.add(key)
+        out.append(ln)
+        if len(out) == max_tips:
+            break
+    return out
+
+
+class TipMemory:
+    """A bounded tip list, rewritten (not appended) on each update, with provenance.
+
+    ``credit[text]`` counts episodes played and won while the tip was in the prompt.
+    """
+
+    def __init__(self, max_tips: int = 5):
+        self.max_tips = max_tips
+        self.tips: list[Tip] = []
+        self.version = 0
+        self.history: list[list[str]] = []
+        self.credit: dict[str, dict[str, float]] = {}
+
+    def texts(self) -> list[str]:
+        return [t.text for t in self.tips]
+
+    def rewrite(self, texts: Sequence[str], source: str, games: Sequence[str], trial: int
+                ) -> None:
+        old = {t.text: t for t in self.tips}
+        self.version += 1
+        new = []
+        for x in list(dict.fromkeys(texts))[: self.max_tips]:
+            # a tip kept verbatim keeps its original provenance
+            new.append(old.get(x) or Tip(x, source, tuple(games), trial, self.version))
+        self.tips = new
+        self.history.append(self.texts())
+
+    def record_outcome(self, traj: Trajectory) -> None:
+        for t in self.texts():
+            c = self.credit.setdefault(t, {"episodes": 0, "wins": 0, "score": 0.0})
+            c["episodes"] += 1
+            c["wins"] += int(traj.won)
+            c["score"] += traj.norm_score
+
+    def provenance(self) -> list[dict[str, Any]]:
+        rows = []
+        for t in self.tips:
+            c = self.credit.get(t.text, {"episodes": 0, "wins": 0, "score": 0.0})
+            rows.append({"tip": t.text, "source": t.source, "games": list(t.games),
+                         "trial": t.trial, "version": t.version, **c})
+        return rows
+
+
+def oracle_tips(walkthrough: Sequence[str]) -> list[str]:
+    """Template tips from the walkthrough (the ceiling of the tips pathway)."""
+    if not walkthrough:
+        return []
+    return ["Do exactly these actions in order: " + ", then ".join(walkthrough) + "."]
+
+
+# --------------------------------------------------------------------------- tip generator
+class TipGenerator:
+    """Writes tips with the backend's text tier (modes: self, expert, consolidate) and
+    Reflexion-style reflections. Unusable model output leaves the tips unchanged and
+    is counted in ``stats["parse_failures"]``."""
+
+    def __init__(self, backend: Any, max_tips: int = 5, max_words: int = 20,
+                 cfg: GenConfig = GenConfig(max_tokens=96, temperature=0.0)):
+        self.backend, self.max_tips, self.max_words, self.cfg = backend, max_tips, max_words, cfg
+        self.stats = {"calls": 0, "parse_failures": 0}
+
+    def _ask(self, prompt: str) -> str:
+        self.stats["calls"] += 1
+        msgs = [{"role": "system", "content": "You write short, general advice for players of "
+                 "text adventure games."}, {"role": "user", "content": prompt}]
+        return self.backend.chat(msgs, self.cfg)[0].text
+
+    def _parse(self, text: str, current: Sequence[str]) -> list[str]:
+        tips = sanitize_tips(text, self.max_tips, self.max_words)
+        if not tips:
+            self.stats["parse_failures"] += 1
+            return list(current)
+        return tips
+
+    def _current(self, current: Sequence[str]) -> str:
+        return ("Current tips:\n" + "\n".join(f"{i + 1}. {t}" for i, t in enumerate(current))
+                if current else "Current tips: (none)")
+
+    def from_self(self, traj: Trajectory, current: Sequence[str]) -> list[str]:
+        prompt = (
+            f"Goal: {traj.goal}\nHere is what a player did:\n{traj.render()}\n\n"
+            f"{self._current(current)}\n\nWrite at most {self.max_tips} tips, one per line, "
+            f"each under {self.max_words} words, that would help any player win games like "
+            "this. Keep correct tips, fix wrong ones, leave out details of this one game."
+        )
+        return self._parse(self._ask(prompt), current)
+
+    def from_expert(self, expert: Trajectory, traj: Trajectory | None,
+                    current: Sequence[str]) -> list[str]:
+        mine = traj.render() if traj is not None else "(the player has not played yet)"
+        prompt = (
+            f"Goal: {expert.goal}\nAn expert played this way:\n{expert.render()}\n\n"
+            f"The player played this way:\n{mine}\n\n{self._current(current)}\n\n"
+            f"Name what the expert did that the player did not, as at most {self.max_tips} "
+            f"general tips, one per line, each under {self.max_words} words."
+        )
+        return self._parse(self._ask(prompt), current)
+
+    def consolidate(self, tip_lists: Sequence[Sequence[str]]) -> list[str]:
+        blocks = "\n\n".join(f"Game {i + 1}:\n" + "\n".join(f"- {t}" for t in tl)
+                             for i, tl in enumerate(tip_lists) if tl)
+        if not blocks:
+            return []
+        prompt = (f"Tips learned in several games:\n{blocks}\n\nMerge them into at most "
+                  f"{self.max_tips} general tips valid in all these games, one per line, each "
+                  f"under {self.max_words} words. Remove duplicates and names of specific "
+                  "rooms or objects.")
+        merged = [t for tl in tip_lists for t in tl]
+        return self._parse(self._ask(prompt), merged[: self.max_tips])
+
+    def reflect(self, traj: Trajectory) -> str:
+        prompt = (f"Goal: {traj.goal}\nYour attempt:\n{traj.render()}\n\nIn one sentence, "
+                  "say what went wrong in this attempt and what you will do next time.")
+        text = self._ask(prompt).strip().splitlines()
+        line = next((ln.strip() for ln in text if len(ln.split()) >= 3), "")
+        if not line:
+            self.stats["parse_failures"] += 1
+        return " ".join(line.split()[:40])
+
+
+# --------------------------------------------------------------------------- actor
+@dataclasses.dataclass
+class ActorConfig:
+    """How the actor prompts and picks.
+
+    Attributes:
+        mode: "score" (log-prob of each admissible command) or "generate" (free text).
+        norm: ranking for "score": "mean" (per token) or "sum".
+        history: last K (action, observation) pairs in the prompt.
+        obs_chars: characters kept from each observation.
+        max_actions: admissible commands listed (and scored) at most.
+        gen: decoding for "generate".
+    """
+
+    mode: str = "score"
+    norm: str = "mean"
+    history: int = 3
+    obs_chars: int = 500
+    max_actions: int = 40
+    gen: GenConfig = GenConfig(max_tokens=12, temperature=0.0, stop=("\n",))
+
+    def __post_init__(self):
+        if self.mode not in ("score", "generate"):
+            raise ValueError(f"ActorConfig.mode must be 'score' or 'generate', got {self.mode!r}")
+        if self.norm not in ("mean", "sum"):
+            raise ValueError(f"ActorConfig.norm must be 'mean' or 'sum', got {self.norm!r}")
+
+
+def _short(text: str, n: int) -> str:
+    text = re.sub(r"[ \t]+", " ", text or "").strip()
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def build_messages(goal: str, memory: Sequence[str], memory_title: str, history: Sequence[Step],
+                   observation: str, admissible: Sequence[str], cfg: ActorConfig
+                   ) -> list[dict[str, str]]:
+    """The actor's chat prompt."""
+    parts = [f"Goal: {_short(goal, 400)}"]
+    if memory:
+        parts.append(memory_title + "\n" + "\n".join(f"{i + 1}. {m}"
+                                                     for i, m in enumerate(memory)))
+    if history:
+        parts.append("Recent steps:\n" + "\n".join(
+            f"> {s.action}\n{_short(s.observation, 200)}" for s in history))
+    parts.append("Now:\n" + _short(observation, cfg.obs_chars))
+    parts.append("Valid actions: " + ", ".join(admissible))
+    parts.append("Answer with exactly one valid action.")
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+MEMORY_TITLES = {
+    "tips": "Tips from previous experience:",
+    "oracle_tips": "Tips from previous experience:",
+    "reflexion": "Reflections on your previous attempts:",
+    "raw": "Your previous attempt:",
+}
+
+
+def _fallback(admissible: Sequence[str]) -> str:
+    return "look" if "look" in admissible else admissible[0]
+
+
+def run_episodes(
+    envs: Sequence[Any],
+    method: str,
+    backend: Any,
+    memories: Sequence[Sequence[str]] | None = None,
+    *,
+    trial: int = 0,
+    actor: ActorConfig = ActorConfig(),
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> list[Trajectory]:
+    """Plays one episode per env in lockstep; LLM actions of all active games are scored
+    in one batched call per step.
+
+    A ``BackendError`` ends every unfinished episode with ``error`` set (the steps so far
+    are kept) and is then re-raised as ``EpisodeError`` carrying the trajectories.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    memories = memories or [[] for _ in envs]
+    if len(memories) != len(envs):
+        raise ValueError("run_episodes: one memory list per env")
+    rng = np.random.default_rng(seed)
+    obs = [e.reset() for e in envs]
+    trajs = [Trajectory(game=e.name, trial=trial, method=method, goal=e.goal,
+                        first_observation=o.text, max_score=o.max_score,
+                        memory=list(m)) for e, o, m in zip(envs, obs, memories, strict=True)]
+    active = [not o.done for o in obs]
+    title = MEMORY_TITLES.get(method, "")
+    try:
+        while any(active):
+            idx = [i for i, a in enumerate(active) if a]
+            picks: dict[int, tuple[str, str, str]] = {}
+            llm = []
+            for i in idx:
+                adm = obs[i].admissible[: actor.max_actions] or ["look"]
+                if method == "random":
+                    picks[i] = (adm[int(rng.integers(len(adm)))], "random", "")
+                elif method == "walkthrough":
+                    k = len(trajs[i].steps)
+                    wt = envs[i].walkthrough
+                    picks[i] = ((wt[k], "walkthrough", "") if k < len(wt)
+                                else (adm[int(rng.integers(len(adm)))], "random", ""))
+                else:
+                    hist = trajs[i].steps[-actor.history:] if actor.history else []
+                    mem = memories[i] if method != "none" else []
+                    msgs = build_messages(trajs[i].goal, mem, title, hist, obs[i].text, adm,
+                                          actor)
+                    llm.append((i, msgs, adm))
+            if llm and actor.mode == "score":
+                res = score_many(backend, [(m, adm) for _, m, adm in llm])
+                for (i, _, adm), r in zip(llm, res, strict=True):
+                    vals = rank_values(r, actor.norm)
+                    picks[i] = (adm[int(np.argmax(vals))], "score", "")
+            for i, msgs, adm in llm if actor.mode == "generate" else []:
+                raw = backend.chat(msgs, actor.gen)[0].text
+                cmd, how = match_action(raw, adm)
+                picks[i] = (cmd, how, raw) if cmd else (_fallback(adm), "fallback", raw)
+            for i in idx:
+                cmd, how, raw = picks[i]
+                o = envs[i].step(cmd)
+                valid = o.valid and how not in ("fallback",)
+                trajs[i].steps.append(Step(cmd, o.text, o.score, valid, how, raw))
+                trajs[i].score, trajs[i].won, trajs[i].lost = o.score, o.won, o.lost
+                obs[i] = o
+                if o.done:
+                    active[i] = False
+            if progress is not None:
+                progress(len(idx))
+    except BackendError as e:
+        for i, a in enumerate(active):
+            if a:
+                trajs[i].error = f"{type(e).__name__}: {e}"
+        raise EpisodeError(str(e), trajs) from e
+    return trajs
+
+
+class EpisodeError(BackendError):
+    """A backend failure during episodes; ``trajectories`` holds everything played so far."""
+
+    def __init__(self, msg: str, trajectories: list[Trajectory]):
+        super().__init__(msg)
+        self.trajectories = trajectories
+
+
+def expert_trajectory(env: Any) -> Trajectory:
+    """Rolls out the walkthrough on ``env`` (the expert demonstration, with observations)."""
+    return run_episodes([env], "walkthrough", None, trial=-1)[0]
+
+
+# --------------------------------------------------------------------------- scenarios
+class EpisodeLog:
+    """Appends each finished trajectory to a JSONL file as soon as it exists."""
+
+    def __init__(self, path: str | pathlib.Path | None):
+        self.path = pathlib.Path(path) if path else None
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows: list[dict[str, Any]] = []
+
+    def write(self, trajs: Sequence[Trajectory], **extra) -> None:
+        for t in trajs:
+            row = {**t.to_dict(), **extra}
+            self.rows.append(row)
+            if self.path:
+                with open(self.path, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+
+def _play(envs, method, backend, memories, trial, actor, seed, log, progress, scenario):
+    try:
+        trajs = run_episodes(envs, method, backend, memories, trial=trial, actor=actor,
+                             seed=seed + 7919 * trial, progress=progress)
+    except EpisodeError as e:
+        log.write(e.trajectories, scenario=scenario)
+        raise
+    log.write(trajs, scenario=scenario)
+    return trajs
+
+
+def run_own_experience(envs, method, backend, *, trials=3, actor=ActorConfig(),
+                       tipgen: TipGenerator | None = None, seed=0, log: EpisodeLog | None = None,
+                       progress=None, scenario="S1") -> dict[str, Any]:
+    """S1: replay each game ``trials`` times; between trials update each game's memory from
+    its own last trajectory. Returns {"trajectories": [[per game] per trial], "memories"}."""
+    log = log or EpisodeLog(None)
+    mems = [TipMemory(tipgen.max_tips if tipgen else 5) for _ in envs]
+    reflections: list[list[str]] = [[] for _ in envs]
+    raw_prev: list[list[str]] = [[] for _ in envs]
+    if method in ("tips", "reflexion") and tipgen is None:
+        raise ValueError(f"method {method!r} needs a TipGenerator")
+    all_trials = []
+    for t in range(trials):
+        if method == "oracle_tips" and t == 0:
+            for e, m in zip(envs, mems, strict=True):
+                e.reset()
+                m.rewrite(oracle_tips(e.walkthrough), "oracle", [e.name], 0)
+        memories = {"tips": [m.texts() for m in mems], "oracle_tips": [m.texts() for m in mems],
+                    "reflexion": reflections, "raw": raw_prev}.get(method, [[] for _ in envs])
+        trajs = _play(envs, method, backend, memories, t, actor, seed, log, progress, scenario)
+        all_trials.append(trajs)
+        for m, tr in zip(mems, trajs, strict=True):
+            m.record_outcome(tr)
+        if t == trials - 1:
+            break
+        for i, tr in enumerate(trajs):
+            if method == "tips":
+                mems[i].rewrite(tipgen.from_self(tr, mems[i].texts()), "self", [tr.game], t)
+            elif method == "reflexion":
+                r = tipgen.reflect(tr)
+                if r:
+                    reflections[i] = (reflections[i] + [r])[-3:]
+            elif method == "raw":
+                raw_prev[i] = [tr.render(max_steps=6, obs_chars=100)]
+    return {"trajectories": all_trials, "memories": mems, "reflections": reflections}
+
+
+def run_expert(envs, backend, *, trials=3, actor=ActorConfig(), tipgen: TipGenerator,
+               seed=0, log: EpisodeLog | None = None, progress=None) -> dict[str, Any]:
+    """S2: tips from the expert walkthrough (trial 0) and from expert-vs-own contrasts
+    (later trials)."""
+    log = log or EpisodeLog(None)
+    experts = [expert_trajectory(e) for e in envs]
+    mems = [TipMemory(tipgen.max_tips) for _ in envs]
+    for m, ex, e in zip(mems, experts, envs, strict=True):
+        m.rewrite(tipgen.from_expert(ex, None, []), "expert", [e.name], -1)
+    all_trials = []
+    for t in range(trials):
+        trajs = _play(envs, "tips", backend, [m.texts() for m in mems], t, actor, seed, log,
+                      progress, "S2")
+        all_trials.append(trajs)
+        for m, tr in zip(mems, trajs, strict=True):
+            m.record_outcome(tr)
+        if t < trials - 1:
+            for m, ex, tr in zip(mems, experts, trajs, strict=True):
+                m.rewrite(tipgen.from_expert(ex, tr, m.texts()), "expert", [tr.game], t)
+    return {"trajectories": all_trials, "memories": mems}
+
+
+def run_zero_shot(train_envs, test_envs, backend, *, train_trials=2, actor=ActorConfig(),
+                  tipgen: TipGenerator, seed=0, log: EpisodeLog | None = None,
+                  progress=None) -> dict[str, Any]:
+    """S3: learn tips on training games (S1), consolidate once, play unseen games once with
+    the consolidated tips, and once with no tips (paired control)."""
+    log = log or EpisodeLog(None)
+    s1 = run_own_experience(train_envs, "tips", backend, trials=train_trials, actor=actor,
+                            tipgen=tipgen, seed=seed, log=log, progress=progress,
+                            scenario="S3-train")
+    # include the last trial's lesson too
+    last = s1["trajectories"][-1]
+    for m, tr in zip(s1["memories"], last, strict=True):
+        m.rewrite(tipgen.from_self(tr, m.texts()), "self", [tr.game], train_trials - 1)
+    merged = TipMemory(tipgen.max_tips)
+    merged.rewrite(tipgen.consolidate([m.texts() for m in s1["memories"]]), "consolidate",
+                   [e.name for e in train_envs], train_trials)
+    with_tips = _play(test_envs, "tips", backend, [merged.texts()] * len(test_envs), 0, actor,
+                      seed, log, progress, "S3-test")
+    for tr in with_tips:
+        merged.record_outcome(tr)
+    no_tips = _play(test_envs, "none", backend, None, 0, actor, seed, log, progress,
+                    "S3-test-none")
+    return {"train": s1, "tips": merged, "test_tips": with_tips, "test_none": no_tips}
+
+
+# --------------------------------------------------------------------------- metrics
+def summarize(trajs: Sequence[Trajectory], seed: int = 0) -> dict[str, Any]:
+    """Normalised score, win rate (each with a 95% bootstrap CI over episodes), steps,
+    invalid-action and fallback rates."""
+    ns = [t.norm_score for t in trajs]
+    wins = [float(t.won) for t in trajs]
+    m, lo, hi = bootstrap_ci(ns, seed=seed)
+    w, wlo, whi = bootstrap_ci(wins, seed=seed)
+    return {
+        "n": len(trajs), "norm_score": m, "norm_score_ci": [lo, hi], "win_rate": w,
+        "win_rate_ci": [wlo, whi],
+        "steps": float(np.mean([t.n_steps for t in trajs])) if trajs else float("nan"),
+        "invalid_rate": float(np.mean([t.invalid_rate for t in trajs])) if trajs else 0.0,
+        "fallback_rate": float(np.mean([t.fallback_rate for t in trajs])) if trajs else 0.0,
+        "errors": sum(t.error is not None for t in trajs),
+    }
+
+
+def trials_to_first_win(per_trial: Sequence[Sequence[Trajectory]]) -> list[int | None]:
+    """Per game, the first trial index it was won in (None if never)."""
+    n = len(per_trial[0]) if per_trial else 0
+    out: list[int | None] = []
+    for g in range(n):
+        out.append(next((t for t, tr in enumerate(per_trial) if tr[g].won), None))
+    return out

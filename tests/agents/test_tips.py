@@ -1,0 +1,200 @@
+"""Tips agent: memory/provenance, malformed output, scenarios with a scripted backend,
+episode logs surviving backend failures, one short SmolLM2-free local-backend episode."""
+
+import json
+
+import jax
+import pytest
+
+from jaxlm.agents.textworld_env import GameSpec, TextWorldEnv, make_game, textworld_available
+from jaxlm.agents.tips import (
+    ActorConfig,
+    EpisodeError,
+    EpisodeLog,
+    TipGenerator,
+    TipMemory,
+    Trajectory,
+    oracle_tips,
+    run_episodes,
+    run_expert,
+    run_own_experience,
+    run_zero_shot,
+    sanitize_tips,
+    summarize,
+    trials_to_first_win,
+)
+from jaxlm.llm import BackendError, ScriptedBackend
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*not fully supported")
+
+TIP_REPLY = ("Here are the tips:\n1. Read the cookbook before taking any food.\n"
+             "2) Take only the ingredients the recipe lists.\n- Prepare the meal, then eat it.\n"
+             "ok\n1. Read the cookbook before taking any food.")
+
+
+def test_sanitize_tips_handles_malformed_output():
+    assert sanitize_tips(TIP_REPLY) == ["Read the cookbook before taking any food.",
+                                        "Take only the ingredients the recipe lists.",
+                                        "Prepare the meal, then eat it."]
+    assert sanitize_tips("") == [] and sanitize_tips("!!!\n\n12 34 56\nok") == []
+    long = " ".join(["word"] * 50)
+    assert len(sanitize_tips(long, max_words=20)[0].split()) == 20
+    assert len(sanitize_tips("\n".join(f"tip number {i} here" for i in range(9)), 5)) == 5
+
+
+def test_tip_memory_rewrite_and_provenance():
+    m = TipMemory(max_tips=2)
+    m.rewrite(["a b c", "d e f", "g h i"], "self", ["g1"], 0)
+    assert m.texts() == ["a b c", "d e f"] and m.version == 1
+    won = Trajectory("g1", 0, "tips", won=True, score=1, max_score=1)
+    lost = Trajectory("g1", 1, "tips", won=False)
+    m.record_outcome(won)
+    m.rewrite(["d e f", "x y z"], "expert", ["g2"], 1)  # rewritten, not appended
+    m.record_outcome(lost)
+    prov = {r["tip"]: r for r in m.provenance()}
+    assert set(prov) == {"d e f", "x y z"}
+    assert prov["d e f"]["source"] == "self" and prov["d e f"]["version"] == 1  # kept tip
+    assert prov["d e f"]["episodes"] == 2 and prov["d e f"]["wins"] == 1
+    assert prov["x y z"]["source"] == "expert" and prov["x y z"]["wins"] == 0
+    assert m.credit["a b c"] == {"episodes": 1, "wins": 1, "score": 1.0}
+    assert m.history == [["a b c", "d e f"], ["d e f", "x y z"]]
+
+
+def test_tip_generator_fallback_on_garbage():
+    gen = TipGenerator(ScriptedBackend(default="???"))
+    tr = Trajectory("g", 0, "tips", goal="eat")
+    assert gen.from_self(tr, ["keep me please"]) == ["keep me please"]
+    assert gen.stats == {"calls": 1, "parse_failures": 1}
+    gen2 = TipGenerator(ScriptedBackend(default=TIP_REPLY))
+    assert len(gen2.from_self(tr, [])) == 3 and gen2.stats["parse_failures"] == 0
+    assert gen2.consolidate([["a b c d"], ["e f g h"]])[0].startswith("Read the cookbook")
+    assert oracle_tips(["go east", "take coin"]) == [
+        "Do exactly these actions in order: go east, then take coin."]
+
+
+def test_summary_and_first_win():
+    a = [Trajectory("g1", 0, "x", won=False, score=0), Trajectory("g2", 0, "x", won=True,
+                                                                   score=1)]
+    b = [Trajectory("g1", 1, "x", won=True, score=1), Trajectory("g2", 1, "x", won=True,
+                                                                  score=1)]
+    s = summarize(a)
+    assert s["n"] == 2 and s["win_rate"] == 0.5 and s["norm_score_ci"][0] <= 0.5
+    assert trials_to_first_win([a, b]) == [1, 0]
+
+
+# ----------------------------------------------------------------------------- with games
+needs_tw = pytest.mark.skipif(not textworld_available(),
+                              reason="textworld is not installed (pip install -e '.[agents]')")
+
+
+@pytest.fixture(scope="module")
+def games(tmp_path_factory):
+    if not textworld_available():
+        pytest.skip("textworld is not installed (pip install -e '.[agents]')")
+    cache = tmp_path_factory.getbasetemp() / "tw_shared_games"  # shared by both modules
+    return [make_game(GameSpec("coin_collector", 2, 11), cache),
+            make_game(GameSpec("cooking", 1, 5), cache)]
+
+
+def _envs(games, steps=8):
+    return [TextWorldEnv(p, max_steps=steps, hide_objective=True) for p in games]
+
+
+def _oracle_scorer(prefix, cont):
+    """Scripted log-probs that prefer the command named first in a 'Do exactly' tip."""
+    import re
+
+    m = re.search(r"Do exactly these actions in order: (.*?)\.", prefix)
+    if m:
+        seq = m.group(1).split(", then ")
+        done = re.findall(r"> (.+)", prefix)
+        nxt = seq[min(seq.index(done[-1]) + 1, len(seq) - 1)] if done else seq[0]
+        return 0.0 if cont == nxt else -5.0
+    return -1.0 - 0.01 * len(cont)
+
+
+@needs_tw
+def test_baselines_and_oracle_tips_ceiling(games):
+    envs = _envs(games)
+    b = ScriptedBackend(scorer=_oracle_scorer)
+    wt = run_episodes(envs, "walkthrough", None)
+    assert all(t.won and t.norm_score == 1.0 for t in wt)
+    rnd = run_episodes(envs, "random", None, seed=1)
+    assert all(t.invalid_rate == 0 and t.n_steps <= 8 for t in rnd)
+    res = run_own_experience(envs, "oracle_tips", b, trials=1)
+    tr = res["trajectories"][0]
+    assert all(t.won for t in tr) and all(t.memory for t in tr)
+    assert [s.how for s in tr[0].steps] == ["score"] * tr[0].n_steps
+    none = run_own_experience(envs, "none", b, trials=1)["trajectories"][0]
+    assert sum(t.norm_score for t in none) < sum(t.norm_score for t in tr)
+
+
+@needs_tw
+def test_scenarios_with_scripted_tips(games, tmp_path):
+    envs = _envs(games, steps=5)
+    b = ScriptedBackend(rules=[(r"Write at most|Name what|Merge them", TIP_REPLY),
+                               (r"one sentence", "I wandered; next time read first.")])
+    gen = TipGenerator(b)
+    log = EpisodeLog(tmp_path / "log.jsonl")
+    s1 = run_own_experience(envs, "tips", b, trials=2, tipgen=gen, log=log)
+    assert len(s1["trajectories"]) == 2
+    assert s1["trajectories"][0][0].memory == [] and len(s1["trajectories"][1][0].memory) == 3
+    prov = s1["memories"][1].provenance()
+    assert prov[0]["source"] == "self" and prov[0]["episodes"] == 1
+    ref = run_own_experience(envs, "reflexion", b, trials=2, tipgen=gen)
+    assert ref["trajectories"][1][0].memory == ["I wandered; next time read first."]
+    raw = run_own_experience(envs, "raw", b, trials=2)
+    assert raw["trajectories"][1][0].memory[0].startswith("1. > ")
+    s2 = run_expert(envs, b, trials=1, tipgen=gen, log=log)
+    assert s2["memories"][0].tips[0].source == "expert"
+    assert s2["trajectories"][0][0].memory  # expert tips present from trial 0
+    s3 = run_zero_shot(envs[:1], envs[1:], b, train_trials=1, tipgen=gen, log=log)
+    assert s3["tips"].tips[0].source == "consolidate" and len(s3["test_tips"]) == 1
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert {r["scenario"] for r in rows} == {"S1", "S2", "S3-train", "S3-test",
+                                             "S3-test-none"}
+
+
+@needs_tw
+def test_free_generation_matching_and_fallback(games):
+    envs = _envs(games[:1], steps=4)
+    replies = iter(["I think: go east", "garbage output", "> LOOK", "inventory please"])
+    b = ScriptedBackend(default="")
+    b.chat = lambda msgs, cfg: [type("C", (), {"text": next(replies)})()]
+    tr = run_episodes(envs, "none", b, actor=ActorConfig(mode="generate"))[0]
+    hows = [s.how for s in tr.steps]
+    assert "fallback" in hows and tr.fallback_rate > 0 and tr.invalid_rate >= tr.fallback_rate
+    assert all(s.raw for s in tr.steps)
+
+
+@needs_tw
+def test_backend_failure_keeps_episode_log(games, tmp_path):
+    envs = _envs(games, steps=6)
+    calls = {"n": 0}
+
+    class Flaky(ScriptedBackend):
+        def score(self, prefix, conts):
+            calls["n"] += 1
+            if calls["n"] > 3:
+                raise BackendError("server gave up after 5 attempts")
+            return super().score(prefix, conts)
+
+    log = EpisodeLog(tmp_path / "ep.jsonl")
+    with pytest.raises(EpisodeError) as ei:
+        run_own_experience(envs, "none", Flaky(), trials=1, log=log)
+    rows = [json.loads(x) for x in (tmp_path / "ep.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all("gave up" in r["error"] for r in rows if not r["won"])
+    assert sum(len(r["steps"]) for r in rows) >= 1
+    assert ei.value.trajectories[0].steps == [] or ei.value.trajectories[0].steps[0].action
+
+
+@needs_tw
+def test_local_backend_scoring_actor(games):
+    from jaxlm.core import MODELS, init
+    from jaxlm.llm.local import ByteTokenizer, LocalBackend
+
+    cfg = MODELS.get("llama-20m_test")  # max_seq_len 128: too short -> clear error
+    small = LocalBackend(cfg=cfg, params=init(jax.random.PRNGKey(0), cfg),
+                         tokenizer=ByteTokenizer())
+    with pytest.raises(ValueError, match="context"):
+        run_episodes(_envs(games[:1], 2), "none", small)
