@@ -83,6 +83,26 @@ def make_contexts(
     return ctx
 
 
+def context_activations(
+    params: Params,
+    cfg: ModelConfig,
+    tok: TokenizerLike,
+    request: EditRequest,
+    contexts: Sequence[str],
+    layer: int,
+    site: str = "mlp_hidden",
+) -> np.ndarray:
+    """Activations at (site, layer) at the subject's last token: one row per context, then one
+    for the bare prompt ([len(contexts) + 1, X] float64)."""
+    template = request.template
+    encs = [encode_prompt(tok, template, request.subject, c) for c in contexts]
+    encs.append(encode_prompt(tok, template, request.subject, "{}"))
+    idx = np.array([e.subject_last for e in encs])
+    toks, pos, _ = hooks.pad_batch([e.ids for e in encs])
+    h = np.asarray(hooks.capture(params, cfg, toks, pos, layer=layer, site=site))
+    return h[np.arange(len(encs)), idx].astype(np.float64)
+
+
 def compute_keys(
     params: Params,
     cfg: ModelConfig,
@@ -92,14 +112,7 @@ def compute_keys(
     layer: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Keys at block ``layer``: (k* averaged over ``contexts`` [F], bare-prompt key [F]), float64."""
-    template = request.template
-    encs = [encode_prompt(tok, template, request.subject, c) for c in contexts]
-    bare = encode_prompt(tok, template, request.subject, "{}")
-    seqs = [e.ids for e in encs] + [bare.ids]
-    idx = np.array([e.subject_last for e in encs] + [bare.subject_last])
-    toks, pos, _ = hooks.pad_batch(seqs)
-    h = np.asarray(hooks.capture(params, cfg, toks, pos, layer=layer, site="mlp_hidden"))
-    keys = h[np.arange(len(seqs)), idx].astype(np.float64)  # [N+1, F]
+    keys = context_activations(params, cfg, tok, request, contexts, layer, "mlp_hidden")
     return keys[:-1].mean(0), keys[-1]
 
 
