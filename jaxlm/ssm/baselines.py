@@ -20,9 +20,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.ssm.layers import layernorm, layernorm_init, torch_linear_init
-from jaxlm.ssm.mamba_nd import NDConfig, flatten, layer_orders, unflatten
+from jaxlm.ssm.mamba_nd import NDConfig, Order, order_perm
 
 # ----------------------------------------------------------------------------- ViT
 
@@ -95,14 +96,13 @@ def _bilstm_init(key, cfg: NDConfig) -> dict:
             "out_b": jnp.zeros((d,), jnp.float32)}
 
 
-def _bilstm_apply(p, cfg: NDConfig, x, i):
-    grid = x.shape[1:-1]
-    order = layer_orders(len(grid), cfg.depth, cfg.order_scheme)[i]
-    s = flatten(layernorm(p["norm"], x), order)
+def _bilstm_apply(p, cfg: NDConfig, xs, perm, inv):
+    """xs [B, L, D] raster tokens; the LSTM runs along ``perm`` (the layer's order)."""
+    s = jnp.take(layernorm(p["norm"], xs), perm, axis=1)
     hf = _lstm_run(p["fwd"], s)
     hb = jnp.flip(_lstm_run(p["bwd"], jnp.flip(s, 1)), 1)
     y = jnp.concatenate([hf, hb], -1) @ p["out"] + p["out_b"]
-    return x + unflatten(y, order, grid)
+    return xs + jnp.take(y, inv, axis=1)
 
 
 # ----------------------------------------------------------------------------- S4ND-like
@@ -164,10 +164,18 @@ def block_init(key: jax.Array, cfg: NDConfig, index: int) -> dict:
     return {"vit": _vit_init, "bilstm": _bilstm_init, "s4nd": _s4nd_init}[cfg.kind](key, cfg)
 
 
-def block_apply(p: dict, cfg: NDConfig, x: jax.Array, index: int) -> jax.Array:
-    """One baseline block on x [B, *grid, D]."""
+def layer_perms(cfg: NDConfig, order: Order) -> tuple[np.ndarray, np.ndarray]:
+    """(perm, inverse) as int32 [1, L] for one layer (used by BiLSTM; ignored otherwise)."""
+    perm = order_perm(cfg.token_grid, order)[None].astype(np.int32)
+    return perm, np.argsort(perm, axis=1).astype(np.int32)
+
+
+def block_seq_apply(p: dict, cfg: NDConfig, xs: jax.Array, grid: tuple[int, ...], perm,
+                    inv) -> jax.Array:
+    """One baseline block on raster tokens xs [B, L, D] (grid = token grid)."""
     if cfg.kind == "vit":
-        return _vit_apply(p, cfg, x)
+        return _vit_apply(p, cfg, xs)
     if cfg.kind == "bilstm":
-        return _bilstm_apply(p, cfg, x, index)
-    return _s4nd_apply(p, cfg, x)
+        return _bilstm_apply(p, cfg, xs, perm[0], inv[0])
+    x = xs.reshape(xs.shape[0], *grid, xs.shape[-1])
+    return _s4nd_apply(p, cfg, x).reshape(xs.shape)

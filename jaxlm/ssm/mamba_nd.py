@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxlm.ssm.layers import layernorm, layernorm_init, silu, torch_linear_init, trunc_normal
 from jaxlm.ssm.mamba import MambaConfig, branch_apply, init_branch
@@ -264,24 +265,45 @@ def nd_layer_init(key: jax.Array, cfg: NDConfig, layer_order: Order) -> dict:
     }
 
 
-def nd_layer_apply(p: dict, cfg: NDConfig, x: jax.Array, layer_order: Order) -> jax.Array:
-    """One Mamba-ND layer on a token grid x [B, *grid, D]."""
-    grid = x.shape[1:-1]
-    h = layernorm(p["norm"], x)
-    xz = h @ p["in_proj"]
-    xi, z = jnp.split(xz, 2, axis=-1)  # [B, *grid, Di]
-    orders = _mixer_orders(cfg, layer_order)
+def order_perm(grid: tuple[int, ...], order: Order) -> np.ndarray:
+    """Raster indices in the order's sequence: ``flatten(x, order) == x_raster[:, perm]``."""
+    ids = np.arange(math.prod(grid)).reshape(*grid)
+    return np.transpose(ids, order.perm).reshape(-1)[:: -1 if order.reverse else 1].copy()
+
+
+def layer_perms(cfg: NDConfig, layer_order: Order) -> tuple[np.ndarray, np.ndarray]:
+    """(perm, inverse) per branch of one layer: int32 [n_branch, L] each."""
+    perms = np.stack([order_perm(cfg.token_grid, o) for o in _mixer_orders(cfg, layer_order)])
+    return perms.astype(np.int32), np.argsort(perms, axis=1).astype(np.int32)
+
+
+def nd_layer_seq_apply(p: dict, cfg: NDConfig, xs: jax.Array, perms, invs) -> jax.Array:
+    """One Mamba-ND layer on raster-flattened tokens xs [B, L, D].
+
+    Each branch gathers the tokens into its order (``perms[i]``), runs conv + SSM on
+    that single sequence, and scatters back (``invs[i]``). Perms may be traced
+    values, so identical layers with different orders can share one ``lax.scan``.
+    """
+    h = layernorm(p["norm"], xs)
+    xi, z = jnp.split(h @ p["in_proj"], 2, axis=-1)  # [B, L, Di]
+    n_br = len(p["branches"])
+    width = xi.shape[-1] // n_br
     mc = cfg.mamba
     outs = []
-    n_br = len(orders)
-    width = xi.shape[-1] // n_br
-    for i, (bp, order) in enumerate(zip(p["branches"], orders, strict=True)):
+    for i, bp in enumerate(p["branches"]):
         xb = xi[..., i * width:(i + 1) * width] if cfg.mixer == "split" else xi
-        y = branch_apply(bp, mc, flatten(xb, order))  # [B, L, Di or Di/k]
-        outs.append(unflatten(y, order, grid))
+        y = branch_apply(bp, mc, jnp.take(xb, perms[i], axis=1))
+        outs.append(jnp.take(y, invs[i], axis=1))
     y = jnp.concatenate(outs, -1) if cfg.mixer == "split" else sum(outs) / n_br
     y = (y * silu(z)) @ p["out_proj"]
-    return (x if cfg.residual == "prenorm" else h) + y
+    return (xs if cfg.residual == "prenorm" else h) + y
+
+
+def nd_layer_apply(p: dict, cfg: NDConfig, x: jax.Array, layer_order: Order) -> jax.Array:
+    """One Mamba-ND layer on a token grid x [B, *grid, D] (grid must be cfg.token_grid)."""
+    perms, invs = layer_perms(cfg, layer_order)
+    xs = x.reshape(x.shape[0], -1, x.shape[-1])
+    return nd_layer_seq_apply(p, cfg, xs, perms, invs).reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- full model
@@ -302,18 +324,34 @@ def init(key: jax.Array, cfg: NDConfig) -> dict:
 
 
 def apply(params: dict, cfg: NDConfig, x: jax.Array) -> jax.Array:
-    """x [B, *grid, in_channels] -> logits [B, n_classes] or fields [B, *grid, out_channels]."""
+    """x [B, *grid, in_channels] -> logits [B, n_classes] or fields [B, *grid, out_channels].
+
+    Blocks are stacked and run with one ``lax.scan`` over depth (flatten orders enter as
+    gather indices), so compile time does not grow with depth.
+    """
     from jaxlm.ssm import baselines
 
     h = embed_apply(params["embed"], cfg, x)  # [B, *token_grid, D]
+    tg = h.shape[1:-1]
+    hs = h.reshape(h.shape[0], -1, h.shape[-1])  # raster order [B, L, D]
+    orders = layer_orders(len(cfg.grid), cfg.depth, cfg.order_scheme)
     if cfg.kind == "mamba_nd":
-        orders = layer_orders(len(cfg.grid), cfg.depth, cfg.order_scheme)
-        for bp, o in zip(params["blocks"], orders, strict=True):
-            h = nd_layer_apply(bp, cfg, h, o)
+        pi = [layer_perms(cfg, o) for o in orders]
+        layer_fn = lambda bp, hs, perm, inv: nd_layer_seq_apply(bp, cfg, hs, perm, inv)
     else:
-        for i, bp in enumerate(params["blocks"]):
-            h = baselines.block_apply(bp, cfg, h, i)
-    return head_apply(params["head"], cfg, h)
+        pi = [baselines.layer_perms(cfg, o) for o in orders]
+        layer_fn = lambda bp, hs, perm, inv: baselines.block_seq_apply(bp, cfg, hs, tg, perm,
+                                                                       inv)
+    perms = jnp.asarray(np.stack([a for a, _ in pi]))  # [depth, n_branch, L]
+    invs = jnp.asarray(np.stack([b for _, b in pi]))
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *params["blocks"])
+
+    def body(hs, layer):
+        bp, perm, inv = layer
+        return layer_fn(bp, hs, perm, inv), None
+
+    hs, _ = jax.lax.scan(body, hs, (stacked, perms, invs))
+    return head_apply(params["head"], cfg, hs.reshape(h.shape))
 
 
 def param_count(cfg: NDConfig) -> int:

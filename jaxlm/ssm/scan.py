@@ -74,10 +74,9 @@ def _combine(left, right):
     return a2 * a1, a2 * b1 + b2
 
 
-def _scan_sequential(x, dt, A, B, C, h0, *, reverse: bool, unroll: int):
+def _scan_sequential(x, dt, A, B, C, h0, *, reverse: bool, unroll: int, remat: bool = True):
     """Fused lax.scan. Inputs fp32: x, dt [B,L,D]; B, C [B,L,N]; h0 [B,D,N]."""
 
-    @jax.checkpoint
     def step(h, inp):
         x_t, dt_t, b_t, c_t = inp  # [B, D], [B, D], [B, N], [B, N]
         da = jnp.exp(dt_t[:, :, None] * A[None])  # [B, D, N]
@@ -85,6 +84,8 @@ def _scan_sequential(x, dt, A, B, C, h0, *, reverse: bool, unroll: int):
         y_t = jnp.einsum("bdn,bn->bd", h, c_t)
         return h, y_t
 
+    if remat:
+        step = jax.checkpoint(step)
     xs = tuple(jnp.swapaxes(t, 0, 1) for t in (x, dt, B, C))  # time-major
     h, ys = lax.scan(step, h0, xs, reverse=reverse, unroll=unroll)
     return jnp.swapaxes(ys, 0, 1), h
@@ -124,10 +125,11 @@ def _scan_chunked(x, dt, A, B, C, h0, *, chunk: int, inner: str, unroll: int):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("mode", "chunk", "inner", "reverse", "return_state", "unroll")
+    jax.jit,
+    static_argnames=("mode", "chunk", "inner", "reverse", "return_state", "unroll", "remat"),
 )
 def _selective_scan_jit(x, dt, A, B, C, D, h0, *, mode, chunk, inner, reverse, return_state,
-                        unroll):
+                        unroll, remat):
     out_dtype = x.dtype
     f32 = lambda t: t.astype(jnp.float32)
     x, dt, A, B, C = map(f32, (x, dt, A, B, C))
@@ -136,7 +138,8 @@ def _selective_scan_jit(x, dt, A, B, C, D, h0, *, mode, chunk, inner, reverse, r
     n = A.shape[1]
     h0 = jnp.zeros((bsz, dch, n), jnp.float32) if h0 is None else f32(h0)
     if mode == "sequential":
-        y, h = _scan_sequential(x, dt, A, B, C, h0, reverse=reverse, unroll=unroll)
+        y, h = _scan_sequential(x, dt, A, B, C, h0, reverse=reverse, unroll=unroll,
+                                remat=remat)
     elif mode == "associative":
         y, h = _scan_associative(x, dt, A, B, C, h0, reverse=reverse)
     else:
@@ -171,6 +174,7 @@ def selective_scan(
     h0: jax.Array | None = None,
     return_state: bool = False,
     unroll: int = 8,
+    remat: bool = True,
 ):
     """Selective scan y = S6(x; dt, A, B, C) + D x.
 
@@ -189,6 +193,7 @@ def selective_scan(
         return_state: also return the final state [B, D, N] (state after the
             last processed step: t = L-1, or t = 0 when ``reverse``).
         unroll: ``lax.scan`` unroll factor for the sequential loops.
+        remat: checkpoint the sequential step (backward stores only the state per step).
 
     Returns:
         y [B, L, D] in ``x.dtype``, or (y, h_last) if ``return_state``.
@@ -203,7 +208,7 @@ def selective_scan(
     _check_inputs(x, dt, A, B, C, D, h0)
     return _selective_scan_jit(
         x, dt, A, B, C, D, h0, mode=mode, chunk=int(chunk), inner=inner, reverse=bool(reverse),
-        return_state=bool(return_state), unroll=int(unroll),
+        return_state=bool(return_state), unroll=int(unroll), remat=bool(remat),
     )
 
 

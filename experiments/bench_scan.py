@@ -1,0 +1,92 @@
+"""Selective-scan benchmark: three jaxlm scans vs mambapy / PyTorch / naive JAX anchors.
+
+    python -m experiments.bench_scan --quick          # L in {256, 1024}; every target
+    python -m experiments.bench_scan                  # L in {256, 1024, 4096}
+    python -m experiments.bench_scan --large          # GPU sizes (adds B=8, D=1024, L in {1024, 4096})
+
+Writes runs/bench/scan.json. Device: JAX's default backend; torch uses CUDA
+when available. Targets are evaluated at (B=2, L=1024, D=256, N=16) fp32.
+"""
+
+from __future__ import annotations
+
+import os
+
+from absl import app, flags
+
+_QUICK = flags.DEFINE_bool("quick", False, "Small sweep (L in {256, 1024}); evaluates every target.")
+_LENGTHS = flags.DEFINE_list("lengths", None, "Sequence lengths (default 256,1024,4096).")
+_BATCH = flags.DEFINE_integer("batch", 2, "Batch size B.")
+_DIM = flags.DEFINE_integer("dim", 256, "Channels D (= d_inner of the scan).")
+_STATE = flags.DEFINE_integer("state", 16, "State size N.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats (median) after warm-up.")
+_LARGE = flags.DEFINE_bool("large", False, "Also run GPU-sized shapes (B=8, D=1024, L in {1024, 4096}).")
+_NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch anchors.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for scan.json.")
+
+TARGET_SHAPE = (2, 1024, 256, 16)
+
+
+def main(argv):
+    del argv
+    import sys
+
+    sys.stdout.reconfigure(line_buffering=True)  # progress lines appear as they are measured
+    import jax
+
+    from jaxlm.ssm import scan_bench as sb
+    from jaxlm.utils.bench import Target, matmul_peak_gflops, memory_bandwidth_gbs, write_bench
+
+    lengths = [int(v) for v in (_LENGTHS.value or ([256, 1024] if _QUICK.value
+                                                   else [256, 1024, 4096]))]
+    if any(v < 1 for v in lengths) or min(_BATCH.value, _DIM.value, _STATE.value) < 1:
+        raise app.UsageError("--lengths, --batch, --dim and --state must be positive")
+    shapes = [(_BATCH.value, L, _DIM.value, _STATE.value) for L in lengths]
+    if TARGET_SHAPE not in shapes:
+        shapes.append(TARGET_SHAPE)  # targets are always evaluated
+    if _LARGE.value:
+        shapes += [(8, L, 1024, 16) for L in (1024, 4096)]
+    backend = jax.default_backend()
+    print(f"backend={backend} devices={jax.devices()} cpu_count={os.cpu_count()}")
+    bw = sb.device_bandwidth_gbs() if backend != "cpu" else memory_bandwidth_gbs()
+    peak = matmul_peak_gflops(n=4096 if backend != "cpu" else 1024)
+    print(f"bandwidth {bw:.1f} GB/s, matmul peak {peak:.1f} GFLOP/s")
+    results = {"backend": backend, "bandwidth_gbs": bw, "matmul_peak_gflops": peak,
+               "memory_measure": "XLA compiled memory_analysis(): temp + output bytes",
+               "shapes": {}}
+    for shape in shapes:
+        bsz, length, dch, n = shape
+        print(f"shape B={bsz} L={length} D={dch} N={n}")
+        inp = sb.make_inputs(*shape)
+        res = sb.bench_jax(inp, _REPEATS.value, log=print)
+        if not _NO_TORCH.value:
+            res.update(sb.bench_torch(inp, _REPEATS.value, log=print))
+        floor = sb.floor_model(*shape, bw, peak)
+        summ = sb.summarize(*shape, res, floor)
+        results["shapes"][f"B{bsz}_L{length}_D{dch}_N{n}"] = {"measured": res, "floor": floor,
+                                                             "summary": summ}
+        print(f"  best fwd {summ['best_fwd_s']['variant']} "
+              f"{summ['best_fwd_s']['seconds'] * 1e3:.2f} ms; floor "
+              f"{floor['floor_s'] * 1e3:.3f} ms; exp over BLDN "
+              f"{res['exp_over_BLDN']['fwd_s'] * 1e3:.2f} ms")
+    t = results["shapes"]["B{}_L{}_D{}_N{}".format(*TARGET_SHAPE)]
+    summ, meas = t["summary"], t["measured"]
+    targets = []
+    if "mambapy_pscan" in meas:
+        targets += [
+            Target("best jaxlm fwd speed-up vs mambapy pscan (x)",
+                   summ["speedup_vs_mambapy_fwd_s"], 10.0, ">="),
+            Target("best jaxlm fwd+bwd speed-up vs mambapy pscan (x)",
+                   summ["speedup_vs_mambapy_fwdbwd_s"], 10.0, ">="),
+        ]
+    targets += [
+        Target("best jaxlm fwd time / bandwidth-compute floor", summ["best_fwd_over_floor"],
+               5.0, "<="),
+        Target("chunked fwd+bwd peak mem / one (B,L,D,N) tensor",
+               summ["chunked_fwdbwd_mem_over_tensor"], 1.5, "<="),
+    ]
+    write_bench("scan", results, targets, out_dir=_OUT_DIR.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

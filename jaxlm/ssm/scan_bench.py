@@ -1,0 +1,227 @@
+"""Measurement logic behind ``experiments/bench_scan.py`` (selective-scan speed and memory).
+
+Everything is measured in one process after warm-up (medians). jaxlm scans
+start from raw (x, dt, A, B, C, D) inputs; the anchors start from the
+materialised [B, L, D, N] tensors a = exp(dt A) and b = dt x B, as in the
+issue: mambapy's Blelloch ``pscan`` (PyTorch), a naive PyTorch loop, a naive
+``lax.associative_scan`` and a plain ``lax.scan`` over (a, b).
+
+Memory of a jitted JAX function = XLA compiled ``memory_analysis()``
+temp + output bytes (device-independent, no allocator noise). PyTorch memory
+is ``torch.cuda.max_memory_allocated`` on CUDA and not measured on CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxlm.ssm.scan import _combine, selective_scan
+from jaxlm.utils.bench import time_fn
+
+# name -> selective_scan kwargs
+JAXLM_VARIANTS: dict[str, dict] = {
+    "sequential": dict(mode="sequential", unroll=8),
+    "associative": dict(mode="associative"),
+    "chunked": dict(mode="chunked", chunk=64, inner="sequential", unroll=8),
+    "chunked_assoc": dict(mode="chunked", chunk=32, inner="associative"),
+}
+
+
+def compiled_bytes(fn, *args) -> int:
+    """XLA temp + output bytes of ``jax.jit(fn)`` on ``args``."""
+    ma = jax.jit(fn).lower(*args).compile().memory_analysis()
+    return int(ma.temp_size_in_bytes + ma.output_size_in_bytes)
+
+
+def make_inputs(bsz: int, length: int, dch: int, n: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    f = lambda *s: rng.normal(size=s).astype(np.float32)
+    return dict(
+        x=f(bsz, length, dch),
+        dt=np.log1p(np.exp(f(bsz, length, dch) - 3.0)).astype(np.float32),  # softplus
+        A=-np.broadcast_to(np.arange(1, n + 1, dtype=np.float32), (dch, n)).copy(),
+        B=f(bsz, length, n), C=f(bsz, length, n), D=np.ones(dch, np.float32),
+    )
+
+
+def floor_model(bsz, length, dch, n, bandwidth_gbs, peak_gflops, bytes_per=4) -> dict:
+    """Bandwidth / compute floor of one fused forward (spec Sec. 6).
+
+    bytes: read x, dt (2 B L D), B, C (2 B L N), A, D; write y (B L D).
+    flops: per (b, l, d, n): dt*A, exp (counted as 1), a*h, + b, (dt x)*B, h*C, +=  -> 7.
+    """
+    nbytes = bytes_per * (3 * bsz * length * dch + 2 * bsz * length * n + dch * n + dch)
+    flops = 7 * bsz * length * dch * n
+    t_bw = nbytes / (bandwidth_gbs * 1e9)
+    t_fl = flops / (peak_gflops * 1e9)
+    return dict(bytes=nbytes, flops=flops, t_bandwidth_s=t_bw, t_compute_s=t_fl,
+                floor_s=max(t_bw, t_fl))
+
+
+def device_bandwidth_gbs(nbytes: int = 256 * 2**20) -> float:
+    """Read+write bandwidth of the default JAX device (x + 1 over a large array)."""
+    x = jnp.ones((nbytes // 4,), jnp.float32)
+    f = jax.jit(lambda x: x + 1.0)
+    t = time_fn(lambda: f(x).block_until_ready(), repeats=5, warmup=2)["median"]
+    return 2 * nbytes / t / 1e9
+
+
+def _loss_jaxlm(kw):
+    def loss(x, dt, A, B, C, D, w):
+        return (selective_scan(x, dt, A, B, C, D, **kw) * w).sum()
+    return loss
+
+
+def _naive_assoc(a, b):
+    return lax.associative_scan(_combine, (a, b), axis=1)[1]
+
+
+def _plain_scan(a, b):
+    def step(h, ab):
+        h = ab[0] * h + ab[1]
+        return h, h
+    _, hs = lax.scan(step, jnp.zeros_like(a[:, 0]), (jnp.swapaxes(a, 0, 1), jnp.swapaxes(b, 0, 1)))
+    return jnp.swapaxes(hs, 0, 1)
+
+
+def bench_jax(inp: dict, repeats: int, variants=JAXLM_VARIANTS, log=print) -> dict[str, Any]:
+    """Times jaxlm scans (raw inputs) and JAX anchors (materialised a, b)."""
+    dev = {k: jnp.asarray(v) for k, v in inp.items()}
+    args = (dev["x"], dev["dt"], dev["A"], dev["B"], dev["C"], dev["D"])
+    w = jnp.asarray(np.random.default_rng(1).normal(size=inp["x"].shape).astype(np.float32))
+    out: dict[str, Any] = {}
+    for name, kw in variants.items():
+        fwd = jax.jit(lambda *a, kw=kw: selective_scan(*a, **kw))
+        grad = jax.jit(jax.grad(_loss_jaxlm(kw), argnums=(0, 1, 2, 3, 4, 5)))
+        t0 = time.perf_counter()
+        jax.block_until_ready(fwd(*args))
+        jax.block_until_ready(grad(*args, w))
+        compile_s = time.perf_counter() - t0
+        tf = time_fn(lambda fwd=fwd: fwd(*args).block_until_ready(), repeats=repeats)["median"]
+        tg = time_fn(lambda grad=grad: jax.block_until_ready(grad(*args, w)),
+                     repeats=max(3, repeats // 2))["median"]
+        out[name] = dict(fwd_s=tf, fwdbwd_s=tg, compile_s=compile_s,
+                         fwd_bytes=compiled_bytes(lambda *a, kw=kw: selective_scan(*a, **kw),
+                                                  *args),
+                         fwdbwd_bytes=compiled_bytes(jax.grad(_loss_jaxlm(kw), argnums=(0, 1, 2,
+                                                                                        3, 4, 5)),
+                                                     *args, w))
+        log(f"  jaxlm {name:<14} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tg * 1e3:8.2f} ms  "
+            f"mem(f+b) {out[name]['fwdbwd_bytes'] / 2**20:8.1f} MiB")
+    # anchors from materialised (B, L, D, N) tensors
+    mat = jax.jit(lambda dt, A, x, B: (jnp.exp(dt[..., None] * A),
+                                       (dt * x)[..., None] * B[:, :, None, :]))
+    a, b = jax.block_until_ready(mat(dev["dt"], dev["A"], dev["x"], dev["B"]))
+    wab = jnp.asarray(np.random.default_rng(2).normal(size=a.shape).astype(np.float32))
+    for name, fn in (("jax_naive_associative", _naive_assoc), ("jax_plain_scan", _plain_scan)):
+        fwd = jax.jit(fn)
+        grad = jax.jit(jax.grad(lambda a, b, fn=fn: (fn(a, b) * wab).sum(), argnums=(0, 1)))
+        tf = time_fn(lambda fwd=fwd: fwd(a, b).block_until_ready(), repeats=repeats)["median"]
+        tg = time_fn(lambda grad=grad: jax.block_until_ready(grad(a, b)),
+                     repeats=max(3, repeats // 2))["median"]
+        out[name] = dict(fwd_s=tf, fwdbwd_s=tg, fwdbwd_bytes=compiled_bytes(
+            jax.grad(lambda a, b, fn=fn: (fn(a, b) * wab).sum(), argnums=(0, 1)), a, b))
+        log(f"  anchor {name:<22} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tg * 1e3:8.2f} ms")
+    ex = jax.jit(lambda dt, A: jnp.exp(dt[..., None] * A))
+    out["exp_over_BLDN"] = dict(fwd_s=time_fn(lambda: ex(dev["dt"], dev["A"]).block_until_ready(),
+                                              repeats=repeats)["median"])
+    del a, b, wab
+    return out
+
+
+def bench_torch(inp: dict, repeats: int, log=print, loop_max_len: int | None = None) -> dict[str, Any]:
+    """mambapy pscan and a naive loop over materialised (a, b); {} if torch is missing."""
+    try:
+        import torch
+    except ImportError:
+        log("  torch not installed: torch anchors skipped")
+        return {}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if loop_max_len is None:  # the autograd loop is very slow on CPU beyond this
+        loop_max_len = 4096 if device == "cuda" else 1024
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inp.items()}
+    with torch.no_grad():
+        a0 = torch.exp(t["dt"].unsqueeze(-1) * t["A"])
+        b0 = (t["dt"] * t["x"]).unsqueeze(-1) * t["B"].unsqueeze(2)
+    wab = torch.randn(a0.shape, generator=torch.Generator().manual_seed(2)).to(device)
+
+    def loop(a, b):
+        h = torch.zeros_like(a[:, 0])
+        hs = []
+        for i in range(a.shape[1]):
+            h = a[:, i] * h + b[:, i]
+            hs.append(h)
+        return torch.stack(hs, 1)
+
+    fns = {"torch_loop": loop}
+    try:
+        from mambapy.pscan import pscan
+
+        fns = {"mambapy_pscan": pscan, **fns}
+    except ImportError:
+        log("  mambapy not installed: mambapy anchor skipped (pip install --no-deps mambapy)")
+    out: dict[str, Any] = {"device": device, "threads": torch.get_num_threads()}
+    for name, fn in fns.items():
+        if name == "torch_loop" and a0.shape[1] > loop_max_len:
+            continue
+
+        def fwd(fn=fn):
+            with torch.no_grad():
+                fn(a0, b0)
+            sync()
+
+        def fwdbwd(fn=fn):
+            a = a0.detach().requires_grad_(True)
+            b = b0.detach().requires_grad_(True)
+            (fn(a, b) * wab).sum().backward()
+            sync()
+
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        tf = time_fn(fwd, repeats=repeats)["median"]
+        tg = time_fn(fwdbwd, repeats=max(3, repeats // 2))["median"]
+        res = dict(fwd_s=tf, fwdbwd_s=tg)
+        if device == "cuda":
+            res["peak_bytes"] = int(torch.cuda.max_memory_allocated())
+        out[name] = res
+        log(f"  torch {name:<23} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tg * 1e3:8.2f} ms")
+    return out
+
+
+def one_tensor_bytes(bsz, length, dch, n, bytes_per=4) -> int:
+    return bytes_per * bsz * length * dch * n
+
+
+def best_variant(res: dict, key: str) -> tuple[str, float]:
+    cands = {k: res[k][key] for k in JAXLM_VARIANTS if k in res}
+    name = min(cands, key=cands.get)
+    return name, cands[name]
+
+
+def summarize(bsz, length, dch, n, res: dict, floor: dict) -> dict:
+    """Derived ratios for one shape."""
+    s: dict[str, Any] = {}
+    for key in ("fwd_s", "fwdbwd_s"):
+        name, t = best_variant(res, key)
+        s[f"best_{key}"] = {"variant": name, "seconds": t}
+        if "mambapy_pscan" in res:
+            s[f"speedup_vs_mambapy_{key}"] = res["mambapy_pscan"][key] / t
+        if "torch_loop" in res:
+            s[f"speedup_vs_torch_loop_{key}"] = res["torch_loop"][key] / t
+    s["best_fwd_over_floor"] = s["best_fwd_s"]["seconds"] / floor["floor_s"]
+    s["best_fwd_over_exp_BLDN"] = s["best_fwd_s"]["seconds"] / res["exp_over_BLDN"]["fwd_s"]
+    one = one_tensor_bytes(bsz, length, dch, n)
+    s["one_BLDN_tensor_bytes"] = one
+    for k in JAXLM_VARIANTS:
+        if k in res:
+            s[f"{k}_fwdbwd_mem_over_tensor"] = res[k]["fwdbwd_bytes"] / one
+    s["chunked_fwdbwd_mem_over_tensor"] = min(
+        res[k]["fwdbwd_bytes"] for k in ("chunked", "chunked_assoc") if k in res) / one
+    return s
