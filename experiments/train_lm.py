@@ -71,6 +71,7 @@ def main(argv):
     logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.default_backend())
+    logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     try:
         res = train_and_evaluate(cfg, _WORKDIR.value, resume_from=_RESUME.value,
                                  init_from=_INIT.value)

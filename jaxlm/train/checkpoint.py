@@ -19,7 +19,6 @@ Resume order (``plan_resume``), the first that applies wins:
 from __future__ import annotations
 
 import dataclasses
-import logging as pylogging
 import pathlib
 from typing import Any, Literal
 
@@ -37,11 +36,6 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or does not match the config."""
 
 
-def _quiet_orbax() -> None:
-    for name in ("absl", "orbax", "jax._src.distributed"):
-        pylogging.getLogger(name).setLevel(pylogging.WARNING)
-
-
 class Checkpointer:
     """Saves/restores ``(TrainState, meta dict)`` under ``directory``.
 
@@ -55,7 +49,6 @@ class Checkpointer:
 
     def __init__(self, directory: str | pathlib.Path, *, save_every: int = 0, keep: int = 2,
                  async_save: bool = True, read_only: bool = False):
-        _quiet_orbax()
         self.directory = pathlib.Path(directory).absolute()
         policy = (ocm.FixedIntervalPolicy(save_every) if save_every > 0
                   else ocm.SpecificStepsPolicy(steps=()))

@@ -19,7 +19,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from absl import logging
 
 from jaxlm.core import ModelConfig, init
 from jaxlm.train import data as data_lib
@@ -208,7 +207,13 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, tensorboard=cfg.tensorboard)
     ckpt = Checkpointer(workdir / "checkpoints", save_every=cfg.ckpt_every, keep=cfg.keep_ckpts)
     progress = Progress(cfg.steps, tokens_per_step, fpt, peak, elapsed=meta.get("elapsed", 0.0))
-    say = (lambda *_: None) if (quiet or not main) else logging.info
+    def say(fmt: str, *args) -> None:  # progress lines on stdout, above the tqdm bar
+        if quiet or not main:
+            return
+        from tqdm.auto import tqdm as _tqdm
+
+        _tqdm.write(fmt % args)
+
     say("train: %d params, %d devices (%s), mesh %s, %s, resume=%s from step %d, "
         "%.3g GFLOP/token, peak %.1f GFLOP/s", n_params, jax.device_count(),
         jax.default_backend(), dict(mesh.shape), cfg.parallel, plan.source, start, fpt / 1e9, peak)
