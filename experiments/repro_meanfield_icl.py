@@ -1,0 +1,86 @@
+"""Reproduction entry `meanfield_icl`: Kim & Suzuki (ICML 2024), claims C1-C6 from E1-E6.
+
+    python -m experiments.reproduce --only=meanfield_icl --quick
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+from jaxlm.utils.report import RunContext, Section
+
+NAME = "meanfield_icl"
+TITLE = "Kim & Suzuki 2024: mean-field MLP + linear attention learns features in context"
+
+
+def run(ctx: RunContext) -> Section:
+    from jaxlm.meanfield import experiments as ex
+    from jaxlm.meanfield import plots
+    from jaxlm.meanfield import report as rep
+
+    cfg = ex.PRESETS.get("quick" if ctx.quick else "full")
+    cfg = dataclasses.replace(cfg, seed=ctx.seed)
+    ex.validate(cfg)
+    n_e1 = len(cfg.teachers) * len(cfg.n_particles)
+    bar = ctx.bar(n_e1 + (1 + len(cfg.kappas)) + 1 + 5 + (cfg.e6_steps // cfg.e6_every + 1),
+                  desc="E1-E6")
+    t0 = time.perf_counter()
+    secs = {}
+    e1 = ex.run_e1(cfg, bar)
+    secs["e1"] = time.perf_counter() - t0
+    e3 = ex.run_e3(cfg, bar)
+    secs["e3"] = time.perf_counter() - t0 - sum(secs.values())
+    e4 = ex.run_e4(cfg, bar)
+    secs["e4"] = time.perf_counter() - t0 - sum(secs.values())
+    e5 = ex.run_e5(cfg, bar)
+    secs["e5"] = time.perf_counter() - t0 - sum(secs.values())
+    e6 = ex.run_e6(cfg, bar)
+    secs["e6"] = time.perf_counter() - t0 - sum(secs.values())
+    bar.close()
+    out = ctx.outdir
+    paths = plots.plot_e1(e1, out) + plots.plot_e2_e4(e1, e4, out) + plots.plot_e3(e3, out)
+    paths += plots.plot_e5(e5, out) + plots.plot_e6(e6, out)
+    summ = rep.summarize(e1, e3, e4, e5, e6)
+    claims = summ["claims"]
+    rows = summ["rows"] + [
+        {"exp": c, "setting": "verdict", "result": f"**{v}**: {note}"} for c, (v, note) in claims.items()
+    ]
+    verdicts = [v for v, _ in claims.values()]
+    if all(v == "reproduced" for v in verdicts):
+        overall = "reproduced"
+    elif any(v in ("reproduced", "partially reproduced") for v in verdicts):
+        overall = "partially reproduced"
+    else:
+        overall = "not reproduced"
+    mode = "quick" if ctx.quick else "full"
+    setup = (
+        f"{mode} preset: d={cfg.d}, k={cfg.k}, teachers {list(cfg.teachers)} (T2 = even bump, no "
+        f"linear part), x~N(0,I). E1/E2: static two-timescale WGF, N in {list(cfg.n_particles)}, "
+        f"{cfg.seeds} seeds (vmapped), fixed batch M={cfg.batch}, eta={cfg.eta}, {cfg.steps} steps "
+        f"(t={cfg.eta * cfg.steps:g}), eval on {cfg.eval_batch} fresh x. E3: N={cfg.e3_particles}, "
+        f"kappa in {list(cfg.kappas)}, {cfg.e3_steps} steps. E4: prompt SGD N={cfg.e4_particles}, "
+        f"n={cfg.e4_prompt_len}, {cfg.e4_prompts} prompts/step, {cfg.e4_steps} steps. E5/E6: "
+        f"float64, N={cfg.e5_particles}/{cfg.e6_particles}, antithetic batch M={cfg.e5_batch}, "
+        f"{cfg.e5_steps} escape steps. Seconds: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
+        + ". The full preset (N up to 1024, 10k steps, T1+T2) takes roughly 1-2 hours on 2 cores."
+    )
+    return Section(
+        title=TITLE,
+        claim=(
+            "A mean-field MLP feeding linear attention, trained by Wasserstein gradient flow in the "
+            "two-timescale limit, has a benign landscape (C1: non-global critical points are strict "
+            "saddles), avoids saddles (C2), improves at rates away from and near critical points "
+            "(C3), behaves like jointly trained attention (C4), keeps working with finite prompts "
+            "(C5), and the learned features greatly improve ICL over linear attention alone (C6)."
+        ),
+        setup=setup,
+        table=rows,
+        verdict=overall,
+        verdict_note="Per-claim verdicts are in the table (from the numbers of this run). "
+        + "; ".join(f"{c}: {v}" for c, (v, _) in claims.items()),
+        command="python -m experiments.reproduce --only=meanfield_icl" + (" --quick" if ctx.quick else ""),
+        plots=paths,
+        metrics={**summ["metrics"], "seconds_by_experiment": secs},
+    )

@@ -1,0 +1,151 @@
+"""Turns E1-E6 results into claim verdicts C1-C6 and report tables (used by the repro entry)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _fmt(x: float) -> str:
+    return "inf" if not np.isfinite(x) else f"{x:.3g}"
+
+
+def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
+    """Computes the headline numbers and a verdict per claim from the results.
+
+    Returns:
+        {"rows": [table rows], "metrics": {...}, "claims": {Ci: (verdict, note)}}.
+    """
+    m: dict = {}
+    rows = []
+    # ---- E1: reach below L(mu_0), floor vs N, seeds converged
+    for kind, r in e1.items():
+        for n in (k for k in r if k != "baselines"):
+            met = r[n]["metrics"]
+            ratio = met["loss"][:, -1] / met["loss"][:, 0]
+            evr = r[n]["eval_loss"] / r[n]["eval_loss0"]
+            m[f"e1_{kind}_N{n}_median_train_ratio"] = float(np.median(ratio))
+            m[f"e1_{kind}_N{n}_median_eval_loss"] = float(np.median(r[n]["eval_loss"]))
+            m[f"e1_{kind}_N{n}_frac_2orders"] = float(np.mean(ratio < 1e-2))
+            rows.append({
+                "exp": "E1", "setting": f"{kind} N={n}",
+                "result": f"train L_T/L_0 median {_fmt(np.median(ratio))}; eval L median "
+                          f"{_fmt(np.median(r[n]['eval_loss']))} (eval L/L_0 {_fmt(np.median(evr))}); "
+                          f"{int(np.sum(ratio < 1e-2))}/{len(ratio)} seeds >= 2 orders; "
+                          f"sum rho^2 {np.median(r[n]['eval_cca'].sum(1)):.3f}; "
+                          f"G~L^p fit p={r[n]['power_law']['p']:.2f} (r2 {r[n]['power_law']['r2']:.2f})",
+            })
+    kind0 = next(iter(e1))
+    r0 = e1[kind0]
+    ns = [k for k in r0 if k != "baselines"]
+    floors = [float(np.median(r0[n]["eval_loss"])) for n in ns]
+    frac2 = np.mean([m[f"e1_{kind0}_N{n}_frac_2orders"] for n in ns])
+    m["e1_floor_shrinks_with_N"] = bool(all(a >= b for a, b in zip(floors, floors[1:], strict=False)))
+    # ---- E2 at n = 256 (T2 if present)
+    kind2 = "t2" if "t2" in e1 else kind0
+    r2 = e1[kind2]
+    base = r2["baselines"]
+    i256 = base["n"].index(256) if 256 in base["n"] else len(base["n"]) - 2
+    n_big = max(k for k in r2 if k != "baselines")
+    trained = float(np.median(r2[n_big]["icl"][:, i256]))
+    true_f, lsa = base["true_feats"][i256], base["lsa_x1"][i256]
+    frozen = float(np.median(r2[n_big]["icl_frozen"][:, i256]))
+    m.update({"e2_trained_icl_n256": trained, "e2_true_feats_n256": true_f,
+              "e2_lsa_n256": lsa, "e2_frozen_n256": frozen})
+    rows.append({"exp": "E2", "setting": f"{kind2} n={base['n'][i256]}, N={n_big}",
+                 "result": f"trained MLP+LSA {trained:.4f} | true feats {true_f:.4f} | "
+                           f"LSA(x,1) {lsa:.4f} | frozen random MLP {frozen:.4f}"})
+    # ---- E3
+    static_final = float(e3["static"]["loss_tf"][-1])
+    gaps = {}
+    for name, met in e3.items():
+        if name == "static":
+            continue
+        gap = np.abs(np.log(met["loss_tf"]) - np.log(e3["static"]["loss_tf"]))
+        gaps[name] = float(np.max(gap))
+        m[f"e3_{name}_max_log_gap"] = gaps[name]
+        m[f"e3_{name}_final"] = float(met["loss_tf"][-1])
+    rows.append({"exp": "E3", "setting": "joint GD vs static",
+                 "result": f"static final {static_final:.3g}; max |log L_joint - log L_static|: "
+                           + ", ".join(f"{k}: {v:.2f}" for k, v in gaps.items())})
+    # ---- E4
+    j = e4["n"].index(256) if 256 in e4["n"] else -1
+    m.update({"e4_learned_n256": e4["learned_gamma"][j], "e4_refit_n256": e4["refit_gamma"][j],
+              "e4_true_n256": e4["true_feats"][j], "e4_lsa_n256": e4["lsa_x1"][j]})
+    rows.append({"exp": "E4", "setting": f"prompt SGD n_train={e4['train_n']}",
+                 "result": "ICL risk (learned / refit Gamma / true feats / LSA) at n="
+                           + "; ".join(f"{n}: {a:.3f}/{b:.3f}/{c:.3f}/{d:.3f}" for n, a, b, c, d in
+                                       zip(e4["n"], e4["learned_gamma"], e4["refit_gamma"],
+                                           e4["true_feats"], e4["lsa_x1"], strict=True))})
+    # ---- E5
+    fit, pred = e5["fit"], e5["predicted_slope"]
+    slope_ratio = fit["slope"] / pred if np.isfinite(pred) and np.isfinite(fit["slope"]) else np.nan
+    m.update({"e5_L_S": e5["L_S"], "e5_grad_sq_S": e5["grad_sq_S"],
+              "e5_lambda_min": e5["lambda_min"], "e5_lambda_u": e5["lambda_u"],
+              "e5_slope": fit["slope"], "e5_pred_slope": pred, "e5_slope_ratio": slope_ratio,
+              "e5_t_eps0": e5["t_escape_eps0"], "e5_t_armB": e5["t_escape_armB"],
+              "e5_t_generic_batch": e5["t_escape_generic_batch"],
+              "e5_t_float32": e5["t_escape_float32"],
+              "e5_min_homotopy_curv": float(np.min(e5["homotopy_curv"]))})
+    rows.append({"exp": "E5", "setting": "support-restricted saddle (T2, float64)",
+                 "result": f"L_S={e5['L_S']:.4f}, G={e5['grad_sq_S']:.2g}, lambda_min(NH)="
+                           f"{e5['lambda_min']:.3g}, lambda_u (transport along u_k)="
+                           f"{e5['lambda_u']:.3g}; T(eps) at eps={list(e5['eps'])}: "
+                           f"{[_fmt(t) for t in e5['t_escape']]}; fitted slope {_fmt(fit['slope'])}"
+                           f" vs 1/|lambda_u| {_fmt(pred)}; eps=0: T={_fmt(e5['t_escape_eps0'])}, "
+                           f"arm B: {_fmt(e5['t_escape_armB'])}, generic batch: "
+                           f"{_fmt(e5['t_escape_generic_batch'])}, float32: "
+                           f"{_fmt(e5['t_escape_float32'])}; min mixture curvature "
+                           f"{np.min(e5['homotopy_curv']):.3g}"})
+    # ---- E6
+    e6r = e6["rows"]
+    rows.append({"exp": "E6", "setting": "lambda_min/max along a T2 run",
+                 "result": "; ".join(f"t={r['time']:.0f}: L={r['loss']:.2g} lmin={r['lambda_min']:.2g}"
+                                     f" lmax={r['lambda_max']:.2g}" for r in e6r[:: max(1, len(e6r) // 4)])})
+    m["e6_final_lambda_min"] = e6r[-1]["lambda_min"]
+    m["e6_final_lambda_max"] = e6r[-1]["lambda_max"]
+    m["e6_min_lambda_min"] = min(r["lambda_min"] for r in e6r)
+
+    # ---- verdicts
+    claims = {}
+    saddle_strict = e5["lambda_min"] < 0 and e5["lambda_u"] < 0
+    mix_neg = m["e5_min_homotopy_curv"] < 0
+    tol = 1e-3 * abs(m["e6_final_lambda_max"])
+    conv_ok = m["e6_final_lambda_min"] >= -tol
+    v1 = "reproduced" if (saddle_strict and mix_neg and conv_ok) else (
+        "partially reproduced" if (mix_neg or saddle_strict) else "not reproduced")
+    claims["C1"] = (v1, f"constructed non-global critical point: lambda_min={e5['lambda_min']:.3g}, "
+                        f"transport lambda_u={e5['lambda_u']:.3g}, mixture curvature min "
+                        f"{m['e5_min_homotopy_curv']:.3g}; end of E6 run lambda_min="
+                        f"{m['e6_final_lambda_min']:.2g} (tol {tol:.1g}). One saddle, not all.")
+    esc_all = bool(np.all(np.isfinite(e5["t_escape"])))
+    stays = not np.isfinite(e5["t_escape_eps0"])
+    v2 = "reproduced" if (frac2 >= 0.8 and esc_all and stays) else (
+        "partially reproduced" if frac2 >= 0.5 or esc_all else "not reproduced")
+    claims["C2"] = (v2, f"{frac2:.0%} of generic E1 runs went >= 2 orders below L(mu_0); every "
+                        f"eps>0 kick escaped: {esc_all}; exact symmetric eps=0 stays: {stays}.")
+    ok_slope = np.isfinite(slope_ratio) and abs(slope_ratio - 1) <= 0.2
+    p_fits = [e1[k][n]["power_law"]["p"] for k in e1 for n in e1[k] if n != "baselines"]
+    v3 = "reproduced" if ok_slope else ("partially reproduced" if np.isfinite(slope_ratio)
+                                        else "not reproduced")
+    claims["C3"] = (v3, f"escape slope / (1/|lambda_u|) = {_fmt(slope_ratio)} (target within 20%); "
+                        f"Lojasiewicz-type fits G ~ L^p: p in "
+                        f"[{np.nanmin(p_fits):.2f}, {np.nanmax(p_fits):.2f}] (a fit, not the "
+                        "paper's constants).")
+    k10 = gaps.get("kappa=10", np.nan)
+    v4 = "reproduced" if k10 < 0.2 else ("partially reproduced" if k10 < 1.0 else "not reproduced")
+    claims["C4"] = (v4, f"kappa=10 joint GD stays within a factor exp({k10:.2f}) of the static "
+                        "two-timescale curve (Gamma step in curvature-normalised units).")
+    e4_ok = abs(m["e4_refit_n256"] / m["e4_true_n256"] - 1) <= 0.2
+    e4_better = m["e4_learned_n256"] < 0.5 * m["e4_lsa_n256"]
+    v5 = "reproduced" if e4_ok else ("partially reproduced" if e4_better else "not reproduced")
+    claims["C5"] = (v5, f"finite-prompt SGD: ICL risk at n=256 {m['e4_learned_n256']:.4f} (learned "
+                        f"Gamma), {m['e4_refit_n256']:.4f} (refit) vs true feats "
+                        f"{m['e4_true_n256']:.4f} and LSA {m['e4_lsa_n256']:.4f}; no trapping seen "
+                        "but the run is short.")
+    c6_ok = abs(trained / true_f - 1) <= 0.2 and lsa > 5 * trained
+    v6 = "reproduced" if c6_ok else ("partially reproduced" if trained < 0.5 * lsa
+                                     else "not reproduced")
+    claims["C6"] = (v6, f"{kind2} n=256: trained MLP+LSA {trained:.4f} vs true-features optimum "
+                        f"{true_f:.4f} (target within 20%) and linear attention alone {lsa:.4f}.")
+    m["claims"] = {k: v[0] for k, v in claims.items()}
+    return {"rows": rows, "metrics": m, "claims": claims}
