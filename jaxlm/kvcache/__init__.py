@@ -6,7 +6,7 @@ See ``policy`` (policies as pure functions over per-row parameters), ``cache``
 """
 
 from jaxlm.kvcache.cache import PolicyState, Prefilled, PrefillStats, compress, prefill
-from jaxlm.kvcache.generate import DecodeOutput, KVGenerateOutput, decode, generate, policy_step
+from jaxlm.kvcache.engine import DecodeOutput, KVGenerateOutput, decode, generate, policy_step
 from jaxlm.kvcache.policy import (
     POLICIES,
     Policy,

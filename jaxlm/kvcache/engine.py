@@ -189,6 +189,9 @@ def generate(
     pp = P.resolve_rows(policies, [len(p) for p in prompts], max_new_tokens, variants)
     caps = np.asarray(pp.cap)
     s = int(caps.max()) if capacity is None else int(capacity)
+    if caps.max() > s:
+        raise ValueError(f"generate: a row's budget C={caps.max()} exceeds the cache capacity "
+                         f"{s}; pass capacity >= {caps.max()} or lower the budget")
     pre = prefill(params, cfg, toks, mask, variants=variants, obs_rows=obs_rows)
     state = compress(pre, np.arange(len(prompts)), pp, s)
     out = decode(params, cfg, state, pre.logits, pp, max_new_tokens,

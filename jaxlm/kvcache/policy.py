@@ -90,7 +90,7 @@ class Policy:
         name: one of POLICIES.
         budget: a ``float`` in (0, 1] is a fraction of the prompt length
             (C = floor(budget * P), the reference convention); an ``int`` >= 2 is an
-            absolute slot count. C counts every retained entry (sinks, window and the
+            absolute slot count (clamped to P + max_new_tokens, i.e. no eviction). C counts every retained entry (sinks, window and the
             incoming token) and is constant during decoding. Ignored by ``full``
             (capacity P + max_new_tokens).
         recent: recent-window size w as a fraction of C (w = max(1, floor(recent*C)));
@@ -166,7 +166,8 @@ class Policy:
             return prompt_len + max_new_tokens
         if isinstance(self.budget, float):
             return int(math.floor(self.budget * prompt_len))
-        return int(self.budget)
+        # an absolute budget covering a row's whole sequence means no eviction for that row
+        return min(int(self.budget), prompt_len + max_new_tokens)
 
     def sizes(self, prompt_len: int, max_new_tokens: int) -> tuple[int, int, int]:
         """(C, w, sinks) for a prompt of ``prompt_len`` tokens, validated."""
@@ -177,11 +178,6 @@ class Policy:
             w = self.window
         else:
             w = max(1, int(math.floor((self.recent if self.recent is not None else recent) * cap)))
-        if cap > prompt_len + max_new_tokens:
-            raise ValueError(
-                f"{self.label}: budget of {cap} slots is larger than the whole sequence "
-                f"({prompt_len} prompt + {max_new_tokens} new tokens); use Policy('full') or a "
-                f"smaller budget")
         if cap < w + s + 1:
             raise ValueError(
                 f"{self.label}: budget C={cap} slots (prompt {prompt_len}) leaves no evictable "
@@ -425,11 +421,10 @@ def select(prio: Array, pos: Array, keep: Array, n_out: int) -> tuple[Array, Arr
     """
     s0 = prio.shape[-1]
     k = min(n_out, s0)
-    # lexicographic (priority, position): a stable sort on position then on priority
-    order = jnp.argsort(-pos, axis=-1, stable=True)
-    pri_sorted = jnp.take_along_axis(prio, order, axis=-1)
-    order2 = jnp.argsort(-pri_sorted, axis=-1, stable=True)
-    idx = jnp.take_along_axis(order, order2, axis=-1)[..., :k]
+    # one lexicographic sort on (-priority, -position)
+    iota = jnp.broadcast_to(jnp.arange(s0, dtype=jnp.int32), prio.shape)
+    _, _, idx = jax.lax.sort((-prio, -pos, iota), dimension=prio.ndim - 1, num_keys=2)
+    idx = idx[..., :k]
     rank = jnp.arange(k, dtype=jnp.int32)
     valid = rank < _rows(keep, 4)
     valid = valid & (jnp.take_along_axis(pos, idx, axis=-1) >= 0)
@@ -455,13 +450,16 @@ def snap_scores(obs: Array, pp: PolicyParams) -> Array:
     row = jnp.arange(w)
     use = row[None, :] >= (w - pp.snap_rows)[:, None]  # [B, W]
     s = jnp.einsum("lbkws,bw->lbks", obs, use.astype(obs.dtype))
-    half = MAX_SNAP_KERNEL // 2
-    padded = jnp.pad(s, ((0, 0), (0, 0), (0, 0), (half, half)))
     n = s.shape[-1]
-    out = jnp.zeros_like(s)
-    for d in range(-half, half + 1):
-        on = (jnp.abs(d) <= pp.snap_kernel // 2).astype(s.dtype)
-        out = out + _rows(on, 4) * jax.lax.dynamic_slice_in_dim(padded, half + d, n, axis=3)
+    half = MAX_SNAP_KERNEL // 2
+    # box filter via a prefix sum: out[i] = cs[i + h + 1] - cs[i - h], h = kernel // 2 per row
+    cs = jnp.pad(jnp.cumsum(s, axis=-1), ((0, 0), (0, 0), (0, 0), (half + 1, 0)))
+    cs = jnp.pad(cs, ((0, 0), (0, 0), (0, 0), (0, half)), mode="edge")
+    h = _rows(pp.snap_kernel // 2, 4)
+    i = jnp.arange(n)
+    hi = jnp.broadcast_to(i + half + 1 + h, s.shape)
+    lo = jnp.broadcast_to(i + half - h, s.shape)
+    out = jnp.take_along_axis(cs, hi, axis=-1) - jnp.take_along_axis(cs, lo, axis=-1)
     return out / _rows(pp.snap_kernel.astype(s.dtype), 4)
 
 

@@ -1,0 +1,164 @@
+"""Decode-throughput measurement for fixed-budget caches, and the memory-bandwidth model.
+
+Decode time does not depend on *which* tokens a cache holds, only on its
+width, so the benchmark builds caches directly (random keys/values, original
+positions of a P-token prompt) instead of prefilling 8k-token prompts on a
+CPU. Three compiled loops per (prompt length, batch):
+
+* ``core``: the substrate's own decode step (append at the cursor, no scores)
+  at width P + T: the full-cache baseline a user would run.
+* ``core@C``: the same at width C: what a policy costs without its bookkeeping.
+* ``policy@C``: the evicting loop (write into the evicted slot, attention
+  probabilities, score update, argmin) at width C; every policy shares it.
+
+The bandwidth model: a decode step reads all weights once plus every cache slot
+(keys, values; and for a policy the per-slot score and position), so
+t_step ~ bytes / bandwidth and the predicted speedup is a ratio of bytes.
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.core.cache import KVCache
+from jaxlm.core.config import ModelConfig
+from jaxlm.core.generate import decode_step
+from jaxlm.core.transformer import Params, init
+from jaxlm.kvcache import policy as P
+from jaxlm.kvcache.cache import PolicyState
+from jaxlm.kvcache.engine import _decode
+
+
+def random_params(cfg: ModelConfig, seed: int = 0) -> Params:
+    """Params of the right shapes filled from numpy (fast; values do not affect timing)."""
+    shapes = jax.eval_shape(lambda k: init(k, cfg), jax.random.PRNGKey(0))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(
+        lambda s: jnp.asarray((0.02 * rng.standard_normal(s.shape)).astype(s.dtype)), shapes)
+
+
+def param_bytes(params: Params) -> int:
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params)))
+
+
+def kv_bytes_per_slot(cfg: ModelConfig, policy: bool) -> int:
+    """Bytes one cache slot costs per sequence across all layers (K, V; + score, pos)."""
+    b = 2 * cfg.n_layers * cfg.n_kv_heads * cfg.head_dim * jnp.dtype(cfg.cdtype).itemsize
+    b += cfg.n_layers * cfg.n_kv_heads * 4  # pos (the core cache keeps it too)
+    if policy:
+        b += cfg.n_layers * cfg.n_kv_heads * 4  # score
+    return b
+
+
+def step_bytes(cfg: ModelConfig, wbytes: int, batch: int, slots: int, policy: bool) -> int:
+    """Bandwidth model: bytes read per decode step."""
+    return wbytes + batch * slots * kv_bytes_per_slot(cfg, policy)
+
+
+@functools.partial(jax.jit, static_argnames=("batch", "slots", "filled", "cfg"))
+def _random_cache(key, *, batch, slots, filled, cfg):
+    shape = (cfg.n_layers, batch, slots, cfg.n_kv_heads, cfg.head_dim)
+    k1, k2 = jax.random.split(key)
+    pos = jnp.where(jnp.arange(slots) < filled, jnp.arange(slots), -1).astype(jnp.int32)
+    return KVCache(
+        k=jax.random.normal(k1, shape, cfg.cdtype), v=jax.random.normal(k2, shape, cfg.cdtype),
+        pos=jnp.broadcast_to(pos, (cfg.n_layers, batch, cfg.n_kv_heads, slots)),
+        next_pos=jnp.full((batch,), filled, jnp.int32), cursor=jnp.int32(filled),
+    )
+
+
+def core_cache(cfg: ModelConfig, batch: int, slots: int, filled: int, seed: int = 0) -> KVCache:
+    """A core cache with ``filled`` slots holding positions 0..filled-1."""
+    return _random_cache(jax.random.PRNGKey(seed), batch=batch, slots=slots,
+                         filled=filled, cfg=cfg)
+
+
+def policy_state(cfg: ModelConfig, batch: int, capacity: int, prompt_len: int,
+                 seed: int = 0) -> PolicyState:
+    """A compressed-cache state: C - 1 prompt tokens kept, the last slot free.
+
+    Kept positions are the newest C/2 prompt tokens plus an even spread of the
+    older ones; scores are random (their values do not change the step's cost).
+    """
+    c = _random_cache(jax.random.PRNGKey(seed), batch=batch, slots=capacity,
+                      filled=capacity - 1, cfg=cfg)
+    n_old = (capacity - 1) // 2
+    old = np.linspace(0, prompt_len - capacity, n_old).astype(np.int32)
+    new = np.arange(prompt_len - (capacity - 1 - n_old), prompt_len, dtype=np.int32)
+    pos = np.concatenate([old, new, [-1]]).astype(np.int32)
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, capacity)
+    cache = c.replace(pos=jnp.broadcast_to(jnp.asarray(pos), shape),
+                      next_pos=jnp.full((batch,), prompt_len, jnp.int32))
+    score = jax.random.uniform(jax.random.PRNGKey(seed + 1), shape) * (pos >= 0)
+    return PolicyState(cache=cache, score=score,
+                       free_slot=jnp.full(shape[:3], capacity - 1, jnp.int32),
+                       prompt_len=jnp.full((batch,), prompt_len, jnp.int32),
+                       step=jnp.zeros((), jnp.int32))
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "steps"), donate_argnames=("cache",))
+def _core_loop(params, cache, tok, *, cfg, steps):
+    def body(_, carry):
+        cache, tok = carry
+        logits, cache = decode_step(params, cfg, tok, cache)
+        return cache, jnp.argmax(logits, -1).astype(jnp.int32)
+
+    return jax.lax.fori_loop(0, steps, body, (cache, tok))
+
+
+def _median_step(run, steps: int, repeats: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        times.append((time.perf_counter() - t0) / steps)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+
+
+def time_core(params, cfg, batch, slots, filled, *, steps, repeats, warmup=1):
+    """Median seconds per decode step of the core loop (append, no scoring)."""
+    box = {"cache": core_cache(cfg, batch, slots, filled)}
+    tok = jnp.zeros((batch,), jnp.int32)
+
+    def run():
+        cache, _ = _core_loop(params, box["cache"], tok, cfg=cfg, steps=steps)
+        # keep the cursor inside the buffer so every repeat does the same work
+        box["cache"] = jax.block_until_ready(cache.replace(
+            cursor=jnp.int32(filled), next_pos=jnp.full((batch,), filled, jnp.int32)))
+
+    return _median_step(run, steps, repeats, warmup)
+
+
+def time_policy(params, cfg, pols: Sequence[P.Policy], prompt_len, *, batch, steps,
+                repeats, warmup=1):
+    """Median seconds per decode step of the evicting loop, one entry per policy.
+
+    All policies share one compiled loop (same capacity), so only the first
+    policy's warm-up compiles.
+    """
+    variants = P.keyformer_variants(pols)
+    out = {}
+    for pol in pols:
+        pp = P.resolve_rows([pol] * batch, [prompt_len] * batch, steps + 1, variants)
+        cap = int(pp.cap[0])
+        box = {"state": policy_state(cfg, batch, cap, prompt_len)}
+        logits = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
+        forced = jnp.zeros((batch, steps + 1), jnp.int32)
+        use = jnp.zeros((batch,), bool)
+
+        def run(pp=pp, box=box, logits=logits, forced=forced, use=use):
+            o = _decode(params, box["state"], logits, pp, forced, use, cfg=cfg,
+                        return_logits=False)
+            box["state"] = jax.block_until_ready(o.state)
+
+        out[pol.label] = {"capacity": cap, **_median_step(run, steps, repeats, warmup)}
+    return out
