@@ -1,0 +1,456 @@
+"""Mamba-ND vs baselines on generated 2D / 3D / field tasks, and the orderings ablation.
+
+Used by ``experiments/mamba_nd.py`` (absl) and ``experiments/repro_mamba_nd.py``
+(the suite entry). Protocol (spec Sec. 7): every neural model gets the same
+optimiser, steps, batch, augmentation and the same LR sweep; the LR is chosen
+on validation (mean over seeds) and test numbers are reported for that LR as
+mean +- std with a 95% t-interval over seeds. Baselines are width-matched to
+the Mamba-ND parameter count (within 10%).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.ssm import data as ssm_data
+from jaxlm.ssm import mamba_nd
+from jaxlm.ssm.mamba_nd import NDConfig
+from jaxlm.ssm.train import TrainConfig, select_lr, train_population
+from jaxlm.utils.config import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One benchmark run.
+
+    Attributes:
+        tasks: subset of ("digits", "canvas", "video", "pde").
+        models: subset of ("mamba_nd", "vit", "bilstm", "s4nd"), run on ``ablation_task``
+            (and on every task unless ``other_task_models`` is set).
+        other_task_models: models for the tasks other than ``ablation_task`` (empty = models).
+        ablations: Mamba-ND variants on ``ablation_task``: "raster", "bilayer",
+            "residual_mamba_nd", "bi", "nd", "split".
+        ablation_task: task for the ablations.
+        d_model, depth: the Mamba-ND reference size (baselines are width-matched).
+        d_state: SSM state size.
+        lrs: the LR sweep (same for every model).
+        seeds: seeds per LR.
+        steps, batch_size, eval_every: training length.
+        canvas, canvas_upsample, canvas_patch: digits-canvas geometry.
+        video_frames, video_canvas, video_patch: moving-digits geometry.
+        pde_grid, pde_patch, pde_traj: PDE field geometry / size.
+        rollout_steps: autoregressive horizons reported for the PDE task.
+    """
+
+    tasks: tuple[str, ...] = ("digits", "canvas", "video", "pde")
+    models: tuple[str, ...] = ("mamba_nd", "vit", "bilstm", "s4nd")
+    other_task_models: tuple[str, ...] = ()
+    ablations: tuple[str, ...] = ("raster", "bilayer", "residual_mamba_nd", "bi", "split")
+    ablation_task: str = "canvas"
+    d_model: int = 48
+    depth: int = 4
+    d_state: int = 16
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 1500
+    batch_size: int = 64
+    eval_every: int = 100
+    canvas: int = 32
+    canvas_upsample: int = 2
+    canvas_patch: int = 2
+    video_frames: int = 8
+    video_canvas: int = 16
+    video_patch: tuple[int, int, int] = (2, 2, 2)
+    pde_grid: int = 32
+    pde_patch: int = 2
+    pde_traj: int = 160
+    rollout_steps: tuple[int, ...] = (1, 5, 10)
+
+
+PRESETS: Registry[ExperimentConfig] = Registry("mamba_nd experiment")
+PRESETS.add("full", ExperimentConfig())
+PRESETS.add("quick", ExperimentConfig(
+    tasks=("canvas", "video", "pde"), other_task_models=("mamba_nd", "vit"),
+    ablations=("raster", "bilayer"), d_model=24, depth=4,
+    d_state=8, lrs=(1e-3, 3e-3), seeds=(0, 1), steps=120, batch_size=32, eval_every=40,
+    canvas=12, canvas_upsample=1, canvas_patch=2, video_frames=8, video_canvas=12,
+    video_patch=(2, 3, 3), pde_grid=16, pde_patch=2, pde_traj=64, rollout_steps=(1, 5)))
+PRESETS.add("quick_test", dataclasses.replace(
+    PRESETS.get("quick"), tasks=("canvas", "pde"), models=("mamba_nd", "vit"), ablations=(),
+    d_model=8, d_state=4, lrs=(3e-3,), seeds=(0,), steps=4, batch_size=8, eval_every=2,
+    pde_traj=10))
+PRESETS.add("full_test", PRESETS.get("quick_test"))
+
+TASKS = ("digits", "canvas", "video", "pde")
+MODELS = ("mamba_nd", "vit", "bilstm", "s4nd")
+ABLATIONS = ("raster", "bilayer", "residual_mamba_nd", "bi", "nd", "split")
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    for field, ok in (("tasks", TASKS), ("models", MODELS), ("other_task_models", MODELS),
+                      ("ablations", ABLATIONS)):
+        bad = [v for v in getattr(cfg, field) if v not in ok]
+        if bad:
+            raise ValueError(f"ExperimentConfig.{field}: unknown {bad}; choose from {ok}")
+    if cfg.ablation_task not in TASKS:
+        raise ValueError(f"ablation_task must be one of {TASKS}, got {cfg.ablation_task!r}")
+    if cfg.steps % cfg.eval_every:
+        raise ValueError(f"steps={cfg.steps} must be a multiple of eval_every={cfg.eval_every}")
+    if not cfg.lrs or not cfg.seeds:
+        raise ValueError("need at least one lr and one seed")
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+@dataclasses.dataclass
+class Task:
+    name: str
+    data: dict
+    base: NDConfig
+    kind: str  # "cls" | "forecast"
+    shift_aug: int
+    extra: dict
+
+
+def build_task(name: str, cfg: ExperimentConfig, seed: int = 0) -> Task:
+    """Generates data and the task's base model config."""
+    common = dict(d_model=cfg.d_model, depth=cfg.depth, d_state=cfg.d_state)
+    if name == "digits":
+        d = ssm_data.digits(seed)
+        return Task(name, d, NDConfig(grid=(8, 8), patch=(1, 1), **common), "cls", 1, {})
+    if name == "canvas":
+        d = ssm_data.digits_canvas(seed, canvas=cfg.canvas, upsample=cfg.canvas_upsample)
+        p = cfg.canvas_patch
+        return Task(name, d, NDConfig(grid=(cfg.canvas,) * 2, patch=(p, p), **common), "cls", 0,
+                    {})
+    if name == "video":
+        d = ssm_data.moving_digits(seed, frames=cfg.video_frames, canvas=cfg.video_canvas)
+        base = NDConfig(grid=(cfg.video_frames, cfg.video_canvas, cfg.video_canvas),
+                        patch=tuple(cfg.video_patch), n_classes=8, **common)
+        return Task(name, d, base, "cls", 0, {})
+    if name == "pde":
+        traj = ssm_data.pde_splits(seed, n_traj=cfg.pde_traj, grid=cfg.pde_grid)
+        pairs = {k: ssm_data.pde_pairs(v) for k, v in traj.items()}
+        p = cfg.pde_patch
+        base = NDConfig(grid=(cfg.pde_grid,) * 2, patch=(p, p), in_channels=4, head="dense",
+                        out_channels=2, **common)
+        return Task(name, pairs, base, "forecast", 0, {"traj": traj})
+    raise ValueError(f"unknown task {name!r}; choose from {TASKS}")
+
+
+def model_config(task: Task, model: str, ref_params: int | None) -> NDConfig:
+    """The task's config for ``model``, width-matched to ``ref_params`` for baselines."""
+    base = task.base
+    if model == "mamba_nd":
+        return base
+    if model == "vit":  # 2 Mamba layers ~ 1 ViT layer in params (spec Sec. 1.5)
+        c = dataclasses.replace(base, kind="vit", depth=max(1, base.depth // 2), n_heads=4)
+        return mamba_nd.match_width(c, ref_params, "d_model", step=4)
+    if model == "bilstm":
+        c = dataclasses.replace(base, kind="bilstm")
+        return mamba_nd.match_width(c, ref_params, "lstm_hidden", step=2, lo=2)
+    if model == "s4nd":
+        c = dataclasses.replace(base, kind="s4nd")
+        return mamba_nd.match_width(c, ref_params, "d_model", step=2)
+    raise ValueError(model)
+
+
+def ablation_config(task: Task, ablation: str, ref_params: int) -> NDConfig:
+    base = task.base
+    if ablation in ("raster", "bilayer"):
+        return dataclasses.replace(base, order_scheme=ablation)
+    if ablation == "residual_mamba_nd":
+        return dataclasses.replace(base, residual="mamba_nd")
+    c = dataclasses.replace(base, mixer=ablation)  # bi | nd | split: width-matched
+    step = 6 if ablation == "split" else 2
+    return mamba_nd.match_width(c, ref_params, "d_model", step=step, lo=step)
+
+
+def predict_fn(cfg: NDConfig, task_kind: str) -> Callable:
+    if task_kind == "cls":
+        return lambda p, x: mamba_nd.apply(p, cfg, x)
+    # forecast: the model predicts the increment over the current fields (channels 2:4)
+    return lambda p, x: x[..., 2:4] + mamba_nd.apply(p, cfg, x)
+
+
+# ----------------------------------------------------------------------------- stats
+
+
+def mean_ci(v) -> dict:
+    """Mean, std and 95% t-interval half-width over seeds."""
+    v = np.asarray(v, np.float64)
+    n = len(v)
+    t95 = {1: float("nan"), 2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776}.get(n, 1.96)
+    sd = float(v.std(ddof=1)) if n > 1 else float("nan")
+    return {"mean": float(v.mean()), "std": sd, "ci95": t95 * sd / math.sqrt(n) if n > 1
+            else float("nan"), "n": n}
+
+
+def fmt_ci(s: dict, scale: float = 1.0, digits: int = 1) -> str:
+    if s["n"] < 2:
+        return f"{s['mean'] * scale:.{digits}f}"
+    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} (CI ±{s['ci95'] * scale:.{digits}f})"
+
+
+# ----------------------------------------------------------------------------- simple baselines
+
+
+def sklearn_baselines(task: Task) -> list[dict]:
+    """Logistic regression and RBF-SVC on raw pixels (classification tasks)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import SVC
+
+    (xtr, ytr), (xte, yte) = task.data["train"], task.data["test"]
+    f = lambda x: x.reshape(len(x), -1)
+    rows = []
+    for name, clf in (("logreg (pixels)", LogisticRegression(max_iter=300, C=1.0)),
+                      ("RBF-SVC (pixels)", SVC(C=10.0, gamma="scale"))):
+        clf.fit(f(xtr), ytr)
+        acc = float((clf.predict(f(xte)) == yte).mean())
+        rows.append({"task": task.name, "model": name, "params": "-", "lr": "-",
+                     "test": f"{100 * acc:.1f}", "test_mean": acc})
+    return rows
+
+
+def ridge_fit(x, y, lam):
+    """Closed-form ridge on flattened pixels predicting the increment; returns (W, b)."""
+    xf = x.reshape(len(x), -1).astype(np.float64)
+    yf = (y - x[..., 2:4]).reshape(len(y), -1).astype(np.float64)
+    mx, my = xf.mean(0), yf.mean(0)
+    xc = xf - mx
+    w = np.linalg.solve(xc.T @ xc + lam * np.eye(xf.shape[1]), xc.T @ (yf - my))
+    return w, my - mx @ w
+
+
+def ridge_predict(wb, x):
+    w, b = wb
+    return x[..., 2:4] + (x.reshape(len(x), -1) @ w + b).reshape(*x.shape[:-1], 2).astype(
+        np.float32)
+
+
+def rmse(a, b) -> float:
+    return float(np.sqrt(((np.asarray(a, np.float64) - b) ** 2).mean()))
+
+
+def rollout(step_fn: Callable, traj: np.ndarray, horizons: tuple[int, ...]) -> dict[int, float]:
+    """Autoregressive RMSE at each horizon from (f_0, f_1) on test trajectories [n, T, H, W, 2]."""
+    prev, cur = traj[:, 0], traj[:, 1]
+    out = {}
+    for k in range(1, max(horizons) + 1):
+        nxt = np.asarray(step_fn(np.concatenate([prev, cur], -1)))
+        prev, cur = cur, nxt
+        if k in horizons:
+            out[k] = rmse(cur, traj[:, 1 + k])
+    return out
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+def run_model(name: str, task: Task, mcfg: NDConfig, cfg: ExperimentConfig,
+              progress=None) -> dict:
+    tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, warmup=max(1, cfg.steps // 15),
+                       eval_every=cfg.eval_every, shift_aug=task.shift_aug, task=task.kind)
+    t0 = time.perf_counter()
+    res = train_population(lambda k: mamba_nd.init(k, mcfg), predict_fn(mcfg, task.kind), tcfg,
+                           task.data, list(cfg.lrs), list(cfg.seeds), progress=progress,
+                           desc=f"{task.name}/{name}")
+    wall = time.perf_counter() - t0
+    sel = select_lr(res, higher_is_better=task.kind == "cls")
+    out = {"name": name, "task": task.name, "params": mamba_nd.param_count(mcfg),
+           "config": dataclasses.asdict(mcfg), "lr": sel["lr"], "test": mean_ci(sel["test"]),
+           "val": mean_ci(sel["val"]), "wall_seconds": wall,
+           "compile_seconds": res["compile_seconds"], "step_ms": 1e3 * res["step_seconds"],
+           "members": len(res["lr"]), "curve_steps": res["curve_steps"].tolist(),
+           "val_curve": res["val_curve"][:, sel["members"]].tolist(),
+           "all_val": {f"{lr:g}": float(np.nanmean(res["val"][res["lr"] == lr]))
+                       for lr in np.unique(res["lr"])}}
+    if task.kind == "forecast":
+        traj = task.extra["traj"]["test"]
+        per_seed = []
+        f = jax.jit(predict_fn(mcfg, "forecast"))
+        for m in sel["members"]:
+            p = jax.tree.map(lambda a, m=m: a[m], res["params"])
+            per_seed.append(rollout(lambda x, p=p: f(p, jnp.asarray(x)), traj,
+                                    cfg.rollout_steps))
+        out["rollout"] = {k: mean_ci([r[k] for r in per_seed]) for k in cfg.rollout_steps}
+        last_m = sel["members"][0]
+        out["_example_params"] = jax.tree.map(lambda a: a[last_m], res["params"])
+    return out
+
+
+def pde_reference_rows(task: Task, cfg: ExperimentConfig) -> tuple[list[dict], Any]:
+    """Persistence and ridge (lambda chosen on validation) for the PDE task."""
+    (xtr, ytr), (xva, yva), (xte, yte) = (task.data[s] for s in ("train", "val", "test"))
+    traj = task.extra["traj"]["test"]
+    best = None
+    for lam in (1e-2, 1e-1, 1.0, 10.0, 100.0):
+        wb = ridge_fit(xtr, ytr, lam)
+        v = rmse(ridge_predict(wb, xva), yva)
+        if best is None or v < best[0]:
+            best = (v, lam, wb)
+    _, lam, wb = best
+    rows = []
+    for name, fn in (("persistence", lambda x: x[..., 2:4]),
+                     (f"ridge on pixels (λ={lam:g})", lambda x: ridge_predict(wb, x))):
+        roll = rollout(fn, traj, cfg.rollout_steps)
+        rows.append({"task": "pde", "model": name, "params": "-" if name == "persistence"
+                     else int(wb[0].size + wb[1].size), "lr": "-",
+                     "test": f"{rmse(fn(xte), yte):.4f}", "test_mean": rmse(fn(xte), yte),
+                     **{f"rollout@{k}": f"{v:.4f}" for k, v in roll.items()}})
+    return rows, wb
+
+
+def run_experiment(cfg: ExperimentConfig, outdir: pathlib.Path, seed: int = 0,
+                   progress=None, log=print) -> dict:
+    """Runs every task x model and the ablation; writes results.json and plots under outdir."""
+    validate(cfg)
+    outdir = pathlib.Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "tasks": {}, "ablation": [],
+                               "reference_rows": []}
+    t_start = time.perf_counter()
+    tasks_needed = list(cfg.tasks) + ([cfg.ablation_task] if cfg.ablations and
+                                      cfg.ablation_task not in cfg.tasks else [])
+    for tname in tasks_needed:
+        task = build_task(tname, cfg, seed)
+        ref = mamba_nd.param_count(task.base)
+        rows = []
+        if tname not in cfg.tasks:
+            models = ("mamba_nd",)
+        elif tname == cfg.ablation_task or not cfg.other_task_models:
+            models = cfg.models
+        else:
+            models = cfg.other_task_models
+        for m in models:
+            r = run_model(m, task, model_config(task, m, ref), cfg, progress)
+            log(f"[{tname}] {m}: params {r['params']} lr {r['lr']:g} test {r['test']['mean']:.4f}"
+                f" ({r['wall_seconds']:.0f}s)")
+            rows.append(r)
+        results["tasks"][tname] = rows
+        if task.kind == "cls" and tname in cfg.tasks:
+            results["reference_rows"] += sklearn_baselines(task)
+        if task.kind == "forecast":
+            ref_rows, wb = pde_reference_rows(task, cfg)
+            results["reference_rows"] += ref_rows
+            _plot_forecast(task, rows[0], wb, outdir / "pde_forecast.png")
+        if tname == cfg.ablation_task and cfg.ablations:
+            alt = next(r for r in rows if r["name"] == "mamba_nd")
+            results["ablation"].append({**alt, "name": "alternating (default)"})
+            for ab in cfg.ablations:
+                r = run_model(ab, task, ablation_config(task, ab, ref), cfg, progress)
+                log(f"[ablation {tname}] {ab}: test {r['test']['mean']:.4f}")
+                results["ablation"].append(r)
+        _plot_curves(results, outdir / "learning_curves.png")
+    results["seconds"] = time.perf_counter() - t_start
+    for rows in list(results["tasks"].values()) + [results["ablation"]]:
+        for r in rows:
+            r.pop("_example_params", None)
+    (outdir / "results.json").write_text(json.dumps(results, indent=1, default=_jsonable))
+    return results
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+# ----------------------------------------------------------------------------- tables / plots
+
+
+def result_rows(results: dict) -> list[dict]:
+    """Flat table rows: task, model, params, lr, test metric (accuracy % or RMSE)."""
+    rows = []
+    for tname, rs in results["tasks"].items():
+        for r in rs:
+            is_cls = tname != "pde"
+            row = {"task": tname, "model": r["name"], "params": r["params"], "lr": f"{r['lr']:g}",
+                   "test": fmt_ci(r["test"], 100.0 if is_cls else 1.0, 1 if is_cls else 4),
+                   "test_mean": r["test"]["mean"], "step_ms": f"{r['step_ms']:.0f}"}
+            if "rollout" in r:
+                row.update({f"rollout@{k}": fmt_ci(v, 1.0, 4) for k, v in r["rollout"].items()})
+            rows.append(row)
+    return rows + results["reference_rows"]
+
+
+def ablation_rows(results: dict) -> list[dict]:
+    rows = []
+    for r in results["ablation"]:
+        is_cls = r["task"] != "pde"
+        rows.append({"variant": r["name"], "task": r["task"], "params": r["params"],
+                     "lr": f"{r['lr']:g}",
+                     "test": fmt_ci(r["test"], 100.0 if is_cls else 1.0, 1 if is_cls else 4),
+                     "test_mean": r["test"]["mean"]})
+    return rows
+
+
+def _plot_curves(results: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(results["tasks"].items())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
+    for ax, (tname, rs) in zip(axes[0], tasks, strict=True):
+        for r in rs:
+            curve = np.asarray(r["val_curve"])  # [E, seeds]
+            y = curve.mean(1) * (100 if tname != "pde" else 1)
+            ax.plot(r["curve_steps"], y, marker="o", ms=3, label=f"{r['name']} (lr {r['lr']:g})")
+        ax.set_title(tname)
+        ax.set_xlabel("step")
+        ax.set_ylabel("val accuracy %" if tname != "pde" else "val RMSE")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_forecast(task: Task, mrow: dict, wb, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traj = task.extra["traj"]["test"][:1]
+    k = max(mrow["rollout"]) if "rollout" in mrow else 1
+    mcfg = NDConfig(**{**mrow["config"], "grid": tuple(mrow["config"]["grid"]),
+                       "patch": tuple(mrow["config"]["patch"])})
+    p = mrow["_example_params"]
+    f_jit = jax.jit(predict_fn(mcfg, "forecast"))
+    f_m = lambda x: f_jit(p, x)
+
+    def roll(fn):
+        prev, cur = traj[:, 0], traj[:, 1]
+        for _ in range(k):
+            prev, cur = cur, np.asarray(fn(np.concatenate([prev, cur], -1)))
+        return cur[0]
+
+    panels = [("truth", traj[0, 1 + k]), ("Mamba-ND", roll(lambda x: f_m(jnp.asarray(x)))),
+              ("ridge", roll(lambda x: ridge_predict(wb, x))), ("persistence", traj[0, 1])]
+    fig, axes = plt.subplots(2, 4, figsize=(10, 5))
+    for j, (name, f) in enumerate(panels):
+        for ch in range(2):
+            axes[ch, j].imshow(f[..., ch], cmap="RdBu_r", vmin=-2.5, vmax=2.5)
+            axes[ch, j].set_xticks([])
+            axes[ch, j].set_yticks([])
+        axes[0, j].set_title(f"{name}" + ("" if name == "truth" else f" ({k}-step)"), fontsize=9)
+    axes[0, 0].set_ylabel("tracer")
+    axes[1, 0].set_ylabel("heat")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
