@@ -63,22 +63,23 @@ def make_contexts(
     n: int = 5,
     length: int = 5,
     seed: int = 0,
+    top_k: int = 5,
 ) -> list[str]:
-    """Context templates: "{}" plus ``n`` model-sampled prefixes "<text>. {}" of ``length`` tokens."""
-    from jaxlm.core.generate import SamplingConfig, generate
-
+    """Context templates: "{}" plus ``n`` model-sampled prefixes "<text>. {}" of ``length``
+    tokens (top-k sampling; reuses the jitted next-token scorer, no extra compilation)."""
     if n == 0:
         return ["{}"]
-    seeds = [CONTEXT_SEEDS[i % len(CONTEXT_SEEDS)] for i in range(n)]
-    prompts = [tok.encode(s) for s in seeds]
-    out = generate(
-        params, cfg, prompts, max_new_tokens=length, key=jax.random.PRNGKey(seed),
-        sampling=SamplingConfig(temperature=1.0, top_k=5), stop_ids=(), pad_id=0,
-    )
-    toks = np.asarray(out.tokens)
+    rng = np.random.default_rng(seed)
+    seqs = [tok.encode(CONTEXT_SEEDS[i % len(CONTEXT_SEEDS)]) for i in range(n)]
+    for _ in range(length):
+        lp = hooks.next_token_logprobs(params, cfg, seqs)
+        for s, row in zip(seqs, lp, strict=True):
+            top = np.argsort(-row)[:top_k]
+            p = np.exp(row[top] - row[top].max())
+            s.append(int(rng.choice(top, p=p / p.sum())))
     ctx = ["{}"]
-    for s, row in zip(seeds, toks, strict=True):
-        text = (s + tok.decode([int(t) for t in row])).replace("{", "").replace("}", "")
+    for s in seqs:
+        text = tok.decode(s).replace("{", "").replace("}", "")
         ctx.append(" ".join(text.split()) + ". {}")
     return ctx
 

@@ -1,0 +1,313 @@
+"""The knowledge-refresh experiment: ROME / MEMIT / FT-L / retrieval on SmolLM2 facts.
+
+``run(cfg, workdir, bar)`` measures the facts the model knows, traces where they
+are recalled (causal tracing, MLP restoration), estimates key second moments,
+then scores single edits, a MEMIT batch and sequential edits with ES/PS/NS and
+fluency, and returns a results dict; ``plots`` draws the figures. Used by
+``experiments/refresh_knowledge.py`` and the ``refresh_knowledge`` repro entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxlm.editing import baselines, data, hooks, memit, metrics, rome
+from jaxlm.editing import cov as cov_lib
+from jaxlm.editing.requests import encode_prompt
+from jaxlm.editing.value import ValueConfig, make_contexts
+from jaxlm.utils.config import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Sizes and settings of the refresh-knowledge experiment.
+
+    Attributes:
+        model: packaged model name.
+        layer: ROME/FT layer (-1: argmax of the MLP causal-tracing curve in the
+            first half of the network).
+        memit_layers: MEMIT critical layers (empty: layer-1..layer+1).
+        n_single: single edits per method (from the unedited model).
+        seq_points: sequential-edit checkpoints (ROME, FT, retrieval; MEMIT as one batch
+            of that size).
+        n_trace: facts traced; trace_samples: noise samples per trace.
+        n_contexts, context_len: ROME context prefixes.
+        cov_tokens: tokens of the pydoc text sample for C; cov_shrink: alpha of shrink().
+        memit_lambda: MEMIT's weight of C.
+        ft_lr, ft_linf: FT-L settings.
+        retrieval_threshold: scope check of the retrieval baseline (cosine).
+        fluency_tokens: generated tokens per fluency prompt.
+        methods: which of rome, rome_cov, memit, ft, retrieval to run.
+    """
+
+    model: str = "smollm2-135m-instruct"
+    layer: int = 4
+    memit_layers: tuple[int, ...] = ()
+    n_single: int = 10
+    seq_points: tuple[int, ...] = (1, 10, 50)
+    n_trace: int = 6
+    trace_samples: int = 5
+    n_contexts: int = 5
+    context_len: int = 5
+    cov_tokens: int = 8192
+    cov_shrink: float = 1e-2
+    memit_lambda: float = 1.0e4
+    value_steps: int = 20
+    ft_lr: float = 1e-3
+    ft_linf: float = 5e-3
+    retrieval_threshold: float = 0.0
+    fluency_tokens: int = 40
+    methods: tuple[str, ...] = ("rome", "rome_cov", "memit", "ft", "retrieval")
+
+
+EXPERIMENTS: Registry[ExperimentConfig] = Registry("refresh_knowledge")
+EXPERIMENTS.add("smollm2", ExperimentConfig())
+EXPERIMENTS.add("smollm2_test", ExperimentConfig(
+    n_single=2, seq_points=(1, 3), n_trace=1, trace_samples=3, cov_tokens=4096,
+    fluency_tokens=24, methods=("rome", "rome_cov", "memit", "ft", "retrieval"),
+))
+
+FLUENCY_PROMPTS = ("France is", "The city of", "My favourite country")
+
+
+def _mean(rows, k):
+    v = [r[k] for r in rows if not np.isnan(r[k])]
+    return float(np.mean(v)) if v else float("nan")
+
+
+def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int) -> np.ndarray:
+    """Normalised indirect effect of restoring each layer's MLP output (window 5) at the
+    subject's last token, averaged over ``n`` facts: [L]."""
+    from jaxlm.interpret.tracing import causal_trace
+
+    curves = []
+    for i, c in enumerate(cases[:n]):
+        r = c.request
+        e = encode_prompt(tok, r.template, r.subject)
+        head = tok.encode(r.template[: r.template.index("{}")])
+        s0 = len(head) if list(e.ids[: len(head)]) == head else 0
+        tid = tok.encode(r.text + r.target_true)[len(e.ids)]
+        res = causal_trace(params, cfg, np.asarray(e.ids), (s0, e.subject_last + 1), tid,
+                           n_samples=samples, key=jax.random.PRNGKey(seed + i), site="mlp_out",
+                           window=5)
+        curves.append(res.normalized_effect[:, e.subject_last])
+    return np.mean(curves, axis=0)
+
+
+def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
+        bar: Callable[..., Any] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Runs the experiment; returns a JSON-able results dict (also written to workdir)."""
+    import jaxlm.weights as weights
+
+    workdir = pathlib.Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    m = weights.load(ecfg.model)
+    cfg, tok = m.cfg, m.tokenizer
+    params = hooks.as_jax(m.params)
+    out: dict[str, Any] = {"config": dataclasses.asdict(ecfg), "timings": {}}
+    cases, report = data.build_cases(params, cfg, tok, cache_path=workdir / "cases.json")
+    out["facts"] = {k: {"candidates": v["candidates"], "known": v["known"]}
+                    for k, v in report.items()}
+    log(f"known facts: {out['facts']} -> {len(cases)} edit cases")
+    ctx_path = workdir / f"contexts_{seed}.json"
+    if ctx_path.exists():
+        contexts = json.loads(ctx_path.read_text())
+    else:
+        contexts = make_contexts(params, cfg, tok, n=ecfg.n_contexts, length=ecfg.context_len,
+                                 seed=seed)
+        ctx_path.write_text(json.dumps(contexts))
+    out["contexts"] = contexts
+
+    # causal tracing over capital facts -> edit layer
+    t0 = time.perf_counter()
+    curve = trace_layers(params, cfg, tok, [c for c in cases if c.relation == "capital"],
+                         ecfg.n_trace, ecfg.trace_samples, seed)
+    half = cfg.n_layers // 2
+    traced = int(np.argmax(curve[:half]))
+    layer = traced if ecfg.layer < 0 else ecfg.layer
+    out["trace"] = {"curve": curve.tolist(), "argmax_first_half": traced, "layer_used": layer,
+                    "seconds": time.perf_counter() - t0}
+    log(f"tracing argmax (first half) = {traced}; editing layer {layer}")
+    mlayers = ecfg.memit_layers or tuple(range(max(0, layer - 1), min(cfg.n_layers, layer + 2)))
+    vcfg = ValueConfig(steps=ecfg.value_steps)
+    t0 = time.perf_counter()
+    covs = cov_lib.key_second_moments(params, cfg, tok, sorted({layer, *mlayers}),
+                                      n_tokens=ecfg.cov_tokens, cache_dir=workdir / "cache")
+    covs = {k: cov_lib.shrink(v, ecfg.cov_shrink) for k, v in covs.items()}
+    out["timings"]["cov"] = time.perf_counter() - t0
+
+    n = min(ecfg.n_single, len(cases))
+    single = cases[:n]
+    pre = metrics.evaluate_cases(params, cfg, tok, single)
+    out["pre"] = metrics.summarize(pre)
+    methods = {
+        "rome": lambda p, r: rome.rome_edit(p, cfg, tok, r, rome.RomeConfig(layer, vcfg),
+                                            contexts=contexts),
+        "rome_cov": lambda p, r: rome.rome_edit(
+            p, cfg, tok, r, rome.RomeConfig(layer, vcfg, use_cov=True), contexts=contexts,
+            cov=covs[layer]),
+        "ft": lambda p, r: baselines.ft_edit(
+            p, cfg, tok, r, baselines.FTConfig(layer, lr=ecfg.ft_lr, linf=ecfg.ft_linf)),
+    }
+    total = sum(n for k in methods if k in ecfg.methods) + (n if "memit" in ecfg.methods else 0)
+    pbar = bar(total=total + sum(ecfg.seq_points), desc="edits") if bar else None
+    single_rows: dict[str, list[dict]] = {}
+    edit_seconds: dict[str, list[float]] = {}
+    for name, fn in methods.items():
+        if name not in ecfg.methods:
+            continue
+        rows, secs = [], []
+        for c in single:
+            t0 = time.perf_counter()
+            newp, info = fn(params, c.request)
+            secs.append(time.perf_counter() - t0)
+            rows.append(metrics.evaluate_cases(newp, cfg, tok, [c])[0])
+            if pbar:
+                pbar.update(1)
+        single_rows[name], edit_seconds[name] = rows, secs
+        log(f"{name}: {metrics.summarize(rows)} ({np.median(secs):.1f} s/edit)")
+    if "memit" in ecfg.methods:
+        t0 = time.perf_counter()
+        hp = memit.MemitConfig(mlayers, vcfg, ecfg.memit_lambda, use_cov=True)
+        newp, info = memit.memit_edit(params, cfg, tok, [c.request for c in single], hp,
+                                      contexts=contexts, covs=covs)
+        edit_seconds["memit"] = [(time.perf_counter() - t0) / n]
+        single_rows["memit"] = metrics.evaluate_cases(newp, cfg, tok, single)
+        if pbar:
+            pbar.update(n)
+        log(f"memit batch of {n}: {metrics.summarize(single_rows['memit'])}")
+    if "retrieval" in ecfg.methods:
+        single_rows["retrieval"] = _retrieval_rows(params, cfg, tok, single,
+                                                   ecfg.retrieval_threshold)
+        edit_seconds["retrieval"] = [0.0]
+    out["single"] = {k: metrics.summarize(v) for k, v in single_rows.items()}
+    out["single_rows"] = {k: v for k, v in single_rows.items()}
+    out["edit_seconds"] = {k: {"median": float(np.median(v)), "first": float(v[0]),
+                               "all": v} for k, v in edit_seconds.items()}
+    out["cases"] = [dataclasses.asdict(c.request) for c in single]
+
+    # sequential edits
+    t0 = time.perf_counter()
+    out["fluency_pre"] = metrics.fluency(params, cfg, tok, FLUENCY_PROMPTS,
+                                         max_new_tokens=ecfg.fluency_tokens)[0]
+    out["sequential"] = _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg,
+                                    contexts, covs, pbar)
+    out["timings"]["sequential"] = time.perf_counter() - t0
+    if pbar:
+        pbar.close()
+    out["timings"]["total"] = time.perf_counter() - t_start
+    (workdir / "results.json").write_text(json.dumps(out, indent=1, default=float))
+    return out
+
+
+def _retrieval_rows(params, cfg, tok, cases, threshold):
+    mem = baselines.build_memory(params, cfg, tok, [c.request for c in cases])
+    prompts = sorted({p for c in cases for p in
+                      [c.request.text, *c.paraphrases, *(q for q, _ in c.neighbours)]})
+    aug = dict(zip(prompts, baselines.augment(mem, params, cfg, tok, prompts,
+                                              threshold=threshold), strict=True))
+    return metrics.evaluate_cases(params, cfg, tok, cases, rewrite=lambda p, c: aug[p])
+
+
+def _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg, contexts, covs,
+                pbar):
+    points = sorted(p for p in ecfg.seq_points if p <= len(cases))
+    if ecfg.seq_points and max(ecfg.seq_points) > len(cases):
+        points.append(len(cases))  # as many as the model knows
+    res: dict[str, list[dict]] = {}
+    for name in ("rome", "ft"):
+        if name not in ecfg.methods or not points:
+            continue
+        p = params
+        rows = []
+        for i in range(points[-1]):
+            p, info = methods[name](p, cases[i].request)
+            if pbar:
+                pbar.update(1)
+            if i + 1 in points:
+                ev = metrics.evaluate_cases(p, cfg, tok, cases[: i + 1])
+                s = metrics.summarize(ev)
+                s["edits"] = i + 1
+                s["fluency"] = metrics.fluency(p, cfg, tok, FLUENCY_PROMPTS,
+                                               max_new_tokens=ecfg.fluency_tokens)[0]
+                s["rel_w_change"] = float(np.linalg.norm(
+                    np.asarray(p["layers"][layer]["mlp"]["w_down"]) -
+                    np.asarray(params["layers"][layer]["mlp"]["w_down"])) / np.linalg.norm(
+                    np.asarray(params["layers"][layer]["mlp"]["w_down"])))
+                rows.append(s)
+        res[name] = rows
+    if "memit" in ecfg.methods:
+        rows = []
+        for k in points:
+            if k == 1 and "memit" in ecfg.methods and ecfg.n_single == 1:
+                continue
+            hp = memit.MemitConfig(mlayers, vcfg, ecfg.memit_lambda, use_cov=True)
+            p, _ = memit.memit_edit(params, cfg, tok, [c.request for c in cases[:k]], hp,
+                                    contexts=contexts, covs=covs)
+            s = metrics.summarize(metrics.evaluate_cases(p, cfg, tok, cases[:k]))
+            s["edits"] = k
+            s["fluency"] = metrics.fluency(p, cfg, tok, FLUENCY_PROMPTS,
+                                           max_new_tokens=ecfg.fluency_tokens)[0]
+            rows.append(s)
+        res["memit_batch"] = rows
+    if "retrieval" in ecfg.methods:
+        rows = []
+        for k in points:
+            s = metrics.summarize(_retrieval_rows(params, cfg, tok, cases[:k],
+                                                  ecfg.retrieval_threshold))
+            s["edits"] = k
+            rows.append(s)
+        res["retrieval"] = rows
+    return res
+
+
+def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
+    """Causal-tracing curve and the sequential degradation curves (PNG paths)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outdir = pathlib.Path(outdir)
+    paths = []
+    curve = np.asarray(out["trace"]["curve"])
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.bar(np.arange(len(curve)), curve, color="tab:blue")
+    ax.axvline(out["trace"]["layer_used"], color="tab:red", ls="--", label="edit layer")
+    ax.set_xlabel("layer (MLP output restored, window 5, subject's last token)")
+    ax.set_ylabel("normalised indirect effect")
+    ax.set_title(f"Causal tracing, mean over {out['config']['n_trace']} capital facts")
+    ax.legend()
+    fig.tight_layout()
+    p = outdir / "causal_trace_mlp.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(str(p))
+    seq = out.get("sequential", {})
+    if seq:
+        fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+        for name, rows in seq.items():
+            xs = [r["edits"] for r in rows]
+            for ax, k in zip(axes, ("es", "ps", "ns", "fluency"), strict=True):
+                if all(k in r for r in rows):
+                    ax.plot(xs, [r[k] for r in rows], "o-", label=name)
+                    ax.set_title(k.upper() if k != "fluency" else "fluency (n-gram entropy)")
+                    ax.set_xscale("log")
+                    ax.set_xlabel("edits")
+        axes[-1].axhline(out["fluency_pre"], color="gray", ls=":", label="unedited")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        p = outdir / "sequential_edits.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(str(p))
+    return paths
