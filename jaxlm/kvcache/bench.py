@@ -113,19 +113,14 @@ def _core_loop(params, cache, tok, *, cfg, steps):
     return jax.lax.fori_loop(0, steps, body, (cache, tok))
 
 
-def _median_step(run, steps: int, repeats: int, warmup: int) -> dict[str, float]:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) / steps)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times)}
+def _stats(times: Sequence[float], steps: int) -> dict[str, float]:
+    per = [t / steps for t in times]
+    return {"median_s": statistics.median(per), "min_s": min(per), "max_s": max(per),
+            "p90_s": float(np.percentile(per, 90))}
 
 
-def time_core(params, cfg, batch, slots, filled, *, steps, repeats, warmup=1):
-    """Median seconds per decode step of the core loop (append, no scoring)."""
+def core_runner(params, cfg, batch, slots, filled, *, steps):
+    """A callable running ``steps`` core decode steps (append, no scoring), blocking."""
     box = {"cache": core_cache(cfg, batch, slots, filled)}
     tok = jnp.zeros((batch,), jnp.int32)
 
@@ -135,30 +130,60 @@ def time_core(params, cfg, batch, slots, filled, *, steps, repeats, warmup=1):
         box["cache"] = jax.block_until_ready(cache.replace(
             cursor=jnp.int32(filled), next_pos=jnp.full((batch,), filled, jnp.int32)))
 
-    return _median_step(run, steps, repeats, warmup)
+    return run
 
 
-def time_policy(params, cfg, pols: Sequence[P.Policy], prompt_len, *, batch, steps,
-                repeats, warmup=1):
-    """Median seconds per decode step of the evicting loop, one entry per policy.
+def policy_runner(params, cfg, pol: P.Policy, prompt_len, *, batch, steps, variants=()):
+    """A callable running ``steps`` evicting decode steps for ``pol`` (all rows), blocking.
 
-    All policies share one compiled loop (same capacity), so only the first
-    policy's warm-up compiles.
+    Returns:
+        (run, capacity C).
     """
-    variants = P.keyformer_variants(pols)
-    out = {}
-    for pol in pols:
-        pp = P.resolve_rows([pol] * batch, [prompt_len] * batch, steps + 1, variants)
-        cap = int(pp.cap[0])
-        box = {"state": policy_state(cfg, batch, cap, prompt_len)}
-        logits = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
-        forced = jnp.zeros((batch, steps + 1), jnp.int32)
-        use = jnp.zeros((batch,), bool)
+    variants = variants or P.keyformer_variants([pol])
+    pp = P.resolve_rows([pol] * batch, [prompt_len] * batch, steps + 1, variants)
+    cap = int(pp.cap[0])
+    box = {"state": policy_state(cfg, batch, cap, prompt_len)}
+    logits = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
+    forced = jnp.zeros((batch, steps + 1), jnp.int32)
+    use = jnp.zeros((batch,), bool)
 
-        def run(pp=pp, box=box, logits=logits, forced=forced, use=use):
-            o = _decode(params, box["state"], logits, pp, forced, use, cfg=cfg,
-                        return_logits=False)
-            box["state"] = jax.block_until_ready(o.state)
+    def run():
+        o = _decode(params, box["state"], logits, pp, forced, use, cfg=cfg, return_logits=False)
+        box["state"] = jax.block_until_ready(o.state)
 
-        out[pol.label] = {"capacity": cap, **_median_step(run, steps, repeats, warmup)}
-    return out
+    return run, cap
+
+
+def time_interleaved(runners: dict, *, steps: int, repeats: int, warmup: int = 1,
+                     progress=None) -> dict[str, dict[str, float]]:
+    """Times every runner round-robin (one call each per round), so load changes on a
+    shared machine hit all of them alike; medians per decode step after warm-up.
+
+    Returns:
+        {name: {"median_s", "min_s", "max_s", "p90_s", "compile_s"}} (per step;
+        compile_s is the first warm-up call, compile plus one run).
+    """
+    compile_s = {}
+    for name, run in runners.items():
+        for i in range(warmup):
+            t0 = time.perf_counter()
+            run()
+            if i == 0:
+                compile_s[name] = time.perf_counter() - t0
+            if progress is not None:
+                progress()
+    times: dict[str, list[float]] = {n: [] for n in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+            if progress is not None:
+                progress()
+    return {n: {**_stats(t, steps), "compile_s": compile_s.get(n, 0.0)}
+            for n, t in times.items()}
+
+
+def decode_compiles() -> int:
+    """How many times the evicting loop has been compiled in this process."""
+    return _decode._cache_size()
