@@ -122,12 +122,13 @@ def sanitize_tips(text: str, max_tips: int = 5, max_words: int = 20) -> list[str
     out, seen = [], set()
     for ln in (text or "").splitlines():
         ln = re.sub(r"^\s*(?:tips?\s*:?\s*)?(?:\d+[.):]|[-*\u2022])?\s*", "", ln).strip()
-        ln = ln.strip("\"'` ")
+        ln = ln.replace("**", "").strip("\"'` ")
         words = ln.split()
         if len(words) < 3 or not re.search(r"[a-zA-Z]", ln):
             continue
         low = ln.lower()
-        if low.startswith(("here are", "tips:", "outcome:", "new tips", "current tips")):
+        if low.startswith(("here are", "here's", "here is", "tips:", "outcome:", "new tips",
+                           "current tips")) or low.endswith(":"):
             continue
         ln = " ".join(words[:max_words])
         key = re.sub(r"\W+", " ", ln.lower()).strip()
@@ -267,7 +268,8 @@ class ActorConfig:
 
     Attributes:
         mode: "score" (log-prob of each admissible command) or "generate" (free text).
-        norm: ranking for "score": "mean" (per token) or "sum".
+        norm: ranking for "score": "mean" (per token), "sum", or "pmi" (sum minus the
+            command's log-prob after a neutral prompt listing only the valid actions).
         history: last K (action, observation) pairs in the prompt.
         obs_chars: characters kept from each observation.
         max_actions: admissible commands listed (and scored) at most.
@@ -284,8 +286,8 @@ class ActorConfig:
     def __post_init__(self):
         if self.mode not in ("score", "generate"):
             raise ValueError(f"ActorConfig.mode must be 'score' or 'generate', got {self.mode!r}")
-        if self.norm not in ("mean", "sum"):
-            raise ValueError(f"ActorConfig.norm must be 'mean' or 'sum', got {self.norm!r}")
+        if self.norm not in ("mean", "sum", "pmi"):
+            raise ValueError(f"ActorConfig.norm must be mean|sum|pmi, got {self.norm!r}")
 
 
 def _short(text: str, n: int) -> str:
@@ -308,6 +310,13 @@ def build_messages(goal: str, memory: Sequence[str], memory_title: str, history:
     parts.append("Valid actions: " + ", ".join(admissible))
     parts.append("Answer with exactly one valid action.")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def neutral_messages(admissible: Sequence[str]) -> list[dict[str, str]]:
+    """The PMI baseline prompt: only the valid actions, no game state."""
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": "Valid actions: " + ", ".join(admissible)
+             + "\n\nAnswer with exactly one valid action."}]
 
 
 MEMORY_TITLES = {
@@ -372,9 +381,13 @@ def run_episodes(
                                           actor)
                     llm.append((i, msgs, adm))
             if llm and actor.mode == "score":
-                res = score_many(backend, [(m, adm) for _, m, adm in llm])
-                for (i, _, adm), r in zip(llm, res, strict=True):
-                    vals = rank_values(r, actor.norm)
+                reqs = [(m, adm) for _, m, adm in llm]
+                if actor.norm == "pmi":
+                    reqs += [(neutral_messages(adm), adm) for _, _, adm in llm]
+                res = score_many(backend, reqs)
+                for k, (i, _, adm) in enumerate(llm):
+                    base = res[len(llm) + k] if actor.norm == "pmi" else None
+                    vals = rank_values(res[k], actor.norm, base)
                     picks[i] = (adm[int(np.argmax(vals))], "score", "")
             for i, msgs, adm in llm if actor.mode == "generate" else []:
                 raw = backend.chat(msgs, actor.gen)[0].text
@@ -550,4 +563,59 @@ def trials_to_first_win(per_trial: Sequence[Sequence[Trajectory]]) -> list[int |
     out: list[int | None] = []
     for g in range(n):
         out.append(next((t for t, tr in enumerate(per_trial) if tr[g].won), None))
+    return out
+
+
+# --------------------------------------------------------------------------- suite
+def run_suite(envs, backend, *, methods=("random", "walkthrough", "none", "tips"), trials=3,
+              scenarios=("S1",), actor=ActorConfig(), tipgen: TipGenerator | None = None,
+              seed=0, log: EpisodeLog | None = None, progress=None,
+              n_train: int | None = None) -> dict[str, Any]:
+    """Runs S1 for each method (all trials), plus S2 (expert tips) and S3 (zero-shot: the
+    first ``n_train`` games train, the rest test) when asked. Returns summaries per
+    (scenario, method, trial), trials to first win, tip provenance and tipgen stats."""
+    import time
+
+    out: dict[str, Any] = {"summary": [], "first_win": {}, "provenance": {}, "timing": {}}
+    log = log or EpisodeLog(None)
+
+    def add(scn, method, per_trial):
+        for t, trajs in enumerate(per_trial):
+            out["summary"].append({"scenario": scn, "method": method, "trial": t,
+                                   **summarize(trajs, seed)})
+        out["first_win"][f"{scn}/{method}"] = trials_to_first_win(per_trial)
+
+    if "S1" in scenarios:
+        for m in methods:
+            t0 = time.time()
+            n_tr = 1 if m in ("random", "walkthrough") and trials > 1 else trials
+            r = run_own_experience(envs, m, backend, trials=n_tr, actor=actor, tipgen=tipgen,
+                                   seed=seed, log=log, progress=progress)
+            per = r["trajectories"]
+            if n_tr < trials:  # memoryless controls: one trial stands for all
+                per = per * trials
+            add("S1", m, per)
+            if m in ("tips", "oracle_tips"):
+                out["provenance"][f"S1/{m}"] = [mem.provenance() for mem in r["memories"]]
+            out["timing"][f"S1/{m}"] = time.time() - t0
+    if "S2" in scenarios:
+        t0 = time.time()
+        r = run_expert(envs, backend, trials=trials, actor=actor, tipgen=tipgen, seed=seed,
+                       log=log, progress=progress)
+        add("S2", "expert_tips", r["trajectories"])
+        out["provenance"]["S2/expert_tips"] = [mem.provenance() for mem in r["memories"]]
+        out["timing"]["S2"] = time.time() - t0
+    if "S3" in scenarios:
+        t0 = time.time()
+        k = n_train or max(1, len(envs) // 2)
+        if k >= len(envs):
+            raise ValueError("S3 needs at least one test game: n_train < number of games")
+        r = run_zero_shot(envs[:k], envs[k:], backend, train_trials=max(1, trials - 1),
+                          actor=actor, tipgen=tipgen, seed=seed, log=log, progress=progress)
+        add("S3", "consolidated_tips", [r["test_tips"]])
+        add("S3", "none", [r["test_none"]])
+        out["provenance"]["S3/consolidated"] = r["tips"].provenance()
+        out["timing"]["S3"] = time.time() - t0
+    if tipgen is not None:
+        out["tipgen"] = dict(tipgen.stats)
     return out

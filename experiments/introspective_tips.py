@@ -1,0 +1,114 @@
+"""Introspective Tips on TextWorld with a pluggable LLM backend.
+
+    python -m experiments.introspective_tips --backend=local --game_set=coin_easy \
+        --n_games=20 --trials=3 --methods=random,walkthrough,none,tips
+    python -m experiments.introspective_tips --backend=openai --base_url=http://host:8000/v1 \
+        --model=my-model --actor_mode=generate
+    python -m experiments.introspective_tips --backend=replay --cassette=runs/it/cassette.jsonl
+
+Writes <workdir>/episodes.jsonl (every episode, as it finishes), results.json
+(summaries with 95% bootstrap CIs, trials to first win, tip provenance, timings) and
+score_vs_trial.png. ``--record`` with local/openai writes the cassette that
+``--backend=replay`` replays exactly, with no model loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+
+from absl import app, flags
+
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "openai", "replay"], "LLM backend.")
+_MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "Local model name or server model.")
+_BASE_URL = flags.DEFINE_string("base_url", None, "OpenAI-compatible base URL (openai backend).")
+_CASSETTE = flags.DEFINE_string("cassette", None, "JSONL cassette (replay, or --record).")
+_RECORD = flags.DEFINE_bool("record", False, "Record the backend traffic to --cassette.")
+_GAME_SET = flags.DEFINE_string("game_set", "coin_easy", "coin_easy|coin_distractor|"
+                                "treasure_easy|cooking_l1|cooking_l2|mixed_easy")
+_N_GAMES = flags.DEFINE_integer("n_games", 20, "Games in the set.")
+_TRIALS = flags.DEFINE_integer("trials", 3, "Trials per game.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 15, "env.step calls per episode.")
+_SCENARIOS = flags.DEFINE_list("scenarios", ["S1"], "S1 (own experience), S2 (expert), "
+                               "S3 (zero-shot to unseen games).")
+_METHODS = flags.DEFINE_list("methods", ["random", "walkthrough", "none", "tips"],
+                             "S1 methods: none,tips,raw,reflexion,oracle_tips,random,walkthrough")
+_ACTOR = flags.DEFINE_enum("actor_mode", "score", ["score", "generate"], "Action selection.")
+_NORM = flags.DEFINE_enum("norm", "mean", ["mean", "sum", "pmi"], "Score ranking (actor_mode=score).")
+_HIDE = flags.DEFINE_bool("hide_objective", True, "Hide route-revealing objectives.")
+_CACHE = flags.DEFINE_string("cache_dir", None, "Game cache (default ~/.cache/jaxlm/textworld).")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/introspective_tips", "Output folder.")
+_SEED = flags.DEFINE_integer("seed", 0, "Game-set and policy seed.")
+
+
+def plot_score_vs_trial(summary, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    keys = sorted({(r["scenario"], r["method"]) for r in summary})
+    for scn, m in keys:
+        rows = sorted((r for r in summary if (r["scenario"], r["method"]) == (scn, m)),
+                      key=lambda r: r["trial"])
+        xs = [r["trial"] + 1 for r in rows]
+        ys = [r["norm_score"] for r in rows]
+        lo = [r["norm_score_ci"][0] for r in rows]
+        hi = [r["norm_score_ci"][1] for r in rows]
+        ax.plot(xs, ys, marker="o", label=f"{scn} {m}")
+        ax.fill_between(xs, lo, hi, alpha=0.12)
+    ax.set_xlabel("trial")
+    ax.set_ylabel("normalised score (95% CI)")
+    ax.set_ylim(-0.05, 1.05)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv):
+    del argv
+    from tqdm.auto import tqdm
+
+    from jaxlm.agents.textworld_env import TextWorldEnv, game_set, make_games
+    from jaxlm.agents.tips import ActorConfig, EpisodeLog, TipGenerator, run_suite
+    from jaxlm.llm import make_backend
+
+    work = pathlib.Path(_WORKDIR.value)
+    work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    specs = game_set(_GAME_SET.value, _N_GAMES.value, _SEED.value)
+    with tqdm(total=len(specs), desc="games") as bar:
+        paths = make_games(specs, _CACHE.value, bar)
+    t_games = time.time() - t0
+    backend = make_backend(_BACKEND.value, model=_MODEL.value, base_url=_BASE_URL.value,
+                           cassette=_CASSETTE.value, record=_RECORD.value)
+    envs = [TextWorldEnv(p, max_steps=_MAX_STEPS.value, hide_objective=_HIDE.value)
+            for p in paths]
+    actor = ActorConfig(mode=_ACTOR.value, norm=_NORM.value)
+    log_path = work / "episodes.jsonl"
+    log_path.unlink(missing_ok=True)
+    t1 = time.time()
+    with tqdm(desc="env steps") as bar:
+        res = run_suite(envs, backend, methods=tuple(_METHODS.value), trials=_TRIALS.value,
+                        scenarios=tuple(_SCENARIOS.value), actor=actor,
+                        tipgen=TipGenerator(backend), seed=_SEED.value,
+                        log=EpisodeLog(log_path), progress=bar.update)
+    res["timing"].update(games_s=t_games, agent_s=time.time() - t1, total_s=time.time() - t0)
+    res["config"] = {f: flags.FLAGS[f].value for f in (
+        "backend", "model", "game_set", "n_games", "trials", "max_steps", "scenarios", "methods",
+        "actor_mode", "norm", "hide_objective", "seed")}
+    res["backend_stats"] = getattr(backend, "stats", {})
+    (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
+    plot_score_vs_trial(res["summary"], work / "score_vs_trial.png")
+    for r in res["summary"]:
+        print(f"{r['scenario']:3s} {r['method']:18s} trial {r['trial'] + 1}: score "
+              f"{r['norm_score']:.2f} [{r['norm_score_ci'][0]:.2f},{r['norm_score_ci'][1]:.2f}] "
+              f"win {r['win_rate']:.2f} steps {r['steps']:.1f} invalid {r['invalid_rate']:.2f}")
+    print(f"agent time {res['timing']['agent_s']:.0f}s, total {res['timing']['total_s']:.0f}s")
+
+
+if __name__ == "__main__":
+    app.run(main)
