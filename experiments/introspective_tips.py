@@ -35,7 +35,8 @@ _SCENARIOS = flags.DEFINE_list("scenarios", ["S1"], "S1 (own experience), S2 (ex
 _METHODS = flags.DEFINE_list("methods", ["random", "walkthrough", "none", "tips"],
                              "S1 methods: none,tips,raw,reflexion,oracle_tips,random,walkthrough")
 _ACTOR = flags.DEFINE_enum("actor_mode", "score", ["score", "generate"], "Action selection.")
-_NORM = flags.DEFINE_enum("norm", "mean", ["mean", "sum", "pmi"], "Score ranking (actor_mode=score).")
+_NORM = flags.DEFINE_enum("norm", "pmi", ["mean", "sum", "pmi"],
+                          "Score ranking for actor_mode=score (pmi: minus an action-only prompt).")
 _HIDE = flags.DEFINE_bool("hide_objective", True, "Hide route-revealing objectives.")
 _CACHE = flags.DEFINE_string("cache_dir", None, "Game cache (default ~/.cache/jaxlm/textworld).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/introspective_tips", "Output folder.")

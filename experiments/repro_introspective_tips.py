@@ -120,8 +120,9 @@ def run(ctx: RunContext) -> Section:
                "beating raw trajectories and Reflexion-style reflections on 100+ games "
                "(GPT-3.5/4-class models; exact numbers unavailable)."),
         setup=(f"SmolLM2-135M-Instruct (Q4_1 GGUF, dequantized) via LocalBackend; actor scores "
-               f"every admissible command (PMI: sum log-prob minus that after a prompt listing only the actions; one batched call per lockstep "
-               f"step over all games); tips: <= 5 lines of <= 20 words written by the same "
+               f"every admissible command (PMI: summed log-prob minus the log-prob after a "
+               f"prompt listing only the actions; one batched call per lockstep step over all "
+               f"games); tips: <= 5 lines of <= 20 words written by the same "
                f"model after each trial. {scale}. Route-revealing coin-collector objectives are "
                f"hidden. Controls: random admissible floor, walkthrough ceiling, oracle tips. "
                f"Games made in {t_games:.0f}s, agent loop {t_agent:.0f}s."),

@@ -68,7 +68,9 @@ class OpenAIBackend:
         base_url = base_url or os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
         u = urllib.parse.urlparse(base_url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"OpenAIBackend: base_url {base_url!r} must be http(s)://host[:port]/..")
+            raise ValueError(
+                f"OpenAIBackend: base_url {base_url!r} must look like http(s)://host[:port]/path"
+            )
         if timeout <= 0 or max_retries < 0 or backoff < 0:
             raise ValueError("OpenAIBackend: timeout must be > 0, max_retries and backoff >= 0")
         self.base_url = base_url.rstrip("/")
