@@ -180,8 +180,14 @@ def time_interleaved(runners: dict, *, steps: int, repeats: int, warmup: int = 1
             times[name].append(time.perf_counter() - t0)
             if progress is not None:
                 progress()
-    return {n: {**_stats(t, steps), "compile_s": compile_s.get(n, 0.0)}
-            for n, t in times.items()}
+    return {n: {**_stats(t, steps), "compile_s": compile_s.get(n, 0.0),
+                "rounds_s": [x / steps for x in t]} for n, t in times.items()}
+
+
+def paired_ratio(num: dict, den: dict) -> float:
+    """Median over rounds of num/den step times measured in the same round (robust to
+    load drifting on a shared machine)."""
+    return float(np.median(np.asarray(num["rounds_s"]) / np.asarray(den["rounds_s"])))
 
 
 def decode_compiles() -> int:

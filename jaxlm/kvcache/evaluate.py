@@ -93,6 +93,10 @@ EVALS.add("keyformer_quick", EvalConfig(prompt_tokens=320, n_text=2, n_passkey=2
                                         new_tokens=32, seeds=(0,),
                                         policies=("streaming", "h2o", "tova", "snapkv",
                                                   "keyformer-paper", "keyformer-reference")))
+_TEST = dict(model="smollm2-135m_test", prompt_tokens=48, n_text=2, n_passkey=1, n_conv=1,
+             new_tokens=6, budgets=(0.5,), seeds=(0,), rows_per_batch=8, bootstrap=50,
+             policies=("streaming", "h2o", "keyformer-paper"))
+EVALS.add("keyformer_quick_test", EvalConfig(**_TEST))
 EVALS.add("keyformer_test", EvalConfig(model="smollm2-135m_test", prompt_tokens=48, n_text=2,
                                        n_passkey=1, n_conv=1, new_tokens=6, budgets=(0.5,),
                                        seeds=(0,), rows_per_batch=8, bootstrap=50,

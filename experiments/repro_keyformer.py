@@ -1,0 +1,134 @@
+"""Reproduction entry: Keyformer (MLSys 2024) at a 50% KV cache on SmolLM2-135M-Instruct.
+
+Claims checked at small scale: (1) at a 50% budget Keyformer (``paper`` mode) stays
+closer to the full-cache output than H2O and StreamingLLM (ROUGE-L vs the
+full-cache greedy output, paired bootstrap CIs); (2) a 50% cache speeds decoding
+up by what the memory-bandwidth model predicts (our substitute for the paper's
+2.1x latency / 2.4x throughput, which were measured on GPUs with 6-7B models).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+from jaxlm.utils.report import RunContext, Section, markdown_table
+
+NAME = "keyformer"
+TITLE = "Keyformer: 50% cache, accuracy vs full and vs baselines; throughput gain"
+
+CLAIM = (
+    "Keyformer keeps only 'key' tokens chosen by an accumulated Gumbel-softmax score "
+    "softmax((x+zeta)/tau), tau annealed 1 -> 2, plus a recent window (30% of the budget). "
+    "Paper: with 50% of the KV cache, accuracy is preserved (ROUGE within 99% of full at 70% "
+    "KV for summarisation, 90% for conversation; Keyformer above H2O, window attention "
+    "collapses), with 2.1x lower latency and 2.4x higher token throughput (GPT-J-6B, "
+    "Cerebras-GPT-6.7B, MPT-7B on A100; Fig. 5: 1.3x at 1k+1k, 1.6x at 2k+2k, 2.05x at 4k+4k)."
+)
+
+
+def _throughput(ctx: RunContext, quick: bool) -> dict:
+    """Full cache vs Keyformer@50% decode at one or two (P, B) points, with the model."""
+    from jaxlm.core import MODELS
+    from jaxlm.kvcache import Policy
+    from jaxlm.kvcache import bench as B
+
+    cfg = MODELS.get("smollm2-135m")
+    params = B.random_params(cfg)
+    wbytes = B.param_bytes(params)
+    points = [(1024, 8)] if quick else [(1024, 1), (2048, 1), (2048, 16)]
+    steps, repeats = (4, 2) if quick else (16, 5)
+    rows = []
+    for plen, b in points:
+        pol = Policy("keyformer", 0.5)
+        run_pol, cap = B.policy_runner(params, cfg, pol, plen, batch=b, steps=steps)
+        full_slots = plen + steps + 1
+        t = B.time_interleaved({"full": B.core_runner(params, cfg, b, full_slots, plen,
+                                                      steps=steps), "kf": run_pol},
+                               steps=steps, repeats=repeats)
+        meas = B.paired_ratio(t["full"], t["kf"])
+        pred = (B.step_bytes(cfg, wbytes, b, full_slots, False)
+                / B.step_bytes(cfg, wbytes, b, cap, True))
+        rows.append({"prompt": plen, "batch": b, "full ms/token": 1e3 * t["full"]["median_s"],
+                     "keyformer@50% ms/token": 1e3 * t["kf"]["median_s"],
+                     "speedup": meas, "bandwidth model": pred, "measured/model": meas / pred})
+    return {"rows": rows, "steps": steps, "repeats": repeats}
+
+
+def run(ctx: RunContext) -> Section:
+    from jaxlm.kvcache import evaluate as E
+
+    name = "keyformer_quick" if ctx.quick else "keyformer"
+    cfg = E.EVALS.get(name)
+    res = E.run_eval(cfg, progress=ctx.bar, outdir=ctx.outdir, seed=ctx.seed)
+    plot = E.plot(res["table"], cfg, pathlib.Path(ctx.outdir) / "accuracy_vs_budget.png")
+    thr = _throughput(ctx, ctx.quick)
+    (pathlib.Path(ctx.outdir) / "results.json").write_text(json.dumps(
+        {"table": res["table"], "setup": res["setup"], "comparisons": res["comparisons"],
+         "throughput": thr}, indent=2))
+
+    table = [r for r in res["table"] if r["budget"] == "50%"]
+    comps = [c for c in res["comparisons"] if c["budget"] == "50%"]
+    kf_wins = all(c["a_ge_b"] for c in comps)
+    thr_ok = all(r["measured/model"] >= 0.9 for r in thr["rows"])
+    s = res["setup"]
+    setup = (
+        f"SmolLM2-135M-Instruct (Q4_1 GGUF, fp32), greedy, {s['n_prompts']} prompts "
+        f"({s['tasks']}) of {min(s['prompt_lens'])}-{max(s['prompt_lens'])} tokens from "
+        f"pydoc_data.topics, {s['new_tokens']} new tokens, budgets {s['budgets']} of each "
+        f"prompt (C in tokens per row in outputs.jsonl), Keyformer Gumbel seeds {s['seeds']}, "
+        f"recent window 30% of C, tau 1->2; H2O 50/50; StreamingLLM 4 sinks; SnapKV window "
+        f"25% of C, kernel 5; TOVA layer-wise. Reference = the full-cache greedy output of "
+        f"the same model and code path. GQA: scores summed over the 3 query heads of each KV "
+        f"head. Throughput: random-weight SmolLM2 shapes, caches of the right width, "
+        f"{thr['repeats']} interleaved rounds of {thr['steps']} steps; this CPU is shared, "
+        f"so timings are noisy.")
+    if ctx.quick:
+        setup += " QUICK scale: a handful of short prompts; the CIs are wide."
+    extra = ["**Paired differences in ROUGE-L at 50% (bootstrap 95% CI over prompts).**\n",
+             markdown_table(comps) if comps else "_(none)_\n",
+             "**All budgets.**\n", markdown_table(res["table"]),
+             "**Decode throughput (full cache vs Keyformer@50%).**\n",
+             markdown_table(thr["rows"]),
+             "| | paper | ours |\n|---|---|---|\n"
+             f"| accuracy at 50% | preserved; Keyformer > H2O | ROUGE-L vs full: "
+             + ", ".join(f"{r['policy']} {r['rougeL']:.3f}" for r in table) + " |\n"
+             f"| speed at 50% | 2.1x latency, 2.4x throughput (A100, 6-7B, long seqs) | "
+             + ", ".join(f"P={r['prompt']} B={r['batch']}: {r['speedup']:.2f}x "
+                         f"(model {r['bandwidth model']:.2f}x)" for r in thr["rows"]) + " |\n"]
+    pk = s.get("passkey_full_acc")
+    if pk is not None:
+        extra.append(f"Full-cache passkey accuracy: {pk:.2f} (policies are scored as raw "
+                     f"accuracy; compare against this).\n")
+    if kf_wins and thr_ok:
+        verdict = "partially reproduced"
+        note = ("Keyformer (paper mode) >= H2O and StreamingLLM on ROUGE-L vs full at 50% and "
+                "the measured speedup is >= 90% of the bandwidth model; the paper's 2.1x/2.4x "
+                "are out of reach by construction at 135M parameters, where weights dominate "
+                "the bytes read per token.")
+    elif kf_wins or thr_ok:
+        verdict = "partially reproduced"
+        note = ("Accuracy ordering " + ("holds" if kf_wins else "does NOT hold") +
+                " and the speedup " + ("matches" if thr_ok else "falls short of") +
+                " the bandwidth model; see the CIs (overlapping CIs mean no significant "
+                "difference at this scale).")
+    else:
+        verdict = "not reproduced"
+        note = ("Keyformer is not >= H2O and StreamingLLM at 50% here and the speedup is below "
+                "the bandwidth model; see the CIs.")
+    metrics = {
+        "rougeL_50": {r["policy"]: r["rougeL"] for r in table},
+        "tf_agree_50": {r["policy"]: r["tf_agree"] for r in table},
+        "kl_50": {r["policy"]: r["kl"] for r in table},
+        "comparisons_50": comps,
+        "throughput": thr["rows"],
+        "passkey_full_acc": pk,
+    }
+    rows = [{k: v for k, v in r.items() if k in ("policy", "budget", "rougeL", "rougeL_ci",
+                                                  "rouge1", "rouge2", "tf_agree", "kl",
+                                                  "passkey")} for r in table]
+    return Section(
+        title=TITLE, claim=CLAIM, setup=setup, table=rows, verdict=verdict, verdict_note=note,
+        command=f"python -m experiments.reproduce --only={NAME}" + (" --quick" if ctx.quick
+                                                                    else ""),
+        plots=[plot], metrics=metrics, extra="\n".join(extra))
