@@ -1,0 +1,76 @@
+"""Data generators, the population trainer and experiment-config validation."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from jaxlm.ssm import data, mamba_nd
+from jaxlm.ssm import nd_experiment as E
+from jaxlm.ssm.mamba_nd import NDConfig
+from jaxlm.ssm.train import TrainConfig, decay_mask, select_lr, train_population
+
+
+def test_digits_split_is_stratified_and_disjoint():
+    d = data.digits(0)
+    sizes = [len(d[s][0]) for s in ("train", "val", "test")]
+    assert sum(sizes) == 1797 and abs(sizes[0] / 1797 - 0.6) < 0.01
+    assert d["train"][0].shape[1:] == (8, 8, 1) and d["train"][0].max() <= 1.0
+    for s in ("val", "test"):
+        assert set(np.unique(d[s][1])) == set(range(10))
+
+
+def test_canvas_and_video_shapes_and_labels():
+    c = data.digits_canvas(0, canvas=12, copies=1)
+    x, y = c["test"]
+    assert x.shape[1:] == (12, 12, 1) and y.max() <= 9
+    v = data.moving_digits(0, frames=4, canvas=12)
+    x, y = v["val"]
+    assert x.shape[1:] == (4, 12, 12, 1) and set(np.unique(y)) <= set(range(8))
+    # the digit moves: consecutive frames differ
+    assert np.abs(x[:, 1] - x[:, 0]).mean() > 0.01
+
+
+def test_pde_fields_are_smooth_bounded_and_conserve_mean():
+    traj = data.pde_fields(0, n_traj=3, grid=16, n_frames=5)
+    assert traj.shape == (3, 5, 16, 16, 2) and np.isfinite(traj).all()
+    # both processes are in conservation form on a periodic domain: the mean is constant
+    np.testing.assert_allclose(traj.mean((2, 3))[:, 0], traj.mean((2, 3))[:, -1], atol=1e-4)
+    assert np.abs(traj[:, -1] - traj[:, 0]).mean() > 1e-2  # and the fields evolve
+    x, y = data.pde_pairs(traj)
+    assert x.shape == (9, 16, 16, 4) and y.shape == (9, 16, 16, 2)
+    np.testing.assert_array_equal(x[0, ..., 2:], traj[0, 1])
+
+
+def test_decay_mask_skips_ssm_parameters():
+    cfg = NDConfig(grid=(4, 4), d_model=8, depth=1, d_state=4)
+    mask = decay_mask(mamba_nd.init(jax.random.key(0), cfg))
+    blk = mask["blocks"][0]
+    assert blk["in_proj"] and not blk["branches"][0]["A_log"] and not blk["branches"][0]["D"]
+    assert not mask["embed"]["pos_embed"] and mask["embed"]["w"]
+
+
+def test_population_training_reduces_loss_and_selects_lr():
+    cfg = NDConfig(kind="vit", grid=(4, 4), d_model=8, depth=1, n_heads=2, n_classes=2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 4, 4, 1)).astype(np.float32)
+    y = (x.mean((1, 2, 3)) > 0).astype(np.int32)  # a global, linear feature
+    d = {"train": (x, y), "val": (x[:32], y[:32]), "test": (x[32:], y[32:])}
+    tcfg = TrainConfig(steps=40, batch_size=16, warmup=2, eval_every=20)
+    res = train_population(lambda k: mamba_nd.init(k, cfg),
+                           lambda p, xb: mamba_nd.apply(p, cfg, xb), tcfg, d,
+                           lrs=[1e-5, 1e-2], seeds=[0, 1])
+    assert res["train_loss"].shape == (2, 4)
+    fast = res["lr"] == 1e-2
+    assert res["train_loss"][-1, fast].mean() < res["train_loss"][0, fast].mean()
+    sel = select_lr(res, higher_is_better=True)
+    assert sel["lr"] == pytest.approx(1e-2) and len(sel["test"]) == 2
+
+
+def test_experiment_config_validation():
+    cfg = E.PRESETS.get("quick_test")
+    with pytest.raises(ValueError, match="unknown"):
+        E.validate(dataclasses.replace(cfg, models=("mamba_nd", "transformerxl")))
+    with pytest.raises(ValueError, match="multiple of eval_every"):
+        E.validate(dataclasses.replace(cfg, steps=5, eval_every=2))
