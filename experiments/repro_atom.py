@@ -1,0 +1,144 @@
+"""Reproduction entry: Atom's "up to 20x over decentralized pipeline parallelism" examined.
+
+Simulated: the section-4 cost model (``jaxlm.offload.netsim``) reproduces the spec's
+scenario tables and sweeps link bandwidth to show where 20x appears (slow links, a
+pipeline that does not overlap its fp32 activation traffic, small models, Atom's sync
+amortised) and where Atom loses (blocking full-model sync every 512 sequences).
+Measured (small scale, CPU): the swap executor's overlap efficiency on a tiny GPT
+(``experiments.bench_offload --quick --single`` in a subprocess with 2 CPU devices, so that
+host->device copies are real memcpys). The 20x itself is not measured: no multi-peer
+slow-network testbed and no pipeline baseline implementation yet.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from jaxlm.utils.report import RunContext, Section
+
+NAME = "atom"
+TITLE = "Atom: swap-scheduled full replicas vs decentralized pipeline (the 20x claim)"
+
+
+def _plot_sweep(ctx: RunContext) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from jaxlm.offload import netsim as ns
+
+    bws = np.geomspace(10, 10000, 25)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name, m in ns.GPT3.items():
+        rows = ns.sweep(m, bws, scenario="C-deep", n_peers=8)
+        axes[0].plot(bws, [r["speedup"] for r in rows], label=name)
+        rows_a = ns.sweep(m, bws, scenario="A", n_peers=8)
+        axes[1].plot(bws, [r["speedup"] for r in rows_a], label=name)
+    for ax, t in zip(axes, ["C-deep: SWARM deep pipeline, no overlap, fp32 act., 20 ms/hop;\n"
+                            "Atom sync overlapped, B_g=4096",
+                            "A: idealised SWARM (overlap, fp16);\nAtom blocking all-reduce every "
+                            "512 seqs"]):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(20, ls="--", c="r", lw=0.8)
+        ax.axhline(1, ls=":", c="k", lw=0.8)
+        ax.set_xlabel("link bandwidth (Mb/s)")
+        ax.set_ylabel("Atom / SWARM throughput")
+        ax.set_title(t, fontsize=8)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = ctx.outdir / "atom_sweep.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name
+
+
+def run(ctx: RunContext) -> Section:
+    from jaxlm.offload import netsim as ns
+
+    ctx.outdir.mkdir(parents=True, exist_ok=True)
+    bar = ctx.bar(3, "atom")
+    rows, worst = [], 0.0
+    for sc in ns.SCENARIOS:
+        table = ns.scenario_table(sc)
+        for cfg, printed in ns.SPEC_TABLES[sc].items():
+            got = list(table[cfg].values())
+            err = max(abs(g - p) for g, p in zip(got, printed))
+            worst = max(worst, err)
+            rows.append({"scenario": sc, "config": cfg,
+                         "simulated": " / ".join(f"{g:.1f}" for g in got),
+                         "spec": " / ".join(f"{p:.1f}" for p in printed),
+                         "max abs diff": round(err, 3)})
+    bar.update()
+    plot = _plot_sweep(ctx)
+    bar.update()
+    m = ns.GPT3["1.3B"]
+    bws = [10, 25, 50, 100, 200, 500, 1000, 10000]
+    deep = ns.sweep(m, bws, "C-deep", 8)
+    a = ns.sweep(m, bws, "A", 8)
+    cross20 = [r["bw_mbps"] for r in deep if r["speedup"] >= 20]
+    loses = [r["bw_mbps"] for r in a if r["speedup"] < 1]
+    # measured small-scale point (subprocess: needs 2 CPU devices for real copies)
+    measured: dict = {}
+    outdir = ctx.outdir / "bench"
+    cmd = [sys.executable, "-m", "experiments.bench_offload", "--quick", "--single",
+           "--repeats=3", f"--out_dir={outdir}"]
+    try:
+        subprocess.run(cmd, check=True, timeout=240, capture_output=True)
+        res = json.loads((outdir / "offload.json").read_text())["results"]
+        measured = {"bandwidth": res["bandwidth"], **res["overlap"][0]}
+    except (subprocess.SubprocessError, OSError, KeyError) as e:
+        measured = {"error": str(e)[:300]}
+    bar.update()
+    bar.close()
+    extra = ["### Sweep, 1.3B, N = 8\n",
+             "| bw (Mb/s) | C-deep speedup | A speedup | Atom sync fraction (A) |",
+             "|---|---|---|---|"]
+    for rd, ra in zip(deep, a):
+        extra.append(f"| {rd['bw_mbps']:g} | {rd['speedup']:.1f} | {ra['speedup']:.2f} | "
+                     f"{ra['atom_sync_fraction']:.2f} |")
+    extra.append("\n### Measured swap point (CPU, tiny GPT, 2 sub-models)\n")
+    if "error" in measured:
+        extra.append(f"measurement failed: {measured['error']}")
+    else:
+        extra.append(
+            f"devices {measured['devices']}; copy bandwidth {measured['bandwidth']}; "
+            f"t_swap {measured['t_swap'] * 1e3:.1f} ms, t_swap(no prefetch) "
+            f"{measured['t_swap_noprefetch'] * 1e3:.1f} ms, staged resident "
+            f"{measured['t_staged_resident'] * 1e3:.1f} ms, monolithic "
+            f"{measured['t_monolithic'] * 1e3:.1f} ms -> eta {measured['eta']:.2f} "
+            f"(eta vs monolithic {measured['eta_monolithic']:.2f}). The machine was shared and "
+            "loaded; these timings are noisy, and CPU cannot overlap copies with compute "
+            "(the next computation is enqueued only after the previous one finishes).")
+    ok_tables = worst <= 0.07
+    verdict = "partially reproduced" if ok_tables else "not reproduced"
+    note = (f"The cost model reproduces every cell of the spec's tables to <= {worst:.2f} "
+            f"(abs). In the model, 20x appears for 1.3B only at <= {max(cross20) if cross20 else 0:g}"
+            f" Mb/s with a deep non-overlapped fp32 pipeline and Atom's sync overlapped; with a "
+            f"blocking sync every 512 sequences Atom loses at {', '.join(f'{b:g}' for b in loses)}"
+            " Mb/s. Only the model is reproduced: no multi-peer slow-network measurement.")
+    return Section(
+        title=TITLE,
+        claim="Atom (Wu, Rao, Chen 2024, arXiv:2403.10504): each peer swaps sub-models of a "
+              "full LLM between host and GPU, peers train asynchronously over slow Ethernet; "
+              "up to 20x more efficient than decentralized pipeline parallelism (SWARM-like) "
+              "on slow networks, GPT-3 configurations.",
+        setup="Cost model of shared/specs/atom.md section 4 (N = 8 peers, 24 GB GPUs at 25 "
+              "TFLOP/s, PCIe 12 GB/s, b = 1 x 2048 tokens, 2 layers per Atom sub-model, link "
+              "efficiency 0.6, 610 Mb/s activation cap at >= 1 Gb/s; SWARM depth = smallest "
+              "divisor of N whose 16 B/param stage state fits half a GPU). Measured point: "
+              "jaxlm.offload.swap on gptj-tiny_test (4 layers, d=128), batch 8 x 128, CPU.",
+        table=rows,
+        verdict=verdict,
+        verdict_note=note,
+        command="python -m experiments.reproduce --only=atom",
+        plots=[plot],
+        metrics={"max_table_abs_diff": worst, "bw_with_20x_1.3B": cross20,
+                 "bw_atom_loses_A_1.3B": loses, "measured": measured},
+        extra="\n".join(extra),
+    )
