@@ -45,7 +45,8 @@ def run(ctx: RunContext) -> Section:
         plots=res["plots"],
         verdict=verdict,
         verdict_note=note,
-        command="python -m experiments.reproduce --only=explain" + (" --quick" if ctx.quick else ""),
+        command="python -m experiments.reproduce --only=explain"
+        + (" --quick" if ctx.quick else ""),
         metrics={"table": res["table"], "completeness": res["completeness"], "traces": tr},
         extra="IG convergence:\n\n" + markdown_table(conv) + "\nCausal tracing summary:\n\n"
         + markdown_table(tr),

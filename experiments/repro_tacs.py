@@ -51,8 +51,8 @@ def run(ctx: RunContext) -> Section:
     else:
         verdict = "not reproduced"
         note = f"TACS DA {tacs_best:.2f} <= no-selection {base['DA']:.2f}. "
-    note += (f"Oracle mask DA {by['oracle']['DA']:.2f}, drop-everything {by['drop_all']['DA']:.2f}. "
-             + probe_note)
+    note += (f"Oracle mask DA {by['oracle']['DA']:.2f}, drop-everything "
+             f"{by['drop_all']['DA']:.2f}. " + probe_note)
     sp = res["splits"]
     return Section(
         title=TITLE,

@@ -20,7 +20,8 @@ def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0)
         return float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
-    return float(v.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+    lo, hi = np.quantile(means, alpha / 2), np.quantile(means, 1 - alpha / 2)
+    return float(v.mean()), float(lo), float(hi)
 
 
 def ta_ur_da(origin_correct: Sequence[bool], correct: Sequence[bool], *, n_boot: int = 2000,

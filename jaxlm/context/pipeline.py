@@ -162,7 +162,8 @@ def run(params, cfg, tokenizer, tcfg: TacsConfig = TacsConfig(),
     cond = np.array(list(CONDITIONS) * (len(te_k) + len(te_u)))
     a_none, f_te = runner.run(p_te, capture=True, desc="test (no selection)")
     drops = {
-        "tacs_token": [detect.drop_mask(det, f, p, "token") for f, p in zip(f_te, p_te, strict=True)],
+        "tacs_token": [detect.drop_mask(det, f, p, "token")
+                       for f, p in zip(f_te, p_te, strict=True)],
         "tacs_sentence": [detect.drop_mask(det, f, p, "sentence")
                           for f, p in zip(f_te, p_te, strict=True)],
         "oracle": [detect.oracle_drop(p) for p in p_te],

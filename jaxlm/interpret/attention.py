@@ -57,7 +57,8 @@ def rollout(attn: np.ndarray, residual: float = 0.5) -> np.ndarray:
     return r
 
 
-def flow(attn: np.ndarray, residual: float = 0.5, query: int = -1, scale: float = 1e6) -> np.ndarray:
+def flow(attn: np.ndarray, residual: float = 0.5, query: int = -1,
+         scale: float = 1e6) -> np.ndarray:
     """Attention flow: max flow from each input token to output position ``query``.
 
     The graph has (L + 1) x T nodes; layer l's edge (l-1, j) -> (l, i) has capacity

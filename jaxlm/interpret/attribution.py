@@ -41,7 +41,9 @@ KINDS = ("logprob", "logit", "prob", "contrast")
 def _check(tokens, target_id: int, kind: str, foil_id: int | None, cfg: ModelConfig) -> Array:
     tokens = jnp.asarray(tokens)
     if tokens.ndim != 1 or tokens.shape[0] == 0:
-        raise ValueError(f"tokens must be a non-empty 1-D id sequence [T], got shape {tokens.shape}")
+        raise ValueError(
+            f"tokens must be a non-empty 1-D id sequence [T], got shape {tokens.shape}"
+        )
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not 0 <= int(target_id) < cfg.vocab_size:
@@ -92,6 +94,8 @@ def model_fn(params, cfg: ModelConfig, tokens: Array, target_id, kind="logprob",
 # --------------------------------------------------------------------------- generic cores
 def gradients_fn(f: BatchFn, emb: Array) -> tuple[Array, Array]:
     """(f(emb) [N], df/demb [N, T, D]) for a batch of independent inputs."""
+    if isinstance(f, _BoundFn):
+        return f.value_and_grad(emb)
     val, vjp = jax.vjp(f, emb)
     (g,) = vjp(jnp.ones_like(val))
     return val, g
@@ -236,7 +240,9 @@ def make_baseline(params, tokens: Array, baseline: str | int | Array = "zero",
     emb = token_embeddings(params, tokens)
     if isinstance(baseline, str):
         if baseline != "zero":
-            raise ValueError(f"baseline must be 'zero', a filler token id or an array, got {baseline!r}")
+            raise ValueError(
+                f"baseline must be 'zero', a filler token id or an array, got {baseline!r}"
+            )
         base = jnp.zeros_like(emb)
     elif isinstance(baseline, (int, np.integer)):
         base = jnp.broadcast_to(token_embeddings(params, jnp.asarray([baseline]))[0], emb.shape)
@@ -277,8 +283,36 @@ def integrated_gradients(
     tokens = _check(tokens, target_id, kind, foil_id, cfg)
     emb = token_embeddings(params, tokens)
     base = make_baseline(params, tokens, baseline, keep_mask)
-    f = jax.jit(model_fn(params, cfg, tokens, target_id, kind, foil_id))
+    fid = 0 if foil_id is None else foil_id
+    f = _BoundFn(params, tokens, target_id, fid, cfg, kind)
     return integrated_gradients_fn(f, emb, base, steps=steps, rule=rule, chunk=chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "kind", "grad"))
+def _model_eval(params, tokens, emb, target_id, foil_id, *, cfg, kind, grad):
+    f = model_fn(params, cfg, tokens, target_id, kind, foil_id)
+    if grad:
+        return gradients_fn(f, emb)
+    return f(emb), None
+
+
+class _BoundFn:
+    """``f(E)`` for the generic cores with params passed to jit as arguments (not constants).
+
+    Calling it evaluates f; ``gradients_fn`` detects it and uses the jitted VJP.
+    """
+
+    def __init__(self, params, tokens, target_id, foil_id, cfg, kind):
+        self.args = (params, tokens, target_id, foil_id)
+        self.cfg, self.kind = cfg, kind
+
+    def __call__(self, emb):
+        return _model_eval(*self.args[:2], emb, *self.args[2:], cfg=self.cfg, kind=self.kind,
+                           grad=False)[0]
+
+    def value_and_grad(self, emb):
+        return _model_eval(*self.args[:2], emb, *self.args[2:], cfg=self.cfg, kind=self.kind,
+                           grad=True)
 
 
 def smoothgrad(params, cfg: ModelConfig, tokens, target_id: int, key: Array, *,
@@ -286,10 +320,9 @@ def smoothgrad(params, cfg: ModelConfig, tokens, target_id: int, key: Array, *,
                foil_id: int | None = None) -> np.ndarray:
     """SmoothGrad saliency (mean gradient norm over Gaussian-perturbed embeddings): [T]."""
     tokens = _check(tokens, target_id, kind, foil_id, cfg)
-    f = model_fn(params, cfg, tokens, target_id, kind, foil_id)
+    f = _BoundFn(params, tokens, target_id, 0 if foil_id is None else foil_id, cfg, kind)
     emb = token_embeddings(params, tokens)
-    return np.asarray(jax.jit(lambda e, k: smoothgrad_fn(f, e, k, n_samples=n_samples,
-                                                         sigma=sigma))(emb, key))
+    return np.asarray(smoothgrad_fn(f, emb, key, n_samples=n_samples, sigma=sigma))
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "kind"))

@@ -5,7 +5,8 @@ Prompts "The capital of <country> is" are kept only when the model's top-1 next 
 the capital with p >= ``min_p`` (measured before use). Per prompt: saliency, gradient x
 input, IG (zero baseline, m steps), occlusion, attention rollout, and a random-ranking
 control; faithfulness (comprehensiveness / sufficiency at k = 1, 2, 3, AOPC, decision
-flip) with filler replacement, plausibility against the country tokens (the gold
+flip) with filler replacement (IG: zero baseline, Gauss-Legendre, first token held at
+its real embedding, see ``sink_mask``), plausibility against the country tokens (the gold
 rationale), IG completeness error at m = 16 / 32 / 64, and causal-tracing heat maps.
 """
 
@@ -50,9 +51,22 @@ def known_prompts(params, cfg, tok, countries: Sequence[str] = COUNTRIES, min_p:
     return out
 
 
+def sink_mask(t: int) -> np.ndarray:
+    """Keeps the first token at its real embedding during IG.
+
+    SmolLM2 has no BOS; its first token acts as the attention sink, and interpolating
+    that embedding makes the integrand spike near the baseline (completeness error
+    > 100% at m = 64 when it moves, < 1% when it is held fixed, like template tokens).
+    """
+    m = np.zeros(t, bool)
+    m[0] = True
+    return m
+
+
 def attributions(params, cfg, item, *, filler_id: int, ig_steps: int, key) -> dict:
     ids, y = item["ids"], item["target"]
-    ig = attribution.integrated_gradients(params, cfg, ids, y, steps=ig_steps)
+    ig = attribution.integrated_gradients(params, cfg, ids, y, steps=ig_steps,
+                                          keep_mask=sink_mask(len(ids)))
     attn = attention.attention_maps(params, cfg, ids)
     return {
         "saliency": attribution.saliency(params, cfg, ids, y),
@@ -86,7 +100,8 @@ def run(params, cfg, tok, *, quick: bool, seed: int = 0, outdir: pathlib.Path,
         if i == 0 or not quick:
             for m in (16, 32):
                 completeness[m].append(attribution.integrated_gradients(
-                    params, cfg, it["ids"], it["target"], steps=m).completeness_error)
+                    params, cfg, it["ids"], it["target"], steps=m,
+                    keep_mask=sink_mask(len(it["ids"]))).completeness_error)
         scores["reverse_ig"] = -scores["integrated_gradients"]
         for m in per_method:
             f = faithfulness.faithfulness(params, cfg, it["ids"], it["target"], scores[m],

@@ -214,8 +214,9 @@ def causal_trace(
     run_toks = jnp.broadcast_to(tokens, (n_samples, t))
     masks = layer_window_masks(cfg.n_layers, t, window)
     none = np.zeros((1, cfg.n_layers, t), bool)
-    probs = restore_sweep(params, run_toks, delta, clean, jnp.asarray(np.concatenate([none, masks])),
-                          int(target_id), cfg=cfg, site=site)
+    all_masks = jnp.asarray(np.concatenate([none, masks]))
+    probs = restore_sweep(params, run_toks, delta, clean, all_masks, int(target_id), cfg=cfg,
+                          site=site)
     probs = np.asarray(probs)
     return TraceResult(probs[1:].reshape(cfg.n_layers, t), p_clean, float(probs[0]), site, window)
 

@@ -69,7 +69,8 @@ def test_logistic_probe_matches_sklearn():
     x = rng.normal(size=(200, 6)) * np.array([1, 2, 3, 0.5, 1, 1]) + 1.0
     y = (x @ rng.normal(size=6) + rng.normal(size=200) > 1.0).astype(float)
     probe = probes.fit_logistic(x, y, l2=2.0)
-    sk = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(StandardScaler().fit_transform(x), y)
+    z = StandardScaler().fit_transform(x)
+    sk = LogisticRegression(C=0.5, tol=1e-10, max_iter=10000).fit(z, y)
     np.testing.assert_allclose(np.asarray(probe.w), sk.coef_[0], rtol=1e-3, atol=1e-4)
     assert float(probe.b) == pytest.approx(sk.intercept_[0], rel=1e-3, abs=1e-4)
     # per-layer vmap gives the same as one-at-a-time
@@ -129,7 +130,8 @@ def test_faithfulness_on_hand_made_predictor():
                                        keep_mask=np.array([0, 1, 0, 0], bool))
     assert out["comp@1"] == pytest.approx(0.5) and out["flip"] == 1.0
     pl = faithfulness.plausibility(scores, np.array([0, 1, 1, 0], bool))
-    assert pl["hit@1"] == 1.0 and pl["f1"] == pytest.approx(0.5) and pl["iou"] == pytest.approx(1 / 3)
+    assert pl["hit@1"] == 1.0 and pl["f1"] == pytest.approx(0.5)
+    assert pl["iou"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError, match="k="):
         faithfulness.faithfulness_fn(predict, toks, scores, ks=(9,), filler_id=0)
 
