@@ -17,26 +17,14 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/explain", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed (random-ranking control, tracing noise).")
 
 
-def run_experiment(quick: bool, seed: int, outdir: pathlib.Path, progress=None) -> dict:
-    """Loads SmolLM2 and runs ``jaxlm.interpret.demo.run``."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxlm import weights
-    from jaxlm.interpret import demo
-
-    m = weights.load("smollm2-135m-instruct")
-    params = jax.tree.map(jnp.asarray, m.params)
-    return demo.run(params, m.cfg, m.tokenizer, quick=quick, seed=seed, outdir=outdir,
-                    progress=progress)
-
-
 def main(argv):
     del argv
     from jaxlm.utils.report import markdown_table
 
     out = pathlib.Path(_WORKDIR.value)
-    res = run_experiment(_QUICK.value, _SEED.value, out)
+    from jaxlm.interpret.demo import run_pretrained
+
+    res = run_pretrained(_QUICK.value, _SEED.value, out)
     (out / "table.md").write_text(markdown_table(res["table"]))
     (out / "results.json").write_text(json.dumps(res, indent=2, default=str))
     print(markdown_table(res["table"]))

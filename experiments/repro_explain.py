@@ -9,9 +9,9 @@ TITLE = "Explainability for LLMs (Zhao et al. 2024): attributions, faithfulness,
 
 
 def run(ctx: RunContext) -> Section:
-    from experiments.explain import run_experiment
+    from jaxlm.interpret.demo import run_pretrained
 
-    res = run_experiment(ctx.quick, ctx.seed, ctx.outdir, progress=ctx.progress)
+    res = run_pretrained(ctx.quick, ctx.seed, ctx.outdir, progress=ctx.progress)
     by = {r["method"]: r for r in res["table"]}
     comp64 = res["completeness"][64]
     rnd = by["random"]["aopc_comp"]

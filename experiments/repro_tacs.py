@@ -9,9 +9,9 @@ TITLE = "TACS: truth-aware context selection (Yu, Zhang, Feng 2024)"
 
 
 def run(ctx: RunContext) -> Section:
-    from experiments.tacs import run_experiment
+    from jaxlm.context.pipeline import run_pretrained
 
-    res = run_experiment(ctx.quick, ctx.seed, ctx.outdir, progress=ctx.progress)
+    res = run_pretrained(ctx.quick, ctx.seed, ctx.outdir, progress=ctx.progress)
     rows = []
     for r in res["table"]:
         row = {"method": r["method"]}

@@ -19,35 +19,14 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed for foils, splits and bootstraps."
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "TacsConfig field=value overrides.")
 
 
-def run_experiment(quick: bool, seed: int, outdir: pathlib.Path, overrides=(), progress=None):
-    """Loads SmolLM2, runs ``jaxlm.context.pipeline.run``, writes plots; returns results."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxlm import weights
-    from jaxlm.context import pipeline, plots
-    from jaxlm.utils.config import apply_overrides
-
-    m = weights.load("smollm2-135m-instruct")
-    params = jax.tree.map(jnp.asarray, m.params)
-    tcfg = pipeline.TacsConfig(seed=seed)
-    if quick:
-        tcfg = pipeline.TacsConfig(n_train=16, n_val=8, n_test_known=12, n_test_unknown=12,
-                                   seed=seed)
-    tcfg = apply_overrides(tcfg, list(overrides))
-    res = pipeline.run(params, m.cfg, m.tokenizer, tcfg, progress=progress)
-    outdir.mkdir(parents=True, exist_ok=True)
-    res["plots"] = [plots.plot_layer_accuracy(res, outdir / "probe_accuracy.png"),
-                    plots.plot_da(res, outdir / "da.png")]
-    return res
-
-
 def main(argv):
     del argv
     from jaxlm.utils.report import markdown_table
 
     out = pathlib.Path(_WORKDIR.value)
-    res = run_experiment(_QUICK.value, _SEED.value, out, _OVERRIDE.value)
+    from jaxlm.context.pipeline import run_pretrained
+
+    res = run_pretrained(_QUICK.value, _SEED.value, out, _OVERRIDE.value)
     (out / "table.md").write_text(markdown_table(res["table"]))
     keep = {k: v for k, v in res.items() if k not in ("detector", "test_prompts", "test_drops")}
     (out / "results.json").write_text(json.dumps(keep, indent=2, default=lambda o: getattr(

@@ -18,6 +18,7 @@ Steps:
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -250,3 +251,25 @@ def run(params, cfg, tokenizer, tcfg: TacsConfig = TacsConfig(),
         "bow_sentence_acc": bow_acc, "examples": examples, "detector": det,
         "test_prompts": p_te, "test_drops": drops, "position_mode": tcfg.position_mode,
     }
+
+
+def run_pretrained(quick: bool, seed: int, outdir: pathlib.Path, overrides=(), progress=None):
+    """Loads SmolLM2, runs ``run``, writes plots; returns results."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxlm import weights
+    from jaxlm.context import plots
+    from jaxlm.utils.config import apply_overrides
+
+    m = weights.load("smollm2-135m-instruct")
+    params = jax.tree.map(jnp.asarray, m.params)
+    tcfg = TacsConfig(seed=seed)
+    if quick:
+        tcfg = TacsConfig(n_train=16, n_val=8, n_test_known=12, n_test_unknown=12, seed=seed)
+    tcfg = apply_overrides(tcfg, list(overrides))
+    res = run(params, m.cfg, m.tokenizer, tcfg, progress=progress)
+    outdir.mkdir(parents=True, exist_ok=True)
+    res["plots"] = [plots.plot_layer_accuracy(res, outdir / "probe_accuracy.png"),
+                    plots.plot_da(res, outdir / "da.png")]
+    return res

@@ -29,6 +29,18 @@ CAPITAL = {"France": "Paris", "Germany": "Berlin", "Japan": "Tokyo", "Greece": "
 METHODS = ("saliency", "grad_x_input", "integrated_gradients", "occlusion", "rollout", "random")
 
 
+def run_pretrained(quick: bool, seed: int, outdir: pathlib.Path, progress=None) -> dict:
+    """Loads SmolLM2-135M-Instruct (packaged GGUF) and runs ``run``."""
+    import jax.numpy as jnp
+
+    from jaxlm import weights
+
+    m = weights.load("smollm2-135m-instruct")
+    params = jax.tree.map(jnp.asarray, m.params)
+    return run(params, m.cfg, m.tokenizer, quick=quick, seed=seed, outdir=outdir,
+               progress=progress)
+
+
 def known_prompts(params, cfg, tok, countries: Sequence[str] = COUNTRIES, min_p: float = 0.25):
     """Capital prompts the model answers correctly (top-1, p >= min_p), with foil and key span."""
     out = []
