@@ -119,22 +119,31 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
                         f"{m['e6_final_lambda_min']:.2g} (tol {tol:.1g}). One saddle, not all.")
     esc_all = bool(np.all(np.isfinite(e5["t_escape"])))
     stays = not np.isfinite(e5["t_escape_eps0"])
-    v2 = "reproduced" if (frac2 >= 0.8 and esc_all and stays) else (
-        "partially reproduced" if frac2 >= 0.5 or esc_all else "not reproduced")
-    claims["C2"] = (v2, f"{frac2:.0%} of generic E1 runs went >= 2 orders below L(mu_0); every "
-                        f"eps>0 kick escaped: {esc_all}; exact symmetric eps=0 stays: {stays}.")
+    t_e = np.asarray(e5["t_escape"], float)
+    kick_driven = bool(esc_all and np.ptp(t_e) > 0.2 * np.nanmean(t_e))
+    v2 = "reproduced" if (frac2 >= 0.8 and kick_driven and stays) else (
+        "partially reproduced" if frac2 >= 0.5 else "not reproduced")
+    claims["C2"] = (v2, f"{frac2:.0%} of generic E1 runs went >= 2 orders below L(mu_0); E5: "
+                        f"every eps>0 run crossed L_S/2: {esc_all}, with T depending on eps: "
+                        f"{kick_driven}; the exact-symmetric eps=0 run stays: {stays} (float64 "
+                        "round-off and in-subspace drift also leave the constructed point).")
     ok_slope = np.isfinite(slope_ratio) and abs(slope_ratio - 1) <= 0.2
     p_fits = [e1[k][n]["power_law"]["p"] for k in e1 for n in e1[k] if n != "baselines"]
-    v3 = "reproduced" if ok_slope else ("partially reproduced" if np.isfinite(slope_ratio)
-                                        else "not reproduced")
+    near = np.isfinite(slope_ratio) and 0.5 <= slope_ratio <= 2.0
+    r2s = [e1[k][n]["power_law"]["r2"] for k in e1 for n in e1[k] if n != "baselines"]
+    away = bool(np.nanmin(r2s) >= 0.7)
+    v3 = "reproduced" if (ok_slope and away) else (
+        "partially reproduced" if (near or away) else "not reproduced")
     claims["C3"] = (v3, f"escape slope / (1/|lambda_u|) = {_fmt(slope_ratio)} (target within 20%); "
                         f"Lojasiewicz-type fits G ~ L^p: p in "
-                        f"[{np.nanmin(p_fits):.2f}, {np.nanmax(p_fits):.2f}] (a fit, not the "
-                        "paper's constants).")
+                        f"[{np.nanmin(p_fits):.2f}, {np.nanmax(p_fits):.2f}], r2 >= "
+                        f"{np.nanmin(r2s):.2f} (a fit, not the paper's constants).")
     k10 = gaps.get("kappa=10", np.nan)
     v4 = "reproduced" if k10 < 0.2 else ("partially reproduced" if k10 < 1.0 else "not reproduced")
     claims["C4"] = (v4, f"kappa=10 joint GD stays within a factor exp({k10:.2f}) of the static "
-                        "two-timescale curve (Gamma step in curvature-normalised units).")
+                        "two-timescale curve (Gamma step in curvature-normalised units); nan = "
+                        "the joint particle GD diverged from the mean-field init (Gamma_mu ~ "
+                        "1/|h|^2 is huge because |h|^2 ~ 1/N, and L_TF is quartic).")
     e4_ok = abs(m["e4_refit_n256"] / m["e4_true_n256"] - 1) <= 0.2
     e4_better = m["e4_learned_n256"] < 0.5 * m["e4_lsa_n256"]
     v5 = "reproduced" if e4_ok else ("partially reproduced" if e4_better else "not reproduced")
