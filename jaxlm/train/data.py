@@ -63,7 +63,9 @@ def load_corpus(spec: str) -> list[str]:
         docs = [pathlib.Path(p).read_text(encoding="utf-8", errors="replace") for p in paths]
     docs = [d for d in docs if d.strip()]
     if not docs:
-        raise ValueError(f"corpus {spec!r} is empty (no non-blank text); point --data at text files")
+        raise ValueError(
+            f"corpus {spec!r} is empty (no non-blank text); point --data at text files"
+        )
     return docs
 
 

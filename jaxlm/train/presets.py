@@ -14,7 +14,7 @@ tiny       ~0.8 M  bytes (257)    Llama, d 128, 4 layers, seq 128
 tiny-gpt   ~0.9 M  bytes (257)    GPT,   d 128, 4 layers, seq 128
 20m        ~19.8 M bpe 4096       Llama, d 512, 6 layers, 8 heads / 4 kv, F 1408, seq 256
 20m-gpt    ~21 M   bpe 4096       GPT,   d 512, 6 layers, 8 heads, F 2048, seq 256
-125m       ~123 M  smollm2 49152  Llama, d 768, 12 layers, 12 heads / 4 kv, F 2048
+125m       ~124 M  smollm2 49152  Llama, d 768, 12 layers, 12 heads / 4 kv, F 2432
 125m-gpt   ~124 M  smollm2 49152  GPT-2 small shape (d 768, 12 layers, F 3072)
 smollm2-ft 135 M   smollm2        fine-tune SmolLM2-135M-Instruct (init_from)
 ========== ======= ============== ====================================================
@@ -239,7 +239,7 @@ _add(
 )
 _add(
     "125m",
-    TrainConfig(model=llama(49152, 768, 12, 12, 4, 2048, 1024), data=_SMOL, steps=10000,
+    TrainConfig(model=llama(49152, 768, 12, 12, 4, 2432, 1024), data=_SMOL, steps=10000,
                 log_every=20, eval_every=500, ckpt_every=500,
                 optim=OptimConfig(lr=6e-4, warmup_steps=500)),
     _test_twin(TrainConfig(data=_BYTES), _TINY_LLAMA),

@@ -10,11 +10,11 @@ import sys
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
-jax.config.update("jax_num_cpu_devices", 1)
-jax.config.update("jax_cpu_collectives_implementation", "gloo")
-
 
 def main():
+    # Before any JAX operation: 1 CPU device per process, gloo for cross-process collectives.
+    jax.config.update("jax_num_cpu_devices", 1)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     pid, port, workdir, cache = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     from jaxlm.train.parallel import init_distributed
 
