@@ -43,9 +43,9 @@ OPT_MODES = ("host-eager", "host-at-sync")
 
 def default_devices() -> tuple[jax.Device, jax.Device]:
     """(host_device, compute_device) as described in the module docstring."""
-    cpus = jax.devices("cpu")
+    cpus = jax.local_devices(backend="cpu")
     host = cpus[0]
-    acc = jax.devices()[0]
+    acc = jax.local_devices()[0]
     if acc.platform != "cpu":
         return host, acc
     return host, (cpus[1] if len(cpus) > 1 else cpus[0])
@@ -106,6 +106,7 @@ class SwapTrainer:
             return optax.apply_updates(p, u), s
 
         self._update = jax.jit(update)
+        self._hook = None
         self.sub_bytes = [tree_bytes(g) for g in self.master]
 
     @property
@@ -119,8 +120,16 @@ class SwapTrainer:
     def _load(self, k: int):
         return jax.device_put(self.master[k], self.dev)
 
-    def step(self, batch: dict[str, Any]) -> StepStats:
-        """One training step (forward, backward, host update) on ``batch``."""
+    def step(self, batch: dict[str, Any], grad_hook=None) -> StepStats:
+        """One training step (forward, backward, host update) on ``batch``.
+
+        Args:
+            batch: {"inputs", "targets"} int [B, T].
+            grad_hook: optional ``hook(k, host_grads_k) -> host_grads_k`` applied to each
+                sub-model's gradients on the host before its update (e.g. a cross-peer
+                average); called for k = K-1 .. 0 in order on every peer.
+        """
+        self._hook = grad_hook
         t0 = time.perf_counter()
         kn = len(self.subs)
         b = jax.device_put(batch, self.dev)
@@ -165,6 +174,8 @@ class SwapTrainer:
             d2h += self.sub_bytes[k]
             self._eager(k, grads)
         if self.opt_mode == "host-at-sync":
+            if self._hook is not None:
+                grads = [self._hook(k, grads[k]) for k in range(kn)]
             self.master, self.opt_state = self._update(self.master, self.opt_state, grads)
         jax.block_until_ready(self.master)
         loss = float(loss)
@@ -172,6 +183,8 @@ class SwapTrainer:
 
     def _eager(self, k: int, grads: list[Any]) -> None:
         if self.opt_mode == "host-eager":
+            if self._hook is not None:
+                grads[k] = self._hook(k, grads[k])
             self.master[k], self.opt_state[k] = self._update(
                 self.master[k], self.opt_state[k], grads[k])
             grads[k] = None
