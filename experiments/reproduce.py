@@ -24,6 +24,7 @@ from absl import app, flags, logging
 # Entry name -> module exposing run(ctx) -> Section. Edited by the main session.
 REGISTRY: dict[str, str] = {
     "smollm2": "experiments.repro_smollm2",
+    "train_lm": "experiments.repro_train_lm",
     "mamba_nd": "experiments.repro_mamba_nd",
     "meanfield_icl": "experiments.repro_meanfield_icl",
     "antiunify": "experiments.repro_antiunify",
