@@ -92,25 +92,28 @@ def _prefill(params, tokens, mask, *, cfg, variants, obs_rows):
                 last_logits_only=True)
     qv = mask.astype(jnp.float32)[:, None, :, None]  # [B, 1, T, 1] valid query rows
     w = min(obs_rows, t)
-    attn, last, obs, gum = [], [], [], []
-    for li, p in enumerate(out.attn):  # p: [B, H, T, S0]
-        attn.append((p * qv).sum(axis=2))
-        last.append(p[:, :, -1, :])
+    probs = jnp.stack(out.attn)  # [L, B, H, T, S0]
+    base_keys = [jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), 1), 0)
+                 for s, _, _ in variants]
+
+    def layer_stats(args):
+        # one layer at a time (lax.map): compiled once, one layer's temporaries live
+        p, li = args  # p: [B, H, T, S0]
+        attn = (p * qv).sum(axis=2)
+        last = p[:, :, -1, :]
         o = p[:, :, -w:, :] * qv[:, :, -w:, :]
-        obs.append(o.reshape(b, cfg.n_kv_heads, cfg.q_per_kv, w, t).sum(axis=2))
+        obs = o.reshape(b, cfg.n_kv_heads, cfg.q_per_kv, w, t).sum(axis=2)
         per_var = []
-        for seed, tau, noise in variants:
-            keys = jax.vmap(lambda _i, s=seed, layer=li: jax.random.fold_in(
-                jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), 1), 0), layer)
-            )(jnp.arange(b))
+        for (_, tau, noise), k0 in zip(variants, base_keys, strict=True):
+            keys = jnp.broadcast_to(jax.random.fold_in(k0, li), (b,) + k0.shape)
             g = P.gumbel_softmax(p[None], jnp.full((b,), tau, jnp.float32),
                                  jnp.full((b,), noise), keys)[0]
             per_var.append((g * qv).sum(axis=2))
-        gum.append(jnp.stack(per_var) if per_var else jnp.zeros((0, b, cfg.n_heads, t)))
-    stats = PrefillStats(
-        attn=jnp.stack(attn), last=jnp.stack(last), obs=jnp.stack(obs),
-        gumbel=jnp.stack(gum, axis=1),
-    )
+        gum = jnp.stack(per_var) if per_var else jnp.zeros((0, b, cfg.n_heads, t))
+        return attn, last, obs, gum
+
+    attn, last, obs, gum = jax.lax.map(layer_stats, (probs, jnp.arange(cfg.n_layers)))
+    stats = PrefillStats(attn=attn, last=last, obs=obs, gumbel=jnp.swapaxes(gum, 0, 1))
     return Prefilled(logits=out.logits[:, -1], cache=out.cache, stats=stats)
 
 
