@@ -2,7 +2,7 @@
 
     python -m experiments.bench_scan --quick          # L in {256, 1024}; every target
     python -m experiments.bench_scan                  # L in {256, 1024, 4096}
-    python -m experiments.bench_scan --large          # GPU sizes (adds B=8, D=1024, L in {1024, 4096})
+    python -m experiments.bench_scan --large          # + GPU sizes B=8, D=1024, L in {1024, 4096}
 
 Writes runs/bench/scan.json. Device: JAX's default backend; torch uses CUDA
 when available. Targets are evaluated at (B=2, L=1024, D=256, N=16) fp32.
@@ -14,13 +14,15 @@ import os
 
 from absl import app, flags
 
-_QUICK = flags.DEFINE_bool("quick", False, "Small sweep (L in {256, 1024}); evaluates every target.")
+_QUICK = flags.DEFINE_bool("quick", False,
+                           "Small sweep (L in {256, 1024}); evaluates every target.")
 _LENGTHS = flags.DEFINE_list("lengths", None, "Sequence lengths (default 256,1024,4096).")
 _BATCH = flags.DEFINE_integer("batch", 2, "Batch size B.")
 _DIM = flags.DEFINE_integer("dim", 256, "Channels D (= d_inner of the scan).")
 _STATE = flags.DEFINE_integer("state", 16, "State size N.")
 _REPEATS = flags.DEFINE_integer("repeats", 7, "Timed repeats (median) after warm-up.")
-_LARGE = flags.DEFINE_bool("large", False, "Also run GPU-sized shapes (B=8, D=1024, L in {1024, 4096}).")
+_LARGE = flags.DEFINE_bool("large", False,
+                           "Also run GPU-sized shapes (B=8, D=1024, L in {1024, 4096}).")
 _NO_TORCH = flags.DEFINE_bool("no_torch", False, "Skip the PyTorch anchors.")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for scan.json.")
 

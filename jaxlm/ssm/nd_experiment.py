@@ -200,7 +200,8 @@ def mean_ci(v) -> dict:
 def fmt_ci(s: dict, scale: float = 1.0, digits: int = 1) -> str:
     if s["n"] < 2:
         return f"{s['mean'] * scale:.{digits}f}"
-    return f"{s['mean'] * scale:.{digits}f} ± {s['std'] * scale:.{digits}f} (CI ±{s['ci95'] * scale:.{digits}f})"
+    m, sd, ci = s["mean"] * scale, s["std"] * scale, s["ci95"] * scale
+    return f"{m:.{digits}f} ± {sd:.{digits}f} (CI ±{ci:.{digits}f})"
 
 
 # ----------------------------------------------------------------------------- simple baselines

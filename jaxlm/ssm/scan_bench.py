@@ -135,7 +135,8 @@ def bench_jax(inp: dict, repeats: int, variants=JAXLM_VARIANTS, log=print) -> di
     return out
 
 
-def bench_torch(inp: dict, repeats: int, log=print, loop_max_len: int | None = None) -> dict[str, Any]:
+def bench_torch(inp: dict, repeats: int, log=print,
+                loop_max_len: int | None = None) -> dict[str, Any]:
     """mambapy pscan and a naive loop over materialised (a, b); {} if torch is missing."""
     try:
         import torch
