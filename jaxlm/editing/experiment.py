@@ -66,13 +66,14 @@ class ExperimentConfig:
     retrieval_threshold: float = 0.0
     fluency_tokens: int = 40
     methods: tuple[str, ...] = ("rome", "rome_cov", "memit", "ft", "retrieval")
+    seq_methods: tuple[str, ...] = ("rome", "ft", "memit", "retrieval")
 
 
 EXPERIMENTS: Registry[ExperimentConfig] = Registry("refresh_knowledge")
 EXPERIMENTS.add("smollm2", ExperimentConfig())
 EXPERIMENTS.add("smollm2_test", ExperimentConfig(
     n_single=2, seq_points=(1, 3), n_trace=1, trace_samples=3, cov_tokens=4096,
-    fluency_tokens=24, methods=("rome", "rome_cov", "memit", "ft", "retrieval"),
+    fluency_tokens=24, seq_methods=("rome", "retrieval"),
 ))
 
 FLUENCY_PROMPTS = ("France is", "The city of", "My favourite country")
@@ -92,7 +93,7 @@ def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int) -> np
     for i, c in enumerate(cases[:n]):
         r = c.request
         e = encode_prompt(tok, r.template, r.subject)
-        head = tok.encode(r.template[: r.template.index("{}")])
+        head = tok.encode(r.template[: r.template.index("{}")].rstrip())
         s0 = len(head) if list(e.ids[: len(head)]) == head else 0
         tid = tok.encode(r.text + r.target_true)[len(e.ids)]
         res = causal_trace(params, cfg, np.asarray(e.ids), (s0, e.subject_last + 1), tid,
@@ -131,8 +132,10 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     t0 = time.perf_counter()
     curve = trace_layers(params, cfg, tok, [c for c in cases if c.relation == "capital"],
                          ecfg.n_trace, ecfg.trace_samples, seed)
-    half = cfg.n_layers // 2
-    traced = int(np.argmax(curve[:half]))
+    # first half, skipping windows that contain block 0 (its MLP acts as a detokeniser:
+    # restoring it undoes the whole embedding corruption of a one-token subject)
+    lo, half = 3, cfg.n_layers // 2
+    traced = lo + int(np.argmax(curve[lo:half]))
     layer = traced if ecfg.layer < 0 else ecfg.layer
     out["trace"] = {"curve": curve.tolist(), "argmax_first_half": traced, "layer_used": layer,
                     "seconds": time.perf_counter() - t0}
@@ -159,7 +162,8 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
             p, cfg, tok, r, baselines.FTConfig(layer, lr=ecfg.ft_lr, linf=ecfg.ft_linf)),
     }
     total = sum(n for k in methods if k in ecfg.methods) + (n if "memit" in ecfg.methods else 0)
-    pbar = bar(total=total + sum(ecfg.seq_points), desc="edits") if bar else None
+    n_seq = max(ecfg.seq_points, default=0) * sum(k in ecfg.seq_methods for k in ("rome", "ft"))
+    pbar = bar(total=total + n_seq, desc="edits") if bar else None
     single_rows: dict[str, list[dict]] = {}
     edit_seconds: dict[str, list[float]] = {}
     for name, fn in methods.items():
@@ -225,7 +229,7 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg, co
         points.append(len(cases))  # as many as the model knows
     res: dict[str, list[dict]] = {}
     for name in ("rome", "ft"):
-        if name not in ecfg.methods or not points:
+        if name not in ecfg.seq_methods or not points:
             continue
         p = params
         rows = []
@@ -245,11 +249,9 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg, co
                     np.asarray(params["layers"][layer]["mlp"]["w_down"])))
                 rows.append(s)
         res[name] = rows
-    if "memit" in ecfg.methods:
+    if "memit" in ecfg.seq_methods:
         rows = []
         for k in points:
-            if k == 1 and "memit" in ecfg.methods and ecfg.n_single == 1:
-                continue
             hp = memit.MemitConfig(mlayers, vcfg, ecfg.memit_lambda, use_cov=True)
             p, _ = memit.memit_edit(params, cfg, tok, [c.request for c in cases[:k]], hp,
                                     contexts=contexts, covs=covs)
@@ -259,7 +261,7 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg, co
                                            max_new_tokens=ecfg.fluency_tokens)[0]
             rows.append(s)
         res["memit_batch"] = rows
-    if "retrieval" in ecfg.methods:
+    if "retrieval" in ecfg.seq_methods:
         rows = []
         for k in points:
             s = metrics.summarize(_retrieval_rows(params, cfg, tok, cases[:k],
@@ -285,6 +287,8 @@ def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
     ax.axvline(out["trace"]["layer_used"], color="tab:red", ls="--", label="edit layer")
     ax.set_xlabel("layer (MLP output restored, window 5, subject's last token)")
     ax.set_ylabel("normalised indirect effect")
+    ax.axvline(out["trace"]["argmax_first_half"], color="tab:green", ls=":",
+               label="argmax, layers 3..L/2")
     ax.set_title(f"Causal tracing, mean over {out['config']['n_trace']} capital facts")
     ax.legend()
     fig.tight_layout()
