@@ -45,7 +45,8 @@ def run(ctx: RunContext) -> Section:
         "partially reproduced" if any(ok.values()) else "not reproduced")
     note = (f"ROME (C = I) on {n} known facts: " + ", ".join(
         f"{k} {'met' if v else 'missed'}" for k, v in ok.items())
-        + f" (median {t_rome:.1f} s/edit, edit only, evaluation excluded, on a shared 2-core CPU; the first edit includes "
+        + f" (median {t_rome:.1f} s/edit, edit only, evaluation excluded, on a shared 2-core "
+        "CPU; the first edit includes "
         "XLA compilation)." + (" Quick run: too few edits for a verdict beyond 'partial'."
                                if ctx.quick else ""))
     tr = out["trace"]
