@@ -1,0 +1,223 @@
+"""A real pipeline baseline: the model split across stage processes over TCP (loopback).
+
+GPipe schedule per step: all M micro-batches forward (stage s sends its boundary
+activations to s+1), then all backward in the same order (gradients w.r.t. the boundary
+go back to s-1); each stage averages its parameter gradients over the micro-batches and
+applies its own AdamW update. Exact against one all-resident step on the full batch.
+
+Activations travel as raw float32 bytes over one TCP connection per stage boundary.
+``link_mbps`` emulates a slow link by sleeping ``bytes * 8 / link`` per message on top of
+the real loopback transfer (a crude stand-in for ``tc`` shaping; the network-namespace +
+``tc`` experiment is not implemented). Worker entry::
+
+    python -c "from jaxlm.offload.pipeline import stage_main; stage_main()" '<json spec>'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """One pipeline stage process.
+
+    Attributes:
+        ports: one loopback port per stage boundary (len = stages - 1).
+        stage: this stage's index; stage_cuts: cut points over ``stages.layer_names``
+            giving ``stages`` contiguous stages.
+        micro: micro-batches M per step; batch: sequences per micro-batch.
+        link_mbps: emulated link bandwidth (0: no emulation).
+    """
+
+    ports: tuple[int, ...]
+    stage: int
+    stage_cuts: tuple[int, ...]
+    preset: str = "gptj-tiny_test"
+    overrides: tuple[str, ...] = ()
+    steps: int = 2
+    micro: int = 2
+    batch: int = 2
+    seq: int = 16
+    lr: float = 1e-2
+    seed: int = 0
+    link_mbps: float = 0.0
+    out: str = ""
+
+
+def _send(sock: socket.socket, arr: np.ndarray, link_mbps: float) -> int:
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    hdr = json.dumps(list(arr.shape)).encode()
+    payload = arr.tobytes()
+    sock.sendall(struct.pack("!II", len(hdr), len(payload)) + hdr + payload)
+    if link_mbps > 0:
+        time.sleep(len(payload) * 8 / (link_mbps * 1e6))
+    return len(payload)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = sock.recv(min(n - len(buf), 1 << 20))
+        if not chunk:
+            raise ConnectionError("pipeline peer closed the connection")
+        buf.extend(chunk)
+    return bytes(buf)
+
+
+def _recv(sock: socket.socket) -> np.ndarray:
+    hl, pl = struct.unpack("!II", _recv_exact(sock, 8))
+    shape = json.loads(_recv_exact(sock, hl))
+    return np.frombuffer(_recv_exact(sock, pl), np.float32).reshape(shape)
+
+
+def _connect(port: int, timeout: float = 60.0) -> socket.socket:
+    delay, t_end = 0.05, time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        except OSError:
+            if time.monotonic() > t_end:
+                raise ConnectionError(f"pipeline: cannot reach the next stage on port {port} "
+                                      f"after {timeout:.0f} s") from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)  # retry with backoff
+
+
+def run_stage(spec: StageSpec) -> dict[str, Any]:
+    """Runs one stage to completion (in its own process)."""
+    import jax
+    import optax
+
+    from jaxlm.core import MODELS, init
+    from jaxlm.offload import stages as stg
+    from jaxlm.offload.peers import global_batches
+    from jaxlm.utils.config import apply_overrides
+
+    cfg = apply_overrides(MODELS.get(spec.preset), list(spec.overrides))
+    n_stages = len(spec.stage_cuts) + 1
+    sub = stg.make_submodels(cfg, spec.stage_cuts)[spec.stage]
+    per = stg.split_params(init(jax.random.key(spec.seed), cfg), cfg)
+    params = list(per[sub.start:sub.end])
+    tx = optax.adamw(spec.lr, weight_decay=0.1)
+    opt = tx.init(params)
+    update = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(
+        *tx.update(g, s, p)))
+    prev = nxt = None
+    if spec.stage > 0:  # server side of the boundary to the previous stage
+        srv = socket.socket()
+        srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        srv.bind(("127.0.0.1", spec.ports[spec.stage - 1]))
+        srv.listen(1)
+        srv.settimeout(120)
+    if spec.stage < n_stages - 1:
+        nxt = _connect(spec.ports[spec.stage])
+    if spec.stage > 0:
+        prev, _ = srv.accept()
+        srv.close()
+    rows = spec.micro * spec.batch
+    batches = global_batches(cfg.vocab_size, spec.steps, rows, spec.seq, spec.seed)
+    losses, sent, t_comm = [], 0, 0.0
+    t0 = time.perf_counter()
+    for gb in batches:
+        mbs = [{k: v[m * spec.batch:(m + 1) * spec.batch] for k, v in gb.items()}
+               for m in range(spec.micro)]
+        xs = []
+        for mb in mbs:  # forward
+            x = None
+            if prev is not None:
+                tc = time.perf_counter()
+                x = jax.numpy.asarray(_recv(prev))
+                t_comm += time.perf_counter() - tc
+            xs.append(x)
+            if nxt is not None:
+                y = sub.fwd(params, x, mb)
+                tc = time.perf_counter()
+                sent += _send(nxt, np.asarray(y), spec.link_mbps)
+                t_comm += time.perf_counter() - tc
+        acc, step_loss = None, 0.0
+        for m, mb in enumerate(mbs):  # backward
+            if nxt is None:
+                loss, gp, gx = sub.loss_bwd(params, xs[m], mb)
+                step_loss += float(loss) / spec.micro
+            else:
+                tc = time.perf_counter()
+                g = jax.numpy.asarray(_recv(nxt))
+                t_comm += time.perf_counter() - tc
+                gp, gx = sub.fwd_bwd(params, xs[m], g, mb)
+            if prev is not None:
+                tc = time.perf_counter()
+                sent += _send(prev, np.asarray(gx), spec.link_mbps)
+                t_comm += time.perf_counter() - tc
+            acc = gp if acc is None else jax.tree.map(lambda a, b: a + b, acc, gp)
+        grads = jax.tree.map(lambda a: a / spec.micro, acc)
+        params, opt = update(params, opt, grads)
+        losses.append(step_loss)
+    jax.block_until_ready(params)
+    wall = time.perf_counter() - t0
+    for s in (prev, nxt):
+        if s is not None:
+            s.close()
+    if spec.out:
+        flat = {f"{sub.start + i}/{jax.tree_util.keystr(p)}": np.asarray(x)
+                for i, lp in enumerate(params)
+                for p, x in jax.tree_util.tree_leaves_with_path(lp)}
+        np.savez(spec.out, **flat)
+    return {"stage": spec.stage, "losses": losses if nxt is None else [], "wall_s": wall,
+            "comm_s": t_comm, "bytes_sent": sent}
+
+
+def stage_main() -> None:
+    """Process entry: ``argv[1]`` is a JSON ``StageSpec``."""
+    d = json.loads(sys.argv[1])
+    for k in ("ports", "stage_cuts", "overrides"):
+        d[k] = tuple(d.get(k, ()))
+    res = run_stage(StageSpec(**d))
+    print("STAGE_RESULT " + json.dumps(res), flush=True)
+
+
+def launch_pipeline(spec: StageSpec, *, timeout: float = 240.0) -> list[dict[str, Any]]:
+    """Starts one process per stage on loopback and waits; kills all on any failure."""
+    import os
+    import subprocess
+
+    n = len(spec.stage_cuts) + 1
+    ports = []
+    for _ in range(n - 1):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            ports.append(s.getsockname()[1])
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    procs = []
+    try:
+        for st in range(n):
+            d = dataclasses.asdict(dataclasses.replace(
+                spec, ports=tuple(ports), stage=st,
+                out=f"{spec.out}.{st}.npz" if spec.out else ""))
+            cmd = [sys.executable, "-c",
+                   "from jaxlm.offload.pipeline import stage_main; stage_main()", json.dumps(d)]
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, env=env))
+        deadline = time.monotonic() + timeout
+        results = []
+        for pr in procs:
+            out, err = pr.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+            if pr.returncode != 0:
+                raise RuntimeError(f"stage exited with {pr.returncode}: {err[-2000:]}")
+            line = [ln for ln in out.splitlines() if ln.startswith("STAGE_RESULT ")]
+            results.append(json.loads(line[-1][len("STAGE_RESULT "):]))
+        return results
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.kill()
+                pr.wait()
