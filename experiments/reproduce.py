@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "mamba_nd": "experiments.repro_mamba_nd",
     "meanfield_icl": "experiments.repro_meanfield_icl",
     "antiunify": "experiments.repro_antiunify",
+    "refresh_knowledge": "experiments.repro_refresh_knowledge",
 }
 
 _ONLY = flags.DEFINE_list("only", [], "Entry names to run (default: all). See --list.")
