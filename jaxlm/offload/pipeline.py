@@ -127,7 +127,9 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
     batches = global_batches(cfg.vocab_size, spec.steps, rows, spec.seq, spec.seed)
     losses, sent, t_comm = [], 0, 0.0
     t0 = time.perf_counter()
+    step_times = []
     for gb in batches:
+        ts = time.perf_counter()
         mbs = [{k: v[m * spec.batch:(m + 1) * spec.batch] for k, v in gb.items()}
                for m in range(spec.micro)]
         xs = []
@@ -161,6 +163,8 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
         grads = jax.tree.map(lambda a: a / spec.micro, acc)
         params, opt = update(params, opt, grads)
         losses.append(step_loss)
+        jax.block_until_ready(params)
+        step_times.append(time.perf_counter() - ts)
     jax.block_until_ready(params)
     wall = time.perf_counter() - t0
     for s in (prev, nxt):
@@ -172,7 +176,8 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
                 for p, x in jax.tree_util.tree_leaves_with_path(lp)}
         np.savez(spec.out, **flat)
     return {"stage": spec.stage, "losses": losses if nxt is None else [], "wall_s": wall,
-            "comm_s": t_comm, "bytes_sent": sent}
+            "comm_s": t_comm, "bytes_sent": sent,
+            "median_step_s": float(np.median(step_times[1:] or step_times))}
 
 
 def stage_main() -> None:
