@@ -1,0 +1,84 @@
+"""Luminate: structured design-space generation with SmolLM2-135M-Instruct.
+
+    python -m experiments.luminate --config=quick --workdir=runs/luminate
+    python -m experiments.luminate --config=default --override=prompt="Write a poem line."
+    python -m experiments.luminate --config=default_test --backend=scripted   # no model
+
+Writes luminate.html (self-contained, offline), luminate.json and, where Chromium is
+installed, luminate.png (headless screenshot) under --workdir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+from absl import app, flags
+
+from jaxlm.utils.config import Registry, apply_overrides
+
+_CONFIG = flags.DEFINE_string("config", "quick", "Preset: default, quick or *_test.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "LuminateConfig field=value overrides.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/luminate", "Output folder.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "scripted"],
+                             "local = SmolLM2-135M-Instruct; scripted = canned replies.")
+_SCREENSHOT = flags.DEFINE_bool("screenshot", True, "Screenshot the page with Chromium.")
+
+
+def presets() -> Registry:
+    from jaxlm.agents.luminate import LuminateConfig
+
+    reg: Registry = Registry("luminate")
+    reg.add("default", LuminateConfig())
+    reg.add("quick", LuminateConfig(n=40, dim_retries=3, n_abstract=20, max_tokens=24))
+    tiny = LuminateConfig(n=8, dim_retries=2, n_abstract=4, max_tokens=8)
+    reg.add("default_test", tiny)
+    reg.add("quick_test", tiny)
+    return reg
+
+
+def scripted_backend():
+    """Canned replies that honour the requirements (for a model-free run of the pipeline)."""
+    from jaxlm.llm import ScriptedBackend
+
+    def reply(t: str) -> str:
+        if "Describe the text" in t:
+            return '{"Title": "Bottle", "Key Words": ["water"], "Summary": "About water."}'
+        if "JSON" in t:
+            return '{"Tone": ["warm", "cool", "dry", "bold", "calm", "wry"]}'
+        person = {"first": "I love my bottle", "second": "You love your bottle",
+                  "third": "She loves her bottle"}
+        p = next((v for k, v in person.items() if f"{k} person" in t), "Bottles")
+        end = "?" if "question" in t else "!" if "exclamation" in t else "."
+        return p + end
+
+    return ScriptedBackend(rules=[(".", reply)])
+
+
+def main(argv):
+    del argv
+    from jaxlm.agents.luminate import find_chromium, run_luminate, screenshot
+
+    cfg = apply_overrides(presets().get(_CONFIG.value), _OVERRIDE.value)
+    cfg = dataclasses.replace(cfg, seed=_SEED.value)
+    if _BACKEND.value == "local":
+        from jaxlm.llm import LocalBackend
+
+        backend = LocalBackend()
+    else:
+        backend = scripted_backend()
+    out = pathlib.Path(_WORKDIR.value)
+    res = run_luminate(backend, cfg, out)
+    print(json.dumps(res["metrics"], indent=1, default=str))
+    if _SCREENSHOT.value:
+        if find_chromium() is None:
+            print("screenshot skipped: no Chromium binary on PATH")
+        else:
+            print(f"screenshot: {screenshot(res['html'], out / 'luminate.png')}")
+    print(f"wrote {res['html']}")
+
+
+if __name__ == "__main__":
+    app.run(main)

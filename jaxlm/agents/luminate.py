@@ -1,0 +1,726 @@
+"""Luminate-style structured design-space generation (Suh et al., CHI 2024).
+
+Pipeline: ``generate_dimensions`` (LLM proposes categorical/ordinal dimensions as JSON;
+validated, retried, fallback to a checkable ``LIBRARY``) -> ``sample_combinations`` (random,
+as released, or coverage-maximising) -> ``generate_responses`` (one prompt per value
+combination; labels = assigned values) -> ``abstract_response`` (title / keywords / summary
+for semantic zoom, JSON with retries and a programmatic fallback) -> ``render_html`` (an
+offline page: 2-D grid by two dimensions, zoom, filters, "more like this").
+Metrics: ``label_fidelity`` (programmatic checks), ``diversity`` (distinct-n, self-BLEU,
+pairwise TF-IDF distance), ``coverage``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import itertools
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxlm.llm.base import GenConfig
+
+
+class DimensionError(ValueError):
+    """Unknown dimension or invalid dimension JSON."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Dimension:
+    """A design-space dimension.
+
+    Attributes:
+        name: e.g. "Perspective".
+        kind: "categorical" or "ordinal" (values ordered low -> high).
+        values: the value names.
+        check: optional ``text -> value | None`` programmatic check (library dimensions).
+    """
+
+    name: str
+    kind: str
+    values: tuple[str, ...]
+    check: Callable[[str], str | None] | None = dataclasses.field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.kind not in ("categorical", "ordinal"):
+            raise DimensionError(f"dimension {self.name!r}: kind must be categorical|ordinal")
+        if len(self.values) < 2 or len(set(self.values)) != len(self.values):
+            raise DimensionError(f"dimension {self.name!r}: needs >= 2 distinct values, "
+                                 f"got {self.values!r}")
+
+
+# ---------------------------------------------------------------------------- checks
+_WORD = re.compile(r"[a-z']+")
+_P1 = {"i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "i'm", "i'll", "we're"}
+_P2 = {"you", "your", "yours", "yourself", "you're", "you'll"}
+_P3 = {"he", "she", "they", "him", "her", "them", "his", "their", "hers", "theirs", "it", "its"}
+_POS = set("good great love happy joy best bright fresh fun amazing wonderful beautiful enjoy "
+           "smile delight perfect win free easy better brilliant pure hope glad sweet".split())
+_NEG = set("bad sad hate worst dark pain lost fear angry broken never tired sick lonely cry "
+           "fail ugly terrible awful poor gloomy boring waste dead worry".split())
+_SLANG = set("gonna wanna hey cool awesome yeah lol kinda stuff guys wow super totally yo dude "
+             "gotta ya y'all nah okay ok".split())
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def check_perspective(text: str) -> str | None:
+    """Grammatical person by pronoun counts (None when no pronoun or a tie)."""
+    w = words(text)
+    c = {"first person": sum(x in _P1 for x in w), "second person": sum(x in _P2 for x in w),
+         "third person": sum(x in _P3 for x in w)}
+    best = max(c.values())
+    top = [k for k, v in c.items() if v == best]
+    return top[0] if best > 0 and len(top) == 1 else None
+
+
+def check_sentence_form(text: str) -> str | None:
+    """Question / exclamation / statement by the final punctuation."""
+    t = text.strip().rstrip("\"')]*").strip()
+    if not t:
+        return None
+    return {"?": "question", "!": "exclamation"}.get(t[-1], "statement")
+
+
+def check_sentiment(text: str) -> str | None:
+    """Positive / negative by a small lexicon (None on a tie)."""
+    w = words(text)
+    p, n = sum(x in _POS for x in w), sum(x in _NEG for x in w)
+    return "positive" if p > n else "negative" if n > p else None
+
+
+def check_formality(text: str) -> str:
+    """Casual if it has contractions, slang or '!!'; else formal."""
+    w = words(text)
+    casual = any("'" in x and not x.endswith("'") for x in w) or any(x in _SLANG for x in w)
+    return "casual" if casual or "!!" in text else "formal"
+
+
+def check_length(text: str) -> str:
+    n = len(text.split())
+    return "short" if n < 8 else "medium" if n <= 15 else "long"
+
+
+LIBRARY: dict[str, Dimension] = {
+    d.name: d for d in (
+        Dimension("Perspective", "categorical", ("first person", "second person",
+                                                  "third person"), check_perspective),
+        Dimension("Sentence form", "categorical", ("question", "exclamation", "statement"),
+                  check_sentence_form),
+        Dimension("Sentiment", "categorical", ("positive", "negative"), check_sentiment),
+        Dimension("Formality", "categorical", ("formal", "casual"), check_formality),
+        Dimension("Length band", "ordinal", ("short", "medium", "long"), check_length),
+    )
+}
+
+
+def library_dims(names: Sequence[str]) -> list[Dimension]:
+    """Library dimensions by name (DimensionError names the known ones)."""
+    out = []
+    for n in names:
+        if n not in LIBRARY:
+            raise DimensionError(f"unknown dimension {n!r}; library has {sorted(LIBRARY)}")
+        out.append(LIBRARY[n])
+    return out
+
+
+# ---------------------------------------------------------------------------- dimensions
+def dimension_prompt(prompt: str, n_dims: int, kind: str, context: str = "") -> str:
+    """Paraphrase of the released dimension requests (categorical: 6 values; ordinal: 5)."""
+    ctx = f"This is the context: {context}\n---end context ---\n" if context else ""
+    if kind == "categorical":
+        return (ctx + "A dimension is a set of qualitative, subjective categories with no right "
+                "answer, such as Tone, Setting, Style or Perspective. It must not judge writing "
+                "quality (not Length, Grammar, Quality or Clarity). Dimensions should be distinct "
+                f"and independent.\nList {n_dims} such dimensions, each with 6 values, by which "
+                f"answers to this prompt could be grouped: \"{prompt}\"\nReply only with JSON "
+                'like {"Dimension": ["value1", "value2", "value3", "value4", "value5", '
+                '"value6"]}.\nJSON:')
+    return (ctx + f"List {n_dims} ordinal dimensions: to what extent an answer to this prompt "
+            f"shows a quality: \"{prompt}\"\nReply only with JSON like "
+            '{"Dimension": ["lowest", "low", "moderate", "high", "highest"]} '
+            "(5 ordered levels).\nJSON:")
+
+
+def parse_dimensions(obj: Any, kind: str, n_values: int | None = None) -> list[Dimension]:
+    """Validates a parsed JSON object ``{name: [values]}`` into dimensions.
+
+    Raises:
+        DimensionError: not a non-empty dict of lists of >= 2 distinct short strings (or, for
+        ordinal dimensions with ``n_values``, not exactly that many levels).
+    """
+    if not isinstance(obj, dict) or not obj:
+        raise DimensionError(f"dimension JSON must be a non-empty object, got {type(obj).__name__}")
+    out = []
+    for name, vals in obj.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DimensionError(f"dimension name {name!r} must be a non-empty string")
+        if not isinstance(vals, list) or not all(isinstance(v, str) and v.strip() for v in vals):
+            raise DimensionError(f"dimension {name!r}: values must be a list of strings")
+        vals = tuple(dict.fromkeys(v.strip() for v in vals))
+        if n_values is not None and kind == "ordinal" and len(vals) != n_values:
+            raise DimensionError(f"ordinal dimension {name!r} needs {n_values} levels, "
+                                 f"got {len(vals)}")
+        if any(len(v) > 60 for v in vals):
+            raise DimensionError(f"dimension {name!r}: values longer than 60 characters")
+        out.append(Dimension(name.strip(), kind, vals))
+    return out
+
+
+@dataclasses.dataclass
+class DimStats:
+    """Dimension-generation bookkeeping: attempts, JSON-valid attempts, fallbacks."""
+
+    attempts: int = 0
+    valid: int = 0
+    calls: int = 0
+    fallbacks: int = 0
+
+    @property
+    def valid_rate(self) -> float:
+        return self.valid / max(self.attempts, 1)
+
+    @property
+    def fallback_rate(self) -> float:
+        return self.fallbacks / max(self.calls, 1)
+
+
+def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
+                        kinds: Sequence[str] = ("categorical", "ordinal"), retries: int = 5,
+                        cfg: GenConfig = GenConfig(max_tokens=200, temperature=0.7),
+                        stats: DimStats | None = None,
+                        fallback: Sequence[str] = ("Perspective", "Sentence form", "Sentiment",
+                                                   "Formality", "Length band")
+                        ) -> tuple[list[Dimension], DimStats]:
+    """Asks the LLM for dimensions of each kind; up to ``retries`` attempts per kind until the
+    JSON parses and validates; else falls back to library dimensions of that kind.
+
+    Returns:
+        (dimensions, stats) with stats.valid_rate / fallback_rate to report.
+    """
+    from jaxlm.llm.helpers import extract_json
+
+    stats = stats or DimStats()
+    dims: list[Dimension] = []
+    for kind in kinds:
+        stats.calls += 1
+        got = None
+        # the retries are sampled as one batch (distinct seeds per row); the first valid reply
+        # in order is used and attempts count as if they had run one after another
+        texts = _complete_batch(backend, [dimension_prompt(prompt, n_dims, kind)] * retries, cfg)
+        for text in texts:
+            stats.attempts += 1
+            try:
+                got = parse_dimensions(extract_json(text), kind,
+                                       5 if kind == "ordinal" else None)[:n_dims]
+                stats.valid += 1
+                break
+            except (ValueError, DimensionError):
+                continue
+        if got is None:
+            stats.fallbacks += 1
+            got = [d for d in library_dims(fallback) if d.kind == kind][:n_dims]
+        dims += got
+    return dims, stats
+
+
+# ---------------------------------------------------------------------------- generation
+def _complete_one(backend: Any, user: str, cfg: GenConfig) -> str:
+    return _complete_batch(backend, [user], cfg)[0]
+
+
+def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig) -> list[str]:
+    """One chat turn per prompt. Local white-box backends run all prompts as one left-padded
+    batch (``generate_ids`` with pad positions -1); others loop over ``chat``."""
+    caps = getattr(backend, "capabilities", frozenset())
+    if "masked_generate" in caps and hasattr(backend, "generate_ids") and len(users) > 1:
+        ids = [backend.encode(backend.apply_chat_template([{"role": "user", "content": u}]))
+               for u in users]
+        t = max(len(x) for x in ids)
+        pad = getattr(backend.tokenizer, "pad_id", 0)
+        toks = np.full((len(ids), t), pad, np.int32)
+        pos = np.full((len(ids), t), -1, np.int32)
+        for i, x in enumerate(ids):
+            toks[i, t - len(x):] = x
+            pos[i, t - len(x):] = np.arange(len(x))
+        outs = backend.generate_ids(toks, cfg=cfg, position_ids=pos)
+        res = []
+        for o in outs:
+            text = backend.decode(o)
+            for s in cfg.stop:
+                text = text.split(s)[0]
+            res.append(text.strip())
+        return res
+    return [backend.chat([{"role": "user", "content": u}], cfg)[0].text.strip() for u in users]
+
+
+def sample_combinations(dims: Sequence[Dimension], n: int, seed: int = 0,
+                        mode: str = "random") -> list[dict[str, str]]:
+    """``n`` value assignments: "random" draws one value per dimension uniformly (the released
+    behaviour); "cover" walks a shuffled full factorial so distinct combinations come first."""
+    if not dims:
+        raise DimensionError("sample_combinations: no dimensions")
+    rng = np.random.default_rng(seed)
+    if mode == "random":
+        return [{d.name: d.values[int(rng.integers(len(d.values)))] for d in dims}
+                for _ in range(n)]
+    if mode != "cover":
+        raise ValueError(f"mode must be random|cover, got {mode!r}")
+    total = math.prod(len(d.values) for d in dims)
+    if total > 100_000:
+        raise ValueError(f"cover: {total} combinations are too many to enumerate")
+    combos = list(itertools.product(*[d.values for d in dims]))
+    out = []
+    while len(out) < n:
+        for j in rng.permutation(len(combos)):
+            out.append(dict(zip([d.name for d in dims], combos[j], strict=True)))
+            if len(out) == n:
+                break
+    return out
+
+
+def response_prompt(prompt: str, reqs: dict[str, str] | None, word_limit: int = 30,
+                    context: str = "") -> str:
+    """The released request layout: limit, context, prompt, then "Requirements: dim: value"."""
+    ctx = f"This is the context: {context}\n---end context ---\n" if context else ""
+    body = f"Limit the response to {word_limit} words.\n####\n{ctx}Prompt: {prompt}\n####"
+    if reqs:
+        body += "\nRequirements:\n" + "\n".join(f"{k}: {v}" for k, v in reqs.items())
+    return body
+
+
+@dataclasses.dataclass
+class Response:
+    """A generated response with its labels and zoom-level abstractions."""
+
+    id: int
+    text: str
+    labels: dict[str, str]
+    title: str = ""
+    keywords: list[str] = dataclasses.field(default_factory=list)
+    summary: str = ""
+    neighbours: list[int] = dataclasses.field(default_factory=list)
+
+
+def generate_responses(backend: Any, prompt: str, combos: Sequence[dict[str, str] | None],
+                       cfg: GenConfig = GenConfig(max_tokens=40, temperature=0.7),
+                       word_limit: int = 30, batch: int = 20) -> list[Response]:
+    """One response per combination (``None`` = unstructured baseline, no requirements);
+    labels are the assigned values."""
+    out = []
+    for s in range(0, len(combos), batch):
+        chunk = combos[s: s + batch]
+        texts = _complete_batch(backend, [response_prompt(prompt, c, word_limit) for c in chunk],
+                                dataclasses.replace(cfg, seed=cfg.seed + s))
+        for c, t in zip(chunk, texts, strict=True):
+            out.append(Response(len(out), t, dict(c or {})))
+    return out
+
+
+def classify(backend: Any, text: str, dim: Dimension) -> str:
+    """LLM labelling for a dimension added later: PMI-calibrated likelihood of each value."""
+    from jaxlm.llm.helpers import choose
+
+    prefix = f"Text: {text}\nQuestion: which {dim.name} does the text have?\nAnswer:"
+    j, _ = choose(backend, prefix, [f" {v}" for v in dim.values], norm="pmi",
+                  null_prefix=f"Question: which {dim.name}?\nAnswer:")
+    return dim.values[j]
+
+
+_STOP = set("the a an and or of to in on for with is are be it this that as at by from your "
+            "you i we my our its their his her".split())
+
+
+def fallback_abstraction(text: str) -> dict[str, Any]:
+    """Programmatic title / keywords / summary when the LLM's JSON is invalid."""
+    w = [x for x in words(text) if x not in _STOP and len(x) > 2]
+    kw = [k for k, _ in Counter(w).most_common(5)]
+    tw = text.split()
+    return {"Title": " ".join(tw[:5]), "Key Words": kw, "Summary": " ".join(tw[:20])}
+
+
+def _valid_abstraction(text: str) -> dict[str, Any] | None:
+    from jaxlm.llm.helpers import extract_json
+
+    try:
+        o = extract_json(text)
+    except ValueError:
+        return None
+    if (isinstance(o, dict) and isinstance(o.get("Title"), str)
+            and isinstance(o.get("Key Words"), list) and isinstance(o.get("Summary"), str)):
+        o["Key Words"] = [str(k) for k in o["Key Words"]][:5]
+        return o
+    return None
+
+
+def abstract_responses(backend: Any, texts: Sequence[str], retries: int = 2,
+                       cfg: GenConfig = GenConfig(max_tokens=80, temperature=0.7)
+                       ) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Title (<= 5 words), Key Words (<= 5), Summary (<= 20 words) as JSON from the LLM, in
+    batches; invalid replies are retried up to ``retries`` rounds, then
+    ``fallback_abstraction`` is used (marked "fallback": True).
+
+    Returns:
+        (abstractions, {"attempts", "valid", "valid_rate", "fallback_rate"}).
+    """
+    req = ("Text: {}\nDescribe the text as JSON with keys \"Title\" (at most 5 words), "
+           "\"Key Words\" (a list of at most 5 words) and \"Summary\" (at most 20 words).\nJSON:")
+    out: list[dict[str, Any] | None] = [None] * len(texts)
+    attempts = valid = 0
+    for a in range(retries):
+        todo = [i for i, o in enumerate(out) if o is None]
+        if not todo:
+            break
+        replies = _complete_batch(backend, [req.format(texts[i]) for i in todo],
+                                  dataclasses.replace(cfg, seed=cfg.seed + a))
+        for i, rep in zip(todo, replies, strict=True):
+            attempts += 1
+            o = _valid_abstraction(rep)
+            if o is not None:
+                valid += 1
+                out[i] = o
+    fb = 0
+    for i, o in enumerate(out):
+        if o is None:
+            fb += 1
+            out[i] = dict(fallback_abstraction(texts[i]), fallback=True)
+    return out, {"attempts": attempts, "valid": valid,
+                 "valid_rate": valid / max(attempts, 1), "fallback_rate": fb / max(len(texts), 1)}
+
+
+# ---------------------------------------------------------------------------- metrics
+def label_fidelity(responses: Sequence[Response], dims: Sequence[Dimension]
+                   ) -> dict[str, dict[str, float]]:
+    """Per checkable dimension: agreement of the check with the assigned value, and chance."""
+    out = {}
+    for d in dims:
+        if d.check is None:
+            continue
+        rs = [r for r in responses if d.name in r.labels]
+        if not rs:
+            continue
+        agree = [d.check(r.text) == r.labels[d.name] for r in rs]
+        out[d.name] = {"fidelity": float(np.mean(agree)), "chance": 1.0 / len(d.values),
+                       "n": len(rs)}
+    return out
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Distinct n-grams / total n-grams over all texts."""
+    grams = [tuple(w[i: i + n]) for t in texts for w in [words(t)] for i in range(len(w) - n + 1)]
+    return len(set(grams)) / max(len(grams), 1)
+
+
+def bleu(hyp: Sequence[str], refs: Sequence[Sequence[str]], max_n: int = 4) -> float:
+    """Sentence BLEU with add-one smoothing for n > 1 and the brevity penalty."""
+    if not hyp:
+        return 0.0
+    logp = 0.0
+    for n in range(1, max_n + 1):
+        h = Counter(tuple(hyp[i: i + n]) for i in range(len(hyp) - n + 1))
+        maxref: Counter = Counter()
+        for r in refs:
+            for g, c in Counter(tuple(r[i: i + n]) for i in range(len(r) - n + 1)).items():
+                maxref[g] = max(maxref[g], c)
+        match = sum(min(c, maxref[g]) for g, c in h.items())
+        tot = max(sum(h.values()), 0)
+        add = 0 if n == 1 else 1
+        if match + add == 0:
+            return 0.0
+        logp += math.log((match + add) / (tot + add)) / max_n
+    rl = min((abs(len(r) - len(hyp)), len(r)) for r in refs)[1] if refs else len(hyp)
+    bp = 1.0 if len(hyp) > rl else math.exp(1 - rl / max(len(hyp), 1))
+    return bp * math.exp(logp)
+
+
+def self_bleu(texts: Sequence[str]) -> float:
+    """Mean BLEU of each text against all others (lower = more diverse)."""
+    toks = [words(t) for t in texts]
+    if len(toks) < 2:
+        return float("nan")
+    return float(np.mean([bleu(h, toks[:i] + toks[i + 1:]) for i, h in enumerate(toks)]))
+
+
+def tfidf_matrix(texts: Sequence[str]) -> np.ndarray:
+    """L2-normalised TF-IDF rows [N, V] (numpy; smooth idf)."""
+    toks = [words(t) for t in texts]
+    vocab = sorted({w for t in toks for w in t})
+    if not vocab:
+        return np.zeros((len(texts), 1))
+    idx = {w: j for j, w in enumerate(vocab)}
+    tf = np.zeros((len(texts), len(vocab)))
+    for i, t in enumerate(toks):
+        for w in t:
+            tf[i, idx[w]] += 1
+    df = (tf > 0).sum(0)
+    x = tf * (np.log((1 + len(texts)) / (1 + df)) + 1)
+    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+
+
+def diversity(texts: Sequence[str]) -> dict[str, float]:
+    """distinct-1/2, self-BLEU and mean pairwise TF-IDF cosine distance."""
+    x = tfidf_matrix(texts)
+    sim = x @ x.T
+    iu = np.triu_indices(len(texts), 1)
+    return {"distinct-1": distinct_n(texts, 1), "distinct-2": distinct_n(texts, 2),
+            "self-BLEU": self_bleu(texts),
+            "pairwise distance": float(np.mean(1 - sim[iu])) if len(iu[0]) else float("nan"),
+            "unique texts": float(len(set(texts)) / max(len(texts), 1))}
+
+
+def coverage(combos: Sequence[dict[str, str]], dims: Sequence[Dimension]) -> float:
+    """Distinct value combinations used / min(N, all combinations)."""
+    total = math.prod(len(d.values) for d in dims)
+    seen = {tuple(c[d.name] for d in dims) for c in combos}
+    return len(seen) / max(min(len(combos), total), 1)
+
+
+def add_neighbours(responses: Sequence[Response], k: int = 5) -> None:
+    """Precomputes "more like this": the k nearest responses by TF-IDF cosine."""
+    x = tfidf_matrix([r.text for r in responses])
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    for i, r in enumerate(responses):
+        r.neighbours = [int(j) for j in np.argsort(-sim[i], kind="stable")[:k]]
+
+
+# ---------------------------------------------------------------------------- page
+_CSS = """
+body{font-family:sans-serif;margin:12px;background:#fafafa}
+#controls{margin-bottom:8px} .filt{display:inline-block;margin-right:14px;font-size:12px}
+table.grid{border-collapse:collapse} table.grid td,table.grid th{border:1px solid #bbb;
+vertical-align:top;padding:4px;min-width:140px} table.grid th{background:#eee;font-size:13px}
+.card{display:inline-block;margin:2px;padding:3px;border-radius:5px;background:#fff;
+border:1px solid #ccc;max-width:260px;font-size:12px;vertical-align:top}
+.dot{display:inline-block;width:10px;height:10px;border-radius:5px;background:#3a7}
+.lvl{display:none} .z1 .l1,.z2 .l1,.z2 .l2,.z3 .l1,.z3 .l2,.z3 .l3,.z4 .l1,.z4 .l2,.z4 .l3,
+.z4 .l4{display:block} .l1{font-weight:bold} .l2{color:#555} .l4{white-space:pre-wrap}
+.hidden{display:none} .faded{opacity:.2} .sel{outline:2px solid #e60}
+.more{font-size:10px;cursor:pointer;color:#06c}
+"""
+
+_JS = """
+const D=JSON.parse(document.getElementById('data').textContent);
+const zoom=document.getElementById('zoom');
+function setZoom(){document.body.className='z'+zoom.value;
+ document.getElementById('zl').textContent=
+  ['dot','title','keywords','summary','full text'][zoom.value];}
+zoom.oninput=setZoom;setZoom();
+function applyFilters(){const on={};document.querySelectorAll('input.f').forEach(c=>{
+ (on[c.dataset.dim]=on[c.dataset.dim]||[]);if(c.checked)on[c.dataset.dim].push(c.value);});
+ D.responses.forEach(r=>{const el=document.getElementById('r'+r.id);let ok=true;
+  for(const k in r.labels){if(on[k]&&on[k].indexOf(r.labels[k])<0)ok=false;}
+  el.classList.toggle('hidden',!ok);});}
+document.querySelectorAll('input.f').forEach(c=>c.onchange=applyFilters);
+function more(id){const r=D.responses[id];const keep=new Set([id].concat(r.neighbours));
+ D.responses.forEach(x=>{const el=document.getElementById('r'+x.id);
+  el.classList.toggle('faded',!keep.has(x.id));el.classList.toggle('sel',x.id===id);});}
+function clearMore(){document.querySelectorAll('.card').forEach(e=>{
+ e.classList.remove('faded');e.classList.remove('sel');});}
+"""
+
+
+def render_html(prompt: str, responses: Sequence[Response], dims: Sequence[Dimension],
+                x_dim: str, y_dim: str, title: str = "Luminate design space",
+                zoom: int = 1, metrics: dict[str, Any] | None = None) -> str:
+    """A self-contained offline page (inline CSS/JS, no external resources).
+
+    The grid puts ``x_dim`` values on columns and ``y_dim`` values on rows; each response is
+    a card with five zoom levels (dot, title, keywords, summary, full text); per-dimension
+    value filters; "more like this" highlights the precomputed neighbours.
+
+    Raises:
+        DimensionError: ``x_dim`` / ``y_dim`` not among ``dims``.
+    """
+    by = {d.name: d for d in dims}
+    for a in (x_dim, y_dim):
+        if a not in by:
+            raise DimensionError(f"unknown dimension {a!r}; the page has {sorted(by)}")
+    if not 0 <= zoom <= 4:
+        raise ValueError(f"zoom must be in 0..4, got {zoom}")
+    e = html.escape
+    xs, ys = by[x_dim].values, by[y_dim].values
+    cells: dict[tuple[str, str], list[str]] = {(x, y): [] for x in xs for y in ys}
+    for r in responses:
+        key = (r.labels.get(x_dim), r.labels.get(y_dim))
+        if key not in cells:
+            continue
+        tip = "; ".join(f"{k}: {v}" for k, v in r.labels.items())
+        cells[key].append(
+            f'<div class="card" id="r{r.id}" title="{e(tip)}"><span class="dot"></span>'
+            f'<div class="lvl l1">{e(r.title)}</div>'
+            f'<div class="lvl l2">{e(", ".join(r.keywords))}</div>'
+            f'<div class="lvl l3">{e(r.summary)}</div><div class="lvl l4">{e(r.text)}</div>'
+            f'<span class="more" onclick="more({r.id})">more like this</span></div>')
+    rows = ["<tr><th>" + e(y_dim) + " \\ " + e(x_dim) + "</th>"
+            + "".join(f"<th>{e(x)}</th>" for x in xs) + "</tr>"]
+    for y in ys:
+        rows.append(f"<tr><th>{e(y)}</th>" + "".join(
+            f"<td>{''.join(cells[x, y])}</td>" for x in xs) + "</tr>")
+    filters = "".join(
+        f'<span class="filt"><b>{e(d.name)}</b>: ' + "".join(
+            f'<label><input type="checkbox" class="f" data-dim="{e(d.name)}" value="{e(v)}" '
+            f'checked>{e(v)}</label> ' for v in d.values) + "</span>" for d in dims)
+    data = {"prompt": prompt, "dims": [{"name": d.name, "kind": d.kind, "values": d.values}
+                                       for d in dims],
+            "responses": [dataclasses.asdict(r) for r in responses], "metrics": metrics or {}}
+    blob = json.dumps(data).replace("</", "<\\/")
+    met = ""
+    if metrics:
+        met = "<details><summary>metrics</summary><pre>" + e(
+            json.dumps(metrics, indent=1, default=str)) + "</pre></details>"
+    return (
+        f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{e(title)}</title>"
+        f"<style>{_CSS}</style></head><body class=\"z{zoom}\"><h2>{e(title)}</h2>"
+        f"<p>Prompt: <i>{e(prompt)}</i> &mdash; {len(responses)} responses</p>"
+        f"<div id=\"controls\">Zoom <input type=\"range\" id=\"zoom\" min=\"0\" max=\"4\" "
+        f"value=\"{zoom}\"> <span id=\"zl\"></span> <button onclick=\"clearMore()\">clear"
+        f"</button><br>{filters}</div>"
+        f"<table class=\"grid\">{''.join(rows)}</table>{met}"
+        f"<script type=\"application/json\" id=\"data\">{blob}</script>"
+        f"<script>{_JS}</script></body></html>")
+
+
+# ---------------------------------------------------------------------------- experiment
+@dataclasses.dataclass(frozen=True)
+class LuminateConfig:
+    """Luminate demo settings.
+
+    Attributes:
+        prompt: the writing task.
+        n: responses (structured and unstructured baseline each).
+        dims: library dimensions used to condition responses (checkable).
+        x_dim, y_dim: grid axes of the page.
+        sampler: "cover" (factorial coverage) or "random" (released behaviour).
+        llm_dims: also ask the LLM for dimensions (measures JSON validity / fallback).
+        dim_retries: attempts per dimension kind.
+        n_abstract: responses abstracted by the LLM (the rest use the fallback).
+        max_tokens, temperature, word_limit: response decoding (same for the baseline).
+        seed: sampling seed.
+    """
+
+    prompt: str = "Write a one-sentence slogan for a reusable water bottle."
+    n: int = 40
+    dims: tuple[str, ...] = ("Perspective", "Sentence form", "Sentiment", "Formality")
+    x_dim: str = "Sentence form"
+    y_dim: str = "Perspective"
+    sampler: str = "cover"
+    llm_dims: bool = True
+    dim_retries: int = 5
+    n_abstract: int = 40
+    max_tokens: int = 32
+    temperature: float = 0.7
+    word_limit: int = 20
+    seed: int = 0
+
+
+def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[str, Any]:
+    """Runs the pipeline and the unstructured baseline; writes luminate.html and
+    luminate.json under ``outdir`` when given.
+
+    Returns:
+        {"metrics": {...}, "responses": [...], "html": path or None}.
+    """
+    import pathlib
+    import time
+
+    dims = library_dims(cfg.dims)
+    for a in (cfg.x_dim, cfg.y_dim):
+        if a not in cfg.dims:
+            raise DimensionError(f"axis {a!r} is not among the chosen dimensions {cfg.dims}")
+    t0 = time.time()
+    timing = {}
+    metrics: dict[str, Any] = {}
+    if cfg.llm_dims:
+        llm_dims, st = generate_dimensions(
+            backend, cfg.prompt, 3, retries=cfg.dim_retries,
+            cfg=GenConfig(max_tokens=120, temperature=0.7, seed=cfg.seed))
+        metrics["dimension_json"] = {"valid_rate": st.valid_rate, "attempts": st.attempts,
+                                     "fallback_rate": st.fallback_rate,
+                                     "dims": [(d.name, d.kind, list(d.values)) for d in llm_dims]}
+        timing["dimensions_s"] = time.time() - t0
+    combos = sample_combinations(dims, cfg.n, cfg.seed, cfg.sampler)
+    gcfg = GenConfig(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
+                     stop=("\n\n",))
+    t1 = time.time()
+    resp = generate_responses(backend, cfg.prompt, combos, gcfg, cfg.word_limit)
+    base = generate_responses(backend, cfg.prompt, [None] * cfg.n, gcfg, cfg.word_limit)
+    timing["generation_s"] = time.time() - t1
+    t1 = time.time()
+    k = min(cfg.n_abstract, len(resp))
+    abst, ast = abstract_responses(backend, [r.text or "(empty)" for r in resp[:k]])
+    abst += [dict(fallback_abstraction(r.text), fallback=True) for r in resp[k:]]
+    for r, a in zip(resp, abst, strict=True):
+        r.title, r.keywords, r.summary = a["Title"], a["Key Words"], a["Summary"]
+    timing["abstraction_s"] = time.time() - t1
+    add_neighbours(resp)
+    metrics["abstraction_json"] = ast | {"n_llm": k}
+    metrics["label_fidelity"] = label_fidelity(resp, dims)
+    # the baseline's "fidelity" to the same combinations: how often the checks agree by chance
+    for r, c in zip(base, combos, strict=True):
+        r.labels = dict(c)
+    metrics["baseline_fidelity"] = label_fidelity(base, dims)
+    metrics["diversity_structured"] = diversity([r.text for r in resp])
+    metrics["diversity_unstructured"] = diversity([r.text for r in base])
+    metrics["coverage"] = coverage(combos, dims)
+    metrics["coverage_random_sampler"] = coverage(
+        sample_combinations(dims, cfg.n, cfg.seed, "random"), dims)
+    metrics["n"] = cfg.n
+    metrics["timing"] = timing
+    for r in base:
+        r.labels = {}
+    path = None
+    if outdir is not None:
+        outdir = pathlib.Path(outdir)
+        outdir.mkdir(parents=True, exist_ok=True)
+        path = outdir / "luminate.html"
+        path.write_text(render_html(cfg.prompt, resp, dims, cfg.x_dim, cfg.y_dim,
+                                    metrics=metrics), encoding="utf-8")
+        (outdir / "luminate.json").write_text(json.dumps(
+            {"metrics": metrics, "responses": [dataclasses.asdict(r) for r in resp],
+             "baseline": [r.text for r in base]}, indent=1, default=str))
+    return {"metrics": metrics, "responses": resp, "baseline": base, "dims": dims,
+            "html": str(path) if path else None}
+
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable",
+                  "chrome", "headless_shell")
+
+
+def find_chromium() -> str | None:
+    """Path of a Chromium/Chrome binary on PATH (None when none is installed)."""
+    import shutil
+
+    for n in CHROMIUM_NAMES:
+        p = shutil.which(n)
+        if p:
+            return p
+    return None
+
+
+def screenshot(html_path: Any, png_path: Any, size: tuple[int, int] = (1400, 1000),
+               timeout: float = 60.0) -> Any:
+    """Renders ``html_path`` with headless Chromium to ``png_path`` (offline).
+
+    Raises:
+        FileNotFoundError: no Chromium binary (see ``find_chromium``).
+    """
+    import pathlib
+    import subprocess
+
+    exe = find_chromium()
+    if exe is None:
+        raise FileNotFoundError(f"no Chromium binary on PATH (tried {CHROMIUM_NAMES})")
+    html_path, png_path = pathlib.Path(html_path).resolve(), pathlib.Path(png_path).resolve()
+    subprocess.run([exe, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+                    f"--window-size={size[0]},{size[1]}", f"--screenshot={png_path}",
+                    html_path.as_uri()], check=True, capture_output=True, timeout=timeout)
+    return png_path
