@@ -41,10 +41,11 @@ def test_lockstep_two_peers_equal_one_big_batch(tmp_path):
         for k, v in ref.items():
             if "'bk'" in k:  # zero-gradient leaf: Adam amplifies round-off (see test_swap)
                 continue
-            err = np.max(np.abs(got[k] - v)) / (np.max(np.abs(v)) + 1e-12)
-            # half-batch grads averaged vs one full-batch grad: summation order differs and
-            # Adam amplifies the f32 round-off
-            assert err < 5e-5, (r, k, err)
+            err = np.max(np.abs(got[k] - v))
+            # half-batch grads averaged vs one full-batch grad: the f32 summation order
+            # differs, and Adam's first steps (~lr * sign(g)) amplify it where g ~ 0:
+            # bound by 0.1% of one lr step
+            assert err < 1e-3 * spec.lr, (r, k, err)
     # both peers hold the same replica
     a, b = np.load(tmp_path / "peer.0.npz"), np.load(tmp_path / "peer.1.npz")
     assert all(np.array_equal(a[k], b[k]) for k in ref)
