@@ -76,7 +76,8 @@ def main(argv):
         step_s = max(r["median_step_s"] for r in res)  # steady state (after compile)
         metrics.update({"stage_cuts": cuts, "losses": res[-1]["losses"], "wall_s": wall,
                         "median_step_s": step_s,
-                        "tokens_per_s": _MICRO.value * spec.batch * t / step_s, "link_mbps": _LINK.value,
+                        "tokens_per_s": _MICRO.value * spec.batch * t / step_s,
+                        "link_mbps": _LINK.value,
                         "comm_fraction": max(r["comm_s"] for r in res) / wall})
         print(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, indent=1))
         (out / "atom_metrics.json").write_text(json.dumps(metrics, indent=1))

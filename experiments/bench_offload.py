@@ -34,7 +34,8 @@ def main(argv):
 
     host, dev = swap.default_devices()
     if _LARGE.value:
-        sizes, shape, mb = ["n_layers=8", "d_model=1024", "n_heads=8", "n_kv_heads=8", "d_ff=4096"], (8, 512), 1024
+        sizes = ["n_layers=8", "d_model=1024", "n_heads=8", "n_kv_heads=8", "d_ff=4096"]
+        shape, mb = (8, 512), 1024
     elif _QUICK.value:
         sizes, shape, mb = ["n_layers=4", "d_model=128"], (8, 128), 64
     else:

@@ -117,8 +117,9 @@ def run(ctx: RunContext) -> Section:
             "(the next computation is enqueued only after the previous one finishes).")
     ok_tables = worst <= 0.07
     verdict = "partially reproduced" if ok_tables else "not reproduced"
+    top20 = max(cross20) if cross20 else 0
     note = (f"The cost model reproduces every cell of the spec's tables to <= {worst:.2f} "
-            f"(abs). In the model, 20x appears for 1.3B only at <= {max(cross20) if cross20 else 0:g}"
+            f"(abs). In the model, 20x appears for 1.3B only at <= {top20:g}"
             f" Mb/s with a deep non-overlapped fp32 pipeline and Atom's sync overlapped; with a "
             f"blocking sync every 512 sequences Atom loses at {', '.join(f'{b:g}' for b in loses)}"
             " Mb/s. Only the model is reproduced: no multi-peer slow-network measurement.")

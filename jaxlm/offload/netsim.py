@@ -208,8 +208,12 @@ def submodel_costs(
     """
     k_n = len(compute_fwd)
     if not (len(load) == len(store) == k_n) or k_n == 0:
-        raise ValueError("submodel_costs: compute_fwd, load and store need the same non-zero length")
-    cb = list(bwd_compute) if bwd_compute is not None else [(2 + recompute) * c for c in compute_fwd]
+        raise ValueError(
+            "submodel_costs: compute_fwd, load and store need the same non-zero length")
+    if bwd_compute is not None:
+        cb = list(bwd_compute)
+    else:
+        cb = [(2 + recompute) * c for c in compute_fwd]
     h = list(load) + [0.0]
     t_fwd = h[0] + sum(max(compute_fwd[k], h[k + 1]) for k in range(k_n))
     t_bwd = 0.0
