@@ -12,10 +12,10 @@ collectives. Every peer runs its own ``SwapTrainer`` on its own data shard; the
 Lock-step is not fault tolerant: ``jax.distributed`` has a fixed process count and shuts
 every process down when one dies.
 
-Asynchronous decentralized mode (hivemind DHT + DecentralizedAverager, staleness bound,
-join/leave, killed peers): NOT IMPLEMENTED yet -- ``AsyncPeer`` raises NotImplementedError
-with the reason. hivemind 1.1.12 installs and imports on Python 3.12 (it pulls CPU torch as
-the tensor container); the wrapper, its timeouts/backoff and the 4-peer kill test remain.
+Asynchronous decentralized mode: ``jaxlm.offload.hive`` (experimental; hivemind DHT +
+DecentralizedAverager, local SGD with periodic parameter averaging, survives killed peers).
+Its collab_epoch/delayed modes, staleness bound and joiner state download are not
+implemented (``AsyncPeer`` raises NotImplementedError).
 
 Worker entry (used by the tests and ``experiments/atom_train.py``)::
 
@@ -213,13 +213,13 @@ def launch_lockstep(spec: PeerSpec, *, timeout: float = 240.0, python: str | Non
 class AsyncPeer:
     """Asynchronous decentralized peer over hivemind (DHT + DecentralizedAverager).
 
-    Not implemented: the hivemind wrapper (averaging period, staleness bound, target global
-    batch, join/leave, state download, adaptive timeouts with backoff) and its multi-process
-    kill test were out of time. hivemind 1.1.12 installs into the venv and imports on
-    Python 3.12.
+    Not implemented: hivemind collab_epoch / delayed modes (target global batch, global
+    sample counting), a staleness bound and joiner state download. The local-SGD async mode
+    exists in ``jaxlm.offload.hive``.
     """
 
     def __init__(self, *args, **kwargs):
         raise NotImplementedError(
-            "jaxlm.offload.peers.AsyncPeer (hivemind asynchronous mode) is not implemented yet; "
-            "use the lock-step mode (launch_lockstep / run_lockstep_peer) for multi-peer runs")
+            "jaxlm.offload.peers.AsyncPeer (hivemind collab_epoch/delayed modes) is not "
+            "implemented yet; use jaxlm.offload.hive (local SGD + hivemind averaging) or the "
+            "lock-step mode (launch_lockstep)")
