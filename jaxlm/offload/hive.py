@@ -170,3 +170,56 @@ def hive_main() -> None:
     res = run_hive_peer(HivePeerSpec(**d))
     print("HIVE_RESULT " + json.dumps(res), flush=True)
     os._exit(0)  # hivemind's daemon threads can hang interpreter shutdown
+
+
+def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = None,
+                kill_at: int = 0, timeout: float = 580.0, workdir: str = "/tmp"
+                ) -> list[dict[str, Any]]:
+    """Runs ``n_peers`` local peer processes; optionally SIGKILLs one after ``kill_at`` steps.
+
+    Returns the survivors' results. Every child is killed on exit.
+    """
+    import signal
+    import subprocess
+
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if os.path.exists(base.rendezvous):
+        os.remove(base.rendezvous)
+    procs, progs = [], []
+    try:
+        for p in range(n_peers):
+            prog = os.path.join(workdir, f"hive_prog{p}.txt")
+            if os.path.exists(prog):
+                os.remove(prog)
+            progs.append(prog)
+            d = dataclasses.asdict(dataclasses.replace(base, peer_id=p, progress=prog))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-c", "from jaxlm.offload.hive import hive_main; hive_main()",
+                 json.dumps(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=env))
+        t_end = time.monotonic() + timeout
+        if kill_peer is not None:
+            while time.monotonic() < t_end:
+                if os.path.exists(progs[kill_peer]):
+                    with open(progs[kill_peer]) as f:
+                        if len(f.read().splitlines()) >= kill_at:
+                            break
+                time.sleep(0.2)
+            procs[kill_peer].send_signal(signal.SIGKILL)
+            procs[kill_peer].wait()
+        results = []
+        for p, pr in enumerate(procs):
+            if p == kill_peer:
+                continue
+            out, err = pr.communicate(timeout=max(t_end - time.monotonic(), 5))
+            if pr.returncode != 0:
+                raise RuntimeError(f"hive peer {p} exited with {pr.returncode}: {err[-2000:]}")
+            line = [ln for ln in out.splitlines() if ln.startswith("HIVE_RESULT ")][-1]
+            results.append(json.loads(line[len("HIVE_RESULT "):]))
+        return results
+    finally:
+        for pr in procs:
+            if pr.poll() is None:
+                pr.kill()
+                pr.wait()
