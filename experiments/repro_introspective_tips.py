@@ -105,10 +105,11 @@ def run(ctx: RunContext) -> Section:
         verdict = "not reproduced"
         note = (f"Null result at 135M: LLM tips {tips:.2f} vs no tips {none:.2f} on the last "
                 f"trial (random {rnd:.2f}, oracle tips {orac:.2f}, walkthrough {wt:.2f}). The "
-                "oracle-tip ceiling shows the tips pathway can carry useful information into "
-                "the scoring actor" + (" " if plumbing_ok else " (but here it did not beat no "
-                "tips) ") + "; the 135M model does not write tips that help. The paper's gains "
-                "come from GPT-3.5/4-class models.")
+                "oracle-tip control tests whether the tips pathway can carry useful "
+                "information into the scoring actor at all"
+                + (" (here it helps a little)" if plumbing_ok else " (here it does not)")
+                + "; the 135M model does not write tips that help. The paper's gains come from "
+                "GPT-3.5/4-class models.")
     scale = (f"{len(specs)} games ({', '.join(s.name for s in specs)}), {trials} trials, "
              f"{max_steps} env steps" if ctx.quick else
              f"20 coin_easy games (levels 1-5), {trials} trials, {max_steps} env steps, S1+S2+S3")

@@ -588,11 +588,16 @@ def run_suite(envs, backend, *, methods=("random", "walkthrough", "none", "tips"
     if "S1" in scenarios:
         for m in methods:
             t0 = time.time()
-            n_tr = 1 if m in ("random", "walkthrough") and trials > 1 else trials
+            # methods whose prompt never changes across trials replay identically with a
+            # deterministic actor: play one trial and let it stand for all
+            fixed = m in ("random", "walkthrough") or (
+                m in ("none", "oracle_tips")
+                and (actor.mode == "score" or actor.gen.temperature == 0))
+            n_tr = 1 if fixed and trials > 1 else trials
             r = run_own_experience(envs, m, backend, trials=n_tr, actor=actor, tipgen=tipgen,
                                    seed=seed, log=log, progress=progress)
             per = r["trajectories"]
-            if n_tr < trials:  # memoryless controls: one trial stands for all
+            if n_tr < trials:
                 per = per * trials
             add("S1", m, per)
             if m in ("tips", "oracle_tips"):
