@@ -89,8 +89,8 @@ class EvalConfig:
 
 EVALS: Registry[EvalConfig] = Registry("kvcache eval")
 EVALS.add("keyformer", EvalConfig())
-EVALS.add("keyformer_quick", EvalConfig(prompt_tokens=320, n_text=2, n_passkey=2, n_conv=2,
-                                        new_tokens=32, seeds=(0,),
+EVALS.add("keyformer_quick", EvalConfig(prompt_tokens=320, n_text=2, n_passkey=2, n_conv=1,
+                                        new_tokens=32, seeds=(0,), prefill_batch=5,
                                         policies=("streaming", "h2o", "tova", "snapkv",
                                                   "keyformer-paper", "keyformer-reference")))
 _TEST = dict(model="smollm2-135m_test", prompt_tokens=48, n_text=2, n_passkey=1, n_conv=1,
