@@ -11,7 +11,11 @@
 Reports tokens/s, the plan (sub-models, predicted overlap), loss, time to --target_loss, and
 writes <workdir>/atom_metrics.json. ``--mode=pipeline`` runs the GPipe baseline (stage
 processes over loopback TCP, ``--link_mbps`` emulates a slow link). The asynchronous hivemind
-mode is not implemented yet.
+mode (``--mode=hive``, experimental: local SGD + hivemind parameter averaging every --period
+steps; ``--kill_at=50`` SIGKILLs the last peer mid-run) needs the ``decentralized`` extra::
+
+    python -m experiments.atom_train --mode=hive --peers=4 --kill_at=50 --steps=60 --period=10 \
+        --override=n_layers=2 --batch=4 --seq=16
 """
 
 from __future__ import annotations
@@ -24,7 +28,10 @@ from absl import app, flags
 
 _CONFIG = flags.DEFINE_string("config", "gptj-tiny_test", "Model preset (untied embeddings).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value model overrides.")
-_MODE = flags.DEFINE_enum("mode", "swap", ["swap", "resident", "peers", "pipeline"], "What to run.")
+_MODE = flags.DEFINE_enum("mode", "swap", ["swap", "resident", "peers", "pipeline", "hive"],
+                          "What to run.")
+_KILL_AT = flags.DEFINE_integer("kill_at", 0, "--mode=hive: SIGKILL the last peer after this "
+                                "many of its steps (0: no kill).")
 _CAP = flags.DEFINE_float("memory_cap_mb", 0.0, "Device memory cap for the planner (0: no cap, "
                           "one sub-model per layer group chosen by the planner at 1 GB).")
 _STEPS = flags.DEFINE_integer("steps", 30, "Training steps.")
@@ -62,6 +69,26 @@ def main(argv):
     stages.check_model(cfg)
     b, t = _BATCH.value, _SEQ.value
     metrics: dict = {"mode": _MODE.value, "config": _CONFIG.value, "overrides": _OVERRIDE.value}
+    if _MODE.value == "hive":
+        from jaxlm.offload import hive
+
+        base = hive.HivePeerSpec(0, str(out / "rendezvous.json"), _CONFIG.value,
+                                 tuple(_OVERRIDE.value), (cfg.n_layers // 2 + 1,), _STEPS.value,
+                                 _PERIOD.value, b, t, _LR.value, _SEED.value,
+                                 group_size=_PEERS.value)
+        kill = _PEERS.value - 1 if _KILL_AT.value > 0 else None
+        res = hive.launch_hive(base, _PEERS.value, kill_peer=kill, kill_at=_KILL_AT.value,
+                               workdir=str(out))
+        metrics.update({"peers": _PEERS.value, "killed_peer": kill, "kill_at": _KILL_AT.value,
+                        "survivors": [{k: r[k] for k in ("peer", "rounds", "group_sizes",
+                                                         "sync_s")} |
+                                      {"final_loss": r["losses"][-1],
+                                       "mean_last5": float(np.mean(r["losses"][-5:]))}
+                                      for r in res]})
+        metrics["mean_final_loss"] = float(np.mean([r["losses"][-1] for r in res]))
+        print(json.dumps(metrics, indent=1))
+        (out / "atom_metrics.json").write_text(json.dumps(metrics, indent=1))
+        return
     if _MODE.value == "pipeline":
         from jaxlm.offload import pipeline
 
