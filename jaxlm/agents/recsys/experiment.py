@@ -52,8 +52,8 @@ class RecExpConfig:
 
 
 QUICK = RecExpConfig(synth=SynthConfig(n_users=300, n_items=200, min_len=12, max_len=30),
-                     n_test=12, methods=("zero", "nearest:1", "aggregated:2"),
-                     scrambled_methods=("zero", "aggregated:2"), n_candidates=10,
+                     n_test=8, methods=("zero", "nearest:1", "aggregated:2"),
+                     scrambled_methods=("aggregated:2",), n_candidates=10,
                      max_his_len=5, sasrec_steps=100)
 
 
