@@ -15,6 +15,7 @@ pytest.importorskip("hivemind")
 from jaxlm.offload import hive  # noqa: E402
 
 
+@pytest.mark.slow
 def test_kill_one_of_three_peers(tmp_path):
     base = hive.HivePeerSpec(peer_id=0, rendezvous=str(tmp_path / "rdv.json"),
                              overrides=("n_layers=2",), steps=12, period=3, group_size=3,

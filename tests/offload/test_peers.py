@@ -20,6 +20,7 @@ def _port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_lockstep_two_peers_equal_one_big_batch(tmp_path):
     spec = peers.PeerSpec(coordinator=f"127.0.0.1:{_port()}", num_processes=2, process_id=0,
                           overrides=("n_layers=2",), cuts=(2,), steps=2, batch=2, seq=8,

@@ -1,6 +1,7 @@
 """Pipeline baseline: 2 stage processes over loopback TCP equal one resident step."""
 
 import jax
+import pytest
 import numpy as np
 import optax
 
@@ -12,6 +13,7 @@ from jaxlm.offload.swap import make_resident_step
 from jaxlm.utils.config import apply_overrides
 
 
+@pytest.mark.slow
 def test_two_stage_gpipe_matches_resident(tmp_path):
     spec = pipeline.StageSpec(ports=(), stage=0, stage_cuts=(2,), overrides=("n_layers=2",),
                               steps=2, micro=2, batch=2, seq=8, out=str(tmp_path / "st"))
