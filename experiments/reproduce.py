@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "mamba_nd": "experiments.repro_mamba_nd",
     "meanfield_icl": "experiments.repro_meanfield_icl",
     "antiunify": "experiments.repro_antiunify",
+    "introspective_tips": "experiments.repro_introspective_tips",
     "explain": "experiments.repro_explain",
     "tacs": "experiments.repro_tacs",
     "refresh_knowledge": "experiments.repro_refresh_knowledge",
