@@ -171,6 +171,13 @@ def parse_dimensions(obj: Any, kind: str, n_values: int | None = None) -> list[D
                                  f"got {len(vals)}")
         if any(len(v) > 60 for v in vals):
             raise DimensionError(f"dimension {name!r}: values longer than 60 characters")
+        if not re.search(r"[A-Za-z]{2}", name) or not all(re.search(r"[A-Za-z]", v)
+                                                          for v in vals):
+            raise DimensionError(f"dimension {name!r}: name and values must be words, got "
+                                 f"{vals!r}")
+        if kind == "categorical" and len(vals) < 3:
+            raise DimensionError(f"categorical dimension {name!r} needs >= 3 values, "
+                                 f"got {len(vals)}")
         out.append(Dimension(name.strip(), kind, vals))
     return out
 
@@ -602,7 +609,9 @@ class LuminateConfig:
         sampler: "cover" (factorial coverage) or "random" (released behaviour).
         llm_dims: also ask the LLM for dimensions (measures JSON validity / fallback).
         dim_retries: attempts per dimension kind.
+        dim_max_tokens: token budget of a dimension-JSON reply.
         n_abstract: responses abstracted by the LLM (the rest use the fallback).
+        abstract_max_tokens: token budget of an abstraction-JSON reply.
         max_tokens, temperature, word_limit: response decoding (same for the baseline).
         seed: sampling seed.
     """
@@ -615,7 +624,9 @@ class LuminateConfig:
     sampler: str = "cover"
     llm_dims: bool = True
     dim_retries: int = 5
+    dim_max_tokens: int = 120
     n_abstract: int = 40
+    abstract_max_tokens: int = 80
     max_tokens: int = 32
     temperature: float = 0.7
     word_limit: int = 20
@@ -642,7 +653,7 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
     if cfg.llm_dims:
         llm_dims, st = generate_dimensions(
             backend, cfg.prompt, 3, retries=cfg.dim_retries,
-            cfg=GenConfig(max_tokens=120, temperature=0.7, seed=cfg.seed))
+            cfg=GenConfig(max_tokens=cfg.dim_max_tokens, temperature=0.7, seed=cfg.seed))
         metrics["dimension_json"] = {"valid_rate": st.valid_rate, "attempts": st.attempts,
                                      "fallback_rate": st.fallback_rate,
                                      "dims": [(d.name, d.kind, list(d.values)) for d in llm_dims]}
@@ -656,7 +667,9 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
     timing["generation_s"] = time.time() - t1
     t1 = time.time()
     k = min(cfg.n_abstract, len(resp))
-    abst, ast = abstract_responses(backend, [r.text or "(empty)" for r in resp[:k]])
+    abst, ast = abstract_responses(
+        backend, [r.text or "(empty)" for r in resp[:k]],
+        cfg=GenConfig(max_tokens=cfg.abstract_max_tokens, temperature=0.7, seed=cfg.seed))
     abst += [dict(fallback_abstraction(r.text), fallback=True) for r in resp[k:]]
     for r, a in zip(resp, abst, strict=True):
         r.title, r.keywords, r.summary = a["Title"], a["Key Words"], a["Summary"]

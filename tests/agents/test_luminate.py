@@ -31,8 +31,12 @@ def test_other_checks():
 
 
 def test_parse_dimensions_and_library():
-    d = L.parse_dimensions({"Tone": ["warm", "cold", "warm"]}, "categorical")
-    assert d[0].values == ("warm", "cold") and d[0].kind == "categorical"
+    d = L.parse_dimensions({"Tone": ["warm", "cold", "warm", "dry"]}, "categorical")
+    assert d[0].values == ("warm", "cold", "dry") and d[0].kind == "categorical"
+    with pytest.raises(L.DimensionError, match="must be words"):
+        L.parse_dimensions({"1": ["Clarify", "6.7", "x"]}, "categorical")
+    with pytest.raises(L.DimensionError, match=">= 3 values"):
+        L.parse_dimensions({"Tone": ["a", "b"]}, "categorical")
     with pytest.raises(L.DimensionError, match="5 levels"):
         L.parse_dimensions({"Realism": ["low", "high"]}, "ordinal", 5)
     with pytest.raises(L.DimensionError, match="list of strings"):
@@ -49,7 +53,7 @@ def test_dimension_fallback_and_success():
     assert st.attempts == 6 and st.valid == 0 and st.fallback_rate == 1.0
     assert [d.name for d in dims] == ["Perspective", "Sentence form", "Length band"]
     good = ScriptedBackend(rules=[
-        ("6 values", 'Here: {"Tone": ["a", "b", "c", "d", "e", "f"], "Setting": ["x", "y"]}'),
+        ("6 values", 'Here: {"Tone": ["a", "b", "c", "d", "e", "f"], "Setting": ["x", "y", "z"]}'),
         ("ordered", '{"Realism": ["none", "low", "mid", "high", "full"]}')])
     dims, st = L.generate_dimensions(good, "slogan", 3, retries=3)
     assert st.valid_rate == 1.0 and st.fallback_rate == 0.0
