@@ -210,11 +210,13 @@ def profile_model(cfg: ModelConfig, batch: int, seq: int, *, tx: optax.GradientT
             pd = jax.device_put(pl, c_dev)
             rb = jax.device_put(real_batch, c_dev)
             xr = None if sub.first else jnp.zeros(x_shape.shape, x_shape.dtype, device=c_dev)
-            t_fwd = _time(f_c, pd, xr, rb)
+            # the AOT executables are bound to the default device: time the jitted functions
+            t_fwd = _time(sub.fwd, pd, xr, rb)
             if sub.last:
-                t_bwd = _time(b_c, pd, xr, rb)
+                t_bwd = _time(sub.loss_bwd, pd, xr, rb)
             else:
-                t_bwd = _time(b_c, pd, xr, jnp.ones(x_shape.shape, x_shape.dtype, device=c_dev), rb)
+                g = jnp.ones(x_shape.shape, x_shape.dtype, device=c_dev)
+                t_bwd = _time(sub.fwd_bwd, pd, xr, g, rb)
             t_h2d = _time(lambda: jax.device_put(pl, c_dev)) if pb else 0.0
             t_d2h = _time(lambda: jax.device_put(pd, h_dev)) if pb else 0.0
             t_bwd = max(t_bwd, t_fwd)
