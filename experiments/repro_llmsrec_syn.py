@@ -57,7 +57,8 @@ def run(ctx: RunContext) -> Section:
                f"users; {cfg.n_candidates} candidates (ground truth + random unseen); last "
                f"{cfg.max_his_len} history items; SmolLM2-135M-Instruct ranks candidates by "
                f"{cfg.norm.upper()} log-probability of '1. <title>'. Scrambled-title control "
-               "reruns zero-shot and aggregated. 95% bootstrap CIs over users."),
+               f"reruns {', '.join(cfg.scrambled_methods)}. 95% bootstrap CIs over users; "
+               "small n: CIs are wide."),
         table=rows,
         verdict=verdict,
         verdict_note=note,

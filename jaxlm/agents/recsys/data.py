@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import re
-import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -314,14 +313,21 @@ def generate_synthetic(cfg: SynthConfig = SynthConfig()) -> RecData:
 
 
 def scramble_titles(data: RecData, seed: int = 0) -> RecData:
-    """Control: the same interactions with random-string titles (same word count)."""
+    """Control: the same interactions with random pseudo-word titles (same word count).
+
+    Words are two random consonant-vowel syllables ("Kato Rimu"): meaningless, but they
+    tokenize into few tokens, so prompts stay about as long as with real titles."""
     rng = np.random.default_rng(seed)
-    letters = np.array(list(string.ascii_lowercase))
-    new = {}
+    cons, vows = list("bdfgklmnprstvz"), list("aeiou")
+    new, used = {}, set()
     for i, t in data.titles.items():
-        words = ["".join(rng.choice(letters, int(rng.integers(4, 9)))).capitalize()
+        while True:
+            w = [("".join(rng.choice(cons) + rng.choice(vows) for _ in range(2))).capitalize()
                  for _ in t.split()]
-        new[i] = " ".join(words)
+            if " ".join(w) not in used:
+                break
+        used.add(" ".join(w))
+        new[i] = " ".join(w)
     return dataclasses.replace(data, name=data.name + "-scrambled", titles=new)
 
 
