@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jaxlm-installed
-EXTRAS ?= test,reference,agents
+EXTRAS ?= test,reference,agents,decentralized
 
 # Find a Python >= 3.12: python3.13/python3.12 on PATH, or pyenv's 3.12/3.13.
 define find_python

@@ -32,6 +32,7 @@ REGISTRY: dict[str, str] = {
     "explain": "experiments.repro_explain",
     "tacs": "experiments.repro_tacs",
     "refresh_knowledge": "experiments.repro_refresh_knowledge",
+    "atom": "experiments.repro_atom",
 }
 
 _ONLY = flags.DEFINE_list("only", [], "Entry names to run (default: all). See --list.")
