@@ -25,6 +25,7 @@ from absl import app, flags, logging
 REGISTRY: dict[str, str] = {
     "smollm2": "experiments.repro_smollm2",
     "train_lm": "experiments.repro_train_lm",
+    "keyformer": "experiments.repro_keyformer",
     "mamba_nd": "experiments.repro_mamba_nd",
     "meanfield_icl": "experiments.repro_meanfield_icl",
     "antiunify": "experiments.repro_antiunify",
