@@ -3,6 +3,8 @@ SmolLM2-135M-Instruct; checkable dimensions, diversity vs unstructured sampling,
 
 from __future__ import annotations
 
+import dataclasses
+
 from jaxlm.utils.report import RunContext, Section
 
 NAME = "luminate"
@@ -13,8 +15,6 @@ def run(ctx: RunContext) -> Section:
     from experiments.luminate import presets
     from jaxlm.agents.luminate import find_chromium, run_luminate, screenshot
     from jaxlm.llm import LocalBackend
-
-    import dataclasses
 
     cfg = presets().get("quick" if ctx.quick else "default")
     cfg = dataclasses.replace(cfg, seed=ctx.seed)
@@ -80,6 +80,7 @@ def run(ctx: RunContext) -> Section:
         command="python -m experiments.reproduce --only=luminate" + (
             " --quick" if ctx.quick else ""),
         plots=plots,
-        metrics={k: v for k, v in m.items()},
-        extra=f"LLM-proposed dimensions: {dj.get('dims')}\n",
+        metrics=dict(m),
+        extra=(f"Dimensions from the dimension-generation step (LLM output where its JSON was "
+               f"valid, else the library fallback): {dj.get('dims')}\n"),
     )
