@@ -153,6 +153,12 @@ def test_similarity_selection_excludes_self(data, split):
     v = pool.users[9]  # a different user with u's exact recent history is found first
     assert pool.similar(-1, split.train[v], 1) == [v]
     assert pool.select(u, [], "zero", 1) == []
+    rec = pool.select(u, [], "recency", 4)  # latest validation interactions, self excluded
+    vt = sorted((data.times[v][-2] for v in pool.users if v != u), reverse=True)
+    assert [data.times[v][-2] for v in rec] == vt[:4] and u not in rec
+    r1, r2 = pool.select(u, [], "random", 3), pool.select(u, [], "random", 3)
+    assert r1 == r2 and len(set(r1)) == 3 and u not in r1  # seeded per user
+    assert len(pool.demos_for(u, split.train[u])) == 3
     with pytest.raises(ValueError, match="strategy"):
         PromptConfig("nope")
 
