@@ -30,6 +30,8 @@ REGISTRY: dict[str, str] = {
     "meanfield_icl": "experiments.repro_meanfield_icl",
     "antiunify": "experiments.repro_antiunify",
     "introspective_tips": "experiments.repro_introspective_tips",
+    "llmsrec_syn": "experiments.repro_llmsrec_syn",
+    "luminate": "experiments.repro_luminate",
     "explain": "experiments.repro_explain",
     "tacs": "experiments.repro_tacs",
     "refresh_knowledge": "experiments.repro_refresh_knowledge",
