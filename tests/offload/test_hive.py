@@ -8,9 +8,14 @@ import subprocess
 import sys
 import time
 
+import importlib.util
+
 import pytest
 
-pytest.importorskip("hivemind")
+# Checked without importing: hivemind forks helper processes on import, which must never
+# happen inside the pytest process (only the peer subprocesses import it).
+if importlib.util.find_spec("hivemind") is None:
+    pytest.skip("needs the `decentralized` extra (hivemind)", allow_module_level=True)
 
 from jaxlm.offload import hive  # noqa: E402
 
