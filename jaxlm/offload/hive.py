@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxlm.offload.procs import emit_result, spec_from_argv
+
 
 @dataclasses.dataclass(frozen=True)
 class HivePeerSpec:
@@ -164,11 +166,7 @@ def run_hive_peer(spec: HivePeerSpec) -> dict[str, Any]:
 
 def hive_main() -> None:
     """Process entry: ``argv[1]`` is a JSON ``HivePeerSpec``."""
-    d = json.loads(sys.argv[1])
-    d["overrides"] = tuple(d.get("overrides", ()))
-    d["cuts"] = tuple(d.get("cuts", ()))
-    res = run_hive_peer(HivePeerSpec(**d))
-    print("HIVE_RESULT " + json.dumps(res), flush=True)
+    emit_result("HIVE_RESULT", run_hive_peer(spec_from_argv(HivePeerSpec)))
     os._exit(0)  # hivemind's daemon threads can hang interpreter shutdown
 
 

@@ -25,11 +25,11 @@ Worker entry (used by the tests and ``experiments/atom_train.py``)::
 from __future__ import annotations
 
 import dataclasses
-import json
-import sys
 from typing import Any
 
 import numpy as np
+
+from jaxlm.offload.procs import emit_result, run_workers, spec_from_argv
 
 SYNC_MODES = ("collab_epoch", "local_sgd")
 
@@ -164,11 +164,7 @@ def run_lockstep_peer(spec: PeerSpec) -> dict[str, Any]:
 
 def worker_main() -> None:
     """Process entry: ``argv[1]`` is a JSON ``PeerSpec``."""
-    d = json.loads(sys.argv[1])
-    d["overrides"] = tuple(d.get("overrides", ()))
-    d["cuts"] = tuple(d.get("cuts", ()))
-    res = run_lockstep_peer(PeerSpec(**d))
-    print("PEER_RESULT " + json.dumps(res), flush=True)
+    emit_result("PEER_RESULT", run_lockstep_peer(spec_from_argv(PeerSpec)))
 
 
 def launch_lockstep(spec: PeerSpec, *, timeout: float = 240.0, python: str | None = None
@@ -177,37 +173,11 @@ def launch_lockstep(spec: PeerSpec, *, timeout: float = 240.0, python: str | Non
 
     Every child is killed if any fails or the timeout passes.
     """
-    import os
-    import subprocess
-    import time
-
-    py = python or sys.executable
-    procs = []
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    try:
-        for p in range(spec.num_processes):
-            d = dataclasses.asdict(dataclasses.replace(
-                spec, process_id=p, out=f"{spec.out}.{p}.npz" if spec.out else ""))
-            cmd = [py, "-c", "from jaxlm.offload.peers import worker_main; worker_main()",
-                   json.dumps(d)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env))
-        deadline = time.monotonic() + timeout
-        results = []
-        for pr in procs:
-            left = max(deadline - time.monotonic(), 1.0)
-            out, err = pr.communicate(timeout=left)
-            if pr.returncode != 0:
-                raise RuntimeError(f"peer exited with {pr.returncode}: {err[-2000:]}")
-            line = [ln for ln in out.splitlines() if ln.startswith("PEER_RESULT ")]
-            results.append(json.loads(line[-1][len("PEER_RESULT "):]))
-        return results
-    finally:
-        for pr in procs:
-            if pr.poll() is None:
-                pr.kill()
-                pr.wait()
+    specs = [dataclasses.replace(spec, process_id=p,
+                                 out=f"{spec.out}.{p}.npz" if spec.out else "")
+             for p in range(spec.num_processes)]
+    return run_workers("jaxlm.offload.peers:worker_main", specs, tag="PEER_RESULT",
+                       what="peer", timeout=timeout, python=python)
 
 
 class AsyncPeer:

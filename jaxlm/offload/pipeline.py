@@ -19,11 +19,12 @@ import dataclasses
 import json
 import socket
 import struct
-import sys
 import time
 from typing import Any
 
 import numpy as np
+
+from jaxlm.offload.procs import emit_result, run_workers, spec_from_argv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,47 +183,19 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
 
 def stage_main() -> None:
     """Process entry: ``argv[1]`` is a JSON ``StageSpec``."""
-    d = json.loads(sys.argv[1])
-    for k in ("ports", "stage_cuts", "overrides"):
-        d[k] = tuple(d.get(k, ()))
-    res = run_stage(StageSpec(**d))
-    print("STAGE_RESULT " + json.dumps(res), flush=True)
+    emit_result("STAGE_RESULT", run_stage(spec_from_argv(StageSpec)))
 
 
 def launch_pipeline(spec: StageSpec, *, timeout: float = 240.0) -> list[dict[str, Any]]:
     """Starts one process per stage on loopback and waits; kills all on any failure."""
-    import os
-    import subprocess
-
     n = len(spec.stage_cuts) + 1
     ports = []
     for _ in range(n - 1):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    procs = []
-    try:
-        for st in range(n):
-            d = dataclasses.asdict(dataclasses.replace(
-                spec, ports=tuple(ports), stage=st,
-                out=f"{spec.out}.{st}.npz" if spec.out else ""))
-            cmd = [sys.executable, "-c",
-                   "from jaxlm.offload.pipeline import stage_main; stage_main()", json.dumps(d)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env))
-        deadline = time.monotonic() + timeout
-        results = []
-        for pr in procs:
-            out, err = pr.communicate(timeout=max(deadline - time.monotonic(), 1.0))
-            if pr.returncode != 0:
-                raise RuntimeError(f"stage exited with {pr.returncode}: {err[-2000:]}")
-            line = [ln for ln in out.splitlines() if ln.startswith("STAGE_RESULT ")]
-            results.append(json.loads(line[-1][len("STAGE_RESULT "):]))
-        return results
-    finally:
-        for pr in procs:
-            if pr.poll() is None:
-                pr.kill()
-                pr.wait()
+    specs = [dataclasses.replace(spec, ports=tuple(ports), stage=st,
+                                 out=f"{spec.out}.{st}.npz" if spec.out else "")
+             for st in range(n)]
+    return run_workers("jaxlm.offload.pipeline:stage_main", specs, tag="STAGE_RESULT",
+                       what="stage", timeout=timeout)
