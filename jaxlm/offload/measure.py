@@ -2,7 +2,10 @@
 
 Overlap efficiency ``eta = t(staged, all resident) / t(swap step)``: the same sub-model
 functions and host optimizer, once with every sub-model already on the compute device and
-once swapped in from the host with prefetch. ``eta_monolithic`` compares with one fused
+once swapped in from the host with prefetch (``measure_overlap``, per prefetch mode).
+``copy_compute_overlap`` is the two-operation micro-benchmark
+``(T_compute + T_copy - T_both) / min(T_compute, T_copy)``; ``bandwidths`` the H2D/D2H
+bandwidths (pageable numpy vs ``pinned_host``). ``eta_monolithic`` compares with one fused
 jitted step of the whole model instead. Timings are medians of a few repeats after
 warm-up; on a shared, loaded CPU they are noisy (report them with that caveat).
 """
@@ -19,6 +22,7 @@ import optax
 
 from jaxlm.core import init
 from jaxlm.core.config import ModelConfig
+from jaxlm.offload import engines as eng
 from jaxlm.offload import stages as stg
 from jaxlm.offload import swap
 
@@ -48,47 +52,221 @@ def random_batch(cfg: ModelConfig, batch: int, seq: int, seed: int = 0) -> dict[
 
 def measure_overlap(cfg: ModelConfig, batch: int, seq: int, cuts: Sequence[int], *,
                     repeats: int = 3, seed: int = 0,
-                    tx: optax.GradientTransformation | None = None) -> dict[str, Any]:
-    """Times one swap step against the all-resident anchors.
+                    tx: optax.GradientTransformation | None = None,
+                    modes: Sequence[str] = ("dispatch", "thread", "none"),
+                    host_memory: str = "auto", monolithic: bool = True) -> dict[str, Any]:
+    """Times one swap step per prefetch mode against the all-resident anchors.
+
+    Overlap efficiency ``eta_<mode> = t(staged, all resident) / t(swap step, mode)``;
+    ``hidden_<mode>`` is the fraction of the serial copy time (mode "none" minus the anchor)
+    that the mode hides: ``(t_none - t_mode) / (t_none - t_staged)``. The per-phase split of
+    one thread-mode step (telemetry) gives the compute/load ratio per sub-model.
 
     Returns:
-        dict with t_swap, t_swap_noprefetch, t_staged_resident, t_monolithic (s), eta,
-        eta_noprefetch, eta_monolithic, h2d_bytes per step, tokens_per_s (swap).
+        dict with t_<mode>, eta_<mode>, hidden_<mode>, t_staged_resident, t_monolithic,
+        eta (best prefetching mode), phases (thread mode), compute_over_load, events.
     """
     tx = tx or optax.adam(1e-3)
     params = init(jax.random.key(seed), cfg)
     b = random_batch(cfg, batch, seq, seed)
-    tr = swap.SwapTrainer(cfg, params, tx, cuts, prefetch=True)
-    tr_np = swap.SwapTrainer(cfg, params, tx, cuts, prefetch=False)
-    for t in (tr, tr_np):
+    out: dict[str, Any] = {"cuts": list(cuts), "batch": batch, "seq": seq}
+    trainers = {m: swap.SwapTrainer(cfg, params, tx, cuts, prefetch=m, host_memory=host_memory)
+                for m in modes}
+    tr0 = next(iter(trainers.values()))
+    for t in trainers.values():
         t.step(b)
-    t_swap = float(np.median([tr.step(b).step_time for _ in range(repeats)]))
-    t_np = float(np.median([tr_np.step(b).step_time for _ in range(repeats)]))
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for _ in range(repeats):  # interleaved, so that load drift hits every mode alike
+        for m, t in trainers.items():
+            times[m].append(t.step(b).step_time)
     # staged, all resident: same sub-model functions and host update, no copies
     staged = swap.make_staged_resident_step(cfg, cuts)
-    groups_dev = jax.device_put(stg.group(stg.split_params(params, cfg), cuts), tr.dev)
-    bd = jax.device_put(b, tr.dev)
-    upd = tr._update
-    groups_host = tr.master
-    opt = tr.opt_state
+    groups_dev = jax.device_put(stg.group(stg.split_params(params, cfg), cuts), tr0.dev)
+    bd = jax.device_put(b, tr0.dev)
+    upd, groups_host, opt = tr0._update, tr0.master, tr0.opt_state
+
+    cpu_path = tr0.dev.platform == "cpu" and tr0.host.platform == "cpu"
+
+    def to_host(g):  # the trainers' fastest D2H path (memcpy on CPU)
+        return eng.cpu_copy(g, tr0.host) if cpu_path else jax.device_put(g, tr0.host)
 
     def staged_step():
         loss, grads = staged(groups_dev, bd)
-        out = [upd(groups_host[k], opt[k], jax.device_put(grads[k], tr.host))
-               for k in range(len(grads))]
-        return loss, out
+        if tr0.opt_mode != "host-eager":
+            return loss, grads
+        return loss, [upd(groups_host[k], opt[k], to_host(grads[k]))
+                      for k in range(len(grads))]
 
+    jax.block_until_ready(staged_step())
     t_staged = _median_time(staged_step, repeats)
-    ref = swap.make_resident_step(cfg, tx)
-    p_dev = jax.device_put(params, tr.dev)
-    s_dev = jax.device_put(tx.init(params), tr.dev)
-    jax.block_until_ready(ref(p_dev, s_dev, bd))
-    t_mono = _median_time(lambda: ref(p_dev, s_dev, bd), repeats)
-    stats = tr.step(b)
-    return {
-        "cuts": list(cuts), "num_submodels": tr.num_submodels, "batch": batch, "seq": seq,
-        "t_swap": t_swap, "t_swap_noprefetch": t_np, "t_staged_resident": t_staged,
-        "t_monolithic": t_mono, "eta": t_staged / t_swap, "eta_noprefetch": t_staged / t_np,
-        "eta_monolithic": t_mono / t_swap, "h2d_bytes": stats.h2d_bytes,
-        "tokens_per_s": batch * seq / t_swap, "devices": f"{tr.host} -> {tr.dev}",
-    }
+    jax.block_until_ready(staged(groups_dev, bd))
+    out["t_staged_compute_only"] = _median_time(lambda: staged(groups_dev, bd), repeats)
+    out.update({"num_submodels": tr0.num_submodels, "t_staged_resident": t_staged,
+                "devices": f"{tr0.host} -> {tr0.dev}", "host_memory": tr0.hostmem.kind,
+                "host_memory_note": tr0.hostmem.note, "h2d_bytes": tr0.step(b).h2d_bytes})
+    for m in modes:
+        out[f"t_{m}"] = float(np.median(times[m]))
+        out[f"eta_{m}"] = t_staged / out[f"t_{m}"]
+        # the spec's eta_swap: pure compute over the whole step (update cost included)
+        out[f"eta_swap_{m}"] = out["t_staged_compute_only"] / out[f"t_{m}"]
+    if "none" in modes:
+        serial = out["t_none"] - t_staged
+        for m in modes:
+            if m != "none":
+                out[f"hidden_{m}"] = (out["t_none"] - out[f"t_{m}"]) / serial if serial > 0 \
+                    else float("nan")
+    pre = [m for m in modes if m != "none"]
+    out["eta"] = max(out[f"eta_{m}"] for m in pre) if pre else out["eta_none"]
+    if "thread" in trainers:
+        st = trainers["thread"].step(b)
+        out["phases"] = {k: v for k, v in st.phases.items() if k != "per_submodel"}
+        per = st.phases["per_submodel"]
+        out["per_submodel"] = per
+        out["events"] = st.events
+        # forward is the binding phase: compute of k vs the load of k+1 it must hide
+        fwd: dict[int, float] = {}
+        for lane, k, a, e in sorted(st.events, key=lambda ev: ev[2]):
+            if lane == "compute" and k not in fwd:  # first compute of k: its forward
+                fwd[k] = e - a
+        loads = {k: v["h2d"] for k, v in per.items()}
+        ratios = [fwd[k] / loads[k + 1] for k in range(tr0.num_submodels - 1)
+                  if loads.get(k + 1, 0) > 0 and fwd.get(k, 0) > 0]
+        out["compute_over_load_fwd_min"] = min(ratios) if ratios else float("nan")
+        out["compute_over_load_fwd_median"] = float(np.median(ratios)) if ratios else float("nan")
+    for t in trainers.values():
+        t.close()
+    if monolithic:
+        ref = swap.make_resident_step(cfg, tx)
+        p_dev = jax.device_put(params, tr0.dev)
+        s_dev = jax.device_put(tx.init(params), tr0.dev)
+        jax.block_until_ready(ref(p_dev, s_dev, bd))
+        out["t_monolithic"] = _median_time(lambda: ref(p_dev, s_dev, bd), repeats)
+        out["eta_monolithic"] = out["t_monolithic"] / min(out[f"t_{m}"] for m in modes)
+    out["tokens_per_s"] = batch * seq / min(out[f"t_{m}"] for m in modes)
+    return out
+
+
+def copy_compute_overlap(nbytes: int, host: jax.Device, dev: jax.Device, *,
+                         compute_over_copy: float = 2.0, repeats: int = 5,
+                         pinned: bool = False) -> dict[str, Any]:
+    """Micro-benchmark: one copy of ``nbytes`` host->dev and one compute on dev, alone and
+    together.
+
+    The compute (a jitted chain of square matmuls on ``dev``) is sized by a short
+    calibration so that ``T_compute ~ compute_over_copy * T_copy``. Overlap efficiency
+    ``(T_compute + T_copy - T_both) / min(T_compute, T_copy)`` (1: the copy is completely
+    hidden, 0: serial). Two ways to issue both: "thread" (the copy on a copy-engine thread,
+    as the swap executor's thread mode) and "dispatch" (``jax.device_put`` then the compute,
+    relying on the runtime's asynchronous copy).
+
+    Returns:
+        dict with t_compute, t_copy, t_both_<way>, overlap_eff_<way> and the sizes.
+    """
+    n = nbytes // 4
+    src_np = eng.aligned_empty((n,), np.float32)
+    src_np[:] = 1.0
+    if pinned:
+        src = jax.block_until_ready(jax.device_put(src_np, eng.sharding(dev, "pinned_host")))
+    else:
+        src = jax.block_until_ready(jax.device_put(src_np, host))
+    arena = eng.StagingArena(nbytes, 1)
+    cpu_path = dev.platform == "cpu" and host.platform == "cpu" and not pinned
+    dev_sh = eng.sharding(dev, "device" if "device" in eng.memory_kinds(dev) else None)
+
+    def copy():
+        if cpu_path:
+            return eng.cpu_copy(src, dev, arena, 0)
+        return jax.block_until_ready(jax.device_put(src, dev_sh))
+
+    def copy_dispatch():
+        if cpu_path:
+            return jax.device_put(src, dev)
+        return jax.device_put(src, dev_sh)
+
+    copy()
+    t_copy = _median_time(copy, repeats)
+    # calibrate the compute: reps of an [m, m] matmul chain
+    m = 1024 if dev.platform != "cpu" else 512
+    a = jax.device_put(np.full((m, m), 1.0 / m, np.float32), dev)
+
+    def make(reps):
+        def f(x):
+            for _ in range(reps):
+                x = jax.numpy.tanh(x @ x)
+            return x
+        return jax.jit(f)
+
+    reps = 1
+    f = make(reps)
+    jax.block_until_ready(f(a))
+    t1 = _median_time(lambda: f(a), 3)
+    reps = max(1, int(round(compute_over_copy * t_copy / max(t1, 1e-6))))
+    reps = min(reps, 4096)
+    f = make(reps)
+    jax.block_until_ready(f(a))
+    t_comp = _median_time(lambda: f(a), repeats)
+    eng_thread = eng.CopyEngine("bench-h2d")
+
+    def both_thread():
+        fut = eng_thread.submit(copy)
+        r = jax.block_until_ready(f(a))
+        return fut.result(), r
+
+    def both_dispatch():
+        y = copy_dispatch()
+        r = f(a)
+        return jax.block_until_ready((y, r))
+
+    res = {"nbytes": nbytes, "pinned_source": pinned, "matmul": m, "reps": reps,
+           "t_compute": t_comp, "t_copy": t_copy, "copy_GBs": nbytes / t_copy / 1e9}
+    for name, fn in (("thread", both_thread), ("dispatch", both_dispatch)):
+        fn()
+        t = _median_time(fn, repeats)
+        res[f"t_both_{name}"] = t
+        res[f"overlap_eff_{name}"] = (t_comp + t_copy - t) / min(t_comp, t_copy)
+    eng_thread.close()
+    return res
+
+
+def bandwidths(nbytes: int, host: jax.Device, dev: jax.Device, repeats: int = 5
+               ) -> dict[str, Any]:
+    """Achieved copy bandwidths (GB/s) between host memory and ``dev``.
+
+    * ``h2d_pageable``: ``jax.device_put(numpy array, dev)``;
+    * ``d2h_pageable``: ``jax.device_put(device array, CPU backend device)``;
+    * ``h2d_pinned`` / ``d2h_pinned``: ``pinned_host`` <-> ``device`` memory of ``dev`` where
+      the device lists ``pinned_host`` (else the reason it was skipped);
+    * ``memcpy``: a numpy memcpy of the same size (the CPU copy engine's path).
+    """
+    n = nbytes // 4
+    x_np = eng.aligned_empty((n,), np.float32)
+    x_np[:] = 1.0
+    out: dict[str, Any] = {"nbytes": nbytes, "device": str(dev), "host": str(host)}
+    kinds = eng.memory_kinds(dev)
+    out["memory_kinds"] = list(kinds)
+    dev_sh = eng.sharding(dev, "device" if "device" in kinds else None)
+
+    def gbs(fn):
+        jax.block_until_ready(fn())
+        return nbytes / _median_time(fn, repeats) / 1e9
+
+    # pageable numpy -> device (unaligned copy so that CPU cannot alias the buffer)
+    x_unal = np.ones(n + 1, np.float32)[1:]
+    out["h2d_pageable_GBs"] = gbs(lambda: jax.device_put(x_unal, dev_sh))
+    x_dev = jax.block_until_ready(jax.device_put(x_np, dev_sh) + 0)
+    out["d2h_pageable_GBs"] = gbs(lambda: jax.device_put(x_dev, host))
+    dst = np.empty_like(x_np)
+    out["memcpy_GBs"] = gbs(lambda: np.copyto(dst, x_np))
+    if "pinned_host" in kinds:
+        try:
+            pin_sh = eng.sharding(dev, "pinned_host")
+            x_pin = jax.block_until_ready(jax.device_put(x_np, pin_sh))
+            out["h2d_pinned_GBs"] = gbs(lambda: jax.device_put(x_pin, dev_sh))
+            out["d2h_pinned_GBs"] = gbs(lambda: jax.device_put(x_dev, pin_sh))
+            out["pinned_note"] = ("pinned_host listed; on CPU it is the same RAM"
+                                  if dev.platform == "cpu" else "pinned_host listed")
+        except Exception as e:  # runtime lists the kind but the copy fails
+            out["pinned_note"] = f"pinned_host listed but the copy failed: {e!r}"[:300]
+    else:
+        out["pinned_note"] = f"{dev.platform} lists {list(kinds)}: no pinned_host, skipped"
+    return out

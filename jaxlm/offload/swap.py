@@ -36,6 +36,7 @@ import jax
 import optax
 
 from jaxlm.core.config import ModelConfig
+from jaxlm.offload import engines as eng
 from jaxlm.offload import stages as stg
 
 OPT_MODES = ("host-eager", "host-at-sync")
@@ -53,16 +54,26 @@ def default_devices() -> tuple[jax.Device, jax.Device]:
 
 @dataclasses.dataclass
 class StepStats:
-    """Telemetry of one swap step (seconds; wall clock, host side)."""
+    """Telemetry of one swap step (seconds; wall clock, host side).
+
+    ``phases`` (thread mode, or ``telemetry=True``) has the per-lane totals of
+    ``engines.Timeline.summary`` (h2d, compute, d2h, update, stall) and ``events`` the raw
+    ``(lane, k, t0, t1)`` list for a timeline plot.
+    """
 
     loss: float
     step_time: float
     h2d_bytes: int
     d2h_bytes: int
+    phases: dict[str, Any] | None = None
+    events: list[tuple[str, int, float, float]] | None = None
 
 
 def tree_bytes(tree: Any) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+PREFETCH = ("dispatch", "thread", "none")
 
 
 class SwapTrainer:
@@ -75,16 +86,28 @@ class SwapTrainer:
         cuts: sub-model boundaries over ``stages.layer_names(cfg)`` (e.g. a planner result).
         opt_mode: "host-eager" or "host-at-sync".
         host_device, compute_device: override ``default_devices()``.
-        prefetch: dispatch the copy of the next sub-model before the current compute
-            (False: load each sub-model right before it runs; for measuring overlap).
+        prefetch: how the copy of the next sub-model overlaps the current compute:
+            "dispatch" (or True): ``jax.device_put`` dispatched before the compute (overlaps
+            on backends with copy streams; not on CPU); "thread": copy engines (one H2D and
+            one D2H worker thread; gradients offloaded and the host update applied on the
+            D2H thread while backward goes on; real overlap on CPU); "none" (or False): load
+            each sub-model right before it runs (the serial anchor).
+        host_memory: "auto", "pinned_host" or "cpu" (see ``engines.choose_host_memory``).
+        telemetry: record per-phase events in dispatch/none modes too (adds a block after
+            each phase, so it perturbs dispatch-mode overlap; thread mode always records).
     """
 
     def __init__(self, cfg: ModelConfig, params: Any, tx: optax.GradientTransformation,
                  cuts: Sequence[int], *, opt_mode: str = "host-eager",
                  host_device: jax.Device | None = None, compute_device: jax.Device | None = None,
-                 prefetch: bool = True):
+                 prefetch: bool | str = True, host_memory: str = "auto",
+                 telemetry: bool = False):
         if opt_mode not in OPT_MODES:
             raise ValueError(f"opt_mode must be one of {OPT_MODES}, got {opt_mode!r}")
+        if isinstance(prefetch, bool):
+            prefetch = "dispatch" if prefetch else "none"
+        if prefetch not in PREFETCH:
+            raise ValueError(f"prefetch must be a bool or one of {PREFETCH}, got {prefetch!r}")
         h, c = default_devices()
         self.host = host_device or h
         self.dev = compute_device or c
@@ -92,6 +115,8 @@ class SwapTrainer:
         self.tx = tx
         self.opt_mode = opt_mode
         self.prefetch = prefetch
+        self.telemetry = telemetry or prefetch == "thread"
+        self.hostmem = eng.choose_host_memory(self.dev, host_memory)
         self.subs = stg.make_submodels(cfg, cuts)
         self.cuts = list(cuts)
         groups = stg.group(stg.split_params(params, cfg), cuts)
@@ -108,6 +133,20 @@ class SwapTrainer:
         self._update = jax.jit(update)
         self._hook = None
         self.sub_bytes = [tree_bytes(g) for g in self.master]
+        self._dev_sh = eng.sharding(self.dev, "device" if "device" in self.hostmem.kinds
+                                    else None)
+        self.pinned: list[Any] | None = None
+        if self.hostmem.kind == "pinned_host":
+            self._pin_sh = eng.sharding(self.dev, "pinned_host")
+            self.pinned = [self._to_pinned(g) for g in self.master]
+        # CPU "device", thread/none modes: real memcpys into aligned staging slots, wrapped
+        # zero-copy (the dispatch mode keeps the runtime's own asynchronous device_put)
+        self._cpu_copy = (prefetch != "dispatch" and self.dev.platform == "cpu"
+                          and self.host.platform == "cpu" and self.pinned is None)
+        self.zero_copy = self._cpu_copy and eng.zero_copy_supported(self.dev)
+        self._arena = (eng.StagingArena(max(self.sub_bytes)) if self._cpu_copy else None)
+        self._h2d_engine = self._d2h_engine = None
+        self._tl: eng.Timeline | None = None
 
     @property
     def num_submodels(self) -> int:
@@ -117,8 +156,60 @@ class SwapTrainer:
         """The full master parameter tree (host arrays)."""
         return stg.merge_params([p for g in self.master for p in g])
 
+    def close(self) -> None:
+        """Stops the copy-engine threads (thread mode); the trainer stays usable."""
+        for e in (self._h2d_engine, self._d2h_engine):
+            if e is not None:
+                e.close()
+        self._h2d_engine = self._d2h_engine = None
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # ---- copies
+    def _to_pinned(self, g):
+        return jax.block_until_ready(jax.device_put(g, self._pin_sh))
+
     def _load(self, k: int):
-        return jax.device_put(self.master[k], self.dev)
+        """Dispatches the H2D copy of sub-model k (asynchronous where the backend is)."""
+        src = self.pinned[k] if self.pinned is not None else self.master[k]
+        return jax.device_put(src, self._dev_sh)
+
+    def _load_sync(self, k: int):
+        """H2D copy of sub-model k, complete on return (copy-engine thread)."""
+        t0 = time.perf_counter()
+        if self._cpu_copy:
+            out = eng.cpu_copy(self.master[k], self.dev, self._arena, slot=k % 2)
+        else:
+            out = jax.block_until_ready(self._load(k))
+        self._tl.add("h2d", k, t0, time.perf_counter())
+        return out
+
+    def _offload(self, k: int, gp):
+        """D2H copy of sub-model k's gradients, complete on return."""
+        t0 = time.perf_counter()
+        if self._cpu_copy:
+            out = eng.cpu_copy(gp, self.host)
+        else:
+            out = jax.block_until_ready(jax.device_put(gp, self.host))
+        self._tl.add("d2h", k, t0, time.perf_counter())
+        return out
+
+    def _offload_update(self, k: int, gp, grads: list[Any]) -> None:
+        grads[k] = self._offload(k, gp)
+        if self.opt_mode == "host-eager":
+            t0 = time.perf_counter()
+            self._eager(k, grads)
+            jax.block_until_ready(self.master[k])
+            self._tl.add("update", k, t0, time.perf_counter())
+
+    def _refresh_pinned(self, ks) -> None:
+        if self.pinned is not None:
+            for k in ks:
+                self.pinned[k] = self._to_pinned(self.master[k])
 
     def step(self, batch: dict[str, Any], grad_hook=None) -> StepStats:
         """One training step (forward, backward, host update) on ``batch``.
@@ -127,59 +218,157 @@ class SwapTrainer:
             batch: {"inputs", "targets"} int [B, T].
             grad_hook: optional ``hook(k, host_grads_k) -> host_grads_k`` applied to each
                 sub-model's gradients on the host before its update (e.g. a cross-peer
-                average); called for k = K-1 .. 0 in order on every peer.
+                average); called for k = K-1 .. 0 in order on every peer (in thread mode on
+                the D2H worker thread, still in that order).
         """
         self._hook = grad_hook
+        self._tl = eng.Timeline() if self.telemetry else None
         t0 = time.perf_counter()
+        if self.prefetch == "thread":
+            loss, h2d, d2h = self._step_thread(batch)
+        else:
+            loss, h2d, d2h = self._step_dispatch(batch)
+        if self.opt_mode == "host-at-sync":
+            if self._hook is not None:
+                self._grads = [self._hook(k, self._grads[k]) for k in range(len(self.subs))]
+            self.master, self.opt_state = self._update(self.master, self.opt_state,
+                                                       self._grads)
+            self._refresh_pinned(range(len(self.subs)))
+        self._grads = None
+        jax.block_until_ready(self.master)
+        loss = float(loss)
+        dt = time.perf_counter() - t0
+        if self._tl is None:
+            return StepStats(loss, dt, h2d, d2h)
+        return StepStats(loss, dt, h2d, d2h, self._tl.summary(), list(self._tl.events))
+
+    def _run(self, k: int, fn, *args):
+        """Runs a sub-model function; with telemetry it blocks and records the compute."""
+        if self._tl is None:
+            return fn(*args)
+        return self._tl.timed("compute", k, fn, *args)
+
+    def _step_dispatch(self, b):
         kn = len(self.subs)
-        b = jax.device_put(batch, self.dev)
+        tl = self._tl
+        b = jax.device_put(b, self._dev_sh)
         xs: list[Any] = [None] * kn
         dev: list[Any] = [None] * kn
         h2d = d2h = 0
+
+        def load(k):
+            if self._cpu_copy:
+                fn = lambda k: eng.cpu_copy(self.master[k], self.dev, self._arena, k % 2)  # noqa
+            else:
+                fn = self._load
+            if tl is None:
+                return fn(k)
+            return tl.timed("h2d", k, fn, k)
+
         # ---- forward
-        dev[0] = self._load(0)
+        dev[0] = load(0)
         h2d += self.sub_bytes[0]
         x = None
         for k in range(kn - 1):
-            if self.prefetch:
-                dev[k + 1] = self._load(k + 1)  # dispatched before compute of k
+            if self.prefetch == "dispatch":
+                dev[k + 1] = load(k + 1)  # dispatched before compute of k
             xs[k] = x
-            x = self.subs[k].fwd(dev[k], x, b)
+            x = self._run(k, self.subs[k].fwd, dev[k], x, b)
             dev[k] = None  # evict: the forward does not change weights
-            if not self.prefetch:
+            if self.prefetch == "none":
                 jax.block_until_ready(x)
-                dev[k + 1] = self._load(k + 1)
+                dev[k + 1] = load(k + 1)
             h2d += self.sub_bytes[k + 1]
         xs[kn - 1] = x
         # ---- backward (the last sub-model is still resident)
         grads: list[Any] = [None] * kn
-        if kn > 1 and self.prefetch:
-            dev[kn - 2] = self._load(kn - 2)
-        loss, gp, g = self.subs[-1].loss_bwd(dev[kn - 1], xs[kn - 1], b)
+        if kn > 1 and self.prefetch == "dispatch":
+            dev[kn - 2] = load(kn - 2)
+        loss, gp, g = self._run(kn - 1, self.subs[-1].loss_bwd, dev[kn - 1], xs[kn - 1], b)
         dev[kn - 1] = None
-        grads[kn - 1] = jax.device_put(gp, self.host)
+        grads[kn - 1] = self._d2h_dispatch(kn - 1, gp)
         d2h += self.sub_bytes[kn - 1]
-        self._eager(kn - 1, grads)
+        self._eager_timed(kn - 1, grads)
         for k in range(kn - 2, -1, -1):
-            if not self.prefetch:
+            if self.prefetch == "none":
                 jax.block_until_ready(g)
-                dev[k] = self._load(k)
+                dev[k] = load(k)
             h2d += self.sub_bytes[k]
-            if k > 0 and self.prefetch:
-                dev[k - 1] = self._load(k - 1)
-            gp, g = self.subs[k].fwd_bwd(dev[k], xs[k], g, b)
+            if k > 0 and self.prefetch == "dispatch":
+                dev[k - 1] = load(k - 1)
+            gp, g = self._run(k, self.subs[k].fwd_bwd, dev[k], xs[k], g, b)
             dev[k] = None
             xs[k] = None
-            grads[k] = jax.device_put(gp, self.host)
+            grads[k] = self._d2h_dispatch(k, gp)
             d2h += self.sub_bytes[k]
+            self._eager_timed(k, grads)
+        self._grads = grads
+        return loss, h2d, d2h
+
+    def _d2h_dispatch(self, k, gp):
+        fn = eng.cpu_copy if self._cpu_copy else jax.device_put
+        if self._tl is None:
+            return fn(gp, self.host)
+        return self._tl.timed("d2h", k, fn, gp, self.host)
+
+    def _eager_timed(self, k, grads):
+        if self._tl is None or self.opt_mode != "host-eager":
             self._eager(k, grads)
-        if self.opt_mode == "host-at-sync":
-            if self._hook is not None:
-                grads = [self._hook(k, grads[k]) for k in range(kn)]
-            self.master, self.opt_state = self._update(self.master, self.opt_state, grads)
-        jax.block_until_ready(self.master)
-        loss = float(loss)
-        return StepStats(loss, time.perf_counter() - t0, h2d, d2h)
+            return
+        t0 = time.perf_counter()
+        self._eager(k, grads)
+        jax.block_until_ready(self.master[k])
+        self._tl.add("update", k, t0, time.perf_counter())
+
+    def _step_thread(self, b):
+        """Copy-engine schedule: H2D thread prefetches, D2H thread offloads + updates."""
+        if self._h2d_engine is None:
+            self._h2d_engine = eng.CopyEngine("swap-h2d")
+            self._d2h_engine = eng.CopyEngine("swap-d2h")
+        kn, tl = len(self.subs), self._tl
+        b = jax.block_until_ready(jax.device_put(b, self._dev_sh))
+        loads: dict[int, Any] = {}
+        pending = []
+        grads: list[Any] = [None] * kn
+        xs: list[Any] = [None] * kn
+
+        def start(k):
+            loads[k] = self._h2d_engine.submit(self._load_sync, k)
+
+        def wait(k):
+            t0 = time.perf_counter()
+            out = loads.pop(k).result()
+            tl.add("stall", k, t0, time.perf_counter())
+            return out
+
+        start(0)
+        x = None
+        for k in range(kn - 1):
+            start(k + 1)
+            p = wait(k)
+            xs[k] = x
+            x = tl.timed("compute", k, self.subs[k].fwd, p, x, b)
+            del p
+        xs[kn - 1] = x
+        p = wait(kn - 1)  # the last sub-model stays resident through backward
+        if kn > 1:
+            start(kn - 2)
+        loss, gp, g = tl.timed("compute", kn - 1, self.subs[-1].loss_bwd, p, x, b)
+        del p
+        pending.append(self._d2h_engine.submit(self._offload_update, kn - 1, gp, grads))
+        for k in range(kn - 2, -1, -1):
+            if k > 0:
+                start(k - 1)
+            p = wait(k)
+            gp, g = tl.timed("compute", k, self.subs[k].fwd_bwd, p, xs[k], g, b)
+            del p
+            xs[k] = None
+            pending.append(self._d2h_engine.submit(self._offload_update, k, gp, grads))
+        for f in pending:
+            f.result()
+        self._grads = grads
+        n = sum(self.sub_bytes)
+        return loss, 2 * n - self.sub_bytes[-1], n
 
     def _eager(self, k: int, grads: list[Any]) -> None:
         if self.opt_mode == "host-eager":
@@ -188,6 +377,7 @@ class SwapTrainer:
             self.master[k], self.opt_state[k] = self._update(
                 self.master[k], self.opt_state[k], grads[k])
             grads[k] = None
+            self._refresh_pinned([k])
 
 
 def make_resident_step(cfg: ModelConfig, tx: optax.GradientTransformation):

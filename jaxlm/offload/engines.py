@@ -1,0 +1,245 @@
+"""Host memory placement, copy engines and per-phase telemetry for the swap executor.
+
+Host memory (``choose_host_memory``). What a backend supports is *detected* from
+``device.addressable_memories()``, never assumed:
+
+* ``pinned_host``: the compute device lists a ``pinned_host`` memory (GPU/TPU; the CPU
+  backend lists it too, see below). Master parameters and optimizer state stay on the
+  CPU backend (the host optimizer runs there); a working-copy mirror of every sub-model
+  lives in ``pinned_host`` memory of the compute device, refreshed after each host update,
+  and loads are ``pinned_host -> device`` copies (DMA on a GPU, at full PCIe bandwidth).
+* ``cpu``: master copy on the CPU backend device (pageable host RAM; numpy-backed), loads
+  are ``jax.device_put`` to the compute device (pageable: staged by the runtime on a GPU).
+
+The CPU backend lists ``device``, ``pinned_host`` and ``unpinned_host``, but all three are
+the same RAM: ``pinned_host`` is accepted when asked for (so the code path is tested on
+CPU), while ``auto`` picks ``cpu`` there because pinning buys nothing.
+
+Copy engines (``CopyEngine``): one worker thread per direction, the analogue of a GPU's
+copy streams. On a CPU "device" (a second CPU device of the same process) a load is a real
+``numpy`` memcpy into a 64-byte-aligned staging slot followed by a zero-copy
+``jax.device_put`` of that slot, so the memcpy runs on the copy thread (numpy releases the
+GIL) while XLA computes on the main thread. On a GPU the copy thread calls
+``jax.device_put`` and waits for it, which leaves the main thread free to dispatch compute.
+
+Telemetry (``Timeline``): ``(lane, sub-model, t0, t1)`` events for the lanes ``h2d``,
+``compute``, ``d2h``, ``update`` and ``stall`` (main thread waiting for a load), summaries
+per phase, and a Gantt plot (``plot_timeline``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import jax
+import numpy as np
+
+HOST_MEMORY = ("auto", "pinned_host", "cpu")
+ALIGN = 64  # bytes; XLA:CPU aliases numpy buffers aligned to this (zero-copy device_put)
+
+
+def memory_kinds(device: jax.Device) -> tuple[str, ...]:
+    """Memory kinds the device can address (``()`` if the runtime cannot tell)."""
+    try:
+        return tuple(m.kind for m in device.addressable_memories())
+    except Exception:  # older runtimes / devices without memories API
+        return ()
+
+
+@dataclasses.dataclass(frozen=True)
+class HostMemory:
+    """Where the swap executor keeps the host copy that loads read from.
+
+    Attributes:
+        kind: "pinned_host" or "cpu".
+        kinds: the memory kinds the compute device lists.
+        note: one line saying why this placement was chosen.
+    """
+
+    kind: str
+    kinds: tuple[str, ...]
+    note: str
+
+
+def choose_host_memory(compute: jax.Device, prefer: str = "auto") -> HostMemory:
+    """Detects host-memory support on ``compute`` and picks the placement.
+
+    Args:
+        compute: the compute device.
+        prefer: "auto" (pinned_host on an accelerator that lists it, else cpu),
+            "pinned_host" (error if not listed), or "cpu".
+
+    Returns:
+        HostMemory.
+
+    Raises:
+        ValueError: unknown ``prefer`` or ``pinned_host`` asked for but not supported.
+    """
+    if prefer not in HOST_MEMORY:
+        raise ValueError(f"host_memory must be one of {HOST_MEMORY}, got {prefer!r}")
+    kinds = memory_kinds(compute)
+    has = "pinned_host" in kinds
+    if prefer == "pinned_host":
+        if not has:
+            raise ValueError(
+                f"host_memory='pinned_host': {compute} ({compute.platform}) lists memory kinds "
+                f"{list(kinds)}, no pinned_host; use host_memory='cpu' (or 'auto')")
+        note = "pinned_host requested and listed by the device"
+        if compute.platform == "cpu":
+            note += " (CPU backend: pinned_host is the same RAM as device memory)"
+        return HostMemory("pinned_host", kinds, note)
+    if prefer == "cpu":
+        return HostMemory("cpu", kinds, "cpu requested (master copy on the CPU backend)")
+    if has and compute.platform != "cpu":
+        return HostMemory("pinned_host", kinds, f"{compute.platform} lists pinned_host")
+    if compute.platform == "cpu":
+        why = (f"CPU backend lists {list(kinds)}, but every kind is the same RAM: pinning buys "
+               "nothing, numpy/CPU-backend master copy used")
+    else:
+        why = f"{compute.platform} lists {list(kinds)} (no pinned_host): pageable host copy"
+    return HostMemory("cpu", kinds, why)
+
+
+def sharding(device: jax.Device, kind: str | None = None) -> jax.sharding.Sharding:
+    """Single-device sharding, optionally in a given memory kind."""
+    if kind is None:
+        return jax.sharding.SingleDeviceSharding(device)
+    return jax.sharding.SingleDeviceSharding(device, memory_kind=kind)
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = ALIGN) -> np.ndarray:
+    """An uninitialised numpy array whose data pointer is ``align``-byte aligned."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(n + align, np.uint8)
+    off = (-raw.ctypes.data) % align
+    return raw[off:off + n].view(dtype).reshape(shape)
+
+
+class StagingArena:
+    """``slots`` aligned byte buffers ("device memory" of a CPU device), carved per load.
+
+    The swap schedule alternates sub-model parity (k and k+1 are never in the same slot),
+    so two slots give double buffering; a slot is rewritten only after the compute that
+    read it has finished (the executor blocks on each compute in thread mode).
+    """
+
+    def __init__(self, slot_bytes: int, slots: int = 2):
+        self.slot_bytes = slot_bytes + ALIGN * 256
+        self.buf = [aligned_empty((self.slot_bytes,), np.uint8) for _ in range(slots)]
+
+    def carve(self, slot: int, leaves: list[np.ndarray]) -> list[np.ndarray] | None:
+        """Aligned views of slot ``slot`` shaped like ``leaves`` (None if they do not fit)."""
+        out, off, buf = [], 0, self.buf[slot % len(self.buf)]
+        for x in leaves:
+            n = x.size * x.dtype.itemsize
+            if off + n > buf.size:
+                return None
+            out.append(buf[off:off + n].view(x.dtype).reshape(x.shape))
+            off += -(-n // ALIGN) * ALIGN
+        return out
+
+
+def cpu_copy(tree: Any, dst_device: jax.Device, arena: StagingArena | None = None,
+             slot: int = 0) -> Any:
+    """Real memcpy of a CPU-resident tree into aligned buffers, wrapped zero-copy on
+    ``dst_device`` (a CPU device). Runs on the calling thread."""
+    leaves, tdef = jax.tree.flatten(tree)
+    src = [np.asarray(x) for x in leaves]
+    dst = arena.carve(slot, src) if arena is not None else None
+    if dst is None:
+        dst = [aligned_empty(x.shape, x.dtype) for x in src]
+    for d, s in zip(dst, src):
+        np.copyto(d, s)
+    return jax.tree.unflatten(tdef, [jax.device_put(d, dst_device) for d in dst])
+
+
+def zero_copy_supported(device: jax.Device) -> bool:
+    """Whether ``jax.device_put`` of an aligned numpy array aliases it on ``device``."""
+    if device.platform != "cpu":
+        return False
+    x = aligned_empty((1024,), np.float32)
+    x[:] = 1.0
+    y = jax.device_put(x, device)
+    try:
+        return y.unsafe_buffer_pointer() == x.ctypes.data
+    except Exception:
+        return False
+
+
+class CopyEngine:
+    """One worker thread running copies in submission order (a copy stream)."""
+
+    def __init__(self, name: str):
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+    def submit(self, fn, *args) -> Future:
+        return self._ex.submit(fn, *args)
+
+    def close(self) -> None:
+        self._ex.shutdown(wait=True)
+
+
+LANES = ("h2d", "compute", "d2h", "update", "stall")
+
+
+class Timeline:
+    """Thread-safe list of ``(lane, k, t0, t1)`` events (seconds since ``start``)."""
+
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.events: list[tuple[str, int, float, float]] = []
+        self._lock = threading.Lock()
+
+    def add(self, lane: str, k: int, t0: float, t1: float) -> None:
+        with self._lock:
+            self.events.append((lane, k, t0 - self.start, t1 - self.start))
+
+    def timed(self, lane: str, k: int, fn, *args):
+        """Calls ``fn(*args)``, blocks on the result and records it in ``lane``."""
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        self.add(lane, k, t0, time.perf_counter())
+        return out
+
+    def summary(self) -> dict[str, float]:
+        """Total seconds per lane, the span, and the per-sub-model split."""
+        out: dict[str, Any] = {f"{lane}_s": 0.0 for lane in LANES}
+        per: dict[int, dict[str, float]] = {}
+        for lane, k, a, b in self.events:
+            out[f"{lane}_s"] += b - a
+            per.setdefault(k, {l: 0.0 for l in LANES})[lane] += b - a
+        out["span_s"] = max((b for *_, b in self.events), default=0.0)
+        out["per_submodel"] = {k: per[k] for k in sorted(per)}
+        return out
+
+
+def plot_timeline(events: list[tuple[str, int, float, float]], path: str, title: str = "") -> str:
+    """Gantt chart of one step's events (one row per lane), saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"h2d": "tab:blue", "compute": "tab:green", "d2h": "tab:orange",
+              "update": "tab:purple", "stall": "tab:red"}
+    fig, ax = plt.subplots(figsize=(10, 2.8))
+    for row, lane in enumerate(LANES):
+        for ln, k, a, b in events:
+            if ln != lane:
+                continue
+            ax.barh(row, (b - a) * 1e3, left=a * 1e3, color=colors[lane], edgecolor="k", lw=0.3)
+            if (b - a) * 1e3 > 0.02 * max(e[3] for e in events) * 1e3:
+                ax.text((a + b) / 2 * 1e3, row, str(k), ha="center", va="center", fontsize=6)
+    ax.set_yticks(range(len(LANES)), LANES)
+    ax.set_xlabel("ms since step start (numbers: sub-model index)")
+    ax.set_title(title, fontsize=8)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
