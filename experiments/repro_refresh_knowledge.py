@@ -22,12 +22,15 @@ def run(ctx: RunContext) -> Section:
     plots = experiment.plots(out, ctx.outdir)
     rows = [{"method": "unedited", "ES": _ci(out["pre"], "es"), "PS": _ci(out["pre"], "ps"),
              "NS": _ci(out["pre"], "ns"), "top-1 new": f"{out['pre']['top1']:.2f}",
-             "s/edit (median; first)": "-"}]
+             "fluency": f"{out['fluency_pre']:.3f}", "s/edit (median; first)": "-"}]
+    labels = {"rome": "ROME, C = I", "rome_cov": "ROME, estimated C",
+              "memit": "MEMIT (batch of 1)", "ft": "FT-L", "retrieval": "retrieval"}
     for name, s in out["single"].items():
         t = out["edit_seconds"].get(name, {})
         rows.append({
-            "method": name, "ES": _ci(s, "es"), "PS": _ci(s, "ps"), "NS": _ci(s, "ns"),
-            "top-1 new": f"{s['top1']:.2f}",
+            "method": labels.get(name, name), "ES": _ci(s, "es"), "PS": _ci(s, "ps"),
+            "NS": _ci(s, "ns"), "top-1 new": f"{s['top1']:.2f}",
+            "fluency": f"{s['fluency']:.3f}" if "fluency" in s else "-",
             "s/edit (median; first)": f"{t.get('median', 0):.1f}; {t.get('first', 0):.1f}",
         })
     seq_rows = []
@@ -53,8 +56,14 @@ def run(ctx: RunContext) -> Section:
     extra = (
         "**Facts the model knows** (measured, top-1 correct): "
         + ", ".join(f"{k}: {v['known']}/{v['candidates']}" for k, v in out["facts"].items())
-        + f". Edit layer {tr['layer_used']}; causal-tracing argmax in the first half: "
+        + f" ({len(out['cases_all'])} single-token known facts in all; the issue's 50 "
+        "sequential edits are capped at that number). "
+        f"Edit layer {tr['layer_used']}; causal-tracing argmax (layers 3..L/2): "
         f"{tr['argmax_first_half']}. Context prefixes: {out['contexts'][1:]}.\n\n"
+        "Timing: ROME with estimated C reuses the k*/v* optimisation of the C = I edit (they "
+        "do not depend on C), so its s/edit is that optimisation plus its own update; MEMIT "
+        "deltas are cached per request and shared by its single edits and batches. Fluency "
+        f"of single edits: mean over the first {out['config']['fluency_edits']} edits.\n\n"
         "**Sequential edits** (ROME/FT applied one after another; MEMIT as one batch of that "
         "size; retrieval memory of that size). Fluency = ROME n-gram entropy of greedy "
         f"continuations (unedited {out['fluency_pre']:.3f}).\n\n" + markdown_table(seq_rows)

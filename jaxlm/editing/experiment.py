@@ -45,11 +45,14 @@ class ExperimentConfig:
         ft_lr, ft_linf: FT-L settings.
         retrieval_threshold: scope check of the retrieval baseline (cosine).
         fluency_tokens: generated tokens per fluency prompt.
+        fluency_edits: single edits per method whose fluency is measured (the first ones).
+        sweep_layers: ROME (C = I) is also run at these layers on the first ``sweep_n``
+            facts (ES/PS/NS by layer, next to the causal-tracing curve).
         methods: which of rome, rome_cov, memit, ft, retrieval to run.
     """
 
     model: str = "smollm2-135m-instruct"
-    layer: int = 4
+    layer: int = -1
     memit_layers: tuple[int, ...] = ()
     n_single: int = 10
     seq_points: tuple[int, ...] = (1, 10, 50)
@@ -65,15 +68,19 @@ class ExperimentConfig:
     ft_linf: float = 5e-3
     retrieval_threshold: float = 0.0
     fluency_tokens: int = 40
+    fluency_edits: int = 5
+    sweep_layers: tuple[int, ...] = ()
+    sweep_n: int = 5
     methods: tuple[str, ...] = ("rome", "rome_cov", "memit", "ft", "retrieval")
     seq_methods: tuple[str, ...] = ("rome", "ft", "memit", "retrieval")
 
 
 EXPERIMENTS: Registry[ExperimentConfig] = Registry("refresh_knowledge")
-EXPERIMENTS.add("smollm2", ExperimentConfig())
+EXPERIMENTS.add("smollm2", ExperimentConfig(n_single=39, fluency_edits=3,
+                                            sweep_layers=(2, 4, 7, 10), sweep_n=4))
 EXPERIMENTS.add("smollm2_test", ExperimentConfig(
-    n_single=2, seq_points=(1, 3), n_trace=1, trace_samples=3, cov_tokens=4096,
-    fluency_tokens=24, seq_methods=("rome", "retrieval"),
+    n_single=2, seq_points=(1, 3), n_trace=1, trace_samples=3, cov_tokens=2048,
+    fluency_tokens=24, fluency_edits=1, seq_methods=("rome", "memit", "retrieval"),
 ))
 
 FLUENCY_PROMPTS = ("France is", "The city of", "My favourite country")
@@ -84,11 +91,19 @@ def _mean(rows, k):
     return float(np.mean(v)) if v else float("nan")
 
 
-def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int) -> np.ndarray:
-    """Normalised indirect effect of restoring each layer's MLP output (window 5) at the
-    subject's last token, averaged over ``n`` facts: [L]."""
-    from jaxlm.interpret.tracing import causal_trace
+def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int,
+                 window: int = 5) -> np.ndarray:
+    """Normalised indirect effect of restoring each layer's MLP output (a window of
+    ``window`` layers) at the subject's last token, averaged over ``n`` facts: [L].
 
+    Causal tracing (Meng et al.) with ``jaxlm.interpret.tracing``'s building blocks, but
+    only the subject's last token is swept (L restore masks instead of L x T).
+    """
+    from jaxlm.interpret.tracing import (embedding_noise_std, layer_window_masks,
+                                         restore_sweep, run_with_cache)
+
+    std = 3.0 * embedding_noise_std(params)
+    n_l = cfg.n_layers
     curves = []
     for i, c in enumerate(cases[:n]):
         r = c.request
@@ -96,10 +111,20 @@ def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int) -> np
         head = tok.encode(r.template[: r.template.index("{}")].rstrip())
         s0 = len(head) if list(e.ids[: len(head)]) == head else 0
         tid = tok.encode(r.text + r.target_true)[len(e.ids)]
-        res = causal_trace(params, cfg, np.asarray(e.ids), (s0, e.subject_last + 1), tid,
-                           n_samples=samples, key=jax.random.PRNGKey(seed + i), site="mlp_out",
-                           window=5)
-        curves.append(res.normalized_effect[:, e.subject_last])
+        ids = np.asarray(e.ids, np.int32)[None]
+        t = ids.shape[1]
+        logits, acts = run_with_cache(params, cfg, ids, ("mlp_out",))
+        p_clean = float(jax.nn.softmax(logits[0, -1])[tid])
+        span = np.zeros((t,), np.float32)
+        span[s0 : e.subject_last + 1] = 1.0
+        eps = jax.random.normal(jax.random.PRNGKey(seed + i), (samples, t, cfg.d_model))
+        delta = std * eps * span[None, :, None]
+        masks = layer_window_masks(n_l, t, window).reshape(n_l, t, n_l, t)[:, e.subject_last]
+        masks = np.concatenate([np.zeros((1, n_l, t), bool), masks])  # row 0: restore nothing
+        probs = np.asarray(restore_sweep(params, np.repeat(ids, samples, 0), delta,
+                                         acts["mlp_out"][:, 0], masks, int(tid), cfg=cfg,
+                                         site="mlp_out"))
+        curves.append((probs[1:] - probs[0]) / (p_clean - probs[0]))
     return np.mean(curves, axis=0)
 
 
@@ -115,6 +140,8 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     cfg, tok = m.cfg, m.tokenizer
     params = hooks.as_jax(m.params)
     out: dict[str, Any] = {"config": dataclasses.asdict(ecfg), "timings": {}}
+    out["timings"]["load"] = time.perf_counter() - t_start
+    t0 = time.perf_counter()
     cases, report = data.build_cases(params, cfg, tok, cache_path=workdir / "cases.json")
     out["facts"] = {k: {"candidates": v["candidates"], "known": v["known"]}
                     for k, v in report.items()}
@@ -127,6 +154,7 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
                                  seed=seed)
         ctx_path.write_text(json.dumps(contexts))
     out["contexts"] = contexts
+    out["timings"]["facts_contexts"] = time.perf_counter() - t0
 
     # causal tracing over capital facts -> edit layer
     t0 = time.perf_counter()
@@ -137,6 +165,7 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     lo, half = 3, cfg.n_layers // 2
     traced = lo + int(np.argmax(curve[lo:half]))
     layer = traced if ecfg.layer < 0 else ecfg.layer
+    out["timings"]["trace"] = time.perf_counter() - t0
     out["trace"] = {"curve": curve.tolist(), "argmax_first_half": traced, "layer_used": layer,
                     "seconds": time.perf_counter() - t0}
     log(f"tracing argmax (first half) = {traced}; editing layer {layer}")
@@ -150,61 +179,101 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
 
     n = min(ecfg.n_single, len(cases))
     single = cases[:n]
+    t0 = time.perf_counter()
     pre = metrics.evaluate_cases(params, cfg, tok, single)
     out["pre"] = metrics.summarize(pre)
+    out["timings"]["pre_eval"] = time.perf_counter() - t0
+    rome_hp = rome.RomeConfig(layer, vcfg)
+    rome_cov_hp = rome.RomeConfig(layer, vcfg, use_cov=True)
+    ft_hp = baselines.FTConfig(layer, lr=ecfg.ft_lr, linf=ecfg.ft_linf)
+    memit_hp = memit.MemitConfig(mlayers, vcfg, ecfg.memit_lambda, use_cov=True)
+    memit_cache: dict = {}  # request -> delta at the top MEMIT layer (batch-independent)
     methods = {
-        "rome": lambda p, r: rome.rome_edit(p, cfg, tok, r, rome.RomeConfig(layer, vcfg),
-                                            contexts=contexts),
-        "rome_cov": lambda p, r: rome.rome_edit(
-            p, cfg, tok, r, rome.RomeConfig(layer, vcfg, use_cov=True), contexts=contexts,
-            cov=covs[layer]),
-        "ft": lambda p, r: baselines.ft_edit(
-            p, cfg, tok, r, baselines.FTConfig(layer, lr=ecfg.ft_lr, linf=ecfg.ft_linf)),
+        "rome": lambda p, r: rome.rome_edit(p, cfg, tok, r, rome_hp, contexts=contexts),
+        "ft": lambda p, r: baselines.ft_edit(p, cfg, tok, r, ft_hp),
     }
-    total = sum(n for k in methods if k in ecfg.methods) + (n if "memit" in ecfg.methods else 0)
+    active = [k for k in ("rome", "rome_cov", "memit", "ft") if k in ecfg.methods]
     n_seq = max(ecfg.seq_points, default=0) * sum(k in ecfg.seq_methods for k in ("rome", "ft"))
-    pbar = bar(total=total + n_seq, desc="edits") if bar else None
-    single_rows: dict[str, list[dict]] = {}
-    edit_seconds: dict[str, list[float]] = {}
-    for name, fn in methods.items():
-        if name not in ecfg.methods:
-            continue
-        rows, secs = [], []
-        for c in single:
-            t0 = time.perf_counter()
-            newp, info = fn(params, c.request)
-            secs.append(time.perf_counter() - t0)
-            rows.append(metrics.evaluate_cases(newp, cfg, tok, [c])[0])
-            if pbar:
-                pbar.update(1)
-        single_rows[name], edit_seconds[name] = rows, secs
-        log(f"{name}: {metrics.summarize(rows)} ({np.median(secs):.1f} s/edit)")
-    if "memit" in ecfg.methods:
-        t0 = time.perf_counter()
-        hp = memit.MemitConfig(mlayers, vcfg, ecfg.memit_lambda, use_cov=True)
-        newp, info = memit.memit_edit(params, cfg, tok, [c.request for c in single], hp,
-                                      contexts=contexts, covs=covs)
-        edit_seconds["memit"] = [(time.perf_counter() - t0) / n]
-        single_rows["memit"] = metrics.evaluate_cases(newp, cfg, tok, single)
+    pbar = bar(total=n * len(active) + n_seq, desc="edits") if bar else None
+    single_rows: dict[str, list[dict]] = {k: [] for k in active}
+    edit_seconds: dict[str, list[float]] = {k: [] for k in active}
+    single_flu: dict[str, list[float]] = {k: [] for k in active}
+    t_m = {k: 0.0 for k in active}
+
+    def record(name, i, c, newp, secs):
+        t1 = time.perf_counter()
+        single_rows[name].append(metrics.evaluate_cases(newp, cfg, tok, [c])[0])
+        if i < ecfg.fluency_edits:
+            single_flu[name].append(metrics.fluency(newp, cfg, tok, FLUENCY_PROMPTS,
+                                                    max_new_tokens=ecfg.fluency_tokens)[0])
+        edit_seconds[name].append(secs)
+        t_m[name] += secs + time.perf_counter() - t1
         if pbar:
-            pbar.update(n)
-        log(f"memit batch of {n}: {metrics.summarize(single_rows['memit'])}")
+            pbar.update(1)
+
+    for i, c in enumerate(single):
+        value = None
+        if "rome" in active or "rome_cov" in active:
+            t0 = time.perf_counter()
+            newp, info = rome.rome_edit(params, cfg, tok, c.request, rome_hp, contexts=contexts)
+            t_rome, value = time.perf_counter() - t0, info.value
+            if "rome" in active:
+                record("rome", i, c, newp, t_rome)
+        if "rome_cov" in active:
+            # k* and v* do not depend on C: reuse the optimisation, time only the update
+            t0 = time.perf_counter()
+            newp, info = rome.rome_edit(params, cfg, tok, c.request, rome_cov_hp,
+                                        contexts=contexts, cov=covs[layer], value=value)
+            record("rome_cov", i, c, newp, t_rome + time.perf_counter() - t0)
+        if "memit" in active:
+            t0 = time.perf_counter()
+            newp, _ = memit.memit_edit(params, cfg, tok, [c.request], memit_hp,
+                                       contexts=contexts, covs=covs, value_cache=memit_cache)
+            record("memit", i, c, newp, time.perf_counter() - t0)
+        if "ft" in active:
+            t0 = time.perf_counter()
+            newp, _ = methods["ft"](params, c.request)
+            record("ft", i, c, newp, time.perf_counter() - t0)
+    for name in active:
+        out["timings"][name] = t_m[name]
+        log(f"{name}: {metrics.summarize(single_rows[name])} "
+            f"({np.median(edit_seconds[name]):.1f} s/edit)")
     if "retrieval" in ecfg.methods:
         single_rows["retrieval"] = _retrieval_rows(params, cfg, tok, single,
                                                    ecfg.retrieval_threshold)
         edit_seconds["retrieval"] = [0.0]
     out["single"] = {k: metrics.summarize(v) for k, v in single_rows.items()}
+    for k, v in single_flu.items():
+        if v:
+            out["single"][k]["fluency"] = float(np.mean(v))
     out["single_rows"] = {k: v for k, v in single_rows.items()}
     out["edit_seconds"] = {k: {"median": float(np.median(v)), "first": float(v[0]),
                                "all": v} for k, v in edit_seconds.items()}
     out["cases"] = [dataclasses.asdict(c.request) for c in single]
+    out["cases_all"] = [dataclasses.asdict(c.request) for c in cases]
+
+    # ROME efficacy / generalisation / specificity by edit layer (a check of the tracing)
+    t0 = time.perf_counter()
+    sweep = {}
+    for lay in ecfg.sweep_layers:
+        if lay == layer and "rome" in single_rows:
+            rows = single_rows["rome"][: ecfg.sweep_n]
+        else:
+            hp = rome.RomeConfig(lay, vcfg)
+            rows = [metrics.evaluate_cases(rome.rome_edit(params, cfg, tok, c.request, hp,
+                                                          contexts=contexts)[0], cfg, tok, [c])[0]
+                    for c in cases[: ecfg.sweep_n]]
+        sweep[str(lay)] = metrics.summarize(rows)
+        log(f"layer {lay}: {sweep[str(lay)]}")
+    out["layer_sweep"] = sweep
+    out["timings"]["layer_sweep"] = time.perf_counter() - t0
 
     # sequential edits
     t0 = time.perf_counter()
     out["fluency_pre"] = metrics.fluency(params, cfg, tok, FLUENCY_PROMPTS,
                                          max_new_tokens=ecfg.fluency_tokens)[0]
-    out["sequential"] = _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg,
-                                    contexts, covs, pbar)
+    out["sequential"] = _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp,
+                                    contexts, covs, memit_cache, pbar)
     out["timings"]["sequential"] = time.perf_counter() - t0
     if pbar:
         pbar.close()
@@ -222,8 +291,8 @@ def _retrieval_rows(params, cfg, tok, cases, threshold):
     return metrics.evaluate_cases(params, cfg, tok, cases, rewrite=lambda p, c: aug[p])
 
 
-def _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg, contexts, covs,
-                pbar):
+def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, contexts, covs,
+                memit_cache, pbar):
     points = sorted(p for p in ecfg.seq_points if p <= len(cases))
     if ecfg.seq_points and max(ecfg.seq_points) > len(cases):
         points.append(len(cases))  # as many as the model knows
@@ -252,9 +321,8 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, mlayers, vcfg, co
     if "memit" in ecfg.seq_methods:
         rows = []
         for k in points:
-            hp = memit.MemitConfig(mlayers, vcfg, ecfg.memit_lambda, use_cov=True)
-            p, _ = memit.memit_edit(params, cfg, tok, [c.request for c in cases[:k]], hp,
-                                    contexts=contexts, covs=covs)
+            p, _ = memit.memit_edit(params, cfg, tok, [c.request for c in cases[:k]], memit_hp,
+                                    contexts=contexts, covs=covs, value_cache=memit_cache)
             s = metrics.summarize(metrics.evaluate_cases(p, cfg, tok, cases[:k]))
             s["edits"] = k
             s["fluency"] = metrics.fluency(p, cfg, tok, FLUENCY_PROMPTS,
@@ -282,15 +350,25 @@ def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
     outdir = pathlib.Path(outdir)
     paths = []
     curve = np.asarray(out["trace"]["curve"])
-    fig, ax = plt.subplots(figsize=(6, 3))
-    ax.bar(np.arange(len(curve)), curve, color="tab:blue")
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.bar(np.arange(len(curve)), curve, color="tab:blue", alpha=0.6)
     ax.axvline(out["trace"]["layer_used"], color="tab:red", ls="--", label="edit layer")
     ax.set_xlabel("layer (MLP output restored, window 5, subject's last token)")
     ax.set_ylabel("normalised indirect effect")
     ax.axvline(out["trace"]["argmax_first_half"], color="tab:green", ls=":",
                label="argmax, layers 3..L/2")
     ax.set_title(f"Causal tracing, mean over {out['config']['n_trace']} capital facts")
-    ax.legend()
+    ax.legend(fontsize=7)
+    sweep = out.get("layer_sweep") or {}
+    if sweep:
+        ax2 = ax.twinx()
+        lays = sorted(int(k) for k in sweep)
+        for k, mk in (("es", "o"), ("ps", "s"), ("ns", "^")):
+            ax2.plot(lays, [sweep[str(x)][k] for x in lays], mk + "-", lw=1, ms=4,
+                     label=f"ROME {k.upper()} (first {out['config']['sweep_n']} facts)")
+        ax2.set_ylim(-0.05, 1.05)
+        ax2.set_ylabel("score after a ROME edit at that layer")
+        ax2.legend(fontsize=7, loc="center right")
     fig.tight_layout()
     p = outdir / "causal_trace_mlp.png"
     fig.savefig(p, dpi=110)

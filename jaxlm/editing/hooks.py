@@ -174,7 +174,8 @@ def next_token_logprobs(
     out = []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i : i + batch]
-        toks, pos, lens = pad_batch(chunk, rows=batch if len(prompts) > batch else None)
+        # fixed row count and a coarse length bucket: one compilation serves every call
+        toks, pos, lens = pad_batch(chunk, rows=batch, multiple=16)
         lp = _last_logprobs(params, jnp.asarray(toks), jnp.asarray(pos),
                             jnp.asarray(lens - 1), cfg=cfg)
         out.append(np.asarray(lp[: len(chunk)]))
@@ -184,6 +185,26 @@ def next_token_logprobs(
 def stack_layers(layer_list: Sequence[Params]) -> Params:
     """Stacks per-block param dicts along a new leading axis (for ``lax.scan``)."""
     return jax.tree.map(lambda *xs: jnp.stack(xs), *layer_list)
+
+
+_STACK_CACHE: list = []  # [(layers list, start, stacked blocks start..L-1)], a few entries
+
+
+def stacked_from(params: Params, start: int = 0) -> Params:
+    """``stack_layers(params["layers"][start:])``, cached for the last params seen.
+
+    Single edits all start from the same params object, so the ~0.5 GB copy is made once.
+    The cache holds a reference to the layer list, so an identity match is exact (a
+    new list, as every edit returns, misses).
+    """
+    layers_list = params["layers"]
+    for lst, st, stacked in _STACK_CACHE:
+        if lst is layers_list and st == start:
+            return stacked
+    stacked = stack_layers(layers_list[start:])
+    _STACK_CACHE[:] = [e for e in _STACK_CACHE if e[0] is layers_list][-2:]
+    _STACK_CACHE.append((layers_list, start, stacked))
+    return stacked
 
 
 def _rope(cfg: ModelConfig, positions: Array):

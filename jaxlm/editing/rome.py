@@ -31,7 +31,7 @@ import numpy as np
 
 from jaxlm.core import ModelConfig
 from jaxlm.editing.requests import EditRequest, TokenizerLike
-from jaxlm.editing.value import ValueConfig, compute_keys, optimize_delta
+from jaxlm.editing.value import DeltaResult, ValueConfig, optimize_delta
 
 Params = dict[str, Any]
 
@@ -67,6 +67,7 @@ class RomeInfo:
     p_target: float
     seconds: float
     rel_norm: float  # ||dW||_F / ||W||_F
+    value: DeltaResult | None = None  # the k*/v* optimisation (reusable, see rome_edit)
 
 
 def check_layer(cfg: ModelConfig, layer: int) -> None:
@@ -122,6 +123,7 @@ def rome_edit(
     *,
     contexts: Sequence[str] = ("{}",),
     cov: np.ndarray | None = None,
+    value: DeltaResult | None = None,
 ) -> tuple[Params, RomeInfo]:
     """Applies one ROME edit. Pure: returns new params; ``params`` is not modified.
 
@@ -133,6 +135,9 @@ def rome_edit(
         hp: ROME settings; ``hp.use_cov`` requires ``cov``.
         contexts: context templates ("{}" first) for keys and the value loss.
         cov: C [F, F] of keys at ``hp.layer`` (see ``cov.key_second_moments``).
+        value: a ``RomeInfo.value`` of an earlier edit of the same request, layer and
+            contexts on the same ``params`` (k* and v* do not depend on C, so the C = I and
+            estimated-C variants can share one optimisation); None computes it.
 
     Returns:
         (new params, RomeInfo).
@@ -145,9 +150,12 @@ def rome_edit(
         raise ValueError(f"cov must be [{cfg.d_ff}, {cfg.d_ff}], got {cov.shape}")
     if not contexts or contexts[0] != "{}":
         raise ValueError("contexts must start with the bare template '{}'")
-    k_star, k_prompt = compute_keys(params, cfg, tok, request, contexts, hp.layer)
-    res = optimize_delta(params, cfg, tok, request, contexts, layer=hp.layer, site="mlp_out",
-                         hp=hp.value)
+    if value is not None and value.keys.shape != (len(contexts), cfg.d_ff):
+        raise ValueError("rome_edit: `value` was computed with other contexts or another model")
+    res = value if value is not None else optimize_delta(
+        params, cfg, tok, request, contexts, layer=hp.layer, site="mlp_out", hp=hp.value)
+    # keys read in the same (cached-prefix) forward pass: row 0 is the bare prompt "{}"
+    k_star, k_prompt = res.keys.mean(0), res.keys[0]
     w = np.asarray(params["layers"][hp.layer]["mlp"]["w_down"], np.float64)
     k_used = k_star if hp.consistent_keys else k_prompt
     v_star = k_used @ w + res.delta
@@ -162,7 +170,7 @@ def rome_edit(
     info = RomeInfo(
         layer=hp.layer, k_star=k_used, v_star=v_star, u=u, delta_w=dw, nll=res.nll,
         p_target=res.p_target, seconds=time.perf_counter() - t0,
-        rel_norm=float(np.linalg.norm(dw) / max(np.linalg.norm(w), 1e-12)),
+        rel_norm=float(np.linalg.norm(dw) / max(np.linalg.norm(w), 1e-12)), value=res,
     )
     return with_w_down(params, hp.layer, w_new), info
 

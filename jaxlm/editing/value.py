@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlm.core import ModelConfig
+from jaxlm.core import ModelConfig, apply
 from jaxlm.editing import hooks
 from jaxlm.editing.requests import EditRequest, TokenizerLike, encode_prompt, target_ids
 
@@ -117,6 +117,57 @@ def compute_keys(
     return keys[:-1].mean(0), keys[-1]
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "sites"))
+def _subject_acts(params, tokens, positions, idx, *, cfg, sites):
+    store = {}
+    rows = jnp.arange(tokens.shape[0])
+
+    def iv(site, layer, act):
+        if (site, layer) in sites:
+            store[(site, layer)] = act[rows, idx]
+        return act
+
+    apply(params, cfg, tokens, positions=positions, last_logits_only=True, intervene=iv)
+    return tuple(store[s] for s in sites)
+
+
+def subject_activations(
+    params: Params,
+    cfg: ModelConfig,
+    tok: TokenizerLike,
+    requests: Sequence[EditRequest],
+    contexts: Sequence[str],
+    sites: Sequence[tuple[str, int]],
+    *,
+    chunk: int = 32,
+) -> dict[tuple[str, int], np.ndarray]:
+    """Activations at several (site, layer) at the subject's last token of every
+    (request, context) prompt, in one forward pass per ``chunk`` rows (fixed shapes: one
+    compilation per set of sites).
+
+    Returns:
+        {(site, layer): [len(requests), len(contexts), X] float64}.
+    """
+    sites = tuple((str(s), int(l)) for s, l in sites)
+    top = max(l for _, l in sites)
+    if not sites or min(l for _, l in sites) < 0 or top >= cfg.n_layers:
+        raise ValueError(f"sites {sites} need layers in 0..{cfg.n_layers - 1}")
+    encs = [encode_prompt(tok, r.template, r.subject, c) for r in requests for c in contexts]
+    sub = hooks.truncate(params, top + 1)
+    outs: list[list[np.ndarray]] = [[] for _ in sites]
+    for i in range(0, len(encs), chunk):
+        part = encs[i : i + chunk]
+        toks, pos, _ = hooks.pad_batch([e.ids for e in part], multiple=16, rows=chunk)
+        idx = np.zeros((chunk,), np.int32)
+        idx[: len(part)] = [e.subject_last for e in part]
+        acts = _subject_acts(sub, jnp.asarray(toks), jnp.asarray(pos), jnp.asarray(idx),
+                             cfg=cfg, sites=sites)
+        for j, a in enumerate(acts):
+            outs[j].append(np.asarray(a, np.float64)[: len(part)])
+    n, c = len(requests), len(contexts)
+    return {s: np.concatenate(o).reshape(n, c, -1) for s, o in zip(sites, outs, strict=True)}
+
+
 @dataclasses.dataclass
 class DeltaBatch:
     """Rows: one per context (rewrite, with target) then one KL row."""
@@ -153,7 +204,7 @@ def build_delta_batch(
     pred.append([len(kl.ids) - 1] * m)
     tg.append([0] * m)
     tm.append([0.0] * m)
-    toks, pos, _ = hooks.pad_batch(seqs)
+    toks, pos, _ = hooks.pad_batch(seqs, multiple=16)  # coarse bucket: fewer recompilations
     n = len(contexts)
     return DeltaBatch(
         tokens=toks, positions=pos, subj=np.array(subj, np.int32),
@@ -163,14 +214,19 @@ def build_delta_batch(
     )
 
 
-def _tail_logprobs(d, sub, st, b, cfg, start, site):
-    """``sub``: {"first": block start params, "rest": stacked later blocks or None, "head":
-    params with the embedding/final norm/LM head}."""
+def _tail_logprobs(d, sub, st, b, cfg, start, site, with_key=False):
     """Log-probs [B, M, V] at the target positions and the site activation [B, D] at the
-    subject's last token, with ``d`` added there (tail column 0)."""
+    subject's last token, with ``d`` added there (tail column 0); with ``with_key`` also
+    the key ("mlp_hidden" of block ``start``) there [B, F].
+
+    ``sub``: {"first": block start params, "rest": stacked later blocks or None, "head":
+    params with the embedding/final norm/LM head}.
+    """
     store = {}
 
     def extra(s, layer, act):
+        if with_key and s == "mlp_hidden" and layer == start:
+            store["k"] = act[:, 0]
         if s == site and layer == start:
             store["a"] = act[:, 0]
             hit = (jnp.arange(act.shape[1]) == 0)[None, :, None]  # [1, Tt, 1]
@@ -178,7 +234,10 @@ def _tail_logprobs(d, sub, st, b, cfg, start, site):
         return act
 
     h = hooks.run_tail(sub["first"], sub["rest"], cfg, start, st, extra)
-    return hooks.final_logprobs_at(sub["head"], cfg, h, b["pred_tail"]), store["a"]
+    lp = hooks.final_logprobs_at(sub["head"], cfg, h, b["pred_tail"])
+    if with_key:
+        return lp, store["a"], store["k"]
+    return lp, store["a"]
 
 
 def _delta_loss(d, sub, st, b, ref_logp, v0_norm, cfg, start, site, hp):
@@ -211,11 +270,11 @@ def _delta_step(d, opt_state, sub, st, b, ref_logp, v0_norm, *, cfg, start, site
 
 @functools.partial(jax.jit, static_argnames=("cfg", "start", "site"))
 def _site_and_ref(sub, st, b, *, cfg, start, site):
-    """Unperturbed site activation at the subject's last token [B, D] and the final
-    log-probs [B, V] at the first target position."""
+    """Unperturbed site activation [B, D] and key [B, F] at the subject's last token, and
+    the final log-probs [B, V] at the first target position."""
     d = jnp.zeros((cfg.d_model,), jnp.float32)
-    lp, act = _tail_logprobs(d, sub, st, b, cfg, start, site)
-    return act, lp[:, 0]
+    lp, act, key = _tail_logprobs(d, sub, st, b, cfg, start, site, with_key=True)
+    return act, key, lp[:, 0]
 
 
 @dataclasses.dataclass
@@ -225,12 +284,15 @@ class DeltaResult:
     Attributes:
         delta: the optimised vector (float64 numpy).
         v0: mean unperturbed activation at (site, layer) over the rewrite prompts.
+        keys: [n_contexts, F] keys ("mlp_hidden" of the block, at the subject's last
+            token) of the unedited rows, one per context (row 0: the bare prompt).
         nll: target NLL per step; p_target: final mean P(target) over rewrite prompts.
         steps: Adam steps taken.
     """
 
     delta: np.ndarray
     v0: np.ndarray
+    keys: np.ndarray
     nll: list[float]
     kl: float
     p_target: float
@@ -257,19 +319,20 @@ def optimize_delta(
     batch = build_delta_batch(tok, request, contexts, hp)
     b = {k: jnp.asarray(v) for k, v in dataclasses.asdict(batch).items()}
     lens = (batch.positions >= 0).sum(1)
-    tail_len = hooks.bucket_len(int((lens - batch.subj).max()), 2)
+    tail_len = int((lens - batch.subj).max())  # 3 for "... {} is" with a one-token target
     b["pred_tail"] = jnp.asarray(batch.pred - batch.subj[:, None])
-    stacked = hooks.stack_layers(params["layers"])
+    stacked = hooks.stacked_from(params)
     st = hooks.tail_state(params, cfg, batch.tokens, batch.positions, batch.subj, start=layer,
                           tail_len=tail_len, stacked=stacked)
     sub = {
         "first": params["layers"][layer],
-        "rest": None if layer == cfg.n_layers - 1 else jax.tree.map(lambda a: a[layer + 1 :], stacked),
+        "rest": None if layer == cfg.n_layers - 1 else hooks.stacked_from(params, layer + 1),
         "head": {k: v for k, v in params.items() if k != "layers"},
     }
-    act, ref = _site_and_ref(sub, st, b, cfg=cfg, start=layer, site=site)
+    act, key, ref = _site_and_ref(sub, st, b, cfg=cfg, start=layer, site=site)
     rw = batch.is_rw > 0
     v0 = np.asarray(act, np.float64)[rw].mean(0)
+    keys = np.asarray(key, np.float64)[rw]
     v0_norm = jnp.float32(max(np.linalg.norm(v0), 1e-6))
     d = jnp.zeros((cfg.d_model,), jnp.float32)
     opt_state = optax.adam(hp.lr).init(d)
@@ -285,6 +348,7 @@ def optimize_delta(
         d = d_new
         steps += 1
     return DeltaResult(
-        delta=np.asarray(d, np.float64), v0=v0, nll=nlls, kl=float(kl), p_target=float(p),
+        delta=np.asarray(d, np.float64), v0=v0, keys=keys, nll=nlls, kl=float(kl),
+        p_target=float(p),
         steps=steps,
     )

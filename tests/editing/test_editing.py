@@ -12,6 +12,7 @@ from jaxlm.core import MODELS, init
 from jaxlm.editing import cov as cov_lib
 from jaxlm.editing import hooks, io, memit, rome
 from jaxlm.editing.requests import ByteTokenizer, EditRequest, encode_prompt, target_ids
+from jaxlm.editing import value as value_lib
 from jaxlm.editing.value import ValueConfig
 
 TOK = ByteTokenizer()
@@ -100,6 +101,14 @@ def test_rome_with_estimated_covariance(tiny, tmp_path):
                                atol=2e-5 * np.abs(info.v_star).max())
     with pytest.raises(ValueError, match="needs cov"):
         rome.rome_edit(params, cfg, TOK, REQ, hp, contexts=CTX)
+    # k*/v* do not depend on C: the C = I edit can reuse the optimisation exactly
+    new_i, info_i = rome.rome_edit(params, cfg, TOK, REQ, dataclasses.replace(hp, use_cov=False),
+                                   contexts=CTX, value=info.value)
+    assert info_i.value is info.value
+    dw, _ = rome.rank_one_update(_w(params, 0), info.k_star, info.v_star)
+    np.testing.assert_allclose(_w(new_i, 0) - _w(params, 0), dw, atol=1e-6 * np.abs(dw).max())
+    with pytest.raises(ValueError, match="other contexts"):
+        rome.rome_edit(params, cfg, TOK, REQ, hp, contexts=CTX[:1], cov=cs, value=info.value)
 
 
 def test_memit_update_closed_form():
@@ -135,10 +144,29 @@ def test_memit_one_edit_one_layer_reduces_to_rome(tiny):
 def test_memit_batch_multi_layer(tiny):
     cfg, params = tiny
     hp = memit.MemitConfig(layers=(0, 1), value=FAST, mom2_weight=0.5, use_cov=False)
-    new, info = memit.memit_edit(params, cfg, TOK, [REQ, REQ2], hp, contexts=CTX)
+    cache: dict = {}
+    new, info = memit.memit_edit(params, cfg, TOK, [REQ, REQ2], hp, contexts=CTX,
+                                 value_cache=cache)
     assert sorted(r["path"] for r in io.diff_params(params, new)) == [
         "layers/0/mlp/w_down", "layers/1/mlp/w_down"]
     assert info.deltas.shape == (2, cfg.d_model)
+    # the cached deltas are reused (batch-independent) and give the same edit
+    assert len(cache) == 2
+    again, info2 = memit.memit_edit(params, cfg, TOK, [REQ, REQ2], hp, contexts=CTX,
+                                    value_cache=cache)
+    np.testing.assert_array_equal(info2.deltas, info.deltas)
+    np.testing.assert_allclose(_w(again, 1), _w(new, 1), rtol=1e-6, atol=1e-7)
+    # the batched subject activations match single-prompt captures
+    acts = value_lib.subject_activations(params, cfg, TOK, [REQ, REQ2], CTX,
+                                         (("mlp_hidden", 0), ("resid_post", 1)))
+    for i, r in enumerate((REQ, REQ2)):
+        for j, c in enumerate(CTX):
+            e = encode_prompt(TOK, r.template, r.subject, c)
+            toks, pos, _ = hooks.pad_batch([e.ids])
+            h = np.asarray(hooks.capture(params, cfg, toks, pos, layer=1, site="resid_post"))
+            np.testing.assert_allclose(acts[("resid_post", 1)][i, j], h[0, e.subject_last],
+                                       rtol=1e-4, atol=1e-5)
+    assert acts[("mlp_hidden", 0)].shape == (2, len(CTX), cfg.d_ff)
     with pytest.raises(ValueError, match="ascending"):
         memit.memit_edit(params, cfg, TOK, [REQ], dataclasses.replace(hp, layers=(1, 0)))
     with pytest.raises(ValueError, match="needs covs"):
