@@ -6,6 +6,11 @@
 
 Writes runs/bench/scan.json. Device: JAX's default backend; torch uses CUDA
 when available. Targets are evaluated at (B=2, L=1024, D=256, N=16) fp32.
+
+"Within 5x of the floor" is evaluated against the issue's floor: the fastest of
+its anchors measured on materialised (B, L, D, N) inputs, plain lax.scan over
+(a, b), re-measured in this run. The bandwidth/compute model floor and a
+measured fused exp-sum floor are reported next to it as "[strict]" targets.
 """
 
 from __future__ import annotations
@@ -67,10 +72,14 @@ def main(argv):
         summ = sb.summarize(*shape, res, floor)
         results["shapes"][f"B{bsz}_L{length}_D{dch}_N{n}"] = {"measured": res, "floor": floor,
                                                              "summary": summ}
+        fl = summ["floors_s"]
         print(f"  best fwd {summ['best_fwd_s']['variant']} "
-              f"{summ['best_fwd_s']['seconds'] * 1e3:.2f} ms; floor "
-              f"{floor['floor_s'] * 1e3:.3f} ms; exp over BLDN "
-              f"{res['exp_over_BLDN']['fwd_s'] * 1e3:.2f} ms")
+              f"{summ['best_fwd_s']['seconds'] * 1e3:.2f} ms; floors: issue (plain lax.scan on "
+              f"materialised a, b) {fl['issue_plain_lax_scan_materialised'] * 1e3:.2f} ms "
+              f"[x{summ['best_fwd_over_floor_issue']:.2f}], bandwidth/compute model "
+              f"{fl['model_bandwidth_compute'] * 1e3:.3f} ms "
+              f"[x{summ['best_fwd_over_floor_model']:.1f}], fused exp-sum {fl['exp_sum_fused_BLDN'] * 1e3:.2f} ms "
+              f"[x{summ['best_fwd_over_floor_exp']:.2f}]")
     t = results["shapes"]["B{}_L{}_D{}_N{}".format(*TARGET_SHAPE)]
     summ, meas = t["summary"], t["measured"]
     targets = []
@@ -81,8 +90,15 @@ def main(argv):
             Target("best jaxlm fwd+bwd speed-up vs mambapy pscan (x)",
                    summ["speedup_vs_mambapy_fwdbwd_s"], 10.0, ">="),
         ]
+    # "within 5x of the floor": the issue's floor is its fastest anchor on materialised
+    # (B,L,D,N) inputs, plain lax.scan (62 ms in the issue), re-measured here in the same run.
+    # The two stricter floors are reported next to it (not met on CPU: see scan_bench).
     targets += [
-        Target("best jaxlm fwd time / bandwidth-compute floor", summ["best_fwd_over_floor"],
+        Target("best fwd / issue floor (plain lax.scan, mat. a,b)",
+               summ["best_fwd_over_floor_issue"], 5.0, "<="),
+        Target("[strict] best fwd / bandwidth-compute model floor",
+               summ["best_fwd_over_floor_model"], 5.0, "<="),
+        Target("[strict] best fwd / fused exp-sum floor", summ["best_fwd_over_floor_exp"],
                5.0, "<="),
         Target("chunked fwd+bwd peak mem / one (B,L,D,N) tensor",
                summ["chunked_fwdbwd_mem_over_tensor"], 1.5, "<="),

@@ -19,13 +19,15 @@ def _beats(a: dict, b: dict, higher: bool) -> bool:
 
 def _verdict(res: dict, quick: bool) -> tuple[str, str]:
     """Mamba-ND vs the best width-matched baseline per task, and the orderings ablation."""
+    from jaxlm.ssm import nd_experiment as E
+
     notes, wins, n = [], 0, 0
     for tname, rows in res["tasks"].items():
         m = next(r for r in rows if r["name"] == "mamba_nd")
         others = [r for r in rows if r["name"] != "mamba_nd"]
         if not others:
             continue
-        higher = tname != "pde"
+        higher = not E.is_forecast(tname)
         best = (max if higher else min)(others, key=lambda r: r["test"]["mean"])
         won = _beats(m["test"], best["test"], higher)
         n += 1
@@ -36,7 +38,7 @@ def _verdict(res: dict, quick: bool) -> tuple[str, str]:
     abl_ok = True
     if res["ablation"]:
         alt = res["ablation"][0]
-        higher = alt["task"] != "pde"
+        higher = not E.is_forecast(alt["task"])
         rest = res["ablation"][1:]
         abl_ok = all(_beats(alt["test"], r["test"], higher) for r in rest)
         notes.append(f"ablation ({alt['task']}): alternating {alt['test']['mean']:.3g} vs "

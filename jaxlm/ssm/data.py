@@ -170,3 +170,45 @@ def pde_splits(seed: int = 0, n_traj: int = 96, grid: int = 16, n_frames: int = 
     traj = pde_fields(seed, n_traj, grid, n_frames)
     n1, n2 = int(0.6 * n_traj), int(0.8 * n_traj)
     return {"train": traj[:n1], "val": traj[n1:n2], "test": traj[n2:]}
+
+
+def moving_digits_forecast(seed: int = 0, frames_in: int = 4, frames_out: int = 4,
+                           canvas: int = 16, speeds: tuple[int, ...] = (1, 2),
+                           copies: int = 1) -> dict:
+    """Next-frames video prediction: x = frames [0, T_in), y = frames [T_in, T_in + T_out).
+
+    A digit moves at a constant velocity (one of 8 directions times ``speeds`` pixels per
+    frame) and bounces off the canvas edges. Noise-free, so persistence (repeat the last
+    input frame) and the model are compared on the dynamics alone.
+
+    Returns:
+        {"train"|"val"|"test": (x [n, T_in, H, W, 1], y [n, T_out, H, W, 1])}.
+    """
+    base = digits(seed)
+    rng = np.random.default_rng(seed + 4000)
+    total = frames_in + frames_out
+    out = {}
+    for split, (x, _) in base.items():
+        imgs = x[..., 0]
+        n = len(imgs) * copies
+        room = canvas - imgs.shape[1]
+        if room < 1:
+            raise ValueError(f"moving_digits_forecast: canvas {canvas} must exceed the digit "
+                             f"size {imgs.shape[1]}")
+        xs = np.zeros((n, total, canvas, canvas), np.float32)
+        for i in range(n):
+            r, c = rng.integers(0, room + 1, 2)
+            dr, dc = DIRECTIONS[rng.integers(8)]
+            s = int(rng.choice(speeds))
+            dr, dc = dr * s, dc * s
+            for t in range(total):
+                _place(xs[i, t], imgs[i % len(imgs)], r, c)
+                r, c = r + dr, c + dc
+                if not 0 <= r <= room:  # reflect off the edge
+                    r = -r if r < 0 else 2 * room - r
+                    dr = -dr
+                if not 0 <= c <= room:
+                    c = -c if c < 0 else 2 * room - c
+                    dc = -dc
+        out[split] = (xs[:, :frames_in, ..., None], xs[:, frames_in:, ..., None])
+    return out

@@ -9,7 +9,10 @@ layers (``order_scheme="alternating"``):
 * 3D: (THW)+, (THW)-, (TWH)+, (TWH)-, (WHT)+, (WHT)-
 
 Ablations: ``order_scheme="raster"`` (same order, same direction every
-layer), ``"bilayer"`` (raster order, direction alternating). In-layer
+layer), ``"bilayer"`` (raster order, direction alternating), ``"factorised"``
+(the release's ``factorization='h_w_t'``: the alternating cycle, but only the
+innermost axis of each order forms a sequence; the outer axes fold into the
+batch, so every row / column / pixel time-series is scanned independently). In-layer
 alternatives (``mixer``): ``"bi"`` (Bi-SSM: one conv+SSM branch per
 direction of the layer's order, averaged), ``"nd"`` (ND-SSM: one branch
 per ordering of the full cycle, averaged), ``"split"`` (multi-head: the
@@ -62,14 +65,15 @@ def cycle_orders(ndim: int) -> list[Order]:
 def layer_orders(ndim: int, depth: int, scheme: str = "alternating") -> list[Order]:
     """Per-layer orders for ``scheme`` in {"alternating", "raster", "bilayer"}."""
     ident = tuple(range(ndim))
-    if scheme == "alternating":
+    if scheme in ("alternating", "factorised"):
         cyc = cycle_orders(ndim)
         return [cyc[i % len(cyc)] for i in range(depth)]
     if scheme == "raster":
         return [Order(ident, False)] * depth
     if scheme == "bilayer":
         return [Order(ident, bool(i % 2)) for i in range(depth)]
-    raise ValueError(f"order_scheme must be alternating|raster|bilayer, got {scheme!r}")
+    raise ValueError(
+        f"order_scheme must be alternating|raster|bilayer|factorised, got {scheme!r}")
 
 
 def flatten(x: jax.Array, order: Order) -> jax.Array:
@@ -109,7 +113,7 @@ class NDConfig:
         d_model: width D.
         depth: number of blocks.
         d_state, expand, d_conv: Mamba mixer sizes (also d_state of S4ND).
-        order_scheme: "alternating" | "raster" | "bilayer".
+        order_scheme: "alternating" | "raster" | "bilayer" | "factorised".
         mixer: "mamba" | "bi" | "nd" | "split".
         residual: "prenorm" | "mamba_nd".
         head: "cls" (mean-pool -> LN -> Linear) | "dense" (per-token Linear -> un-patchify).
@@ -162,7 +166,7 @@ def validate(cfg: NDConfig) -> None:
         if p < 1 or g % p:
             raise ValueError(f"NDConfig: patch {cfg.patch} must divide grid {cfg.grid}")
     choices = dict(kind=("mamba_nd", "vit", "bilstm", "s4nd"),
-                   order_scheme=("alternating", "raster", "bilayer"),
+                   order_scheme=("alternating", "raster", "bilayer", "factorised"),
                    mixer=("mamba", "bi", "nd", "split"), residual=("prenorm", "mamba_nd"),
                    head=("cls", "dense"))
     for f, ok in choices.items():
@@ -173,6 +177,9 @@ def validate(cfg: NDConfig) -> None:
         if (cfg.expand * cfg.d_model) % k:
             raise ValueError(f"NDConfig: mixer='split' needs expand*d_model divisible by {k} "
                              f"(one head per ordering); got {cfg.expand * cfg.d_model}")
+    if cfg.order_scheme == "factorised" and cfg.mixer in ("nd", "split"):
+        raise ValueError(f"NDConfig: order_scheme='factorised' works with mixer 'mamba' or 'bi' "
+                         f"(one scan axis per layer), got mixer={cfg.mixer!r}")
     if cfg.kind == "vit" and cfg.d_model % cfg.n_heads:
         raise ValueError(f"NDConfig: d_model={cfg.d_model} must be divisible by "
                          f"n_heads={cfg.n_heads}")
@@ -277,12 +284,15 @@ def layer_perms(cfg: NDConfig, layer_order: Order) -> tuple[np.ndarray, np.ndarr
     return perms.astype(np.int32), np.argsort(perms, axis=1).astype(np.int32)
 
 
-def nd_layer_seq_apply(p: dict, cfg: NDConfig, xs: jax.Array, perms, invs) -> jax.Array:
+def nd_layer_seq_apply(p: dict, cfg: NDConfig, xs: jax.Array, perms, invs,
+                       seg: int | None = None) -> jax.Array:
     """One Mamba-ND layer on raster-flattened tokens xs [B, L, D].
 
     Each branch gathers the tokens into its order (``perms[i]``), runs conv + SSM on
     that single sequence, and scatters back (``invs[i]``). Perms may be traced
     values, so identical layers with different orders can share one ``lax.scan``.
+    ``seg`` (static, factorised scheme): the ordered sequence is cut into independent
+    segments of this length (the innermost axis), folded into the batch.
     """
     h = layernorm(p["norm"], xs)
     xi, z = jnp.split(h @ p["in_proj"], 2, axis=-1)  # [B, L, Di]
@@ -292,7 +302,10 @@ def nd_layer_seq_apply(p: dict, cfg: NDConfig, xs: jax.Array, perms, invs) -> ja
     outs = []
     for i, bp in enumerate(p["branches"]):
         xb = xi[..., i * width:(i + 1) * width] if cfg.mixer == "split" else xi
-        y = branch_apply(bp, mc, jnp.take(xb, perms[i], axis=1))
+        xg = jnp.take(xb, perms[i], axis=1)  # [B, L, w]
+        if seg is not None:  # [B * L/seg, seg, w]: every row / column scanned on its own
+            xg = xg.reshape(-1, seg, xg.shape[-1])
+        y = branch_apply(bp, mc, xg).reshape(xb.shape[0], -1, xg.shape[-1])
         outs.append(jnp.take(y, invs[i], axis=1))
     y = jnp.concatenate(outs, -1) if cfg.mixer == "split" else sum(outs) / n_br
     y = (y * silu(z)) @ p["out_proj"]
@@ -303,7 +316,8 @@ def nd_layer_apply(p: dict, cfg: NDConfig, x: jax.Array, layer_order: Order) -> 
     """One Mamba-ND layer on a token grid x [B, *grid, D] (grid must be cfg.token_grid)."""
     perms, invs = layer_perms(cfg, layer_order)
     xs = x.reshape(x.shape[0], -1, x.shape[-1])
-    return nd_layer_seq_apply(p, cfg, xs, perms, invs).reshape(x.shape)
+    seg = cfg.token_grid[layer_order.perm[-1]] if cfg.order_scheme == "factorised" else None
+    return nd_layer_seq_apply(p, cfg, xs, perms, invs, seg).reshape(x.shape)
 
 
 # ----------------------------------------------------------------------------- full model
@@ -342,6 +356,12 @@ def apply(params: dict, cfg: NDConfig, x: jax.Array) -> jax.Array:
         pi = [baselines.layer_perms(cfg, o) for o in orders]
         layer_fn = lambda bp, hs, perm, inv: baselines.block_seq_apply(bp, cfg, hs, tg, perm,
                                                                        inv)
+    if cfg.kind == "mamba_nd" and cfg.order_scheme == "factorised":
+        # segment lengths differ per layer when the grid is not a cube: a Python loop
+        for bp, o, (perm, inv) in zip(params["blocks"], orders, pi, strict=True):
+            seg = tg[o.perm[-1]]
+            hs = nd_layer_seq_apply(bp, cfg, hs, jnp.asarray(perm), jnp.asarray(inv), seg)
+        return head_apply(params["head"], cfg, hs.reshape(h.shape))
     perms = jnp.asarray(np.stack([a for a, _ in pi]))  # [depth, n_branch, L]
     invs = jnp.asarray(np.stack([b for _, b in pi]))
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *params["blocks"])

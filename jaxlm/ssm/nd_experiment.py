@@ -34,12 +34,12 @@ class ExperimentConfig:
     """One benchmark run.
 
     Attributes:
-        tasks: subset of ("digits", "canvas", "video", "pde").
+        tasks: subset of ("digits", "canvas", "video", "video_pred", "pde").
         models: subset of ("mamba_nd", "vit", "bilstm", "s4nd"), run on ``ablation_task``
             (and on every task unless ``other_task_models`` is set).
         other_task_models: models for the tasks other than ``ablation_task`` (empty = models).
         ablations: Mamba-ND variants on ``ablation_task``: "raster", "bilayer",
-            "residual_mamba_nd", "bi", "nd", "split".
+            "factorised", "residual_mamba_nd", "bi", "nd", "split".
         ablation_task: task for the ablations.
         d_model, depth: the Mamba-ND reference size (baselines are width-matched).
         d_state: SSM state size.
@@ -48,6 +48,8 @@ class ExperimentConfig:
         steps, batch_size, eval_every: training length.
         canvas, canvas_upsample, canvas_patch: digits-canvas geometry.
         video_frames, video_canvas, video_patch: moving-digits geometry.
+        pred_frames, pred_canvas, pred_patch: next-frames prediction geometry (``pred_frames``
+            input frames -> the next ``pred_frames`` frames).
         pde_grid, pde_patch, pde_traj: PDE field geometry / size.
         rollout_steps: autoregressive horizons reported for the PDE task.
     """
@@ -71,6 +73,9 @@ class ExperimentConfig:
     video_frames: int = 8
     video_canvas: int = 16
     video_patch: tuple[int, int, int] = (2, 2, 2)
+    pred_frames: int = 4
+    pred_canvas: int = 16
+    pred_patch: tuple[int, int, int] = (1, 4, 4)
     pde_grid: int = 32
     pde_patch: int = 2
     pde_traj: int = 160
@@ -93,9 +98,14 @@ PRESETS.add("quick_test", dataclasses.replace(
     pde_traj=10))
 PRESETS.add("full_test", PRESETS.get("quick_test"))
 
-TASKS = ("digits", "canvas", "video", "pde")
+TASKS = ("digits", "canvas", "video", "video_pred", "pde")
+FORECAST_TASKS = ("video_pred", "pde")  # lower metric (RMSE) is better
 MODELS = ("mamba_nd", "vit", "bilstm", "s4nd")
-ABLATIONS = ("raster", "bilayer", "residual_mamba_nd", "bi", "nd", "split")
+ABLATIONS = ("raster", "bilayer", "factorised", "residual_mamba_nd", "bi", "nd", "split")
+
+
+def is_forecast(task_name: str) -> bool:
+    return task_name in FORECAST_TASKS
 
 
 def validate(cfg: ExperimentConfig) -> None:
@@ -143,6 +153,12 @@ def build_task(name: str, cfg: ExperimentConfig, seed: int = 0) -> Task:
         base = NDConfig(grid=(cfg.video_frames, cfg.video_canvas, cfg.video_canvas),
                         patch=tuple(cfg.video_patch), n_classes=8, **common)
         return Task(name, d, base, "cls", 0, {})
+    if name == "video_pred":
+        d = ssm_data.moving_digits_forecast(seed, frames_in=cfg.pred_frames,
+                                            frames_out=cfg.pred_frames, canvas=cfg.pred_canvas)
+        base = NDConfig(grid=(cfg.pred_frames, cfg.pred_canvas, cfg.pred_canvas),
+                        patch=tuple(cfg.pred_patch), head="dense", out_channels=1, **common)
+        return Task(name, d, base, "forecast", 0, {})
     if name == "pde":
         traj = ssm_data.pde_splits(seed, n_traj=cfg.pde_traj, grid=cfg.pde_grid)
         pairs = {k: ssm_data.pde_pairs(v) for k, v in traj.items()}
@@ -172,7 +188,7 @@ def model_config(task: Task, model: str, ref_params: int | None) -> NDConfig:
 
 def ablation_config(task: Task, ablation: str, ref_params: int) -> NDConfig:
     base = task.base
-    if ablation in ("raster", "bilayer"):
+    if ablation in ("raster", "bilayer", "factorised"):
         return dataclasses.replace(base, order_scheme=ablation)
     if ablation == "residual_mamba_nd":
         return dataclasses.replace(base, residual="mamba_nd")
@@ -181,11 +197,22 @@ def ablation_config(task: Task, ablation: str, ref_params: int) -> NDConfig:
     return mamba_nd.match_width(c, ref_params, "d_model", step=step, lo=step)
 
 
-def predict_fn(cfg: NDConfig, task_kind: str) -> Callable:
+def forecast_base(task_name: str, x):
+    """What the forecast models add their output to (and the persistence forecast).
+
+    PDE: the current fields (input channels 2:4). Video: the last input frame, repeated.
+    """
+    if task_name == "video_pred":
+        xp = np if isinstance(x, np.ndarray) else jnp
+        return xp.broadcast_to(x[:, -1:], x.shape)
+    return x[..., 2:4]
+
+
+def predict_fn(cfg: NDConfig, task_kind: str, task_name: str = "pde") -> Callable:
     if task_kind == "cls":
         return lambda p, x: mamba_nd.apply(p, cfg, x)
-    # forecast: the model predicts the increment over the current fields (channels 2:4)
-    return lambda p, x: x[..., 2:4] + mamba_nd.apply(p, cfg, x)
+    # forecast: the model predicts the increment over forecast_base (persistence)
+    return lambda p, x: forecast_base(task_name, x) + mamba_nd.apply(p, cfg, x)
 
 
 # ----------------------------------------------------------------------------- stats
@@ -268,7 +295,8 @@ def run_model(name: str, task: Task, mcfg: NDConfig, cfg: ExperimentConfig,
     tcfg = TrainConfig(steps=cfg.steps, batch_size=cfg.batch_size, warmup=max(1, cfg.steps // 15),
                        eval_every=cfg.eval_every, shift_aug=task.shift_aug, task=task.kind)
     t0 = time.perf_counter()
-    res = train_population(lambda k: mamba_nd.init(k, mcfg), predict_fn(mcfg, task.kind), tcfg,
+    res = train_population(lambda k: mamba_nd.init(k, mcfg),
+                           predict_fn(mcfg, task.kind, task.name), tcfg,
                            task.data, list(cfg.lrs), list(cfg.seeds), progress=progress,
                            desc=f"{task.name}/{name}")
     wall = time.perf_counter() - t0
@@ -281,10 +309,18 @@ def run_model(name: str, task: Task, mcfg: NDConfig, cfg: ExperimentConfig,
            "val_curve": res["val_curve"][:, sel["members"]].tolist(),
            "all_val": {f"{lr:g}": float(np.nanmean(res["val"][res["lr"] == lr]))
                        for lr in np.unique(res["lr"])}}
-    if task.kind == "forecast":
+    if task.name == "video_pred":
+        f = jax.jit(predict_fn(mcfg, "forecast", task.name))
+        per_seed = [frame_rmse(lambda x, m=m: f(jax.tree.map(lambda a: a[m], res["params"]),
+                                                 jnp.asarray(x)), task.data["test"])
+                    for m in sel["members"]]
+        out["rollout"] = {k + 1: mean_ci([r[k] for r in per_seed])
+                          for k in range(len(per_seed[0]))}
+        out["_example_params"] = jax.tree.map(lambda a: a[sel["members"][0]], res["params"])
+    elif task.kind == "forecast":
         traj = task.extra["traj"]["test"]
         per_seed = []
-        f = jax.jit(predict_fn(mcfg, "forecast"))
+        f = jax.jit(predict_fn(mcfg, "forecast", "pde"))
         for m in sel["members"]:
             p = jax.tree.map(lambda a, m=m: a[m], res["params"])
             per_seed.append(rollout(lambda x, p=p: f(p, jnp.asarray(x)), traj,
@@ -293,6 +329,44 @@ def run_model(name: str, task: Task, mcfg: NDConfig, cfg: ExperimentConfig,
         last_m = sel["members"][0]
         out["_example_params"] = jax.tree.map(lambda a: a[last_m], res["params"])
     return out
+
+
+def frame_rmse(fn: Callable, split: tuple, batch: int = 256) -> list[float]:
+    """RMSE per predicted frame (horizon 1..T_out) of ``fn`` on (x, y) [n, T, H, W, 1]."""
+    x, y = split
+    se = np.zeros(y.shape[1])
+    for i in range(0, len(x), batch):
+        pred = np.asarray(fn(x[i:i + batch]), np.float64)
+        se += ((pred - y[i:i + batch]) ** 2).sum((0, 2, 3, 4))
+    return np.sqrt(se / (len(x) * np.prod(y.shape[2:]))).tolist()
+
+
+def video_reference_rows(task: Task) -> tuple[list[dict], Any]:
+    """Persistence and pixel ridge (lambda on validation) for next-frames prediction."""
+    (xtr, ytr), (xva, yva), (xte, yte) = (task.data[s] for s in ("train", "val", "test"))
+    base = lambda x: forecast_base("video_pred", x)
+    flat = lambda a: a.reshape(len(a), -1).astype(np.float64)
+    mx, my = flat(xtr).mean(0), (flat(ytr) - flat(base(xtr))).mean(0)
+    xc = flat(xtr) - mx
+    gram, rhs = xc.T @ xc, xc.T @ (flat(ytr) - flat(base(xtr)) - my)
+    best = None
+    for lam in (1e-1, 1.0, 10.0, 100.0, 1000.0):
+        w = np.linalg.solve(gram + lam * np.eye(len(gram)), rhs)
+        pred = lambda x, w=w: (base(x) + ((flat(x) - mx) @ w + my).reshape(x.shape)).astype(
+            np.float32)
+        v = rmse(pred(xva), yva)
+        if best is None or v < best[0]:
+            best = (v, lam, pred)
+    _, lam, ridge = best
+    rows = []
+    for name, fn in (("persistence (last frame)", base), (f"ridge on pixels (λ={lam:g})", ridge)):
+        per = frame_rmse(fn, (xte, yte))
+        rows.append({"task": "video_pred", "model": name,
+                     "params": "-" if name.startswith("persistence") else int(xc.shape[1] ** 2),
+                     "lr": "-", "test": f"{rmse(fn(xte), yte):.4f}",
+                     "test_mean": rmse(fn(xte), yte),
+                     **{f"rollout@{k + 1}": f"{v:.4f}" for k, v in enumerate(per)}})
+    return rows, ridge
 
 
 def pde_reference_rows(task: Task, cfg: ExperimentConfig) -> tuple[list[dict], Any]:
@@ -346,10 +420,14 @@ def run_experiment(cfg: ExperimentConfig, outdir: pathlib.Path, seed: int = 0,
         results["tasks"][tname] = rows
         if task.kind == "cls" and tname in cfg.tasks:
             results["reference_rows"] += sklearn_baselines(task)
-        if task.kind == "forecast":
+        if tname == "pde":
             ref_rows, wb = pde_reference_rows(task, cfg)
             results["reference_rows"] += ref_rows
             _plot_forecast(task, rows[0], wb, outdir / "pde_forecast.png")
+        elif tname == "video_pred":
+            ref_rows, ridge = video_reference_rows(task)
+            results["reference_rows"] += ref_rows
+            _plot_video(task, rows[0], ridge, outdir / "video_forecast.png")
         if tname == cfg.ablation_task and cfg.ablations:
             alt = next(r for r in rows if r["name"] == "mamba_nd")
             results["ablation"].append({**alt, "name": "alternating (default)"})
@@ -382,7 +460,7 @@ def result_rows(results: dict) -> list[dict]:
     rows = []
     for tname, rs in results["tasks"].items():
         for r in rs:
-            is_cls = tname != "pde"
+            is_cls = not is_forecast(tname)
             row = {"task": tname, "model": r["name"], "params": r["params"], "lr": f"{r['lr']:g}",
                    "test": fmt_ci(r["test"], 100.0 if is_cls else 1.0, 1 if is_cls else 4),
                    "test_mean": r["test"]["mean"], "step_ms": f"{r['step_ms']:.0f}"}
@@ -395,7 +473,7 @@ def result_rows(results: dict) -> list[dict]:
 def ablation_rows(results: dict) -> list[dict]:
     rows = []
     for r in results["ablation"]:
-        is_cls = r["task"] != "pde"
+        is_cls = not is_forecast(r["task"])
         rows.append({"variant": r["name"], "task": r["task"], "params": r["params"],
                      "lr": f"{r['lr']:g}",
                      "test": fmt_ci(r["test"], 100.0 if is_cls else 1.0, 1 if is_cls else 4),
@@ -414,11 +492,11 @@ def _plot_curves(results: dict, path: pathlib.Path) -> None:
     for ax, (tname, rs) in zip(axes[0], tasks, strict=True):
         for r in rs:
             curve = np.asarray(r["val_curve"])  # [E, seeds]
-            y = curve.mean(1) * (100 if tname != "pde" else 1)
+            y = curve.mean(1) * (1 if is_forecast(tname) else 100)
             ax.plot(r["curve_steps"], y, marker="o", ms=3, label=f"{r['name']} (lr {r['lr']:g})")
         ax.set_title(tname)
         ax.set_xlabel("step")
-        ax.set_ylabel("val accuracy %" if tname != "pde" else "val RMSE")
+        ax.set_ylabel("val RMSE" if is_forecast(tname) else "val accuracy %")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -436,7 +514,7 @@ def _plot_forecast(task: Task, mrow: dict, wb, path: pathlib.Path) -> None:
     mcfg = NDConfig(**{**mrow["config"], "grid": tuple(mrow["config"]["grid"]),
                        "patch": tuple(mrow["config"]["patch"])})
     p = mrow["_example_params"]
-    f_jit = jax.jit(predict_fn(mcfg, "forecast"))
+    f_jit = jax.jit(predict_fn(mcfg, "forecast", "pde"))
     f_m = lambda x: f_jit(p, x)
 
     def roll(fn):
@@ -458,4 +536,31 @@ def _plot_forecast(task: Task, mrow: dict, wb, path: pathlib.Path) -> None:
     axes[1, 0].set_ylabel("heat")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_video(task: Task, mrow: dict, ridge, path: pathlib.Path) -> None:
+    """Input frames, true future frames and the Mamba-ND / ridge / persistence forecasts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x, y = (a[:1] for a in task.data["test"])
+    mcfg = NDConfig(**{**mrow["config"], "grid": tuple(mrow["config"]["grid"]),
+                       "patch": tuple(mrow["config"]["patch"])})
+    f = jax.jit(predict_fn(mcfg, "forecast", "video_pred"))
+    rows = [("input", x[0]), ("truth", y[0]),
+            ("Mamba-ND", np.asarray(f(mrow["_example_params"], jnp.asarray(x)))[0]),
+            ("ridge", ridge(x)[0]), ("persistence", forecast_base("video_pred", x)[0])]
+    t = x.shape[1]
+    fig, axes = plt.subplots(len(rows), t, figsize=(1.6 * t, 1.6 * len(rows)), squeeze=False)
+    for i, (name, clip) in enumerate(rows):
+        for j in range(t):
+            axes[i, j].imshow(clip[j, ..., 0], cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[i, 0].set_ylabel(name, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -6,6 +6,21 @@ materialised [B, L, D, N] tensors a = exp(dt A) and b = dt x B, as in the
 issue: mambapy's Blelloch ``pscan`` (PyTorch), a naive PyTorch loop, a naive
 ``lax.associative_scan`` and a plain ``lax.scan`` over (a, b).
 
+Three "floors" are reported for the best forward time (``summarize``):
+
+* ``floor_issue``: the issue's reading. Its anchors ("mambapy pscan 240 ms,
+  PyTorch loop 79 ms, naive lax.associative_scan 75 ms, plain lax.scan 62 ms")
+  were all measured on *materialised* [B, L, D, N] inputs, and "within 5x of
+  the floor" refers to the fastest of them, the plain ``lax.scan`` over (a, b).
+  We measure that anchor in the same process; the target is evaluated on it.
+* ``floor_model``: max(bytes / bandwidth, flops / matmul peak) of one fused
+  forward, counting exp as one flop (spec Sec. 6). Not reachable on a CPU:
+  an fp32 exp costs 10-20 vector instructions, and there is one exp per
+  (b, l, d, n).
+* ``floor_exp``: a measured compute floor: ``sum(exp(dt A))`` over
+  [B, L, D, N] fused into one reduction (one exp per element, nothing
+  written), the least work any exact scan must do.
+
 Memory of a jitted JAX function = XLA compiled ``memory_analysis()``
 temp + output bytes (device-independent, no allocator noise). PyTorch memory
 is ``torch.cuda.max_memory_allocated`` on CUDA and not measured on CPU.
@@ -131,6 +146,9 @@ def bench_jax(inp: dict, repeats: int, variants=JAXLM_VARIANTS, log=print) -> di
     ex = jax.jit(lambda dt, A: jnp.exp(dt[..., None] * A))
     out["exp_over_BLDN"] = dict(fwd_s=time_fn(lambda: ex(dev["dt"], dev["A"]).block_until_ready(),
                                               repeats=repeats)["median"])
+    exs = jax.jit(lambda dt, A: jnp.exp(dt[..., None] * A).sum())
+    out["exp_sum_fused_BLDN"] = dict(fwd_s=time_fn(
+        lambda: exs(dev["dt"], dev["A"]).block_until_ready(), repeats=repeats)["median"])
     del a, b, wab
     return out
 
@@ -216,8 +234,18 @@ def summarize(bsz, length, dch, n, res: dict, floor: dict) -> dict:
             s[f"speedup_vs_mambapy_{key}"] = res["mambapy_pscan"][key] / t
         if "torch_loop" in res:
             s[f"speedup_vs_torch_loop_{key}"] = res["torch_loop"][key] / t
-    s["best_fwd_over_floor"] = s["best_fwd_s"]["seconds"] / floor["floor_s"]
-    s["best_fwd_over_exp_BLDN"] = s["best_fwd_s"]["seconds"] / res["exp_over_BLDN"]["fwd_s"]
+    best = s["best_fwd_s"]["seconds"]
+    s["floors_s"] = {
+        "issue_plain_lax_scan_materialised": res["jax_plain_scan"]["fwd_s"],
+        "model_bandwidth_compute": floor["floor_s"],
+        "exp_sum_fused_BLDN": res["exp_sum_fused_BLDN"]["fwd_s"],
+        "exp_materialised_BLDN": res["exp_over_BLDN"]["fwd_s"],
+    }
+    s["best_fwd_over_floor_issue"] = best / res["jax_plain_scan"]["fwd_s"]
+    s["best_fwd_over_floor"] = best / floor["floor_s"]  # model floor (kept for old readers)
+    s["best_fwd_over_floor_model"] = best / floor["floor_s"]
+    s["best_fwd_over_floor_exp"] = best / res["exp_sum_fused_BLDN"]["fwd_s"]
+    s["best_fwd_over_exp_BLDN"] = best / res["exp_over_BLDN"]["fwd_s"]
     one = one_tensor_bytes(bsz, length, dch, n)
     s["one_BLDN_tensor_bytes"] = one
     for k in JAXLM_VARIANTS:

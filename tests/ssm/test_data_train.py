@@ -74,3 +74,23 @@ def test_experiment_config_validation():
         E.validate(dataclasses.replace(cfg, models=("mamba_nd", "transformerxl")))
     with pytest.raises(ValueError, match="multiple of eval_every"):
         E.validate(dataclasses.replace(cfg, steps=5, eval_every=2))
+
+
+def test_video_forecast_clips_move_rigidly():
+    d = data.moving_digits_forecast(0, frames_in=3, frames_out=3, canvas=12)
+    x, y = d["test"]
+    assert x.shape[1:] == (3, 12, 12, 1) and y.shape == x.shape
+    clip = np.concatenate([x, y], 1)
+    mass = clip.sum((2, 3, 4))  # one digit, never clipped: same ink in every frame
+    np.testing.assert_allclose(mass, mass[:, :1].repeat(6, 1), rtol=1e-5)
+    assert np.abs(y[:, 0] - x[:, -1]).mean() > 0.01  # it moves
+
+
+def test_video_pred_reference_rows_beat_or_match_persistence():
+    cfg = dataclasses.replace(E.PRESETS.get("quick_test"), pred_frames=2, pred_canvas=12,
+                              pred_patch=(1, 4, 4))
+    task = E.build_task("video_pred", cfg)
+    rows, _ = E.video_reference_rows(task)
+    pers, ridge = rows[0]["test_mean"], rows[1]["test_mean"]
+    assert pers > 0.05 and ridge <= pers * 1.01
+    assert "rollout@2" in rows[0]
