@@ -1,7 +1,7 @@
 """Refreshing model knowledge: ROME / MEMIT / FT-L / retrieval edits on SmolLM2.
 
     python -m experiments.refresh_knowledge --config=smollm2_test --workdir=runs/refresh_knowledge_test
-    python -m experiments.refresh_knowledge --config=smollm2 --override=layer=-1
+    python -m experiments.refresh_knowledge --config=smollm2 --workdir=runs/refresh_knowledge
 
 Writes <workdir>/results.json and the plots (causal tracing, sequential edits).
 """
@@ -28,8 +28,21 @@ def main(argv):
     out = experiment.run(ecfg, _WORKDIR.value, seed=_SEED.value,
                          bar=lambda total, desc="": tqdm(total=total, desc=desc))
     paths = experiment.plots(out, _WORKDIR.value)
-    print(json.dumps({"single": out["single"], "edit_seconds": {
-        k: v["median"] for k, v in out["edit_seconds"].items()}, "plots": paths}, indent=1))
+    keep = ("n", "es", "es_lo", "es_hi", "ps", "ps_lo", "ps_hi", "ns", "ns_lo", "ns_hi",
+            "top1", "em", "pm", "nm", "fluency")
+
+    def short(s):
+        return {k: round(v, 3) for k, v in s.items() if k in keep}
+
+    print(json.dumps({
+        "layer": out["trace"]["layer_used"], "trace_argmax": out["trace"]["argmax_first_half"],
+        "pre": short(out["pre"]), "fluency_pre": out["fluency_pre"],
+        "single": {k: short(v) for k, v in out["single"].items()},
+        "edit_seconds": {k: v["median"] for k, v in out["edit_seconds"].items()},
+        "layer_sweep": {k: short(v) for k, v in out["layer_sweep"].items()},
+        "sequential": {k: [dict(short(r), edits=r["edits"]) for r in v]
+                       for k, v in out["sequential"].items()},
+        "timings": out["timings"], "plots": paths}, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ in the batch, and the prompts run from the cached prefix-free tail state
 Retrieval (explicit memory, SERAC/RALM family): an edit memory of fact
 sentences ("The capital of France is Vienna."), each embedded by mean-pooling
 the model's residual stream at ``embed_layer``; a query retrieves its nearest
-fact by cosine similarity and the fact is prepended to the prompt. An optional
+fact by cosine similarity and the fact is prepended to the prompt
+(``RETRIEVAL_FORMAT``). An optional
 scope check prepends only when the similarity is >= ``threshold``. The model's
 weights are never changed.
 """
@@ -122,6 +123,13 @@ def ft_edit(
     return with_w_down(params, hp.layer, w), info
 
 
+# How a retrieved fact is put in front of the prompt (IKE-style "New Fact:" framing). On
+# SmolLM2-135M a bare "<fact> <prompt>" leaves P(old) > P(new) on most rewrite prompts;
+# the "New fact:" header makes the model use the retrieved fact (measured on 5 edits:
+# 46% -> 75% of rewrite/paraphrase/neighbour comparisons right).
+RETRIEVAL_FORMAT = "New fact: {fact}\n{prompt}"
+
+
 @dataclasses.dataclass
 class EditMemory:
     """Fact sentences and their unit embeddings [N, D]."""
@@ -193,5 +201,6 @@ def augment(
     idx, sim = retrieve(mem, params, cfg, tok, prompts, layer=layer)
     out = []
     for p, i, s in zip(prompts, idx, sim, strict=True):
-        out.append(p if threshold is not None and s < threshold else f"{mem.facts[i]} {p}")
+        out.append(p if threshold is not None and s < threshold else
+                   RETRIEVAL_FORMAT.format(fact=mem.facts[i], prompt=p))
     return out
