@@ -39,6 +39,7 @@ CONTEXTS = ("{}", "The first step is to. {}", "Therefore, it is not. {}", "Becau
 
 def main(argv):
     del argv
+    import dataclasses
     import time
 
     import jax
@@ -72,9 +73,10 @@ def main(argv):
     backend = jax.default_backend()
     logging.info("backend %s, load %.1f s", backend, load_s)
 
-    def edit(req, **kw):
+    def edit(req, cov=None, **kw):
         t = time.perf_counter()
-        new, info = rome.rome_edit(params, cfg, tok, req, hp, contexts=CONTEXTS, **kw)
+        h = dataclasses.replace(hp, use_cov=cov is not None)
+        new, info = rome.rome_edit(params, cfg, tok, req, h, contexts=CONTEXTS, cov=cov, **kw)
         jax.block_until_ready(new["layers"][hp.layer]["mlp"]["w_down"])
         return time.perf_counter() - t, info
 
