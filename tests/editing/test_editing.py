@@ -10,7 +10,7 @@ import pytest
 
 from jaxlm.core import MODELS, init
 from jaxlm.editing import cov as cov_lib
-from jaxlm.editing import hooks, io, memit, rome
+from jaxlm.editing import baselines, hooks, io, memit, rome
 from jaxlm.editing.requests import ByteTokenizer, EditRequest, encode_prompt, target_ids
 from jaxlm.editing import value as value_lib
 from jaxlm.editing.value import ValueConfig
@@ -212,3 +212,18 @@ def test_clear_errors(tiny):
     # a full prompt containing the subject works like the template
     assert EditRequest("The capital of France is", "France", "V").template == REQ.template
     assert target_ids(TOK, EditRequest("a {} b", "x", " yz"), single_token=False) == [32, 121, 122]
+
+
+def test_retrieval_memory_finds_its_fact(tiny):
+    cfg, params = tiny
+    reqs = [REQ, REQ2, EditRequest("The language of {} is", "Peru", "X")]
+    mem = baselines.build_memory(params, cfg, TOK, reqs, layer=1)
+    np.testing.assert_allclose(np.linalg.norm(mem.emb, axis=1), 1.0, rtol=1e-5)
+    idx, sim = baselines.retrieve(mem, params, cfg, TOK, mem.facts, layer=1)
+    np.testing.assert_array_equal(idx, [0, 1, 2])
+    np.testing.assert_allclose(sim, 1.0, rtol=1e-5)
+    out = baselines.augment(mem, params, cfg, TOK, [REQ.text, REQ.text], layer=1)
+    assert out[0] == baselines.RETRIEVAL_FORMAT.format(fact=mem.facts[idx[0]], prompt=REQ.text)
+    # the scope check leaves prompts below the threshold alone
+    assert baselines.augment(mem, params, cfg, TOK, [REQ.text], layer=1,
+                             threshold=1.5) == [REQ.text]
