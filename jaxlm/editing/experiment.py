@@ -377,11 +377,13 @@ def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
     seq = out.get("sequential", {})
     if seq:
         fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
-        for name, rows in seq.items():
+        styles = ("o-", "s--", "^:", "D-.")
+        for j, (name, rows) in enumerate(seq.items()):
             xs = [r["edits"] for r in rows]
             for ax, k in zip(axes, ("es", "ps", "ns", "fluency"), strict=True):
                 if all(k in r for r in rows):
-                    ax.plot(xs, [r[k] for r in rows], "o-", label=name)
+                    ax.plot(xs, [r[k] for r in rows], styles[j % len(styles)], label=name,
+                            alpha=0.8, ms=5)
                     ax.set_title(k.upper() if k != "fluency" else "fluency (n-gram entropy)")
                     ax.set_xscale("log")
                     ax.set_xlabel("edits")
