@@ -2,12 +2,14 @@
 
     # one peer, sub-models planned under a device memory cap (forces several sub-models)
     python -m experiments.atom_train --config=gptj-tiny_test --override=n_layers=4 \
-        --memory_cap_mb=0.9 --steps=30 --workdir=/tmp/atom
+        --memory_cap_mb=1.5 --steps=30 --workdir=/tmp/atom
     # all-resident anchor (same data, same optimizer)
     python -m experiments.atom_train --mode=resident --config=gptj-tiny_test --steps=30
     # N lock-step peers over jax.distributed (gloo on loopback), gradient averaging
     python -m experiments.atom_train --mode=peers --peers=2 --config=gptj-tiny_test --steps=10
 
+``--prefetch=thread`` uses the copy-engine threads and records per-phase telemetry (load,
+compute, gradient offload, host update, stalls per sub-model; ``atom_timeline.png``).
 Reports tokens/s, the plan (sub-models, predicted overlap), loss, time to --target_loss, and
 writes <workdir>/atom_metrics.json. ``--mode=pipeline`` runs the GPipe baseline (stage
 processes over loopback TCP, ``--link_mbps`` emulates a slow link). The asynchronous hivemind
@@ -48,6 +50,11 @@ _LINK = flags.DEFINE_float("link_mbps", 0.0, "Emulated link bandwidth for the pi
 _TARGET = flags.DEFINE_float("target_loss", 3.0, "Report the first step/time below this loss.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/atom_train", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_PREFETCH = flags.DEFINE_enum("prefetch", "dispatch", ["dispatch", "thread", "none"],
+                              "--mode=swap: how loads overlap compute (thread: copy-engine "
+                              "threads, real overlap on CPU; per-phase telemetry + timeline).")
+_HOST_MEM = flags.DEFINE_enum("host_memory", "auto", ["auto", "pinned_host", "cpu"],
+                              "--mode=swap: host placement (auto: pinned_host on a GPU).")
 
 
 def main(argv):
@@ -142,10 +149,15 @@ def main(argv):
         print(plan.describe())
         metrics["plan"] = {"cuts": plan.cuts, "predicted_overlap": plan.overlap,
                            "peak_mem_mb": plan.peak_mem / 2**20}
-        tr = swap.SwapTrainer(cfg, params, tx, plan.cuts)
+        tr = swap.SwapTrainer(cfg, params, tx, plan.cuts, prefetch=_PREFETCH.value,
+                              host_memory=_HOST_MEM.value)
+        metrics["host_memory"] = tr.hostmem.note
+        last: dict = {}
 
         def step(bt):
-            return tr.step(bt).loss
+            st = tr.step(bt)
+            last["st"] = st
+            return st.loss
     else:
         rs = swap.make_resident_step(cfg, tx)
         state = {"p": params, "s": tx.init(params)}
@@ -168,6 +180,16 @@ def main(argv):
     metrics.update({"losses": losses, "median_step_s": steady,
                     "tokens_per_s": b * t / steady, "time_to_target": hit,
                     "final_loss": losses[-1]})
+    if _MODE.value == "swap" and last["st"].phases is not None:
+        from jaxlm.offload import engines
+
+        ph = last["st"].phases
+        metrics["phases_last_step"] = {k: v for k, v in ph.items() if k != "per_submodel"}
+        metrics["phases_per_submodel"] = ph["per_submodel"]
+        metrics["timeline"] = engines.plot_timeline(
+            last["st"].events, str(out / "atom_timeline.png"),
+            f"last step, prefetch={_PREFETCH.value}, {tr.num_submodels} sub-models")
+        tr.close()
     print(json.dumps({k: v for k, v in metrics.items() if k != "losses"}, indent=1))
     (out / "atom_metrics.json").write_text(json.dumps(metrics, indent=1))
 

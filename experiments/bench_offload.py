@@ -101,12 +101,24 @@ def main(argv):
     # one block per sub-model; embed joins block_0 and head the last block, so every
     # sub-model's compute is one block's (the embed alone cannot hide block_1's load)
     cuts = list(range(2, n - 1))
+    hm = engines.choose_host_memory(dev).kind
     r = measure.measure_overlap(cfg, batch, seq, cuts, repeats=reps, tx=tx, modes=modes,
-                                monolithic=not _SINGLE.value)
+                                monolithic=not _SINGLE.value, host_memory=hm)
     events = r.pop("events", None)
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
            if k != "per_submodel"})
     results["swap"] = r
+    if gpu and hm == "pinned_host":  # the pageable alternative, for comparison
+        try:
+            r2 = measure.measure_overlap(cfg, batch, seq, cuts, repeats=reps, tx=tx,
+                                         modes=("thread", "none"), monolithic=False,
+                                         host_memory="cpu")
+            r2.pop("events", None)
+            results["swap_pageable"] = r2
+            print("pageable:", {k: (round(v, 4) if isinstance(v, float) else v)
+                                for k, v in r2.items() if k != "per_submodel"})
+        except Exception as e:
+            results["swap_pageable"] = {"error": repr(e)[:400]}
     results["swap_model"] = {"overrides": sizes, "batch": batch, "seq": seq,
                              "host_opt": _OPT.value}
     if events:

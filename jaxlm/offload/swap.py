@@ -138,7 +138,14 @@ class SwapTrainer:
         self.pinned: list[Any] | None = None
         if self.hostmem.kind == "pinned_host":
             self._pin_sh = eng.sharding(self.dev, "pinned_host")
-            self.pinned = [self._to_pinned(g) for g in self.master]
+            try:
+                self.pinned = [self._to_pinned(g) for g in self.master]
+            except Exception as e:  # listed but the runtime refuses the copy
+                if host_memory == "pinned_host":
+                    raise ValueError(f"host_memory='pinned_host': copying into pinned_host of "
+                                     f"{self.dev} failed ({e!r:.200}); use 'cpu'") from e
+                self.hostmem = eng.HostMemory("cpu", self.hostmem.kinds,
+                                              f"pinned_host listed but unusable: {e!r:.120}")
         # CPU "device", thread/none modes: real memcpys into aligned staging slots, wrapped
         # zero-copy (the dispatch mode keeps the runtime's own asynchronous device_put)
         self._cpu_copy = (prefetch != "dispatch" and self.dev.platform == "cpu"
@@ -193,6 +200,11 @@ class SwapTrainer:
         t0 = time.perf_counter()
         if self._cpu_copy:
             out = eng.cpu_copy(gp, self.host)
+        elif self.pinned is not None and self.dev.platform != "cpu":
+            # DMA into pinned host memory, then a host-side hop to the optimizer's device
+            out = jax.device_put(jax.block_until_ready(jax.device_put(gp, self._pin_sh)),
+                                 self.host)
+            out = jax.block_until_ready(out)
         else:
             out = jax.block_until_ready(jax.device_put(gp, self.host))
         self._tl.add("d2h", k, t0, time.perf_counter())
