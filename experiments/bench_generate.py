@@ -46,7 +46,9 @@ def main(argv):
 
         cfg = dataclasses.replace(MODELS.get("smollm2-135m"), param_dtype=_DTYPE.value,
                                   compute_dtype=_DTYPE.value)
-        params = jax.jit(init, static_argnums=1)(jax.random.PRNGKey(0), cfg)
+        # eager on purpose: jit(init) of the 30-layer model compiles every layer's threefry
+        # graph (~4 s per layer on CPU, > 2 min on a GPU box) for a one-off
+        params = jax.block_until_ready(init(jax.random.PRNGKey(0), cfg))
         m = None
     else:
         m = load("smollm2-135m-instruct", dtype=_DTYPE.value)
