@@ -48,6 +48,10 @@ class ExperimentConfig:
         fluency_edits: single edits per method whose fluency is measured (the first ones).
         sweep_layers: ROME (C = I) is also run at these layers on the first ``sweep_n``
             facts (ES/PS/NS by layer, next to the causal-tracing curve).
+        ft_seq_max: sequential FT-L stops after this many edits (it is the slowest part
+            after ROME and its curve is flat).
+        mix_relations: order the edits so every prefix mixes the relations in proportion
+            (False: capitals first, most confident facts first).
         methods: which of rome, rome_cov, memit, ft, retrieval to run.
     """
 
@@ -71,16 +75,25 @@ class ExperimentConfig:
     fluency_edits: int = 5
     sweep_layers: tuple[int, ...] = ()
     sweep_n: int = 5
+    ft_seq_max: int = 1000
+    mix_relations: bool = True
     methods: tuple[str, ...] = ("rome", "rome_cov", "memit", "ft", "retrieval")
     seq_methods: tuple[str, ...] = ("rome", "ft", "memit", "retrieval")
 
 
 EXPERIMENTS: Registry[ExperimentConfig] = Registry("refresh_knowledge")
-EXPERIMENTS.add("smollm2", ExperimentConfig(n_single=39, fluency_edits=3,
-                                            sweep_layers=(2, 4, 7, 10), sweep_n=4))
+# The default run (20 edits, ~35 min on a loaded 2-core box); "smollm2_all" edits all 39
+# known facts (single and sequential), about twice that.
+EXPERIMENTS.add("smollm2", ExperimentConfig(n_single=20, seq_points=(1, 10, 20),
+                                            fluency_edits=2, sweep_layers=(4, 7), sweep_n=4,
+                                            ft_seq_max=10))
+EXPERIMENTS.add("smollm2_all", ExperimentConfig(n_single=39, seq_points=(1, 10, 50),
+                                                fluency_edits=3, sweep_layers=(2, 4, 7, 10),
+                                                sweep_n=4))
 EXPERIMENTS.add("smollm2_test", ExperimentConfig(
     n_single=2, seq_points=(1, 3), n_trace=1, trace_samples=3, cov_tokens=2048,
     fluency_tokens=24, fluency_edits=1, seq_methods=("rome", "memit", "retrieval"),
+    mix_relations=False,
 ))
 
 FLUENCY_PROMPTS = ("France is", "The city of", "My favourite country")
@@ -89,6 +102,21 @@ FLUENCY_PROMPTS = ("France is", "The city of", "My favourite country")
 def _mean(rows, k):
     v = [r[k] for r in rows if not np.isnan(r[k])]
     return float(np.mean(v)) if v else float("nan")
+
+
+def mix_relations(cases):
+    """Interleaves the relations in proportion (stable within a relation), so the first k
+    edits sample every relation and the whole confidence range."""
+    rank: dict[str, int] = {}
+    total: dict[str, int] = {}
+    for c in cases:
+        total[c.relation] = total.get(c.relation, 0) + 1
+    keys = []
+    for c in cases:
+        r = rank.get(c.relation, 0)
+        rank[c.relation] = r + 1
+        keys.append((r + 0.5) / total[c.relation])
+    return [c for _, c in sorted(zip(keys, cases, strict=True), key=lambda x: x[0])]
 
 
 def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int,
@@ -143,6 +171,8 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     out["timings"]["load"] = time.perf_counter() - t_start
     t0 = time.perf_counter()
     cases, report = data.build_cases(params, cfg, tok, cache_path=workdir / "cases.json")
+    if ecfg.mix_relations:
+        cases = mix_relations(cases)
     out["facts"] = {k: {"candidates": v["candidates"], "known": v["known"]}
                     for k, v in report.items()}
     log(f"known facts: {out['facts']} -> {len(cases)} edit cases")
@@ -193,7 +223,8 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
         "ft": lambda p, r: baselines.ft_edit(p, cfg, tok, r, ft_hp),
     }
     active = [k for k in ("rome", "rome_cov", "memit", "ft") if k in ecfg.methods]
-    n_seq = max(ecfg.seq_points, default=0) * sum(k in ecfg.seq_methods for k in ("rome", "ft"))
+    n_seq = min(max(ecfg.seq_points, default=0), len(cases)) * sum(
+        k in ecfg.seq_methods for k in ("rome", "ft"))
     pbar = bar(total=n * len(active) + n_seq, desc="edits") if bar else None
     single_rows: dict[str, list[dict]] = {k: [] for k in active}
     edit_seconds: dict[str, list[float]] = {k: [] for k in active}
@@ -302,7 +333,9 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, context
             continue
         p = params
         rows = []
-        for i in range(points[-1]):
+        last = points[-1] if name == "rome" else max(
+            [k for k in points if k <= ecfg.ft_seq_max] or points[:1])
+        for i in range(last):
             p, info = methods[name](p, cases[i].request)
             if pbar:
                 pbar.update(1)
