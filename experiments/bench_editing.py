@@ -128,14 +128,13 @@ def main(argv):
         Target("rome_edit_seconds_median (compiled)", med, 30.0, "<="),
         Target("rome_edit_seconds_first (incl. compile)", first_s, 30.0, "<="),
     ]
-    path = write_bench(_NAME.value, r, targets, out_dir=_OUT.value) if _OUT.value else None
+    write_bench(_NAME.value, r, targets, out_dir=_OUT.value)
     info = machine_info()
     logging.info("machine %s", info)
     for k, v in r.items():
         print(f"{k}: {v}")
     for tg in targets:
         print(tg.as_dict())
-    del path
 
 
 if __name__ == "__main__":
