@@ -75,9 +75,12 @@ def run(ctx: RunContext) -> Section:
              f"{cfg.batch_size}, LR sweep {list(cfg.lrs)} (selected on validation), seeds "
              f"{list(cfg.seeds)}. Canvas {cfg.canvas}x{cfg.canvas} patch {cfg.canvas_patch}; "
              f"moving digits {cfg.video_frames}x{cfg.video_canvas}x{cfg.video_canvas} tubelet "
-             f"{tuple(cfg.video_patch)}, 8 motion directions; PDE {cfg.pde_grid}x{cfg.pde_grid} "
+             f"{tuple(cfg.video_patch)}, 8 motion directions; next-frames prediction "
+             f"{cfg.pred_frames}->{cfg.pred_frames} frames {cfg.pred_canvas}x{cfg.pred_canvas} "
+             f"patch {tuple(cfg.pred_patch)} (RMSE vs persistence and pixel ridge); "
+             f"PDE {cfg.pde_grid}x{cfg.pde_grid} "
              f"tracer advection + variable-coefficient heat, {cfg.pde_traj} trajectories. "
-             "Accuracy in %, PDE as RMSE (lower is better). Tiny models, far from the paper's "
+             "Accuracy in %, forecasts as RMSE (lower is better). Tiny models, far from the paper's "
              "ImageNet/HMDB/ERA5 scale: this tests the design, not the headline numbers.")
     return Section(
         title=TITLE,
@@ -93,7 +96,8 @@ def run(ctx: RunContext) -> Section:
         command=f"python -m experiments.reproduce --only={NAME}" + (" --quick" if ctx.quick
                                                                    else ""),
         plots=[str(p) for p in (ctx.outdir / "learning_curves.png",
-                                ctx.outdir / "pde_forecast.png") if p.exists()],
+                                ctx.outdir / "pde_forecast.png",
+                                ctx.outdir / "video_forecast.png") if p.exists()],
         metrics={"tasks": {t: {r["name"]: r["test"]["mean"] for r in rows}
                            for t, rows in res["tasks"].items()},
                  "ablation": {r["name"]: r["test"]["mean"] for r in res["ablation"]},
