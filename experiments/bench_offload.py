@@ -9,7 +9,8 @@ second CPU device (jax_num_cpu_devices=2), copies are real numpy memcpys run by 
 engine thread, and XLA's CPU compute is limited to --cpu_compute_threads threads (default 1,
 so that the copy engine has the other core of a 2-core box, as a GPU has a DMA engine).
 
-Targets: the swap executor's overlap efficiency eta = t(staged, all resident) / t(swap) >= 0.9
+Targets: the swap executor's overlap efficiency (the spec's eta_swap) eta = t(staged compute,
+all resident, no copies) / t(swap step) >= 0.9
 in a configuration where compute per sub-model exceeds its load time (the measured
 compute/load ratio is reported), and the copy/compute micro-benchmark's overlap efficiency
 (T_c + T_l - T_both) / min(T_c, T_l) >= 0.9. On a GPU the H2D bandwidth is compared with the
@@ -64,7 +65,8 @@ def main(argv):
                      "device_kind": dev.device_kind, "jax": jax.__version__,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
                      "host_memory": engines.choose_host_memory(dev).__dict__,
-                     "zero_copy_cpu_device": engines.zero_copy_supported(dev)}
+                     "zero_copy_cpu_device": engines.zero_copy_supported(dev),
+                     "loadavg_start": os.getloadavg()}
     # ---- 1. bandwidth: pageable numpy vs pinned_host
     sizes_mb = ([256] if quick else [256, 1024]) if big else [64]
     bw = []
@@ -79,8 +81,13 @@ def main(argv):
     micro = []
     for pinned in ([False, True] if "pinned_host" in engines.memory_kinds(dev) and gpu
                    else [False]):
-        r = measure.copy_compute_overlap((256 if big else 64) * 2**20, host, dev,
-                                         compute_over_copy=2.0, repeats=reps, pinned=pinned)
+        try:
+            r = measure.copy_compute_overlap((256 if big else 64) * 2**20, host, dev,
+                                             compute_over_copy=2.0, repeats=reps,
+                                             pinned=pinned)
+        except Exception as e:
+            r = {"pinned_source": pinned, "error": repr(e)[:400],
+                 "overlap_eff_thread": float("nan")}
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
         micro.append(r)
     results["copy_compute_overlap"] = micro
@@ -102,8 +109,14 @@ def main(argv):
     # sub-model's compute is one block's (the embed alone cannot hide block_1's load)
     cuts = list(range(2, n - 1))
     hm = engines.choose_host_memory(dev).kind
-    r = measure.measure_overlap(cfg, batch, seq, cuts, repeats=reps, tx=tx, modes=modes,
-                                monolithic=not _SINGLE.value, host_memory=hm)
+    try:
+        r = measure.measure_overlap(cfg, batch, seq, cuts, repeats=reps, tx=tx, modes=modes,
+                                    monolithic=not _SINGLE.value, host_memory=hm)
+    except Exception as e:  # keep the other numbers; say what failed
+        import traceback
+
+        traceback.print_exc()
+        r = {"error": repr(e)[:400], "eta": float("nan")}
     events = r.pop("events", None)
     print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
            if k != "per_submodel"})
@@ -136,16 +149,24 @@ def main(argv):
         except Exception as e:  # report, do not lose the other numbers
             results["scan_offload"]["error"] = repr(e)[:400]
     print(results["scan_offload"])
+    eff = [m["overlap_eff_thread"] for m in micro if m["overlap_eff_thread"] == m[
+        "overlap_eff_thread"]]
     targets = [
-        Target("swap_overlap_eta(staged_resident/swap,best)", r["eta"], 0.9, ">="),
+        Target("swap_eta_swap(staged_compute/swap_step,best)", r["eta"], 0.9, ">="),
         Target("swap_compute_over_load_fwd(min, precondition)",
                r.get("compute_over_load_fwd_min", float("nan")), 1.0, ">="),
-        Target("copy_compute_overlap_eff(thread)",
-               max(m["overlap_eff_thread"] for m in micro), 0.9, ">="),
+        Target("copy_compute_overlap_eff(thread)", max(eff, default=float("nan")), 0.9, ">="),
     ]
     if gpu and pcie:
-        h2d = max(b.get("h2d_pinned_GBs", b["h2d_pageable_GBs"]) for b in bw)
+        h2d = max(max(b.get("h2d_pinned_GBs", 0.0), b["h2d_pageable_GBs"]) for b in bw)
         targets.append(Target("h2d_GBs_vs_pcie_fraction", h2d / pcie, 0.5, ">="))
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    results["loadavg_end"] = os.getloadavg()
+    results["cpu_time_s"] = ru.ru_utime + ru.ru_stime
+    print("loadavg start/end", results["loadavg_start"], results["loadavg_end"],
+          "cpu_time_s", round(results["cpu_time_s"], 1))
     write_bench("offload", results, targets, out_dir=_OUT_DIR.value)
 
 

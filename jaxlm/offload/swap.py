@@ -136,6 +136,8 @@ class SwapTrainer:
         self._dev_sh = eng.sharding(self.dev, "device" if "device" in self.hostmem.kinds
                                     else None)
         self.pinned: list[Any] | None = None
+        self.notes: list[str] = []
+        self._d2h_pinned = True
         if self.hostmem.kind == "pinned_host":
             self._pin_sh = eng.sharding(self.dev, "pinned_host")
             try:
@@ -200,11 +202,16 @@ class SwapTrainer:
         t0 = time.perf_counter()
         if self._cpu_copy:
             out = eng.cpu_copy(gp, self.host)
-        elif self.pinned is not None and self.dev.platform != "cpu":
+        elif self.pinned is not None and self.dev.platform != "cpu" and self._d2h_pinned:
             # DMA into pinned host memory, then a host-side hop to the optimizer's device
-            out = jax.device_put(jax.block_until_ready(jax.device_put(gp, self._pin_sh)),
-                                 self.host)
-            out = jax.block_until_ready(out)
+            try:
+                out = jax.device_put(jax.block_until_ready(jax.device_put(gp, self._pin_sh)),
+                                     self.host)
+                out = jax.block_until_ready(out)
+            except Exception as e:  # runtime cannot do the hop: direct copy from now on
+                self._d2h_pinned = False
+                self.notes.append(f"pinned D2H hop failed ({e!r:.120}); direct device_put")
+                out = jax.block_until_ready(jax.device_put(gp, self.host))
         else:
             out = jax.block_until_ready(jax.device_put(gp, self.host))
         self._tl.add("d2h", k, t0, time.perf_counter())
