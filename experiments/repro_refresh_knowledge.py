@@ -68,6 +68,15 @@ def run(ctx: RunContext) -> Section:
         "size; retrieval memory of that size). Fluency = ROME n-gram entropy of greedy "
         f"continuations (unedited {out['fluency_pre']:.3f}).\n\n" + markdown_table(seq_rows)
     )
+    sweep = out.get("layer_sweep") or {}
+    if sweep:
+        extra += (
+            f"\n\n**ROME (C = I) by edit layer** (first {out['config']['sweep_n']} facts; the "
+            "causal-tracing curve above says where the fact is recalled, this says where an "
+            "edit works):\n\n" + markdown_table([
+                {"layer": k, "ES": _ci(v, "es"), "PS": _ci(v, "ps"), "NS": _ci(v, "ns"),
+                 "NM": round(v["nm"], 3)} for k, v in sorted(sweep.items(), key=lambda x: int(x[0]))
+            ]))
     return Section(
         title=TITLE,
         claim=("Locate-and-edit methods rewrite single facts: ROME on known facts reaches "
