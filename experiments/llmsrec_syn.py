@@ -2,6 +2,7 @@
 
     python -m experiments.llmsrec_syn --config=quick --workdir=runs/llmsrec_syn
     python -m experiments.llmsrec_syn --config=default --override=n_test=200
+    python -m experiments.llmsrec_syn --config=target500 --override=n_llm_users=48
     python -m experiments.llmsrec_syn --config=default --data_dir=/path/to/ml-1m  # real ML-1M
     python -m experiments.llmsrec_syn --config=default_test --backend=scripted    # no model
 
@@ -33,6 +34,14 @@ def _presets() -> Registry:
     reg: Registry = Registry("llmsrec_syn")
     reg.add("default", RecExpConfig())
     reg.add("quick", QUICK)
+    # the scale target: a 500-user synthetic world, every user evaluated
+    reg.add("target500", RecExpConfig(
+        synth=SynthConfig(n_users=500, n_items=400), n_test=500,
+        methods=("zero", "fixed", "nearest:1", "aggregated:2"), scrambled_methods=()))
+    reg.add("target500_test", dataclasses.replace(
+        QUICK, synth=SynthConfig(n_users=60, n_items=96, min_len=6, max_len=12), n_test=20,
+        n_llm_users=6, methods=("zero", "fixed", "aggregated:2"), scrambled_methods=(),
+        sasrec_steps=5))
     tiny = dataclasses.replace(QUICK, synth=SynthConfig(n_users=60, n_items=96, min_len=6,
                                                         max_len=12), n_test=8, sasrec_steps=5)
     reg.add("default_test", tiny)

@@ -150,6 +150,43 @@ def dimension_prompt(prompt: str, n_dims: int, kind: str, context: str = "") -> 
             "(5 ordered levels).\nJSON:")
 
 
+DIM_STYLES = ("fewshot", "instruction")
+# one worked example per kind (a different task), shown before the real task; the reply is
+# then forced to start inside the JSON object ('{"') and cut at the first '}'
+_EXAMPLE_TASK = "Write a short review of wireless headphones."
+_EXAMPLES = {
+    "categorical": {"Tone": ["enthusiastic", "critical", "neutral", "humorous", "sarcastic",
+                             "formal"],
+                    "Focus": ["sound", "comfort", "price", "design", "battery", "durability"],
+                    "Audience": ["gamers", "commuters", "students", "athletes", "musicians",
+                                 "parents"]},
+    "ordinal": {"Enthusiasm": ["indifferent", "mild", "moderate", "strong", "ecstatic"],
+                "Technical detail": ["none", "little", "some", "much", "exhaustive"],
+                "Formality": ["very casual", "casual", "neutral", "formal", "very formal"]},
+}
+FORCED_PREFIX = '{"'
+
+
+def fewshot_dimension_prompt(prompt: str, n_dims: int, kind: str, context: str = "") -> str:
+    """Format-forcing variant for small models: a worked example in the exact JSON layout,
+    then the task, ending inside the JSON object (``FORCED_PREFIX``) so the model only has
+    to continue it."""
+    ctx = f"This is the context: {context}\n---end context ---\n" if context else ""
+    if kind == "categorical":
+        head = (f"List {n_dims} categorical dimensions with 6 values each: qualitative "
+                "categories (tone, setting, style, perspective...) by which answers to the task "
+                "could be grouped; no quality judgements.")
+    else:
+        head = (f"List {n_dims} ordinal dimensions with 5 ordered levels each, from lowest to "
+                "highest: to what extent an answer to the task shows a quality.")
+    ex = dict(list(_EXAMPLES[kind].items())[:n_dims])
+    return (f"{head}\n\nTask: {_EXAMPLE_TASK}\nJSON: {json.dumps(ex)}\n\n{ctx}Task: {prompt}"
+            f"\nJSON: {FORCED_PREFIX}")
+
+
+_PLACEHOLDER = re.compile(r"^(dimension|value|name|level|category|key|dim)\s*[_-]?\s*\d*$", re.I)
+
+
 def parse_dimensions(obj: Any, kind: str, n_values: int | None = None) -> list[Dimension]:
     """Validates a parsed JSON object ``{name: [values]}`` into dimensions.
 
@@ -175,6 +212,10 @@ def parse_dimensions(obj: Any, kind: str, n_values: int | None = None) -> list[D
                                                           for v in vals):
             raise DimensionError(f"dimension {name!r}: name and values must be words, got "
                                  f"{vals!r}")
+        if _PLACEHOLDER.match(name.strip()) or any(_PLACEHOLDER.match(v) for v in vals):
+            raise DimensionError(f"dimension {name!r}: placeholder name or values {vals!r}")
+        if list(vals) == _EXAMPLES.get(kind, {}).get(name.strip()):
+            raise DimensionError(f"dimension {name!r}: copied from the prompt's example")
         if kind == "categorical" and len(vals) < 3:
             raise DimensionError(f"categorical dimension {name!r} needs >= 3 values, "
                                  f"got {len(vals)}")
@@ -190,6 +231,7 @@ class DimStats:
     valid: int = 0
     calls: int = 0
     fallbacks: int = 0
+    repaired: int = 0
 
     @property
     def valid_rate(self) -> float:
@@ -199,39 +241,87 @@ class DimStats:
     def fallback_rate(self) -> float:
         return self.fallbacks / max(self.calls, 1)
 
+    @property
+    def repaired_rate(self) -> float:
+        return self.repaired / max(self.calls, 1)
+
+
+_ENTRY = re.compile(r'"([^"\n]{1,60})"\s*:\s*(\[[^\[\]{}]*\])')
+
+
+def repair_dimensions(text: str, kind: str, n_values: int | None = None) -> list[Dimension]:
+    """Grammar-like salvage of an invalid reply: every complete ``"name": ["v", ...]``
+    entry is parsed on its own and kept if it validates (truncated or garbled entries are
+    dropped). Returns the valid dimensions (possibly none)."""
+    out, seen = [], set()
+    for m in _ENTRY.finditer(text):
+        try:
+            vals = json.loads(m.group(2))
+            d = parse_dimensions({m.group(1): vals}, kind, n_values)[0]
+        except (ValueError, DimensionError):
+            continue
+        if d.name not in seen:
+            seen.add(d.name)
+            out.append(d)
+    return out
+
 
 def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
                         kinds: Sequence[str] = ("categorical", "ordinal"), retries: int = 5,
                         cfg: GenConfig = GenConfig(max_tokens=200, temperature=0.7),
                         stats: DimStats | None = None,
                         fallback: Sequence[str] = ("Perspective", "Sentence form", "Sentiment",
-                                                   "Formality", "Length band")
+                                                   "Formality", "Length band"),
+                        style: str = "fewshot", repair: bool = True
                         ) -> tuple[list[Dimension], DimStats]:
     """Asks the LLM for dimensions of each kind; up to ``retries`` attempts per kind until the
-    JSON parses and validates; else falls back to library dimensions of that kind.
+    JSON parses and validates; else (``repair``) the valid entries salvaged from the replies
+    by ``repair_dimensions``; else falls back to library dimensions of that kind.
+
+    Args:
+        style: "fewshot" (``fewshot_dimension_prompt``: worked example + reply forced to
+            start inside the JSON object, raw completion) or "instruction" (the released
+            request paraphrase, ``dimension_prompt``, as a chat turn).
 
     Returns:
-        (dimensions, stats) with stats.valid_rate / fallback_rate to report.
+        (dimensions, stats) with stats.valid_rate / repaired_rate / fallback_rate to report.
     """
     from jaxlm.llm.helpers import extract_json
 
+    if style not in DIM_STYLES:
+        raise ValueError(f"style must be one of {DIM_STYLES}, got {style!r}")
     stats = stats or DimStats()
     dims: list[Dimension] = []
     for kind in kinds:
         stats.calls += 1
+        nv = 5 if kind == "ordinal" else None
         got = None
         # the retries are sampled as one batch (distinct seeds per row); the first valid reply
         # in order is used and attempts count as if they had run one after another
-        texts = _complete_batch(backend, [dimension_prompt(prompt, n_dims, kind)] * retries, cfg)
+        if style == "fewshot":
+            texts = _complete_batch(
+                backend, [fewshot_dimension_prompt(prompt, n_dims, kind)] * retries, cfg,
+                raw=True)
+            # the reply continues the forced '{"'; keep it up to the first '}'
+            texts = [t if t.lstrip().startswith("{") else FORCED_PREFIX + t for t in texts]
+            texts = [t[: t.index("}") + 1] if "}" in t else t for t in texts]
+        else:
+            texts = _complete_batch(backend, [dimension_prompt(prompt, n_dims, kind)] * retries,
+                                    cfg)
         for text in texts:
             stats.attempts += 1
             try:
-                got = parse_dimensions(extract_json(text), kind,
-                                       5 if kind == "ordinal" else None)[:n_dims]
+                got = parse_dimensions(extract_json(text), kind, nv)[:n_dims]
                 stats.valid += 1
                 break
             except (ValueError, DimensionError):
                 continue
+        if got is None and repair:
+            salvaged = [d for t in texts for d in repair_dimensions(t, kind, nv)]
+            salvaged = list({d.name: d for d in salvaged}.values())[:n_dims]
+            if salvaged:
+                stats.repaired += 1
+                got = salvaged
         if got is None:
             stats.fallbacks += 1
             got = [d for d in library_dims(fallback) if d.kind == kind][:n_dims]
@@ -244,13 +334,15 @@ def _complete_one(backend: Any, user: str, cfg: GenConfig) -> str:
     return _complete_batch(backend, [user], cfg)[0]
 
 
-def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig) -> list[str]:
-    """One chat turn per prompt. Local white-box backends run all prompts as one left-padded
-    batch (``generate_ids`` with pad positions -1); others loop over ``chat``."""
+def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig,
+                    raw: bool = False) -> list[str]:
+    """One chat turn per prompt (``raw``: plain text completion, no chat template). Local
+    white-box backends run all prompts as one left-padded batch (``generate_ids`` with pad
+    positions -1); others loop over ``chat`` / ``complete``."""
     caps = getattr(backend, "capabilities", frozenset())
     if "masked_generate" in caps and hasattr(backend, "generate_ids") and len(users) > 1:
-        ids = [backend.encode(backend.apply_chat_template([{"role": "user", "content": u}]))
-               for u in users]
+        ids = [backend.encode(u if raw else backend.apply_chat_template(
+            [{"role": "user", "content": u}])) for u in users]
         t = max(len(x) for x in ids)
         pad = getattr(backend.tokenizer, "pad_id", 0)
         toks = np.full((len(ids), t), pad, np.int32)
@@ -266,6 +358,8 @@ def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig) -> list[
                 text = text.split(s)[0]
             res.append(text.strip())
         return res
+    if raw:
+        return [backend.complete(u, cfg)[0].text.strip() for u in users]
     return [backend.chat([{"role": "user", "content": u}], cfg)[0].text.strip() for u in users]
 
 
@@ -608,6 +702,8 @@ class LuminateConfig:
         x_dim, y_dim: grid axes of the page.
         sampler: "cover" (factorial coverage) or "random" (released behaviour).
         llm_dims: also ask the LLM for dimensions (measures JSON validity / fallback).
+        dim_style: "fewshot" (format-forcing example + forced JSON start) or "instruction"
+            (the released request paraphrase).
         dim_retries: attempts per dimension kind.
         dim_max_tokens: token budget of a dimension-JSON reply.
         n_abstract: responses abstracted by the LLM (the rest use the fallback).
@@ -623,6 +719,7 @@ class LuminateConfig:
     y_dim: str = "Perspective"
     sampler: str = "cover"
     llm_dims: bool = True
+    dim_style: str = "fewshot"
     dim_retries: int = 5
     dim_max_tokens: int = 120
     n_abstract: int = 40
@@ -653,8 +750,11 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
     if cfg.llm_dims:
         llm_dims, st = generate_dimensions(
             backend, cfg.prompt, 3, retries=cfg.dim_retries,
-            cfg=GenConfig(max_tokens=cfg.dim_max_tokens, temperature=0.7, seed=cfg.seed))
-        metrics["dimension_json"] = {"valid_rate": st.valid_rate, "attempts": st.attempts,
+            cfg=GenConfig(max_tokens=cfg.dim_max_tokens, temperature=0.7, seed=cfg.seed),
+            style=cfg.dim_style)
+        metrics["dimension_json"] = {"style": cfg.dim_style, "valid_rate": st.valid_rate,
+                                     "attempts": st.attempts, "valid": st.valid,
+                                     "repaired_rate": st.repaired_rate,
                                      "fallback_rate": st.fallback_rate,
                                      "dims": [(d.name, d.kind, list(d.values)) for d in llm_dims]}
         timing["dimensions_s"] = time.time() - t0

@@ -6,6 +6,7 @@ import dataclasses
 import re
 
 import jax
+import numpy as np
 import pytest
 
 from jaxlm.agents import luminate as L
@@ -55,11 +56,30 @@ def test_dimension_fallback_and_success():
     good = ScriptedBackend(rules=[
         ("6 values", 'Here: {"Tone": ["a", "b", "c", "d", "e", "f"], "Setting": ["x", "y", "z"]}'),
         ("ordered", '{"Realism": ["none", "low", "mid", "high", "full"]}')])
-    dims, st = L.generate_dimensions(good, "slogan", 3, retries=3)
+    dims, st = L.generate_dimensions(good, "slogan", 3, retries=3, style="instruction")
     assert st.valid_rate == 1.0 and st.fallback_rate == 0.0
     assert [(d.name, d.kind) for d in dims] == [("Tone", "categorical"),
                                                 ("Setting", "categorical"),
                                                 ("Realism", "ordinal")]
+
+
+def test_fewshot_forced_json_and_repair():
+    p = L.fewshot_dimension_prompt("Write a slogan.", 2, "categorical")
+    assert p.endswith("Task: Write a slogan.\nJSON: " + L.FORCED_PREFIX) and '"Focus"' in p
+    # the model continues the forced '{"'; text after the first '}' is ignored
+    cont = ScriptedBackend(rules=[
+        ("6 values", 'Tone": ["warm", "cool", "dry"], "Setting": ["sea", "city", "farm"]} junk'),
+        ("ordered", 'Realism": ["none", "low", "mid", "high", "full"], "Mood": ["sad", "ok"')])
+    dims, st = L.generate_dimensions(cont, "slogan", 2, retries=2)
+    assert st.valid == 1 and st.attempts == 3 and st.repaired == 1 and st.fallback_rate == 0
+    assert [d.name for d in dims] == ["Tone", "Setting", "Realism"]
+    assert L.repair_dimensions('{"Mood": ["x", "y", "z"], "Bad": [1, 2], "C d": ["u"', "categorical"
+                               )[0].values == ("x", "y", "z")
+    with pytest.raises(L.DimensionError, match="placeholder"):
+        L.parse_dimensions({"Dimension": ["value1", "value2", "value3"]}, "categorical")
+    with pytest.raises(L.DimensionError, match="copied"):
+        L.parse_dimensions({"Enthusiasm": ["indifferent", "mild", "moderate", "strong",
+                                           "ecstatic"]}, "ordinal", 5)
 
 
 def test_combinations_and_coverage():
@@ -119,13 +139,36 @@ def test_batched_generation_matches_single():
     assert batched[0] == single and len(batched) == 2
 
 
+def _runs(ix: np.ndarray) -> int:
+    """Number of runs of nearly consecutive indices (a 1-2 px line counts once)."""
+    return len(np.split(ix, np.flatnonzero(np.diff(ix) > 2) + 1)) if len(ix) else 0
+
+
 def test_screenshot(tmp_path):
+    """Headless Chromium renders the offline page (40 responses): the PNG has the window
+    size, the table's grid lines (4 columns x 4 rows incl. headers -> 5 lines each way) and
+    one green dot per response inside the grid."""
     if L.find_chromium() is None:
-        pytest.skip("no Chromium/Chrome binary on PATH: headless screenshot not possible")
+        pytest.skip("no Chromium/Chrome binary on PATH (Debian: apt-get install -y chromium): "
+                    "headless screenshot not possible")
+    import matplotlib.image as mpimg
+    from scipy import ndimage
+
     from experiments.luminate import scripted_backend
 
     res = L.run_luminate(scripted_backend(), L.LuminateConfig(n=40, dim_retries=1,
                                                               n_abstract=2), tmp_path)
-    png = L.screenshot(res["html"], tmp_path / "page.png")
-    data = png.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    png = L.screenshot(res["html"], tmp_path / "page.png", size=(1400, 1000))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rgb = np.round(mpimg.imread(png)[..., :3] * 255).astype(int)
+    assert rgb.shape == (1000, 1400, 3)
+    line = np.all(rgb == 0xBB, axis=-1)  # table borders are #bbb
+    rows = np.flatnonzero(line.sum(1) > 600)  # horizontal lines spanning the table
+    cols = np.flatnonzero(line.sum(0) > 200)  # vertical lines
+    assert _runs(rows) == 5 and _runs(cols) == 5, (rows, cols)
+    green = np.all(np.abs(rgb - np.array([0x33, 0xAA, 0x77])) < 40, axis=-1)  # .dot #3a7
+    lab, n_dots = ndimage.label(green)
+    assert n_dots == 40
+    cy, cx = np.array(ndimage.center_of_mass(green, lab, range(1, n_dots + 1))).T
+    assert cy.min() > rows.min() and cy.max() < rows.max()
+    assert cx.min() > cols.min() and cx.max() < cols.max()

@@ -225,3 +225,39 @@ def test_sasrec_learns(split, data):
     u = split.users[0]
     s = m.score(split.test_hist[u], [1, 2, 3])
     assert s.shape == (3,) and np.isfinite(s).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_local():
+    import jax
+
+    from jaxlm.core import MODELS, init
+    from jaxlm.llm.local import ByteTokenizer, LocalBackend
+
+    cfg = MODELS.get("smollm2-135m_test")
+    return LocalBackend(cfg=cfg, params=init(jax.random.PRNGKey(0), cfg),
+                        tokenizer=ByteTokenizer(), name="tiny")
+
+
+@pytest.mark.parametrize("rows,min_shared", [(2, 8), (1, 10**6)])
+def test_rec_scorer_matches_plain_scoring(tiny_local, rows, min_shared):
+    """Packed rows, the shared-prefix KV cache (broadcast to the rows) and padding give the
+    same log-probs as scoring each (prompt, continuation) on its own."""
+    from jaxlm.agents.recsys.scoring import RecScorer
+
+    rng = np.random.default_rng(rows)
+    demo = "Demo: the user liked " + " ".join(rng.choice(list("abcdefgh"), 12)) + ".\n"
+    prompts = [demo + f"John watched {i} {'xyz'[: 1 + i % 3]}.\nAnswer:\n1." for i in range(5)]
+    prompts.append("Other prompt\n1.")  # its own group: no shared prefix with the rest
+    conts = [[f" T{j}{'q' * int(rng.integers(1, 5))}\n" for j in range(int(rng.integers(1, 4)))]
+             for _ in prompts]
+    sc = RecScorer.from_backend(tiny_local, rows=rows, len_step=32, min_shared=min_shared)
+    out = sc.score(prompts, conts, groups=[0] * 5 + [1])
+    refs = tiny_local.score_many(list(zip(prompts, conts, strict=True)))
+    for ref, (s, n) in zip(refs, out, strict=True):
+        np.testing.assert_allclose(s, [r.sum_logprob for r in ref], rtol=1e-4, atol=1e-4)
+        assert list(n) == [r.n_tokens for r in ref]
+    if min_shared < 100:
+        assert sc.stats.shared_saved == (len(demo) + len("John watched ")) * 4
+    with pytest.raises(ValueError, match="need >= 1 token"):
+        sc.score(["p"], [[]])

@@ -35,6 +35,11 @@ class RecExpConfig:
         mode: "score" (scoring tier) or "generate" (text tier + parser).
         n_candidates, max_his_len: task sizes (20, 10).
         sasrec_steps: SASRec training steps (0 = skip).
+        score_rows: prompts per jitted scoring call (1 on CPU; more on a GPU).
+        score_len_step: scoring rows are padded to a multiple of this (coarser = fewer
+            compiled shapes, more padding).
+        n_llm_users: LLM methods run on the first this-many test users (None = all);
+            the classic baselines always use all ``n_test``.
         seed: candidate/demo seed.
     """
 
@@ -48,13 +53,19 @@ class RecExpConfig:
     n_candidates: int = 20
     max_his_len: int = 10
     sasrec_steps: int = 300
+    score_rows: int = 1
+    score_len_step: int = 64
+    n_llm_users: int | None = None
     seed: int = 0
 
 
 QUICK = RecExpConfig(synth=SynthConfig(n_users=300, n_items=200, min_len=12, max_len=30),
                      n_test=8, methods=("zero", "nearest:1", "aggregated:2"),
                      scrambled_methods=("aggregated:2",), n_candidates=10,
-                     max_his_len=5, sasrec_steps=100)
+                     max_his_len=5, sasrec_steps=100, score_len_step=256)
+
+
+NULL_PROMPT = "Answer:\n1."
 
 
 def parse_method(m: str) -> PromptConfig:
@@ -119,11 +130,29 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
         for u in users:
             record("SASRec", u, model.score(split.test_hist[u], cands[u][0]))
 
+    llm_users = users[: cfg.n_llm_users] if cfg.n_llm_users else users
+    if len(llm_users) < len(users):  # baselines on exactly the LLM users, for comparison
+        for name in list(per_user):
+            per_user[f"{name} [LLM users]"] = per_user[name][: len(llm_users)]
     runs = [(m, False) for m in cfg.methods] + [(m, True) for m in cfg.scrambled_methods]
-    total = len(runs) * len(users)
-    pbar = bar(total, "llmsrec") if bar else None
     sdata = scramble_titles(data, cfg.seed)
+    scorer = None
+    if cfg.mode == "score" and all(hasattr(backend, a) for a in ("params", "cfg", "tokenizer")):
+        from jaxlm.agents.recsys.scoring import RecScorer
+
+        scorer = RecScorer.from_backend(backend, rows=cfg.score_rows,
+                                         len_step=cfg.score_len_step)
     null_cache: dict[str, float] = {}
+    if scorer is not None:
+        t1 = time.time()
+        need = sorted({f" {d.titles[i]}\n" for d in ([data] + ([sdata] if cfg.scrambled_methods
+                                                                 else []))
+                       for u in llm_users for i in cands[u][0]})
+        chunks = [need[j: j + cfg.n_candidates] for j in range(0, len(need), cfg.n_candidates)]
+        res = scorer.score([NULL_PROMPT] * len(chunks), chunks, bar=bar, desc="null prompt")
+        for ch, (s, _) in zip(chunks, res, strict=True):
+            null_cache.update(zip(ch, s, strict=True))
+        timing["null_prompt_s"] = time.time() - t1
     for m, scr in runs:
         pc = dataclasses.replace(parse_method(m), max_his_len=cfg.max_his_len,
                                  n_candidates=cfg.n_candidates)
@@ -131,27 +160,49 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
         pool = DemoPool(d, split, pc, seed=cfg.seed)
         name = f"{m}{' (scrambled)' if scr else ''}"
         t1 = time.time()
-        for u in users:
+        prompts, titles, groups = [], [], []
+        for u in llm_users:
             hist = split.test_hist[u][-pc.max_his_len:]
             c = cands[u][0]
-            prompt = build_prompt(d, hist, c, pool.demos_for(u, split.test_hist[u]))
-            titles = [d.titles[i] for i in c]
-            tokens.setdefault(name, []).append(count_tokens(backend, prompt))
+            demos = pool.demos_for(u, split.test_hist[u])
+            prompts.append(build_prompt(d, hist, c, demos))
+            titles.append([d.titles[i] for i in c])
+            groups.append(tuple(x for dm in demos for x in dm.users)
+                          if pc.strategy in ("fixed", "recency") else None)
+            tokens.setdefault(name, []).append(count_tokens(backend, prompts[-1]))
+        if scorer is not None:
+            conts = [[f" {t}\n" for t in ts] for ts in titles]
+            res = scorer.score([p + "1." for p in prompts], conts, bar=bar, desc=name,
+                               groups=groups)
+            allvals = []
+            for (s, n), cs in zip(res, conts, strict=True):
+                allvals.append({"sum": s, "mean": s / np.maximum(n, 1),
+                                "pmi": s - np.array([null_cache[c] for c in cs])})
+        elif cfg.mode == "score":
+            allvals = [score_candidates(backend, p, ts, null_prompt=NULL_PROMPT,
+                                        null_cache=null_cache)
+                       for p, ts in zip(prompts, titles, strict=True)]
+        else:
+            allvals = []
+            for p, ts in zip(prompts, titles, strict=True):
+                s, matched = rank_by_generation(backend, p, ts)
+                allvals.append({"gen": s})
+                extra.setdefault(f"{name}|parsed", []).append({"parsed": float(matched > 0)})
+        for u, vals in zip(llm_users, allvals, strict=True):
             if cfg.mode == "score":
-                vals = score_candidates(backend, prompt, titles, null_cache=null_cache)
                 record(name, u, vals[cfg.norm])
                 for nm in ("sum", "mean", "pmi"):
                     extra.setdefault(f"{name}|{nm}", []).append(
                         rank_metrics(vals[nm], cands[u][1]))
             else:
-                s, matched = rank_by_generation(backend, prompt, titles)
-                record(name, u, s)
-                extra.setdefault(f"{name}|parsed", []).append({"parsed": float(matched > 0)})
-            if pbar:
-                pbar.update(1)
-        timing[f"{name}_s_per_user"] = (time.time() - t1) / len(users)
-    if pbar:
-        pbar.close()
+                record(name, u, vals["gen"])
+        timing[f"{name}_s_per_user"] = (time.time() - t1) / len(llm_users)
+    if scorer is not None:
+        st = scorer.stats
+        timing.update({"score_calls": st.calls, "score_compiled_shapes": len(st.shapes),
+                       "score_forward_tokens": st.padded_tokens,
+                       "score_real_tokens": st.real_tokens,
+                       "score_shared_prefix_tokens_saved": st.shared_saved})
 
     table = []
     for name, rows in per_user.items():
@@ -172,6 +223,7 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
     paired = {}
     n10 = {name: [r["NDCG@10"] for r in rows] for name, rows in per_user.items()}
     for a, b in [("aggregated:2", "nearest:1"), ("aggregated:2", "zero"),
+                 ("aggregated:2", "fixed"), ("fixed", "zero"), ("nearest:2", "nearest:1"),
                  ("nearest:1", "zero"), ("nearest:3", "nearest:1"),
                  ("aggregated:5", "aggregated:2"), ("zero", "zero (scrambled)"),
                  ("aggregated:2", "aggregated:2 (scrambled)")]:
@@ -179,7 +231,7 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
             paired[f"{a} - {b}"] = paired_diff(n10[a], n10[b], seed=cfg.seed)
     res = {"table": table, "per_user": per_user, "norms": norms, "paired": paired,
            "timing": timing, "random_floor": random_floor(cfg.n_candidates),
-           "n_users": len(users), "config": repr(cfg), "backend": getattr(backend, "name", "?")}
+           "n_users": len(users), "n_llm_users": len(llm_users), "config": repr(cfg), "backend": getattr(backend, "name", "?")}
     if outdir is not None:
         outdir = pathlib.Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)
