@@ -37,6 +37,15 @@ _METHODS = flags.DEFINE_list("methods", ["random", "walkthrough", "none", "tips"
 _ACTOR = flags.DEFINE_enum("actor_mode", "score", ["score", "generate"], "Action selection.")
 _NORM = flags.DEFINE_enum("norm", "pmi", ["mean", "sum", "pmi"],
                           "Score ranking for actor_mode=score (pmi: minus an action-only prompt).")
+_PROMPT = flags.DEFINE_enum("prompt", "append", ["append", "window"],
+                            "Actor prompt: append (multi-turn, prefix-cacheable) or window.")
+_HISTORY = flags.DEFINE_integer("history", 3, "Steps kept after the history is cut.")
+_HISTORY_MAX = flags.DEFINE_integer("history_max", 14, "append prompts: cut the history "
+                                    "to --history steps when longer than this.")
+_PREFIX_SLOTS = flags.DEFINE_integer("prefix_slots", -1, "Local backend: cached prompts for "
+                                     "prefix KV reuse (-1: one per game; 0: off).")
+_PREFIX_CAP = flags.DEFINE_integer("prefix_capacity", 1280, "Local backend: KV slots per "
+                                   "cached prompt.")
 _HIDE = flags.DEFINE_bool("hide_objective", True, "Hide route-revealing objectives.")
 _CACHE = flags.DEFINE_string("cache_dir", None, "Game cache (default ~/.cache/jaxlm/textworld).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/introspective_tips", "Output folder.")
@@ -69,6 +78,11 @@ def plot_score_vs_trial(summary, path):
     plt.close(fig)
 
 
+def read_rows(path):
+    """The rows of a JSONL file (the episode log)."""
+    return [json.loads(x) for x in pathlib.Path(path).read_text().splitlines() if x.strip()]
+
+
 def main(argv):
     del argv
     from tqdm.auto import tqdm
@@ -84,11 +98,16 @@ def main(argv):
     with tqdm(total=len(specs), desc="games") as bar:
         paths = make_games(specs, _CACHE.value, bar)
     t_games = time.time() - t0
+    slots = len(paths) if _PREFIX_SLOTS.value < 0 else _PREFIX_SLOTS.value
+    if _PROMPT.value == "window":
+        slots = 0  # window prompts are rebuilt every step: nothing to reuse
+    local_kw = {"prefix_slots": slots, "prefix_capacity": _PREFIX_CAP.value}
     backend = make_backend(_BACKEND.value, model=_MODEL.value, base_url=_BASE_URL.value,
-                           cassette=_CASSETTE.value, record=_RECORD.value)
+                           cassette=_CASSETTE.value, record=_RECORD.value, local_kw=local_kw)
     envs = [TextWorldEnv(p, max_steps=_MAX_STEPS.value, hide_objective=_HIDE.value)
             for p in paths]
-    actor = ActorConfig(mode=_ACTOR.value, norm=_NORM.value)
+    actor = ActorConfig(mode=_ACTOR.value, norm=_NORM.value, prompt=_PROMPT.value,
+                        history=_HISTORY.value, history_max=_HISTORY_MAX.value)
     log_path = work / "episodes.jsonl"
     log_path.unlink(missing_ok=True)
     t1 = time.time()
@@ -100,8 +119,14 @@ def main(argv):
     res["timing"].update(games_s=t_games, agent_s=time.time() - t1, total_s=time.time() - t0)
     res["config"] = {f: flags.FLAGS[f].value for f in (
         "backend", "model", "game_set", "n_games", "trials", "max_steps", "scenarios", "methods",
-        "actor_mode", "norm", "hide_objective", "seed")}
-    res["backend_stats"] = getattr(backend, "stats", {})
+        "actor_mode", "norm", "prompt", "history", "history_max", "prefix_slots",
+        "prefix_capacity", "hide_objective", "seed")}
+    res["backend_stats"] = dict(getattr(backend, "stats", {}))
+    local = getattr(backend, "inner", None) or backend
+    if getattr(local, "prefix", None) is not None:
+        res["backend_stats"]["prefix"] = dict(local.prefix.stats)
+        print("prefix cache:", local.prefix.stats)
+    res["prompt_cuts"] = sum(r.get("prompt_cuts", 0) for r in read_rows(log_path))
     (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
     plot_score_vs_trial(res["summary"], work / "score_vs_trial.png")
     for r in res["summary"]:

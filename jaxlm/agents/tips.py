@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.llm.base import BackendError, GenConfig
-from jaxlm.llm.helpers import bootstrap_ci, match_action, rank_values, score_many
+from jaxlm.llm.helpers import bootstrap_ci, chat_many, match_action, rank_values, score_many
 
 METHODS = ("none", "tips", "raw", "reflexion", "oracle_tips", "random", "walkthrough")
 LLM_METHODS = ("none", "tips", "raw", "reflexion", "oracle_tips")
@@ -69,6 +69,7 @@ class Trajectory:
     lost: bool = False
     memory: list[str] = dataclasses.field(default_factory=list)  # tips/reflections in prompt
     error: str | None = None
+    prompt_cuts: int = 0  # "append" prompts: times the history was cut (prompt re-encoded)
 
     @property
     def norm_score(self) -> float:
@@ -203,10 +204,15 @@ class TipGenerator:
         self.stats = {"calls": 0, "parse_failures": 0}
 
     def _ask(self, prompt: str) -> str:
-        self.stats["calls"] += 1
-        msgs = [{"role": "system", "content": "You write short, general advice for players of "
-                 "text adventure games."}, {"role": "user", "content": prompt}]
-        return self.backend.chat(msgs, self.cfg)[0].text
+        return self._ask_many([prompt])[0]
+
+    def _ask_many(self, prompts: Sequence[str]) -> list[str]:
+        """One batched chat call (when the backend batches) for several prompts."""
+        self.stats["calls"] += len(prompts)
+        sys = {"role": "system", "content": "You write short, general advice for players of "
+               "text adventure games."}
+        msgs = [[sys, {"role": "user", "content": p}] for p in prompts]
+        return [c[0].text for c in chat_many(self.backend, msgs, self.cfg)]
 
     def _parse(self, text: str, current: Sequence[str]) -> list[str]:
         tips = sanitize_tips(text, self.max_tips, self.max_words)
@@ -220,24 +226,39 @@ class TipGenerator:
                 if current else "Current tips: (none)")
 
     def from_self(self, traj: Trajectory, current: Sequence[str]) -> list[str]:
-        prompt = (
+        return self.from_self_many([traj], [current])[0]
+
+    def from_self_many(self, trajs: Sequence[Trajectory], currents: Sequence[Sequence[str]]
+                       ) -> list[list[str]]:
+        """``from_self`` for several games in one batched call."""
+        prompts = [
             f"Goal: {traj.goal}\nHere is what a player did:\n{traj.render()}\n\n"
             f"{self._current(current)}\n\nWrite at most {self.max_tips} tips, one per line, "
             f"each under {self.max_words} words, that would help any player win games like "
             "this. Keep correct tips, fix wrong ones, leave out details of this one game."
-        )
-        return self._parse(self._ask(prompt), current)
+            for traj, current in zip(trajs, currents, strict=True)
+        ]
+        return [self._parse(t, c) for t, c in zip(self._ask_many(prompts), currents,
+                                                   strict=True)]
 
     def from_expert(self, expert: Trajectory, traj: Trajectory | None,
                     current: Sequence[str]) -> list[str]:
-        mine = traj.render() if traj is not None else "(the player has not played yet)"
-        prompt = (
-            f"Goal: {expert.goal}\nAn expert played this way:\n{expert.render()}\n\n"
-            f"The player played this way:\n{mine}\n\n{self._current(current)}\n\n"
-            f"Name what the expert did that the player did not, as at most {self.max_tips} "
-            f"general tips, one per line, each under {self.max_words} words."
-        )
-        return self._parse(self._ask(prompt), current)
+        return self.from_expert_many([expert], [traj], [current])[0]
+
+    def from_expert_many(self, experts: Sequence[Trajectory],
+                         trajs: Sequence[Trajectory | None],
+                         currents: Sequence[Sequence[str]]) -> list[list[str]]:
+        """``from_expert`` for several games in one batched call."""
+        prompts = []
+        for expert, traj, current in zip(experts, trajs, currents, strict=True):
+            mine = traj.render() if traj is not None else "(the player has not played yet)"
+            prompts.append(
+                f"Goal: {expert.goal}\nAn expert played this way:\n{expert.render()}\n\n"
+                f"The player played this way:\n{mine}\n\n{self._current(current)}\n\n"
+                f"Name what the expert did that the player did not, as at most {self.max_tips} "
+                f"general tips, one per line, each under {self.max_words} words.")
+        return [self._parse(t, c) for t, c in zip(self._ask_many(prompts), currents,
+                                                   strict=True)]
 
     def consolidate(self, tip_lists: Sequence[Sequence[str]]) -> list[str]:
         blocks = "\n\n".join(f"Game {i + 1}:\n" + "\n".join(f"- {t}" for t in tl)
@@ -252,13 +273,21 @@ class TipGenerator:
         return self._parse(self._ask(prompt), merged[: self.max_tips])
 
     def reflect(self, traj: Trajectory) -> str:
-        prompt = (f"Goal: {traj.goal}\nYour attempt:\n{traj.render()}\n\nIn one sentence, "
-                  "say what went wrong in this attempt and what you will do next time.")
-        text = self._ask(prompt).strip().splitlines()
-        line = next((ln.strip() for ln in text if len(ln.split()) >= 3), "")
-        if not line:
-            self.stats["parse_failures"] += 1
-        return " ".join(line.split()[:40])
+        return self.reflect_many([traj])[0]
+
+    def reflect_many(self, trajs: Sequence[Trajectory]) -> list[str]:
+        """Reflexion-style one-sentence reflections for several games in one batched call."""
+        prompts = [f"Goal: {traj.goal}\nYour attempt:\n{traj.render()}\n\nIn one sentence, "
+                   "say what went wrong in this attempt and what you will do next time."
+                   for traj in trajs]
+        out = []
+        for text in self._ask_many(prompts):
+            lines = text.strip().splitlines()
+            line = next((ln.strip() for ln in lines if len(ln.split()) >= 3), "")
+            if not line:
+                self.stats["parse_failures"] += 1
+            out.append(" ".join(line.split()[:40]))
+        return out
 
 
 # --------------------------------------------------------------------------- actor
@@ -270,7 +299,14 @@ class ActorConfig:
         mode: "score" (log-prob of each admissible command) or "generate" (free text).
         norm: ranking for "score": "mean" (per token), "sum", or "pmi" (sum minus the
             command's log-prob after a neutral prompt listing only the valid actions).
-        history: last K (action, observation) pairs in the prompt.
+        prompt: "append" (multi-turn chat that grows by one assistant/user turn per step,
+            so a backend with prompt-prefix KV reuse encodes only the new turn; the valid
+            actions are listed in the last turn only) or "window" (one user message with
+            the last ``history`` steps, rebuilt every step).
+        history: "window": last K (action, observation) pairs in the prompt; "append":
+            steps kept after the history is cut.
+        history_max: "append": when more than this many steps are in the prompt, the
+            history is cut to the last ``history`` steps (the prompt is then re-encoded).
         obs_chars: characters kept from each observation.
         max_actions: admissible commands listed (and scored) at most.
         gen: decoding for "generate".
@@ -278,7 +314,9 @@ class ActorConfig:
 
     mode: str = "score"
     norm: str = "mean"
+    prompt: str = "append"
     history: int = 3
+    history_max: int = 8
     obs_chars: int = 500
     max_actions: int = 40
     gen: GenConfig = GenConfig(max_tokens=12, temperature=0.0, stop=("\n",))
@@ -288,6 +326,11 @@ class ActorConfig:
             raise ValueError(f"ActorConfig.mode must be 'score' or 'generate', got {self.mode!r}")
         if self.norm not in ("mean", "sum", "pmi"):
             raise ValueError(f"ActorConfig.norm must be mean|sum|pmi, got {self.norm!r}")
+        if self.prompt not in ("append", "window"):
+            raise ValueError(f"ActorConfig.prompt must be append|window, got {self.prompt!r}")
+        if not 0 <= self.history <= self.history_max:
+            raise ValueError(f"ActorConfig: need 0 <= history ({self.history}) <= history_max "
+                             f"({self.history_max})")
 
 
 def _short(text: str, n: int) -> str:
@@ -310,6 +353,37 @@ def build_messages(goal: str, memory: Sequence[str], memory_title: str, history:
     parts.append("Valid actions: " + ", ".join(admissible))
     parts.append("Answer with exactly one valid action.")
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(parts)}]
+
+
+def build_chat(goal: str, memory: Sequence[str], memory_title: str, observations: Sequence[str],
+               actions: Sequence[str], admissible: Sequence[str], cfg: ActorConfig,
+               cut: bool = False) -> list[dict[str, str]]:
+    """The actor's multi-turn prompt ("append" mode).
+
+    Args:
+        observations: [o_w, ..., o_t]: the observation before the first kept action, then
+            the one after each kept action (the last is the current observation).
+        actions: [a_w, ..., a_{t-1}] (one fewer than observations).
+        cut: earlier steps were dropped (noted in the first turn).
+
+    Every turn's text depends only on its own step, so the prompt of step t+1 extends
+    the prompt of step t except for the last turn's "Valid actions" tail.
+    """
+    if len(observations) != len(actions) + 1:
+        raise ValueError("build_chat: need one more observation than actions")
+    head = [f"Goal: {_short(goal, 400)}"]
+    if memory:
+        head.append(memory_title + "\n" + "\n".join(f"{i + 1}. {m}"
+                                                    for i, m in enumerate(memory)))
+    head.append(("(Earlier steps omitted.)\n\n" if cut else "") + "Now:\n"
+                + _short(observations[0], cfg.obs_chars))
+    msgs = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "\n\n".join(head)}]
+    for a, o in zip(actions, observations[1:], strict=True):
+        msgs.append({"role": "assistant", "content": a})
+        msgs.append({"role": "user", "content": _short(o, cfg.obs_chars)})
+    msgs[-1]["content"] += ("\n\nValid actions: " + ", ".join(admissible)
+                            + "\n\nAnswer with exactly one valid action.")
+    return msgs
 
 
 def neutral_messages(admissible: Sequence[str]) -> list[dict[str, str]]:
@@ -360,6 +434,7 @@ def run_episodes(
                         memory=list(m)) for e, o, m in zip(envs, obs, memories, strict=True)]
     active = [not o.done for o in obs]
     title = MEMORY_TITLES.get(method, "")
+    window = [0] * len(envs)  # "append" prompts: first step kept in the prompt
     try:
         while any(active):
             idx = [i for i, a in enumerate(active) if a]
@@ -375,10 +450,20 @@ def run_episodes(
                     picks[i] = ((wt[k], "walkthrough", "") if k < len(wt)
                                 else (adm[int(rng.integers(len(adm)))], "random", ""))
                 else:
-                    hist = trajs[i].steps[-actor.history:] if actor.history else []
                     mem = memories[i] if method != "none" else []
-                    msgs = build_messages(trajs[i].goal, mem, title, hist, obs[i].text, adm,
-                                          actor)
+                    steps = trajs[i].steps
+                    if actor.prompt == "window":
+                        hist = steps[-actor.history:] if actor.history else []
+                        msgs = build_messages(trajs[i].goal, mem, title, hist, obs[i].text, adm,
+                                              actor)
+                    else:
+                        if len(steps) - window[i] > actor.history_max:
+                            window[i] = len(steps) - actor.history
+                            trajs[i].prompt_cuts += 1
+                        w = window[i]
+                        seen = [trajs[i].first_observation] + [s.observation for s in steps]
+                        msgs = build_chat(trajs[i].goal, mem, title, seen[w:],
+                                          [s.action for s in steps[w:]], adm, actor, cut=w > 0)
                     llm.append((i, msgs, adm))
             if llm and actor.mode == "score":
                 reqs = [(m, adm) for _, m, adm in llm]
@@ -480,14 +565,16 @@ def run_own_experience(envs, method, backend, *, trials=3, actor=ActorConfig(),
             m.record_outcome(tr)
         if t == trials - 1:
             break
-        for i, tr in enumerate(trajs):
-            if method == "tips":
-                mems[i].rewrite(tipgen.from_self(tr, mems[i].texts()), "self", [tr.game], t)
-            elif method == "reflexion":
-                r = tipgen.reflect(tr)
+        if method == "tips":
+            new = tipgen.from_self_many(trajs, [m.texts() for m in mems])
+            for m, tr, tips in zip(mems, trajs, new, strict=True):
+                m.rewrite(tips, "self", [tr.game], t)
+        elif method == "reflexion":
+            for i, r in enumerate(tipgen.reflect_many(trajs)):
                 if r:
                     reflections[i] = (reflections[i] + [r])[-3:]
-            elif method == "raw":
+        elif method == "raw":
+            for i, tr in enumerate(trajs):
                 raw_prev[i] = [tr.render(max_steps=6, obs_chars=100)]
     return {"trajectories": all_trials, "memories": mems, "reflections": reflections}
 
@@ -499,8 +586,9 @@ def run_expert(envs, backend, *, trials=3, actor=ActorConfig(), tipgen: TipGener
     log = log or EpisodeLog(None)
     experts = [expert_trajectory(e) for e in envs]
     mems = [TipMemory(tipgen.max_tips) for _ in envs]
-    for m, ex, e in zip(mems, experts, envs, strict=True):
-        m.rewrite(tipgen.from_expert(ex, None, []), "expert", [e.name], -1)
+    first = tipgen.from_expert_many(experts, [None] * len(envs), [[] for _ in envs])
+    for m, tips, e in zip(mems, first, envs, strict=True):
+        m.rewrite(tips, "expert", [e.name], -1)
     all_trials = []
     for t in range(trials):
         trajs = _play(envs, "tips", backend, [m.texts() for m in mems], t, actor, seed, log,
@@ -509,8 +597,9 @@ def run_expert(envs, backend, *, trials=3, actor=ActorConfig(), tipgen: TipGener
         for m, tr in zip(mems, trajs, strict=True):
             m.record_outcome(tr)
         if t < trials - 1:
-            for m, ex, tr in zip(mems, experts, trajs, strict=True):
-                m.rewrite(tipgen.from_expert(ex, tr, m.texts()), "expert", [tr.game], t)
+            new = tipgen.from_expert_many(experts, trajs, [m.texts() for m in mems])
+            for m, tr, tips in zip(mems, trajs, new, strict=True):
+                m.rewrite(tips, "expert", [tr.game], t)
     return {"trajectories": all_trials, "memories": mems}
 
 
@@ -525,8 +614,9 @@ def run_zero_shot(train_envs, test_envs, backend, *, train_trials=2, actor=Actor
                             scenario="S3-train")
     # include the last trial's lesson too
     last = s1["trajectories"][-1]
-    for m, tr in zip(s1["memories"], last, strict=True):
-        m.rewrite(tipgen.from_self(tr, m.texts()), "self", [tr.game], train_trials - 1)
+    new = tipgen.from_self_many(last, [m.texts() for m in s1["memories"]])
+    for m, tr, tips in zip(s1["memories"], last, new, strict=True):
+        m.rewrite(tips, "self", [tr.game], train_trials - 1)
     merged = TipMemory(tipgen.max_tips)
     merged.rewrite(tipgen.consolidate([m.texts() for m in s1["memories"]]), "consolidate",
                    [e.name for e in train_envs], train_trials)

@@ -36,12 +36,16 @@ def __getattr__(name):
 
 
 def make_backend(kind: str, *, model: str = "smollm2-135m-instruct", base_url: str | None = None,
-                 cassette: str | None = None, record: bool = False, **kw):
-    """Builds a backend by kind: "local", "openai" or "replay" (record=True wraps "local")."""
+                 cassette: str | None = None, record: bool = False,
+                 local_kw: dict | None = None, **kw):
+    """Builds a backend by kind: "local", "openai" or "replay" (record=True wraps "local").
+
+    ``local_kw`` goes to ``LocalBackend`` (e.g. ``prefix_slots``); ``kw`` to
+    ``OpenAIBackend``."""
     if kind == "local":
         from jaxlm.llm.local import LocalBackend
 
-        b = LocalBackend(model)
+        b = LocalBackend(model, **(local_kw or {}))
         return ReplayBackend(cassette, inner=b) if (record and cassette) else b
     if kind == "openai":
         b = OpenAIBackend(base_url=base_url, model=model, **kw)

@@ -23,6 +23,15 @@ def score_many(backend: Any, requests: Sequence[tuple[Any, Sequence[str]]]
     return [backend.score(p, c) for p, c in requests]
 
 
+def chat_many(backend: Any, messages_list: Sequence[Sequence[Message]], cfg: Any
+              ) -> list[list[Any]]:
+    """``chat`` for several conversations, batched when the backend can (``chat_many``)."""
+    require(backend, {"chat"})
+    if hasattr(backend, "chat_many"):
+        return backend.chat_many(list(messages_list), cfg)
+    return [backend.chat(m, cfg) for m in messages_list]
+
+
 def rank_values(results: Sequence[ScoreResult], norm: str = "mean",
                 baseline: Sequence[ScoreResult] | None = None) -> np.ndarray:
     """Scores used for ranking: "sum", "mean" (per token) or "pmi" (sum minus ``baseline``)."""

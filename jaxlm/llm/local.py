@@ -15,6 +15,7 @@ mask and masked generation, and editable params (``with_params``).
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Sequence
 from typing import Any
@@ -146,6 +147,12 @@ class LocalBackend:
             ``ByteTokenizer()``).
         name: backend name (defaults to the model name).
         max_tokens_per_call: most packed tokens (rows x row length) per scoring call.
+        prefix_slots: > 0 turns on prompt-prefix KV reuse in scoring (``PrefixScorer``
+            with this many cached prompts, e.g. one per game an agent plays in lockstep);
+            requests with prefixes of >= ``prefix_min_tokens`` tokens that fit
+            ``prefix_capacity`` KV slots go through it, the rest use packed scoring.
+        memo_size: identical scoring requests (same prefix and continuation ids) seen
+            recently are answered from a memo of this many entries (0 = off).
     """
 
     def __init__(
@@ -157,6 +164,10 @@ class LocalBackend:
         tokenizer: Any = None,
         name: str | None = None,
         max_tokens_per_call: int = 16384,
+        prefix_slots: int = 0,
+        prefix_capacity: int = 1536,
+        prefix_min_tokens: int = 128,
+        memo_size: int = 4096,
     ):
         if cfg is None or params is None:
             from jaxlm.weights import load
@@ -180,7 +191,17 @@ class LocalBackend:
         self.capabilities = frozenset(
             {"chat", "complete", "score", "encode", "forward", "masked_generate"}
         )
-        self.stats = {"score_calls": 0, "score_seqs": 0, "gen_calls": 0}
+        self.stats = {"score_calls": 0, "score_seqs": 0, "gen_calls": 0, "memo_hits": 0}
+        self.prefix_min_tokens = prefix_min_tokens
+        self.prefix = None
+        if prefix_slots > 0:
+            from jaxlm.llm.prefix import PrefixScorer
+
+            self.prefix = PrefixScorer(self.params, cfg, n_slots=prefix_slots,
+                                       capacity=min(prefix_capacity, cfg.max_seq_len),
+                                       max_tokens_per_call=max_tokens_per_call)
+        self.memo_size = memo_size
+        self._memo: collections.OrderedDict = collections.OrderedDict()
 
     # ------------------------------------------------------------------ white-box basics
     def encode(self, text: str) -> list[int]:
@@ -202,7 +223,11 @@ class LocalBackend:
             raise ValueError("with_params: params must have the same pytree layout as .params")
         return LocalBackend(cfg=self.cfg, params=params, tokenizer=self.tokenizer,
                             name=self.name + "+edited",
-                            max_tokens_per_call=self.max_tokens_per_call)
+                            max_tokens_per_call=self.max_tokens_per_call,
+                            prefix_slots=self.prefix.n_slots if self.prefix else 0,
+                            prefix_capacity=self.prefix.capacity if self.prefix else 1536,
+                            prefix_min_tokens=self.prefix_min_tokens,
+                            memo_size=self.memo_size)
 
     # ------------------------------------------------------------------ scoring tier
     def _prefix_ids(self, prefix: str | Sequence[Message]) -> list[int]:
@@ -230,7 +255,7 @@ class LocalBackend:
         for prefix, conts in requests:
             conts = check_continuations(conts)
             enc.append((self._prefix_ids(prefix), [self.encode(c) for c in conts]))
-        results = self.score_ids_batch(enc)
+        results = self._score_ids_cached(enc)
         return [
             [ScoreResult(float(lp.sum()), len(lp)) for lp in per_req] for per_req in results
         ]
@@ -268,6 +293,44 @@ class LocalBackend:
             if i is not None:
                 group.append(i)
         return out
+
+    def _score_ids_cached(self, enc) -> list[list[np.ndarray]]:
+        """``score_ids_batch`` behind the memo, routing long prefixes to the prefix cache."""
+        out: list[list[np.ndarray] | None] = [None] * len(enc)
+        keys = [(tuple(p), tuple(tuple(c) for c in cs)) for p, cs in enc]
+        todo = []
+        for i, k in enumerate(keys):
+            hit = self._memo.get(k) if self.memo_size else None
+            if hit is not None:
+                self._memo.move_to_end(k)
+                out[i] = hit
+                self.stats["memo_hits"] += 1
+            else:
+                todo.append(i)
+        cached = []
+        if self.prefix is not None:
+            seen = set()
+            for i in todo:
+                p, cs = enc[i]
+                if (len(p) >= self.prefix_min_tokens and len(cached) < self.prefix.n_slots
+                        and keys[i] not in seen
+                        and self.prefix.fits(len(p), sum(len(c) for c in cs))):
+                    cached.append(i)
+                    seen.add(keys[i])
+        if cached:
+            for i, r in zip(cached, self.prefix.score([enc[i] for i in cached]), strict=True):
+                out[i] = r  # None: overflowed the cache row, scored below without it
+            self.stats["score_seqs"] += sum(len(enc[i][1]) for i in cached)
+        rest = [i for i in todo if out[i] is None]
+        if rest:
+            for i, r in zip(rest, self.score_ids_batch([enc[i] for i in rest]), strict=True):
+                out[i] = r
+        for i in todo:
+            if self.memo_size:
+                self._memo[keys[i]] = out[i]
+                if len(self._memo) > self.memo_size:
+                    self._memo.popitem(last=False)
+        return out  # type: ignore[return-value]
 
     @staticmethod
     def _row_len(req) -> int:
@@ -310,18 +373,38 @@ class LocalBackend:
 
     def complete(self, prompt: str, cfg: GenConfig = GenConfig()) -> list[Completion]:
         """Generates ``cfg.n`` completions of the raw text ``prompt`` (no chat template)."""
-        if not isinstance(prompt, str) or not prompt:
-            raise ValueError("complete: prompt must be a non-empty string")
-        ids = self.encode(prompt)
-        if not ids:
-            raise ValueError("complete: the prompt encodes to no tokens")
-        toks = self._generate_ids([ids] * cfg.n, cfg)
+        return self.complete_many([prompt], cfg)[0]
+
+    def chat_many(self, messages_list: Sequence[Sequence[Message]],
+                  cfg: GenConfig = GenConfig(), batch: int = 32) -> list[list[Completion]]:
+        """``chat`` for several conversations, generated together in batches."""
+        return self.complete_many([self.apply_chat_template(m) for m in messages_list], cfg,
+                                  batch)
+
+    def complete_many(self, prompts: Sequence[str], cfg: GenConfig = GenConfig(),
+                      batch: int = 32) -> list[list[Completion]]:
+        """``complete`` for several prompts: one batched generation per ``batch`` rows."""
+        ids_list = []
+        for prompt in prompts:
+            if not isinstance(prompt, str) or not prompt:
+                raise ValueError("complete: prompt must be a non-empty string")
+            ids = self.encode(prompt)
+            if not ids:
+                raise ValueError("complete: the prompt encodes to no tokens")
+            ids_list.append(ids)
+        flat = [ids for ids in ids_list for _ in range(cfg.n)]
+        rows: list[dict[str, Any]] = []
+        for a in range(0, len(flat), batch):
+            rows += self._generate_ids(flat[a: a + batch], cfg)
         outs = []
-        for row in toks:
-            text, hit = truncate_at_stop(self.decode(row["ids"]), cfg.stop)
-            reason = "stop" if (hit or row["stopped"]) else "length"
-            outs.append(Completion(text=text, finish_reason=reason, prompt_tokens=len(ids),
-                                   completion_tokens=len(row["ids"])))
+        for j, ids in enumerate(ids_list):
+            comps = []
+            for row in rows[j * cfg.n: (j + 1) * cfg.n]:
+                text, hit = truncate_at_stop(self.decode(row["ids"]), cfg.stop)
+                reason = "stop" if (hit or row["stopped"]) else "length"
+                comps.append(Completion(text=text, finish_reason=reason, prompt_tokens=len(ids),
+                                        completion_tokens=len(row["ids"])))
+            outs.append(comps)
         return outs
 
     def _generate_ids(self, prompts: list[list[int]], cfg: GenConfig) -> list[dict[str, Any]]:

@@ -144,6 +144,21 @@ class ReplayBackend:
         resp = self._call("chat", req, lambda: [c.to_dict() for c in self.inner.chat(msgs, cfg)])
         return [Completion.from_dict(d) for d in resp]
 
+    def chat_many(self, messages_list: Sequence[Sequence[Message]],
+                  cfg: GenConfig = GenConfig()) -> list[list[Completion]]:
+        """Batched chat: when recording, one batched inner call (if the inner backend has
+        ``chat_many``), then one cassette entry per conversation, as ``chat`` would write."""
+        msgs_list = [check_messages(m) for m in messages_list]
+        if self.mode != "record" or not hasattr(self.inner, "chat_many"):
+            return [self.chat(m, cfg) for m in msgs_list]
+        live = self.inner.chat_many(msgs_list, cfg)
+        out = []
+        for m, res in zip(msgs_list, live, strict=True):
+            d = self._call("chat", {"messages": m, "cfg": cfg.to_dict()},
+                           lambda r=res: [c.to_dict() for c in r])
+            out.append([Completion.from_dict(x) for x in d])
+        return out
+
     def complete(self, prompt: str, cfg: GenConfig = GenConfig()) -> list[Completion]:
         req = {"prompt": prompt, "cfg": cfg.to_dict()}
         resp = self._call("complete", req,

@@ -14,6 +14,7 @@ from jaxlm.agents.tips import (
     TipGenerator,
     TipMemory,
     Trajectory,
+    build_chat,
     oracle_tips,
     run_episodes,
     run_expert,
@@ -23,7 +24,8 @@ from jaxlm.agents.tips import (
     summarize,
     trials_to_first_win,
 )
-from jaxlm.llm import BackendError, ScriptedBackend
+from jaxlm.llm import BackendError, GenConfig, ReplayBackend, ScriptedBackend
+from jaxlm.llm.local import ByteTokenizer
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*not fully supported")
 
@@ -72,6 +74,39 @@ def test_tip_generator_fallback_on_garbage():
         "Do exactly these actions in order: go east, then take coin."]
 
 
+def test_append_prompts_extend_each_other():
+    """Consecutive "append" prompts share everything but the last turn's action list, so a
+    prefix-caching backend only encodes the new turn; a cut history is marked."""
+    cfg, tok = ActorConfig(), ByteTokenizer()
+    obs = ["You are in a shed.", "A garden. Exits: north.", "A hall with a coin."]
+    acts = ["go east", "go north"]
+    texts = [tok.apply_chat_template(build_chat("Find the coin.", ["Explore."], "Tips:",
+                                                obs[: t + 1], acts[:t], ["look", "go x"], cfg))
+             for t in range(3)]
+    for a, b in zip(texts, texts[1:], strict=False):
+        common = a[: a.index("\n\nValid actions")]
+        assert b.startswith(common) and len(b) > len(a)
+    assert texts[-1].count("Valid actions") == 1 and "Tips:\n1. Explore." in texts[0]
+    cut = build_chat("g", [], "", obs[1:], acts[1:], ["look"], cfg, cut=True)
+    assert "Earlier steps omitted" in cut[1]["content"]
+    with pytest.raises(ValueError, match="one more observation"):
+        build_chat("g", [], "", obs, acts[:1], ["look"], cfg)
+    with pytest.raises(ValueError, match="history"):
+        ActorConfig(history=5, history_max=3)
+
+
+def test_chat_many_cassette_round_trip(tmp_path):
+    inner = ScriptedBackend(rules=[(r"coin", "take coin")], default="look")
+    rec = ReplayBackend(tmp_path / "c.jsonl", inner=inner)
+    gen = TipGenerator(rec, cfg=GenConfig(max_tokens=8))
+    msgs = [[{"role": "user", "content": c}] for c in ("a coin", "a door", "a coin")]
+    live = [c[0].text for c in rec.chat_many(msgs, gen.cfg)]
+    assert live == ["take coin", "look", "take coin"]
+    rep = ReplayBackend(tmp_path / "c.jsonl")
+    assert [c[0].text for c in rep.chat_many(msgs, gen.cfg)] == live
+    assert rep.stats["hits"] == 3
+
+
 def test_summary_and_first_win():
     a = [Trajectory("g1", 0, "x", won=False, score=0), Trajectory("g2", 0, "x", won=True,
                                                                    score=1)]
@@ -107,7 +142,9 @@ def _oracle_scorer(prefix, cont):
     m = re.search(r"Do exactly these actions in order: (.*?)\.", prefix)
     if m:
         seq = m.group(1).split(", then ")
-        done = re.findall(r"> (.+)", prefix)
+        # past actions: "> cmd" lines (window prompts) or assistant turns (append prompts)
+        done = [ln.removeprefix("> ") for ln in prefix.splitlines()
+                if ln.removeprefix("> ") in seq]
         nxt = seq[min(seq.index(done[-1]) + 1, len(seq) - 1)] if done else seq[0]
         return 0.0 if cont == nxt else -5.0
     return -1.0 - 0.01 * len(cont)
