@@ -1,10 +1,12 @@
 """Mamba-ND vs ViT / BiLSTM / S4ND-like on digits, digits-canvas, moving digits and PDE fields.
 
     python -m experiments.mamba_nd --config=quick --workdir=runs/mamba_nd_quick
-    python -m experiments.mamba_nd --config=full --workdir=runs/mamba_nd
+    python -m experiments.mamba_nd --config=full --workdir=runs/mamba_nd      # ~10+ min, 2 cores
+    python -m experiments.mamba_nd --config=paper --workdir=runs/mamba_nd_paper  # hours
     python -m experiments.mamba_nd --config=quick --override=tasks=canvas --override=steps=200
 
-Writes <workdir>/results.json, learning_curves.png, pde_forecast.png and prints the tables.
+Writes <workdir>/results.json, learning_curves.png, pde_forecast.png, video_forecast.png and
+prints the tables.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import pathlib
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", "quick", "Preset: full, quick, full_test, quick_test.")
+_CONFIG = flags.DEFINE_string("config", "quick", "Preset: quick, full, paper (+ *_test twins).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mamba_nd", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Data seed (model seeds come from the config).")
