@@ -30,7 +30,8 @@ _GPU_SIZES = flags.DEFINE_bool("gpu_sizes", False, "GPU model/copy sizes (d_mode
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median) after warm-up.")
 _SINGLE = flags.DEFINE_bool("single", False, "Only the thread/none swap modes (repro entry).")
 _CPU_THREADS = flags.DEFINE_integer("cpu_compute_threads", 1, "XLA:CPU compute threads (0: XLA "
-                                    "default). Set before JAX starts.")
+                                    "default). Set before JAX starts; ignored when a GPU "
+                                    "plugin is installed.")
 _OPT = flags.DEFINE_enum("host_opt", "sgd", ["sgd", "adam"], "Host optimizer of the overlap "
                          "runs (sgd: the update does not mask the copy/compute overlap).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
@@ -42,7 +43,7 @@ PCIE_GBS = {"H200": 64.0, "H100": 64.0, "GH200": 450.0, "A100": 32.0, "L40": 32.
 
 def main(argv):
     del argv
-    if _CPU_THREADS.value > 0:
+    if _CPU_THREADS.value > 0 and not _gpu_plugin_installed():  # CPU-only: a free core
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
                                    f"eigen=false intra_op_parallelism_threads="
                                    f"{_CPU_THREADS.value}").strip()
@@ -168,6 +169,15 @@ def main(argv):
     print("loadavg start/end", results["loadavg_start"], results["loadavg_end"],
           "cpu_time_s", round(results["cpu_time_s"], 1))
     write_bench("offload", results, targets, out_dir=_OUT_DIR.value)
+
+
+def _gpu_plugin_installed() -> bool:
+    """Whether a CUDA/ROCm PJRT plugin is importable (checked before JAX starts)."""
+    import importlib.util
+
+    return any(importlib.util.find_spec(m) is not None for m in
+               ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm60_plugin",
+                "jax_rocm7_plugin"))
 
 
 def _time_scan(cfg, batch, seq, dev, reps, measure):

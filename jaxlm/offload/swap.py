@@ -20,6 +20,16 @@ accelerator and copies are real H2D/D2H transfers. On a CPU-only process with se
 (fake) CPU devices the compute device is ``cpu:1`` and host->device copies are real
 memcpys between buffers; with one CPU device the copies are no-ops.
 
+Prefetch modes: ``dispatch`` (default; ``jax.device_put`` of k+1 dispatched before the
+compute of k: overlaps on a GPU's copy streams, never on CPU, where the runtime runs the
+copy and the next computation one after the other), ``thread`` (copy engines: an H2D worker
+thread prefetches, a D2H worker thread offloads gradients and applies the host-eager update
+while backward continues; on CPU the copies are numpy memcpys into aligned staging slots,
+which release the GIL, so they really run beside XLA's compute; per-phase telemetry is
+always on) and ``none`` (serial anchor). Host placement: ``engines.choose_host_memory``
+(``pinned_host`` mirror on accelerators that list it, detected; CPU-backend master
+otherwise).
+
 ``resident_step`` is the all-resident reference (one jitted step over the monolithic
 model with the same optax transformation); ``staged_resident_step`` runs the same
 sub-model functions with everything already on the device (the overlap-efficiency anchor).
