@@ -2,7 +2,7 @@
 
     python -m experiments.meanfield_icl --experiment=e1 --config=quick
     python -m experiments.meanfield_icl --experiment=all --config=full --workdir=runs/meanfield
-    python -m experiments.meanfield_icl --experiment=e5 --config=quick --override=e5_particles=64
+    python -m experiments.meanfield_icl --experiment=e5 --config=quick --override=e5_particles=32
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ def run(ctx: RunContext) -> Section:
     cfg = dataclasses.replace(cfg, seed=ctx.seed)
     ex.validate(cfg)
     n_e1 = len(cfg.teachers) * len(cfg.n_particles)
-    bar = ctx.bar(n_e1 + (1 + len(cfg.kappas)) + 1 + 5 + (cfg.e6_steps // cfg.e6_every + 1),
+    bar = ctx.bar(n_e1 + (2 + len(cfg.kappas)) + 2 + 4 + (cfg.e6_steps // cfg.e6_every + 1),
                   desc="E1-E6")
     t0 = time.perf_counter()
     secs = {}
@@ -59,10 +59,14 @@ def run(ctx: RunContext) -> Section:
         f"linear part), x~N(0,I). E1/E2: static two-timescale WGF, N in {list(cfg.n_particles)}, "
         f"{cfg.seeds} seeds (vmapped), fixed batch M={cfg.batch}, eta={cfg.eta}, {cfg.steps} steps "
         f"(t={cfg.eta * cfg.steps:g}), eval on {cfg.eval_batch} fresh x. E3: N={cfg.e3_particles}, "
-        f"kappa in {list(cfg.kappas)}, {cfg.e3_steps} steps. E4: prompt SGD N={cfg.e4_particles}, "
-        f"n={cfg.e4_prompt_len}, {cfg.e4_prompts} prompts/step, {cfg.e4_steps} steps. E5/E6: "
-        f"float64, N={cfg.e5_particles}/{cfg.e6_particles}, antithetic batch M={cfg.e5_batch}, "
-        f"{cfg.e5_steps} escape steps. Seconds: "
+        f"M={cfg.e3_batch}, kappa in {list(cfg.kappas)}, t in [0, {cfg.e3_time:g}] at eta_0 = "
+        f"{cfg.e3_safety}/lambda_max (adaptive). E4: prompt SGD N={cfg.e4_particles}, "
+        f"n={cfg.e4_prompt_len}, {cfg.e4_prompts} prompts/step, {cfg.e4_steps} steps at eta="
+        f"{cfg.e4_eta} with Gamma = Gamma*_n(mu), plus {cfg.e4_joint_steps} joint-Gamma SGD steps. "
+        f"E5: float64, exact saddle (N={cfg.e5_particles}: 2(k-1) teacher neurons + constant "
+        f"neurons with b={cfg.e5_bias}) on a crossed antithetic batch M={cfg.e5_batch}, "
+        f"{cfg.e5_steps} steps at eta={cfg.e5_eta} (t = eta*steps). E6: N={cfg.e6_particles}. "
+        "Seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
         + ". The full preset (N up to 1024, 10k steps, T1+T2) takes roughly 1-2 hours on 2 cores."
     )

@@ -87,6 +87,39 @@ def lanczos(matvec: Callable, v0: jax.Array, m: int) -> tuple[jax.Array, jax.Arr
     return evals, evecs.T @ basis
 
 
+def top_curvature(
+    loss_fn: Callable, params, scale: float = 1.0, m: int = 24, seed: int = 0
+) -> float:
+    """lambda_max of scale * Hess(loss_fn) at ``params`` by m-step Lanczos (a lower bound that
+    converges fast for the extreme eigenvalue; HVPs only).
+
+    Args:
+        loss_fn: scalar function of ``params``.
+        params: pytree.
+        scale: multiplies the Hessian (N for the particle Wasserstein Hessian).
+        m: Krylov dimension (capped at the parameter count).
+        seed: start-vector seed.
+
+    Returns:
+        the largest Ritz value.
+    """
+    matvec, flat, _ = flat_hvp(loss_fn, params, scale)
+    v0 = jax.random.normal(jax.random.PRNGKey(seed), flat.shape, flat.dtype)
+    evals, _ = lanczos(matvec, v0, min(m, flat.shape[0]))
+    return float(evals[-1])
+
+
+def stable_eta(lam_max: float, eta_max: float, safety: float = 0.5) -> float:
+    """Explicit-Euler step from the curvature: min(eta_max, safety / lambda_max).
+
+    Gradient descent on a quadratic is stable for eta * lambda_max < 2; ``safety`` = 0.5 leaves
+    a 4x margin for the curvature growing along the trajectory.
+    """
+    if not np.isfinite(lam_max) or lam_max <= 0:
+        return float(eta_max)
+    return float(min(eta_max, safety / lam_max))
+
+
 def eigsh_extremes(
     matvec: Callable, dim: int, n_eig: int = 3, tol: float = 1e-8, dtype=np.float64, seed: int = 0
 ) -> dict[str, np.ndarray]:

@@ -78,13 +78,20 @@ def plot_e2_e4(res_e1: dict, res_e4: dict | None, outdir: pathlib.Path) -> list[
 
 def plot_e3(res: dict, outdir: pathlib.Path) -> list[str]:
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for i, (name, met) in enumerate(res.items()):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    info = res.get("info", {})
+    runs = {k: v for k, v in res.items() if k != "info"}
+    for i, (name, met) in enumerate(runs.items()):
         axes[0].semilogy(met["time"], met["loss_tf"], f"C{i}", label=name)
         if name != "static":
             axes[1].semilogy(met["time"], met["gamma_err"], f"C{i}", label=name)
-    axes[0].set(xlabel="t", ylabel="L_TF(mu_t, Gamma_t)", title="E3 joint GD vs exact Gamma_mu")
+            axes[2].semilogy(met["time"], np.maximum(met["excess"], 1e-12), f"C{i}", label=name)
+    title = "E3 joint GD vs exact Gamma_mu"
+    if info:
+        title += f" (eta_0={info['eta0']:.2g}, adaptive)"
+    axes[0].set(xlabel="t", ylabel="L_TF(mu_t, Gamma_t)", title=title)
     axes[1].set(xlabel="t", ylabel="|Gamma_t - Gamma_mu_t|_F / |Gamma_mu_t|_F")
+    axes[2].set(xlabel="t", ylabel="L_TF - L (Gamma-error part)")
     for ax in axes:
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -105,11 +112,18 @@ def plot_e5(res: dict, outdir: pathlib.Path) -> list[str]:
     axes[0].set(xlabel="t", ylabel="L", title=f"E5 escape from the saddle (L_S={res['L_S']:.4f})")
     eps, t = res["eps"], res["t_escape"]
     ok = np.isfinite(t)
-    axes[1].plot(np.log(1 / eps[ok]), t[ok], "o", label="measured T(eps)")
-    if np.isfinite(res["predicted_slope"]) and ok.any():
+    lin = np.asarray(res.get("linear", np.ones_like(ok)), bool)
+    axes[1].plot(np.log(1 / eps[ok & lin]), t[ok & lin], "o", label="measured T(eps), fitted")
+    if (ok & ~lin).any():
+        axes[1].plot(np.log(1 / eps[ok & ~lin]), t[ok & ~lin], "x", label="eps > 1e-3 (not fitted)")
+    if np.isfinite(res["predicted_slope"]) and (ok & lin).any():
         xs = np.log(1 / eps)
-        c = np.mean(t[ok] - res["predicted_slope"] * xs[ok])
-        axes[1].plot(xs, res["predicted_slope"] * xs + c, "k--", label="slope 1/|lambda_u|")
+        c = np.mean(t[ok & lin] - res["predicted_slope"] * xs[ok & lin])
+        axes[1].plot(xs, res["predicted_slope"] * xs + c, "k--",
+                     label=f"slope 1/|lambda_min| = {res['predicted_slope']:.3g}")
+        if np.isfinite(res["fit"]["slope"]):
+            axes[1].plot(xs, res["fit"]["slope"] * xs + res["fit"]["const"], "r:",
+                         label=f"fit {res['fit']['slope']:.3g}")
     axes[1].set(xlabel="log(1/eps)", ylabel="plateau time T(eps)", title="T vs log(1/eps)")
     axes[2].semilogx(res["homotopy_scales"], res["homotopy_curv"], "o-")
     axes[2].axhline(0, color="k", lw=0.5)

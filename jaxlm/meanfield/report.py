@@ -55,47 +55,76 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
                  "result": f"trained MLP+LSA {trained:.4f} | true feats {true_f:.4f} | "
                            f"LSA(x,1) {lsa:.4f} | frozen random MLP {frozen:.4f}"})
     # ---- E3
+    from jaxlm.meanfield.experiments import e3_gap
+
+    info = e3.get("info", {})
+    runs = {k: v for k, v in e3.items() if k not in ("static", "info")}
     static_final = float(e3["static"]["loss_tf"][-1])
     gaps = {}
-    for name, met in e3.items():
-        if name == "static":
-            continue
-        gap = np.abs(np.log(met["loss_tf"]) - np.log(e3["static"]["loss_tf"]))
-        gaps[name] = float(np.max(gap))
+    for name, met in runs.items():
+        gaps[name] = e3_gap(e3["static"], met) if np.all(np.isfinite(met["loss_tf"])) else np.nan
         m[f"e3_{name}_max_log_gap"] = gaps[name]
-        m[f"e3_{name}_final"] = float(met["loss_tf"][-1])
-    rows.append({"exp": "E3", "setting": "joint GD vs static",
-                 "result": f"static final {static_final:.3g}; max |log L_joint - log L_static|: "
-                           + ", ".join(f"{k}: {v:.2f}" for k, v in gaps.items())})
+        m[f"e3_{name}_final_gamma_err"] = float(met["gamma_err"][-1])
+        m[f"e3_{name}_t_end"] = float(met["time"][-1])
+    m.update({f"e3_{k}": v for k, v in info.items() if not isinstance(v, dict)})
+    rows.append({"exp": "E3", "setting": "joint GD vs static (Newton Gamma flow, adaptive eta)",
+                 "result": f"lambda_max(N Hess_mu): L_TF {info.get('lambda_max_joint', np.nan):.3g}"
+                           f" vs L {info.get('lambda_max_static', np.nan):.3g} (eta_spec*lambda = "
+                           f"{info.get('eta_spec_times_lambda', np.nan):.3g} > 2: diverges); "
+                           f"eta_0={info.get('eta0', np.nan):.2g}; static L at t="
+                           f"{e3['static']['time'][-1]:.2g}: {static_final:.3g}; max |log L_joint - "
+                           "log L_static| on the common t-range: "
+                           + ", ".join(f"{k}: {v:.3f}" for k, v in gaps.items())
+                           + "; final |Gamma-Gamma_mu|/|Gamma_mu|: "
+                           + ", ".join(f"{k}: {float(v['gamma_err'][-1]):.2g}"
+                                       for k, v in runs.items())})
     # ---- E4
     j = e4["n"].index(256) if 256 in e4["n"] else -1
+    mj = e4.get("metrics_joint", {})
+    joint_finite = bool(mj) and bool(np.all(np.isfinite(mj["loss_tf"])))
     m.update({"e4_learned_n256": e4["learned_gamma"][j], "e4_refit_n256": e4["refit_gamma"][j],
-              "e4_true_n256": e4["true_feats"][j], "e4_lsa_n256": e4["lsa_x1"][j]})
-    rows.append({"exp": "E4", "setting": f"prompt SGD n_train={e4['train_n']}",
-                 "result": "ICL risk (learned / refit Gamma / true feats / LSA) at n="
-                           + "; ".join(f"{n}: {a:.3f}/{b:.3f}/{c:.3f}/{d:.3f}" for n, a, b, c, d in
+              "e4_refit_init_n256": e4.get("refit_gamma_init", [np.nan] * len(e4["n"]))[j],
+              "e4_true_n256": e4["true_feats"][j], "e4_lsa_n256": e4["lsa_x1"][j],
+              "e4_joint_finite": joint_finite})
+    rows.append({"exp": "E4", "setting": f"prompt SGD n_train={e4['train_n']}, Gamma=Gamma*_n(mu)",
+                 "result": "ICL risk (learned / refit Gamma / refit at init / true feats / LSA) at n="
+                           + "; ".join(f"{n}: {a:.3f}/{b:.3f}/{c:.3f}/{d:.3f}/{e:.3f}"
+                                       for n, a, b, c, d, e in
                                        zip(e4["n"], e4["learned_gamma"], e4["refit_gamma"],
-                                           e4["true_feats"], e4["lsa_x1"], strict=True))})
+                                           e4.get("refit_gamma_init", e4["refit_gamma"]),
+                                           e4["true_feats"], e4["lsa_x1"], strict=True))
+                           + (f". Joint-Gamma SGD arm (kappa=10, adaptive eta_0="
+                              f"{e4.get('joint_eta0', np.nan):.2g}): finite={joint_finite}, R_n "
+                              f"{mj['loss_tf'][0]:.3f} -> {mj['loss_tf'][-1]:.3f} over t="
+                              f"{mj['time'][-1]:.2g}" if mj else "")})
     # ---- E5
     fit, pred = e5["fit"], e5["predicted_slope"]
     slope_ratio = fit["slope"] / pred if np.isfinite(pred) and np.isfinite(fit["slope"]) else np.nan
     m.update({"e5_L_S": e5["L_S"], "e5_grad_sq_S": e5["grad_sq_S"],
+              "e5_grad_norm_S": e5.get("grad_norm_S", np.nan),
               "e5_lambda_min": e5["lambda_min"], "e5_lambda_u": e5["lambda_u"],
+              "e5_lambda_max": e5["lambda_max"],
               "e5_slope": fit["slope"], "e5_pred_slope": pred, "e5_slope_ratio": slope_ratio,
+              "e5_pred_slope_discrete": e5.get("predicted_slope_discrete", np.nan),
               "e5_t_eps0": e5["t_escape_eps0"], "e5_t_armB": e5["t_escape_armB"],
               "e5_t_generic_batch": e5["t_escape_generic_batch"],
               "e5_t_float32": e5["t_escape_float32"],
               "e5_min_homotopy_curv": float(np.min(e5["homotopy_curv"]))})
-    rows.append({"exp": "E5", "setting": "support-restricted saddle (T2, float64)",
-                 "result": f"L_S={e5['L_S']:.4f}, G={e5['grad_sq_S']:.2g}, lambda_min(NH)="
-                           f"{e5['lambda_min']:.3g}, lambda_u (transport along u_k)="
-                           f"{e5['lambda_u']:.3g}; T(eps) at eps={list(e5['eps'])}: "
-                           f"{[_fmt(t) for t in e5['t_escape']]}; fitted slope {_fmt(fit['slope'])}"
-                           f" vs 1/|lambda_u| {_fmt(pred)}; eps=0: T={_fmt(e5['t_escape_eps0'])}, "
-                           f"arm B: {_fmt(e5['t_escape_armB'])}, generic batch: "
-                           f"{_fmt(e5['t_escape_generic_batch'])}, float32: "
-                           f"{_fmt(e5['t_escape_float32'])}; min mixture curvature "
-                           f"{np.min(e5['homotopy_curv']):.3g}"})
+    rows.append({"exp": "E5", "setting": "exact support-restricted saddle (T2, float64, crossed "
+                                         "antithetic batch)",
+                 "result": f"L_S={e5['L_S']:.4f}, |grad|={e5.get('grad_norm_S', np.nan):.1e} "
+                           f"(G={e5['grad_sq_S']:.1e}), lambda_min(N Hess, Lanczos)="
+                           f"{e5['lambda_min']:.4g} (= transport block lambda_u "
+                           f"{e5['lambda_u']:.4g}), lambda_max={e5['lambda_max']:.3g}; "
+                           f"T(eps) at eps={[float(e) for e in e5['eps']]}: "
+                           f"{[_fmt(t) for t in e5['t_escape']]}; fitted slope "
+                           f"{_fmt(fit['slope'])} (eps <= 1e-3, {fit['n_points']} points) vs "
+                           f"1/|lambda_min| {_fmt(pred)} (Euler map, eta={e5.get('eta', np.nan)}: "
+                           f"{_fmt(e5.get('predicted_slope_discrete', np.nan))}); eps=0: "
+                           f"T={_fmt(e5['t_escape_eps0'])}, arm B: {_fmt(e5['t_escape_armB'])}, "
+                           f"generic batch: {_fmt(e5['t_escape_generic_batch'])}, float32: "
+                           f"{_fmt(e5['t_escape_float32'])} (run to t={e5.get('t_max', np.nan):.0f});"
+                           f" min mixture curvature {np.min(e5['homotopy_curv']):.3g}"})
     # ---- E6
     e6r = e6["rows"]
     rows.append({"exp": "E6", "setting": "lambda_min/max along a T2 run",
@@ -118,15 +147,19 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
                         f"{m['e5_min_homotopy_curv']:.3g}; end of E6 run lambda_min="
                         f"{m['e6_final_lambda_min']:.2g} (tol {tol:.1g}). One saddle, not all.")
     esc_all = bool(np.all(np.isfinite(e5["t_escape"])))
-    stays = not np.isfinite(e5["t_escape_eps0"])
     t_e = np.asarray(e5["t_escape"], float)
+    # eps = 0 "stays" if it outlasts every kicked run (round-off ~1e-16 escapes eventually)
+    stays = bool(not np.isfinite(e5["t_escape_eps0"]) or e5["t_escape_eps0"] > np.nanmax(t_e))
     kick_driven = bool(esc_all and np.ptp(t_e) > 0.2 * np.nanmean(t_e))
     v2 = "reproduced" if (frac2 >= 0.8 and kick_driven and stays) else (
         "partially reproduced" if frac2 >= 0.5 else "not reproduced")
     claims["C2"] = (v2, f"{frac2:.0%} of generic E1 runs went >= 2 orders below L(mu_0); E5: "
                         f"every eps>0 run crossed L_S/2: {esc_all}, with T depending on eps: "
-                        f"{kick_driven}; the exact-symmetric eps=0 run stays: {stays} (float64 "
-                        "round-off and in-subspace drift also leave the constructed point).")
+                        f"{kick_driven}; the exact-symmetric eps=0 run outlasts them: {stays} "
+                        f"(T={_fmt(e5['t_escape_eps0'])}; float64 round-off ~1e-16 is itself a "
+                        "kick); generic batch / float32 / 5% generic particles escape at T="
+                        f"{_fmt(e5['t_escape_generic_batch'])} / {_fmt(e5['t_escape_float32'])}"
+                        f" / {_fmt(e5['t_escape_armB'])}.")
     ok_slope = np.isfinite(slope_ratio) and abs(slope_ratio - 1) <= 0.2
     p_fits = [e1[k][n]["power_law"]["p"] for k in e1 for n in e1[k] if n != "baselines"]
     near = np.isfinite(slope_ratio) and 0.5 <= slope_ratio <= 2.0
@@ -134,23 +167,33 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
     away = bool(np.nanmin(r2s) >= 0.7)
     v3 = "reproduced" if (ok_slope and away) else (
         "partially reproduced" if (near or away) else "not reproduced")
-    claims["C3"] = (v3, f"escape slope / (1/|lambda_u|) = {_fmt(slope_ratio)} (target within 20%); "
+    claims["C3"] = (v3, f"escape slope / (1/|lambda_min|) = {_fmt(slope_ratio)} (target within 20%)"
+                        f" at an exact saddle (|grad| {e5.get('grad_norm_S', np.nan):.0e}); "
                         f"Lojasiewicz-type fits G ~ L^p: p in "
                         f"[{np.nanmin(p_fits):.2f}, {np.nanmax(p_fits):.2f}], r2 >= "
                         f"{np.nanmin(r2s):.2f} (a fit, not the paper's constants).")
     k10 = gaps.get("kappa=10", np.nan)
-    v4 = "reproduced" if k10 < 0.2 else ("partially reproduced" if k10 < 1.0 else "not reproduced")
-    claims["C4"] = (v4, f"kappa=10 joint GD stays within a factor exp({k10:.2f}) of the static "
-                        "two-timescale curve (Gamma step in curvature-normalised units); nan = "
-                        "the joint particle GD diverged from the mean-field init (Gamma_mu ~ "
-                        "1/|h|^2 is huge because |h|^2 ~ 1/N, and L_TF is quartic).")
+    kap = sorted((float(k.split("=")[1]), v) for k, v in gaps.items() if "GD" not in k)
+    ordered = all(a[1] >= b[1] for a, b in zip(kap, kap[1:], strict=False))
+    v4 = ("reproduced" if (k10 < 0.1 and ordered) else
+          "partially reproduced" if np.isfinite(k10) and k10 < 1.0 else "not reproduced")
+    claims["C4"] = (v4, f"joint (mu, Gamma) GD at kappa=10 stays within a factor exp({k10:.3f}) of "
+                        "the static two-timescale curve; gaps shrink with kappa: "
+                        f"{ordered} ({', '.join(f'{k:g}: {v:.3f}' for k, v in kap)}). Needs the "
+                        "curvature-limited step (L_TF is ~100-1000x stiffer in mu than L) and a "
+                        "Newton-preconditioned Gamma flow; plain GD on Gamma (kappa=10, "
+                        f"trace-normalised) gap {gaps.get('kappa=10 (GD)', np.nan):.3f}, since "
+                        "S_fh is nearly rank one at init and Gamma's slow directions do not track."
+                        " Short window only (the curvature-limited step is ~1e-3).")
     e4_ok = abs(m["e4_refit_n256"] / m["e4_true_n256"] - 1) <= 0.2
-    e4_better = m["e4_learned_n256"] < 0.5 * m["e4_lsa_n256"]
+    e4_better = (m["e4_refit_n256"] < m["e4_refit_init_n256"]) and joint_finite
     v5 = "reproduced" if e4_ok else ("partially reproduced" if e4_better else "not reproduced")
-    claims["C5"] = (v5, f"finite-prompt SGD: ICL risk at n=256 {m['e4_learned_n256']:.4f} (learned "
-                        f"Gamma), {m['e4_refit_n256']:.4f} (refit) vs true feats "
-                        f"{m['e4_true_n256']:.4f} and LSA {m['e4_lsa_n256']:.4f}; no trapping seen "
-                        "but the run is short.")
+    claims["C5"] = (v5, f"finite-prompt SGD (Gamma = Gamma*_n(mu)): ICL risk at n=256 "
+                        f"{m['e4_refit_init_n256']:.4f} at init -> {m['e4_refit_n256']:.4f} (refit"
+                        f" Gamma; {m['e4_learned_n256']:.4f} with the batch-estimated Gamma) vs "
+                        f"true feats {m['e4_true_n256']:.4f} and LSA {m['e4_lsa_n256']:.4f}; "
+                        f"stable and decreasing, joint-Gamma arm finite: {joint_finite}; the "
+                        "SGD run is far from converged at this budget, so trapping is untested.")
     c6_ok = abs(trained / true_f - 1) <= 0.2 and lsa > 5 * trained
     v6 = "reproduced" if c6_ok else ("partially reproduced" if trained < 0.5 * lsa
                                      else "not reproduced")

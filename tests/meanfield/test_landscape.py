@@ -111,3 +111,24 @@ def test_fits_on_synthetic_data():
     times = np.arange(5.0)
     assert ls.plateau_time(times, np.array([1, 1, 0.5, 0.1, 0.01]), 0.3) > 2.0
     assert ls.plateau_time(times, np.ones(5), 0.3) == float("inf")
+
+
+def test_e5_saddle_is_exactly_stationary_with_transport_escape():
+    """The E5 saddle: G ~ 0 in float64, lambda_min(N Hess) < 0 with a pure u_k-transport
+    eigenvector, and loss 1/2 Var(phi) of the missing feature on the crossed batch."""
+    from jaxlm.meanfield import experiments as ex
+
+    cfg = ex.PRESETS.get("full_test")
+    with jax.enable_x64(True):
+        teacher = ex._teacher(cfg, "t2", np.float64)
+        u = jnp.asarray(teacher.u[-1], jnp.float64)
+        x = ex.saddle_batch(cfg, u)
+        f = teacher(x)
+        parts = ex.build_saddle(cfg, teacher)
+        assert float(ls.grad_sq(parts, x, f)) < 1e-26
+        phi = np.asarray(f[:, -1])
+        np.testing.assert_allclose(mf.loss_two_timescale(parts, x, f), 0.5 * phi.var(), rtol=1e-8)
+        ext = ls.hessian_extremes(parts, x, f, n_eig=2, tol=1e-10)
+        assert ext["smallest"][0] < -1e-2
+        v = jax.flatten_util.ravel_pytree(parts)[1](jnp.asarray(ext["v_min"]))
+        assert float(jnp.linalg.norm(v["w"] @ u)) > 0.99  # escape = transport along u_k
