@@ -34,9 +34,14 @@ def run(ctx: RunContext) -> Section:
                  "chance": "", "n": m["n"]})
     dj, aj = m.get("dimension_json", {}), m["abstraction_json"]
     if dj:
-        rows.append({"metric": "dimension JSON valid rate (per attempt)",
+        rows.append({"metric": "dimension JSON valid rate, free reply (per attempt)",
                      "structured": dj["valid_rate"], "unstructured": "",
                      "chance": f"fallback rate {dj['fallback_rate']:.2f}", "n": dj["attempts"]})
+        if "entry_valid_rate" in dj:
+            rows.append({"metric": f"dimension entries valid, {dj.get('style')} decoding",
+                         "structured": dj["entry_valid_rate"], "unstructured": "",
+                         "chance": f"library fill {dj['library_fill_rate']:.2f}",
+                         "n": dj["entries"]})
     rows.append({"metric": "summary JSON valid rate (per attempt)", "structured": aj["valid_rate"],
                  "unstructured": "", "chance": f"fallback rate {aj['fallback_rate']:.2f}",
                  "n": aj["attempts"]})
@@ -81,6 +86,8 @@ def run(ctx: RunContext) -> Section:
             " --quick" if ctx.quick else ""),
         plots=plots,
         metrics=dict(m),
-        extra=(f"Dimensions from the dimension-generation step (LLM output where its JSON was "
-               f"valid, else the library fallback): {dj.get('dims')}\n"),
+        extra=(f"Dimensions from the dimension-generation step ({dj.get('style')} decoding: a "
+               "worked example, the reply forced to start inside the JSON object, each entry "
+               "cut where a fixed-length list grammar closes it and validated; missing "
+               f"dimensions filled from the checkable library): {dj.get('dims')}\n"),
     )

@@ -150,7 +150,7 @@ def dimension_prompt(prompt: str, n_dims: int, kind: str, context: str = "") -> 
             "(5 ordered levels).\nJSON:")
 
 
-DIM_STYLES = ("fewshot", "instruction")
+DIM_STYLES = ("constrained", "fewshot", "instruction")
 # one worked example per kind (a different task), shown before the real task; the reply is
 # then forced to start inside the JSON object ('{"') and cut at the first '}'
 _EXAMPLE_TASK = "Write a short review of wireless headphones."
@@ -232,6 +232,10 @@ class DimStats:
     calls: int = 0
     fallbacks: int = 0
     repaired: int = 0
+    entries: int = 0
+    valid_entries: int = 0
+    requested: int = 0
+    filled: int = 0
 
     @property
     def valid_rate(self) -> float:
@@ -244,6 +248,91 @@ class DimStats:
     @property
     def repaired_rate(self) -> float:
         return self.repaired / max(self.calls, 1)
+
+    @property
+    def entry_valid_rate(self) -> float:
+        """Constrained decoding: valid dimension entries / entries decoded."""
+        return self.valid_entries / max(self.entries, 1)
+
+    @property
+    def library_fill_rate(self) -> float:
+        """Requested dimensions that came from the library instead of the LLM."""
+        return self.filled / max(self.requested, 1)
+
+
+_VALUE = re.compile(r'\s*"([^"\n]{1,60})"\s*([,\]])')
+
+
+def read_entry(text: str, n_values: int, max_raw: int = 12) -> tuple[str, list[str]] | None:
+    """Reads one dimension entry from a continuation of ``... "`` (the forced opening quote
+    of a key) as a grammar with a fixed list length would let it through: the key up to the
+    closing quote, ``: [``, then quoted values separated by commas, stopping at ``]``, at
+    ``n_values`` distinct values, after ``max_raw`` values, or at the first token that breaks
+    the grammar (the values read so far are kept).
+
+    Returns:
+        (name, values) or None when no key and list opening could be read.
+    """
+    m = re.match(r'([^"\n{}\[\]]{1,60})"\s*:\s*\[', text)
+    if not m:
+        return None
+    vals: list[str] = []
+    pos, raw = m.end(), 0
+    while raw < max_raw and len(vals) < n_values:
+        v = _VALUE.match(text, pos)
+        if not v:
+            break
+        raw, pos = raw + 1, v.end()
+        if v.group(1).strip() and v.group(1).strip() not in vals:
+            vals.append(v.group(1).strip())
+        if v.group(2) == "]":
+            break
+    return m.group(1).strip(), vals
+
+
+def _constrained_dimensions(backend: Any, prompt: str, n_dims: int, kind: str, rows: int,
+                            cfg: GenConfig, stats: DimStats) -> tuple[list[str], list[Dimension]]:
+    """Entry-level grammar-constrained decoding, batched over ``rows`` attempts: round r
+    forces the text ``{"`` (r = 0) or ``, "`` after the entries built so far, the model
+    writes one key and list, ``read_entry`` cuts it where the grammar would have closed it
+    (6 values, or 5 ordinal levels), and the entry is appended as well-formed JSON. The
+    object is valid JSON by construction; each entry is then validated for content.
+
+    Returns:
+        (round-0 free replies as '{"...' text, for the unconstrained validity rate;
+         valid dimensions in order of discovery, distinct names).
+    """
+    nv = 5 if kind == "ordinal" else 6
+    base = fewshot_dimension_prompt(prompt, n_dims, kind)[: -len(FORCED_PREFIX)]
+    built = [FORCED_PREFIX] * rows
+    active = list(range(rows))
+    free: list[str] = []
+    found: dict[str, Dimension] = {}
+    for r in range(n_dims):
+        if not active:
+            break
+        outs = _complete_batch(backend, [base + built[i] for i in active],
+                               dataclasses.replace(cfg, seed=cfg.seed + 101 * r), raw=True)
+        if r == 0:
+            free = [FORCED_PREFIX + o for o in outs]
+        nxt = []
+        for i, o in zip(active, outs, strict=True):
+            e = read_entry(o, nv)
+            if e is None:
+                continue
+            stats.entries += 1
+            name, vals = e
+            built[i] += json.dumps(name)[1:-1] + '": ' + json.dumps(vals)
+            try:
+                d = parse_dimensions({name: vals}, kind, 5 if kind == "ordinal" else None)[0]
+                stats.valid_entries += 1
+                found.setdefault(d.name, d)
+            except DimensionError:
+                pass
+            built[i] += ', "'
+            nxt.append(i)
+        active = nxt
+    return free, list(found.values())
 
 
 _ENTRY = re.compile(r'"([^"\n]{1,60})"\s*:\s*(\[[^\[\]{}]*\])')
@@ -272,19 +361,23 @@ def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
                         stats: DimStats | None = None,
                         fallback: Sequence[str] = ("Perspective", "Sentence form", "Sentiment",
                                                    "Formality", "Length band"),
-                        style: str = "fewshot", repair: bool = True
+                        style: str = "constrained", repair: bool = True
                         ) -> tuple[list[Dimension], DimStats]:
     """Asks the LLM for dimensions of each kind; up to ``retries`` attempts per kind until the
     JSON parses and validates; else (``repair``) the valid entries salvaged from the replies
     by ``repair_dimensions``; else falls back to library dimensions of that kind.
 
     Args:
-        style: "fewshot" (``fewshot_dimension_prompt``: worked example + reply forced to
-            start inside the JSON object, raw completion) or "instruction" (the released
-            request paraphrase, ``dimension_prompt``, as a chat turn).
+        style: "constrained" (the few-shot prompt with entry-level grammar-constrained
+            decoding, ``_constrained_dimensions``; the round-0 replies also give the free
+            JSON validity), "fewshot" (``fewshot_dimension_prompt``: worked example + reply
+            forced to start inside the JSON object, raw completion) or "instruction" (the
+            released request paraphrase, ``dimension_prompt``, as a chat turn).
 
     Returns:
-        (dimensions, stats) with stats.valid_rate / repaired_rate / fallback_rate to report.
+        (dimensions, stats): stats.valid_rate (whole reply parses and validates, per
+        attempt), entry_valid_rate (constrained), repaired_rate, fallback_rate (kinds with
+        no LLM dimension) and library_fill_rate (requested dimensions from the library).
     """
     from jaxlm.llm.helpers import extract_json
 
@@ -298,7 +391,12 @@ def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
         got = None
         # the retries are sampled as one batch (distinct seeds per row); the first valid reply
         # in order is used and attempts count as if they had run one after another
-        if style == "fewshot":
+        llm: list[Dimension] = []
+        if style == "constrained":
+            texts, llm = _constrained_dimensions(backend, prompt, n_dims, kind, retries, cfg,
+                                                 stats)
+            texts = [t[: t.index("}") + 1] if "}" in t else t for t in texts]
+        elif style == "fewshot":
             texts = _complete_batch(
                 backend, [fewshot_dimension_prompt(prompt, n_dims, kind)] * retries, cfg,
                 raw=True)
@@ -316,7 +414,10 @@ def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
                 break
             except (ValueError, DimensionError):
                 continue
-        if got is None and repair:
+        stats.requested += n_dims
+        if got is None and llm:
+            got = llm[:n_dims]
+        elif got is None and repair:
             salvaged = [d for t in texts for d in repair_dimensions(t, kind, nv)]
             salvaged = list({d.name: d for d in salvaged}.values())[:n_dims]
             if salvaged:
@@ -324,7 +425,12 @@ def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
                 got = salvaged
         if got is None:
             stats.fallbacks += 1
-            got = [d for d in library_dims(fallback) if d.kind == kind][:n_dims]
+            got = []
+        if len(got) < n_dims:  # fill the missing dimensions from the library
+            lib = [d for d in library_dims(fallback) if d.kind == kind and d.name not in
+                   {g.name for g in got}][: n_dims - len(got)]
+            stats.filled += len(lib)
+            got = got + lib
         dims += got
     return dims, stats
 
@@ -702,8 +808,9 @@ class LuminateConfig:
         x_dim, y_dim: grid axes of the page.
         sampler: "cover" (factorial coverage) or "random" (released behaviour).
         llm_dims: also ask the LLM for dimensions (measures JSON validity / fallback).
-        dim_style: "fewshot" (format-forcing example + forced JSON start) or "instruction"
-            (the released request paraphrase).
+        dim_style: "constrained" (few-shot prompt + entry-level grammar-constrained
+            decoding), "fewshot" (example + forced JSON start, free decoding) or
+            "instruction" (the released request paraphrase).
         dim_retries: attempts per dimension kind.
         dim_max_tokens: token budget of a dimension-JSON reply.
         n_abstract: responses abstracted by the LLM (the rest use the fallback).
@@ -719,7 +826,7 @@ class LuminateConfig:
     y_dim: str = "Perspective"
     sampler: str = "cover"
     llm_dims: bool = True
-    dim_style: str = "fewshot"
+    dim_style: str = "constrained"
     dim_retries: int = 5
     dim_max_tokens: int = 120
     n_abstract: int = 40
@@ -755,6 +862,9 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
         metrics["dimension_json"] = {"style": cfg.dim_style, "valid_rate": st.valid_rate,
                                      "attempts": st.attempts, "valid": st.valid,
                                      "repaired_rate": st.repaired_rate,
+                                     "entries": st.entries,
+                                     "entry_valid_rate": st.entry_valid_rate,
+                                     "library_fill_rate": st.library_fill_rate,
                                      "fallback_rate": st.fallback_rate,
                                      "dims": [(d.name, d.kind, list(d.values)) for d in llm_dims]}
         timing["dimensions_s"] = time.time() - t0

@@ -58,9 +58,14 @@ def test_dimension_fallback_and_success():
         ("ordered", '{"Realism": ["none", "low", "mid", "high", "full"]}')])
     dims, st = L.generate_dimensions(good, "slogan", 3, retries=3, style="instruction")
     assert st.valid_rate == 1.0 and st.fallback_rate == 0.0
+    # 2 of 3 categorical and 1 of 3 ordinal dimensions came from the LLM; the rest are
+    # filled from the library (which has one ordinal dimension)
     assert [(d.name, d.kind) for d in dims] == [("Tone", "categorical"),
                                                 ("Setting", "categorical"),
-                                                ("Realism", "ordinal")]
+                                                ("Perspective", "categorical"),
+                                                ("Realism", "ordinal"),
+                                                ("Length band", "ordinal")]
+    assert st.library_fill_rate == pytest.approx(2 / 6)
 
 
 def test_fewshot_forced_json_and_repair():
@@ -70,9 +75,22 @@ def test_fewshot_forced_json_and_repair():
     cont = ScriptedBackend(rules=[
         ("6 values", 'Tone": ["warm", "cool", "dry"], "Setting": ["sea", "city", "farm"]} junk'),
         ("ordered", 'Realism": ["none", "low", "mid", "high", "full"], "Mood": ["sad", "ok"')])
-    dims, st = L.generate_dimensions(cont, "slogan", 2, retries=2)
+    dims, st = L.generate_dimensions(cont, "slogan", 2, retries=2, style="fewshot")
     assert st.valid == 1 and st.attempts == 3 and st.repaired == 1 and st.fallback_rate == 0
-    assert [d.name for d in dims] == ["Tone", "Setting", "Realism"]
+    assert [d.name for d in dims] == ["Tone", "Setting", "Realism", "Length band"]
+    # entry-level constrained decoding: round r continues the JSON built so far
+    rounds = ScriptedBackend(rules=[
+        (r'JSON: \{"$', 'Tone": ["warm", "cool", "warm", "dry", "bold", "calm", "wry", "odd"'),
+        (r'wry"\], "$', 'Dimension": ["value1", "value2", "value3"]}'),
+        (r'value3"\], "$', 'Mood": ["sad", "glad", "mad"], "'),
+    ], default="no entry here")
+    dims, st = L.generate_dimensions(rounds, "slogan", 3, kinds=("categorical",), retries=2)
+    assert [d.name for d in dims] == ["Tone", "Mood", "Perspective"]
+    assert dims[0].values == ("warm", "cool", "dry", "bold", "calm", "wry")  # cut at 6
+    assert st.entries == 6 and st.valid_entries == 4 and st.valid == 0
+    assert st.fallback_rate == 0 and st.library_fill_rate == pytest.approx(1 / 3)
+    assert L.read_entry('Tone": ["a", "b", 3, "c"]', 6) == ("Tone", ["a", "b"])
+    assert L.read_entry('{"nested": 1}', 6) is None
     assert L.repair_dimensions('{"Mood": ["x", "y", "z"], "Bad": [1, 2], "C d": ["u"', "categorical"
                                )[0].values == ("x", "y", "z")
     with pytest.raises(L.DimensionError, match="placeholder"):
