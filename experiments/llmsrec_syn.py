@@ -67,6 +67,8 @@ def main(argv):
     print(markdown_table(res["table"]))
     for k, (m, lo, hi) in res["paired"].items():
         print(f"NDCG@10 {k}: {m:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+    print("NDCG@10 by scoring normalisation: " + ", ".join(
+        f"{k} {v['NDCG@10']:.3f}" for k, v in res["norms"].items()))
     print(f"timing: {res['timing']}\nwrote {out}")
 
 
