@@ -16,7 +16,7 @@ import pathlib
 
 from absl import app, flags
 
-from jaxlm.utils.config import Registry, apply_overrides
+from jaxlm.utils.config import apply_overrides
 
 _CONFIG = flags.DEFINE_string("config", "quick", "Preset: default, quick or *_test.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "LuminateConfig field=value overrides.")
@@ -27,35 +27,16 @@ _BACKEND = flags.DEFINE_enum("backend", "local", ["local", "scripted"],
 _SCREENSHOT = flags.DEFINE_bool("screenshot", True, "Screenshot the page with Chromium.")
 
 
-def presets() -> Registry:
-    from jaxlm.agents.luminate import LuminateConfig
+def presets():
+    from jaxlm.agents.luminate import presets as _presets
 
-    reg: Registry = Registry("luminate")
-    reg.add("default", LuminateConfig())
-    reg.add("quick", LuminateConfig(n=40, dim_retries=4, dim_max_tokens=64, n_abstract=8,
-                                    abstract_max_tokens=60, max_tokens=24))
-    tiny = LuminateConfig(n=8, dim_retries=2, n_abstract=4, max_tokens=8)
-    reg.add("default_test", tiny)
-    reg.add("quick_test", tiny)
-    return reg
+    return _presets()
 
 
 def scripted_backend():
-    """Canned replies that honour the requirements (for a model-free run of the pipeline)."""
-    from jaxlm.llm import ScriptedBackend
+    from jaxlm.agents.luminate import scripted_backend as _scripted
 
-    def reply(t: str) -> str:
-        if "Describe the text" in t:
-            return '{"Title": "Bottle", "Key Words": ["water"], "Summary": "About water."}'
-        if "JSON" in t:
-            return '{"Tone": ["warm", "cool", "dry", "bold", "calm", "wry"]}'
-        person = {"first": "I love my bottle", "second": "You love your bottle",
-                  "third": "She loves her bottle"}
-        p = next((v for k, v in person.items() if f"{k} person" in t), "Bottles")
-        end = "?" if "question" in t else "!" if "exclamation" in t else "."
-        return p + end
-
-    return ScriptedBackend(rules=[(".", reply)])
+    return _scripted()
 
 
 def main(argv):

@@ -12,8 +12,7 @@ TITLE = "Luminate: structured design-space generation (Suh et al., CHI 2024)"
 
 
 def run(ctx: RunContext) -> Section:
-    from experiments.luminate import presets
-    from jaxlm.agents.luminate import find_chromium, run_luminate, screenshot
+    from jaxlm.agents.luminate import find_chromium, presets, run_luminate, screenshot
     from jaxlm.llm import LocalBackend
 
     cfg = presets().get("quick" if ctx.quick else "default")

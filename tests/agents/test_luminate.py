@@ -124,7 +124,7 @@ def test_diversity_metrics_reference():
 
 
 def test_pipeline_with_obedient_backend(tmp_path):
-    from experiments.luminate import scripted_backend
+    scripted_backend = L.scripted_backend
 
     cfg = L.LuminateConfig(n=12, dim_retries=1, n_abstract=4)
     res = L.run_luminate(scripted_backend(), cfg, tmp_path)
@@ -172,7 +172,7 @@ def test_screenshot(tmp_path):
     import matplotlib.image as mpimg
     from scipy import ndimage
 
-    from experiments.luminate import scripted_backend
+    scripted_backend = L.scripted_backend
 
     res = L.run_luminate(scripted_backend(), L.LuminateConfig(n=40, dim_retries=1,
                                                               n_abstract=2), tmp_path)

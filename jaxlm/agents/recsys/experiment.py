@@ -231,7 +231,8 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
             paired[f"{a} - {b}"] = paired_diff(n10[a], n10[b], seed=cfg.seed)
     res = {"table": table, "per_user": per_user, "norms": norms, "paired": paired,
            "timing": timing, "random_floor": random_floor(cfg.n_candidates),
-           "n_users": len(users), "n_llm_users": len(llm_users), "config": repr(cfg), "backend": getattr(backend, "name", "?")}
+           "n_users": len(users), "n_llm_users": len(llm_users), "config": repr(cfg),
+           "backend": getattr(backend, "name", "?")}
     if outdir is not None:
         outdir = pathlib.Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)

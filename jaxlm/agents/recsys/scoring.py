@@ -88,7 +88,8 @@ def _score_rows(params, shared: KVCache | None, toks, pos, seg, pred, tgt, *, cf
     if shared is not None:
         p = shared.k.shape[2]
         kv_pad = ((0, 0), (0, 0), (0, t), (0, 0), (0, 0))
-        k = jnp.broadcast_to(jnp.pad(shared.k, kv_pad), (cfg.n_layers, g, p + t) + shared.k.shape[3:])
+        shape = (cfg.n_layers, g, p + t) + shared.k.shape[3:]
+        k = jnp.broadcast_to(jnp.pad(shared.k, kv_pad), shape)
         v = jnp.broadcast_to(jnp.pad(shared.v, kv_pad), k.shape)
         kp = jnp.pad(shared.pos, ((0, 0), (0, 0), (0, 0), (0, t)), constant_values=-1)
         kp = jnp.broadcast_to(kp, (cfg.n_layers, g) + kp.shape[2:])
