@@ -3,6 +3,7 @@
     python -m experiments.meanfield_icl --experiment=e1 --config=quick
     python -m experiments.meanfield_icl --experiment=all --config=full --workdir=runs/meanfield
     python -m experiments.meanfield_icl --experiment=e5 --config=quick --override=e5_particles=32
+    python -m experiments.meanfield_icl --experiment=e7 --config=quick   # optional E7
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import pathlib
 from absl import app, flags, logging
 
 _EXPERIMENT = flags.DEFINE_list(
-    "experiment", ["e1"], "Comma list of e1,e2,e3,e4,e5,e6 or 'all' (e2 is computed from e1)."
+    "experiment", ["e1"], "Comma list of e1,...,e7 or 'all' (e2 is computed from e1; e7 is optional)."
 )
 _CONFIG = flags.DEFINE_string("config", "quick", "Preset: full, quick, full_test, quick_test.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value config overrides.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/meanfield_icl", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Root seed.")
-_VALID = ("e1", "e2", "e3", "e4", "e5", "e6")
+_VALID = ("e1", "e2", "e3", "e4", "e5", "e6", "e7")
 
 
 def main(argv):
@@ -66,6 +67,12 @@ def main(argv):
     if "e6" in wanted:
         results["e6"] = ex.run_e6(cfg, bar)
         paths += plots.plot_e6(results["e6"], out)
+    if "e7" in wanted:
+        results["e7"] = ex.run_e7(cfg, bar)
+        paths += plots.plot_e7(results["e7"], out)
+        for name, arm in results["e7"]["arms"].items():
+            print(f"E7 {name}: T(L < L_S/2) = {arm['t_escape']:.4g}, final L = "
+                  f"{arm['final_loss']:.3g}")
     bar.close()
 
     def _js(x):

@@ -23,7 +23,7 @@ def run(ctx: RunContext) -> Section:
     cfg = dataclasses.replace(cfg, seed=ctx.seed)
     ex.validate(cfg)
     n_e1 = len(cfg.teachers) * len(cfg.n_particles)
-    bar = ctx.bar(n_e1 + (2 + len(cfg.kappas)) + 2 + 4 + (cfg.e6_steps // cfg.e6_every + 1),
+    bar = ctx.bar(n_e1 + (2 + len(cfg.kappas)) + 2 + 4 + (cfg.e6_steps // cfg.e6_every + 1) + 4,
                   desc="E1-E6")
     t0 = time.perf_counter()
     secs = {}
@@ -37,11 +37,13 @@ def run(ctx: RunContext) -> Section:
     secs["e5"] = time.perf_counter() - t0 - sum(secs.values())
     e6 = ex.run_e6(cfg, bar)
     secs["e6"] = time.perf_counter() - t0 - sum(secs.values())
+    e7 = ex.run_e7(cfg, bar)
+    secs["e7"] = time.perf_counter() - t0 - sum(secs.values())
     bar.close()
     out = ctx.outdir
     paths = plots.plot_e1(e1, out) + plots.plot_e2_e4(e1, e4, out) + plots.plot_e3(e3, out)
-    paths += plots.plot_e5(e5, out) + plots.plot_e6(e6, out)
-    summ = rep.summarize(e1, e3, e4, e5, e6)
+    paths += plots.plot_e5(e5, out) + plots.plot_e6(e6, out) + plots.plot_e7(e7, out)
+    summ = rep.summarize(e1, e3, e4, e5, e6, e7)
     claims = summ["claims"]
     rows = summ["rows"] + [
         {"exp": c, "setting": "verdict", "result": f"**{v}**: {note}"} for c, (v, note) in claims.items()
@@ -66,6 +68,8 @@ def run(ctx: RunContext) -> Section:
         f"E5: float64, exact saddle (N={cfg.e5_particles}: 2(k-1) teacher neurons + constant "
         f"neurons with b={cfg.e5_bias}) on a crossed antithetic batch M={cfg.e5_batch}, "
         f"{cfg.e5_steps} steps at eta={cfg.e5_eta} (t = eta*steps). E6: N={cfg.e6_particles}. "
+        "E7 (optional): from the E5 saddle, no noise / isotropic noise left on (std 1e-3) / one "
+        "isotropic kick / one kick along the lambda_min eigenvector (same norm). "
         "Seconds: "
         + ", ".join(f"{k} {v:.0f}" for k, v in secs.items())
         + ". The full preset (N up to 1024, 10k steps, T1+T2) takes roughly 1-2 hours on 2 cores."

@@ -42,9 +42,9 @@ class ExperimentConfig:
     # E2 prompt lengths for the closed-form ICL table
     n_icl: tuple[int, ...] = (16, 64, 256, 1024)
     # E3: joint GD vs static, both at the curvature-limited step (see dynamics docstring)
-    e3_particles: int = 64
+    e3_particles: int = 32
     e3_batch: int = 1024
-    e3_time: float = 40.0
+    e3_time: float = 16.0
     e3_safety: float = 0.5
     e3_logs: int = 50
     kappas: tuple[float, ...] = (1.0, 10.0, 100.0)
@@ -79,7 +79,7 @@ PRESETS.add(
         teachers=("t2",), n_particles=(64, 256), seeds=5, batch=2048, eval_batch=16384,
         steps=2000, log_every=50, n_icl=(16, 64, 256, 1024), e3_particles=32, e3_batch=512,
         e3_time=8.0, e3_logs=40, e4_particles=128, e4_steps=1500, e4_prompts=32, e4_eta=0.05,
-        e4_joint_steps=500, e5_particles=16, e5_batch=2048, e5_steps=3000, e6_particles=32,
+        e4_joint_steps=500, e5_particles=16, e5_batch=2048, e5_steps=2500, e6_particles=32,
         e6_steps=1200, e6_every=200, lanczos_m=60,
     ),
 )
@@ -520,3 +520,53 @@ def run_e6(cfg: ExperimentConfig, bar=None) -> dict:
                 st, _ = dy.simulate(st, x, teacher, mcfg, fc)
             _tick(bar)
         return {"rows": rows}
+
+
+# ----------------------------------------------------------------------------- E7 (optional)
+
+
+def run_e7(cfg: ExperimentConfig, bar=None, sigma: float = 1e-3) -> dict:
+    """E7: perturbation strategies from the exact E5 saddle (float64).
+
+    Arms: none; isotropic noise of std ``sigma`` on every coordinate at every step (left on);
+    one isotropic kick at t = 0; one kick along the Lanczos eigenvector of lambda_min. Both
+    one-shot kicks have the same L2(mu_N) norm sigma * sqrt(p) as one step of the noise.
+
+    Returns:
+        dict with per-arm escape time T (L < L_S / 2), final loss and the loss curves.
+    """
+    with jax.enable_x64(True):
+        teacher = _teacher(cfg, "t2", np.float64)
+        u = jnp.asarray(teacher.u[-1], jnp.float64)
+        x = saddle_batch(cfg, u)
+        f = teacher(x)
+        parts = build_saddle(cfg, teacher)
+        n = cfg.e5_particles
+        l_s = float(mf.loss_two_timescale(parts, x, f))
+        ext = ls.hessian_extremes(parts, x, f, 0.0, n_eig=2, tol=1e-10)
+        flat, unravel = jax.flatten_util.ravel_pytree(parts)
+        p_dim = flat.shape[0] // n
+        size = sigma * np.sqrt(p_dim) * np.sqrt(n)  # flat norm of an L2(mu_N) norm sigma*sqrt(p)
+        iso = jax.random.normal(jax.random.PRNGKey(cfg.seed + 71), flat.shape, jnp.float64)
+        inits = {
+            "none": parts,
+            "isotropic noise (on)": parts,
+            "isotropic kick": unravel(flat + size * iso / jnp.linalg.norm(iso)),
+            "hessian kick": unravel(flat + size * jnp.asarray(ext["v_min"])),
+        }
+        mcfg = _model(cfg, "t2", n, ridge=0.0)
+        fc = dy.FlowConfig(eta=cfg.e5_eta, steps=cfg.e5_steps, log_every=cfg.log_every,
+                           ridge=0.0)
+        out = {"L_S": l_s, "lambda_min": float(ext["smallest"][0]), "sigma": sigma, "arms": {}}
+        for name, p in inits.items():
+            fcn = dataclasses.replace(fc, noise=sigma) if "noise" in name else fc
+            st = dy.init_state(jax.random.PRNGKey(cfg.seed + 72), mcfg, x, particles=p,
+                               dtype=jnp.float64)
+            _, met = dy.simulate(st, x, teacher, mcfg, fcn)
+            met = _np(met)
+            out["arms"][name] = {
+                "t_escape": ls.plateau_time(met["time"], met["loss"], 0.5 * l_s),
+                "final_loss": float(met["loss"][-1]), "time": met["time"], "loss": met["loss"],
+            }
+            _tick(bar)
+        return out

@@ -156,3 +156,19 @@ def plot_e6(res: dict, outdir: pathlib.Path) -> list[str]:
     fig.savefig(p, dpi=90)
     plt.close(fig)
     return [str(p)]
+
+
+def plot_e7(res: dict, outdir: pathlib.Path) -> list[str]:
+    """E7: loss vs t from the saddle for each perturbation strategy."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, arm in res["arms"].items():
+        ax.semilogy(arm["time"], arm["loss"], label=f"{name} (T={arm['t_escape']:.3g})")
+    ax.axhline(0.5 * res["L_S"], color="k", ls=":", label="L_S / 2")
+    ax.set(xlabel="t", ylabel="L", title=f"E7 perturbations from the saddle (sigma={res['sigma']:g})")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = outdir / "e7_perturbations.png"
+    fig.savefig(p, dpi=90)
+    plt.close(fig)
+    return [str(p)]

@@ -9,7 +9,7 @@ def _fmt(x: float) -> str:
     return "inf" if not np.isfinite(x) else f"{x:.3g}"
 
 
-def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
+def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict, e7: dict | None = None) -> dict:
     """Computes the headline numbers and a verdict per claim from the results.
 
     Returns:
@@ -39,7 +39,16 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
     ns = [k for k in r0 if k != "baselines"]
     floors = [float(np.median(r0[n]["eval_loss"])) for n in ns]
     frac2 = np.mean([m[f"e1_{kind0}_N{n}_frac_2orders"] for n in ns])
+    train_floors = [float(np.median(r0[n]["metrics"]["loss"][:, -1])) for n in ns]
     m["e1_floor_shrinks_with_N"] = bool(all(a >= b for a, b in zip(floors, floors[1:], strict=False)))
+    m["e1_train_floor_shrinks_with_N"] = bool(
+        all(a >= b for a, b in zip(train_floors, train_floors[1:], strict=False)))
+    rows.append({"exp": "E1", "setting": f"{kind0} floor vs N",
+                 "result": "median final loss on the training batch: "
+                           + ", ".join(f"N={n}: {v:.2g}" for n, v in zip(ns, train_floors, strict=True))
+                           + "; on fresh x: "
+                           + ", ".join(f"N={n}: {v:.2g}" for n, v in zip(ns, floors, strict=True))
+                           + " (the fresh-x floor is set by the fixed batch M, not by N)"})
     # ---- E2 at n = 256 (T2 if present)
     kind2 = "t2" if "t2" in e1 else kind0
     r2 = e1[kind2]
@@ -134,6 +143,16 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
     m["e6_final_lambda_max"] = e6r[-1]["lambda_max"]
     m["e6_min_lambda_min"] = min(r["lambda_min"] for r in e6r)
 
+    # ---- E7 (optional)
+    if e7 is not None:
+        arms = e7["arms"]
+        for name, arm in arms.items():
+            m[f"e7_{name}_t_escape"] = arm["t_escape"]
+            m[f"e7_{name}_final_loss"] = arm["final_loss"]
+        rows.append({"exp": "E7", "setting": f"perturbations from the E5 saddle (sigma={e7['sigma']:g})",
+                     "result": "; ".join(f"{k}: T={_fmt(v['t_escape'])}, final L={v['final_loss']:.2g}"
+                                         for k, v in arms.items())})
+
     # ---- verdicts
     claims = {}
     saddle_strict = e5["lambda_min"] < 0 and e5["lambda_u"] < 0
@@ -175,7 +194,11 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
     k10 = gaps.get("kappa=10", np.nan)
     kap = sorted((float(k.split("=")[1]), v) for k, v in gaps.items() if "GD" not in k)
     ordered = all(a[1] >= b[1] for a, b in zip(kap, kap[1:], strict=False))
-    v4 = ("reproduced" if (k10 < 0.1 and ordered) else
+    st_l = e3["static"]["loss_tf"]
+    t_common = min(float(v["time"][-1]) for v in runs.values()) if runs else 0.0
+    drop = float(st_l[0] / np.interp(t_common, e3["static"]["time"], st_l))
+    m["e3_static_drop_on_window"] = drop
+    v4 = ("reproduced" if (k10 < 0.1 and ordered and drop >= 2.0) else
           "partially reproduced" if np.isfinite(k10) and k10 < 1.0 else "not reproduced")
     claims["C4"] = (v4, f"joint (mu, Gamma) GD at kappa=10 stays within a factor exp({k10:.3f}) of "
                         "the static two-timescale curve; gaps shrink with kappa: "
@@ -184,7 +207,9 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict) -> dict:
                         "Newton-preconditioned Gamma flow; plain GD on Gamma (kappa=10, "
                         f"trace-normalised) gap {gaps.get('kappa=10 (GD)', np.nan):.3f}, since "
                         "S_fh is nearly rank one at init and Gamma's slow directions do not track."
-                        " Short window only (the curvature-limited step is ~1e-3).")
+                        f" Window t <= {t_common:.2g}, over which static L drops only {drop:.2f}x "
+                        "(the curvature-limited step is ~1e-3; full credit needs a window "
+                        "covering a 2x drop).")
     e4_ok = abs(m["e4_refit_n256"] / m["e4_true_n256"] - 1) <= 0.2
     e4_better = (m["e4_refit_n256"] < m["e4_refit_init_n256"]) and joint_finite
     v5 = "reproduced" if e4_ok else ("partially reproduced" if e4_better else "not reproduced")
