@@ -139,7 +139,7 @@ def main(argv):
         os.makedirs(_OUT_DIR.value, exist_ok=True)
         path = os.path.join(_OUT_DIR.value, "offload_timeline.png")
         engines.plot_timeline(events, path, f"one swap step, thread mode, {dev.platform}, "
-                              f"{n} sub-models, batch {batch}x{seq}")
+                              f"{r.get('num_submodels', '?')} sub-models, batch {batch}x{seq}")
         results["timeline_png"] = path
     # ---- 4. in-graph scan offload (where the backend lists pinned_host)
     ok, why = scan_offload.scan_offload_support(dev)
