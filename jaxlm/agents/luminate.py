@@ -312,12 +312,15 @@ def _constrained_dimensions(backend: Any, prompt: str, n_dims: int, kind: str, r
     for r in range(n_dims):
         if not active:
             break
-        outs = _complete_batch(backend, [base + built[i] for i in active],
+        # every row is sent each round (finished rows too) so the batch shape, and with it
+        # the compiled program, stays the same; only active rows' replies are used
+        outs = _complete_batch(backend, [base + b for b in built],
                                dataclasses.replace(cfg, seed=cfg.seed + 101 * r), raw=True)
         if r == 0:
             free = [FORCED_PREFIX + o for o in outs]
         nxt = []
-        for i, o in zip(active, outs, strict=True):
+        for i in active:
+            o = outs[i]
             o = o.lstrip()
             if o.startswith(FORCED_PREFIX):  # the model re-opened the object itself
                 o = o[len(FORCED_PREFIX):]
@@ -590,8 +593,11 @@ def abstract_responses(backend: Any, texts: Sequence[str], retries: int = 2,
         todo = [i for i, o in enumerate(out) if o is None]
         if not todo:
             break
-        replies = _complete_batch(backend, [req.format(texts[i]) for i in todo],
-                                  dataclasses.replace(cfg, seed=cfg.seed + a))
+        batch = [req.format(texts[i]) for i in todo]
+        # padded to the first round's size: one batch shape, one compiled program
+        batch += batch[:1] * (len(texts) - len(batch))
+        replies = _complete_batch(backend, batch, dataclasses.replace(cfg, seed=cfg.seed + a))
+        replies = replies[: len(todo)]
         for i, rep in zip(todo, replies, strict=True):
             attempts += 1
             o = _valid_abstraction(rep)
