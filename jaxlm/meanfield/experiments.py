@@ -61,6 +61,7 @@ class ExperimentConfig:
     e5_batch: int = 4096  # = (points in u-perp) * e5_z
     e5_z: int = 16  # symmetric z-values of the crossed antithetic batch
     e5_bias: float = -2.5  # bias of the constant neurons (b < 0: sigma'' > 0, a strict saddle)
+    e5_bias_spread: float = 0.5  # their biases spread over e5_bias +- this (distinct particles)
     e5_eta: float = 0.1
     e5_steps: int = 4000
     e5_eps: tuple[float, ...] = (1e-10, 1e-8, 1e-6, 1e-4, 1e-2)
@@ -364,8 +365,8 @@ def build_saddle(cfg: ExperimentConfig, teacher: mf.Teacher) -> mf.Particles:
     """The exact support-restricted critical point of E5 (T2; float64 leaves).
 
     Particles: the 2(k-1) teacher neurons of features 1..k-1 (a scaled so h_j = f_j exactly)
-    plus N - 2(k-1) "constant" neurons w = 0, b = e5_bias, a = e_k (feature k is the constant
-    sigma(b)). Every w lies in u_k-perp. On ``saddle_batch`` the features 1..k-1 are fitted
+    plus N - 2(k-1) "constant" neurons w = 0, b in e5_bias +- e5_bias_spread, a = e_k (feature
+    k is the constant mean sigma(b_j)). Every w lies in u_k-perp. On ``saddle_batch`` the features 1..k-1 are fitted
     exactly and the residual of feature k is phi(z) - mean(phi), which averages to zero
     against every function of x_perp and every odd function of z, so every component of the
     first variation vanishes (G ~ 1e-30 in float64). Transporting the constant neurons along
@@ -380,7 +381,10 @@ def build_saddle(cfg: ExperimentConfig, teacher: mf.Teacher) -> mf.Particles:
         "a": jnp.concatenate([tp["a"][keep] * n / (2 * k),
                               jnp.zeros((n_c, k), jnp.float64).at[:, k - 1].set(1.0)]),
         "w": jnp.concatenate([tp["w"][keep], jnp.zeros((n_c, d), jnp.float64)]),
-        "b": jnp.concatenate([tp["b"][keep], cfg.e5_bias * jnp.ones(n_c, jnp.float64)]),
+        # distinct biases: identical particles get identical forces and can never split, so a
+        # Dirac mass of constant neurons would only escape along exactly zero-sum kicks
+        "b": jnp.concatenate([tp["b"][keep],
+                              cfg.e5_bias + cfg.e5_bias_spread * jnp.linspace(-1.0, 1.0, n_c)]),
     }
 
 
