@@ -298,25 +298,25 @@ class LocalBackend:
         """``score_ids_batch`` behind the memo, routing long prefixes to the prefix cache."""
         out: list[list[np.ndarray] | None] = [None] * len(enc)
         keys = [(tuple(p), tuple(tuple(c) for c in cs)) for p, cs in enc]
-        todo = []
+        todo, first = [], {}  # requests to run (one per distinct key), duplicates' source
         for i, k in enumerate(keys):
             hit = self._memo.get(k) if self.memo_size else None
             if hit is not None:
                 self._memo.move_to_end(k)
                 out[i] = hit
                 self.stats["memo_hits"] += 1
+            elif k in first:
+                self.stats["memo_hits"] += 1
             else:
+                first[k] = i
                 todo.append(i)
         cached = []
         if self.prefix is not None:
-            seen = set()
             for i in todo:
                 p, cs = enc[i]
                 if (len(p) >= self.prefix_min_tokens and len(cached) < self.prefix.n_slots
-                        and keys[i] not in seen
                         and self.prefix.fits(len(p), sum(len(c) for c in cs))):
                     cached.append(i)
-                    seen.add(keys[i])
         if cached:
             for i, r in zip(cached, self.prefix.score([enc[i] for i in cached]), strict=True):
                 out[i] = r  # None: overflowed the cache row, scored below without it
@@ -330,6 +330,9 @@ class LocalBackend:
                 self._memo[keys[i]] = out[i]
                 if len(self._memo) > self.memo_size:
                     self._memo.popitem(last=False)
+        for i, k in enumerate(keys):  # repeated requests within this call
+            if out[i] is None:
+                out[i] = out[first[k]]
         return out  # type: ignore[return-value]
 
     @staticmethod

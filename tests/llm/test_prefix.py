@@ -85,6 +85,11 @@ def test_local_backend_prefix_path_matches_plain(model):
     assert cached.prefix.stats["requests"] == 3
     assert cached.prefix.stats["reused_tokens"] > 0
     hits = cached.stats["memo_hits"]
-    again = cached.score_many(reqs)  # identical requests come from the memo
-    assert cached.stats["memo_hits"] == hits + 2
+    again = cached.score_many(reqs + reqs[:1])  # identical requests come from the memo
+    assert cached.stats["memo_hits"] == hits + 3 and len(again) == 3
+    assert [r.sum_logprob for r in again[2]] == [r.sum_logprob for r in again[0]]
+    fresh = [("A new room. Valid: e, w", ["e", "w"])] * 2  # repeated within one call
+    both = cached.score_many(fresh)
+    assert cached.stats["memo_hits"] == hits + 4
+    assert [r.sum_logprob for r in both[0]] == [r.sum_logprob for r in both[1]]
     assert [r.sum_logprob for r in again[0]] == [r.sum_logprob for r in b[0]]
