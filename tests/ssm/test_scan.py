@@ -144,8 +144,9 @@ def test_bad_mode_is_clear():
         selective_scan(**d, mode="fast")
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_handwritten_vjp_equals_autodiff_with_state_cotangent(reverse):
+def test_handwritten_vjp_equals_autodiff_with_state_cotangent():
+    # reverse=True: the flip path; the forward direction is covered by the float64 test above
+    reverse = True
     d = _inputs(7, length=13, dch=16, n=4)
     names = ("x", "dt", "A", "B", "C", "D", "h0")
     w = jnp.asarray(_loss_weights(8, d["x"].shape), jnp.float32)
@@ -156,7 +157,8 @@ def test_handwritten_vjp_equals_autodiff_with_state_cotangent(reverse):
         return (y * w).sum() + (h * wh).sum()  # the final state's cotangent enters too
 
     args = tuple(jnp.asarray(d[k]) for k in names)
-    g_vjp = jax.grad(lambda *a: loss(True, *a), argnums=tuple(range(7)))(*args)
-    g_ad = jax.grad(lambda *a: loss(False, *a), argnums=tuple(range(7)))(*args)
+    grads = jax.jit(lambda *a: [jax.grad(lambda *b, r=r: loss(r, *b), argnums=tuple(range(7)))(*a)
+                                for r in (True, False)])
+    g_vjp, g_ad = grads(*args)
     for name, a, b in zip(names, g_vjp, g_ad, strict=True):
         assert _rel(a, np.asarray(b, np.float64)) < 1e-5, name
