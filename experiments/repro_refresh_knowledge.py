@@ -37,7 +37,8 @@ def run(ctx: RunContext) -> Section:
     for name, rs in out["sequential"].items():
         for r in rs:
             seq_rows.append({"method": name, "edits": r["edits"], "ES": round(r["es"], 3),
-                             "PS": round(r["ps"], 3), "NS": round(r["ns"], 3),
+                             "PS": round(r["ps"], 3), "NS (unedited nbrs)": round(r["ns"], 3),
+                             "retain": round(r.get("retain", float("nan")), 3),
                              "fluency": round(r.get("fluency", float("nan")), 3)})
     r = out["single"].get("rome", {})
     t_rome = out["edit_seconds"].get("rome", {}).get("median", float("inf"))
@@ -65,7 +66,9 @@ def run(ctx: RunContext) -> Section:
         "deltas are cached per request and shared by its single edits and batches. Fluency "
         f"of single edits: mean over the first {out['config']['fluency_edits']} edits.\n\n"
         "**Sequential edits** (ROME/FT applied one after another; MEMIT as one batch of that "
-        "size; retrieval memory of that size). Fluency = ROME n-gram entropy of greedy "
+        "size; retrieval memory of that size). NS counts only neighbours not edited so far; "
+        "retain = top-1 accuracy on the known facts not edited yet (both undefined once all "
+        "are edited). Fluency = ROME n-gram entropy of greedy "
         f"continuations (unedited {out['fluency_pre']:.3f}).\n\n" + markdown_table(seq_rows)
     )
     sweep = out.get("layer_sweep") or {}

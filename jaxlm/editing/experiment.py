@@ -324,6 +324,33 @@ def _retrieval_rows(params, cfg, tok, cases, threshold):
     return metrics.evaluate_cases(params, cfg, tok, cases, rewrite=lambda p, c: aug[p])
 
 
+def _without_edited_neighbours(cases, k):
+    """The first ``k`` cases, each keeping only neighbour prompts whose subject is not among
+    the first ``k`` edits (an edited neighbour's old answer is *meant* to change)."""
+    edited = {c.request.text for c in cases[:k]}
+    return [dataclasses.replace(c, neighbours=tuple(nb for nb in c.neighbours
+                                                    if nb[0] not in edited))
+            for c in cases[:k]]
+
+
+def _seq_summary(p, cfg, tok, cases, k, rows=None, retain=True):
+    """ES/PS/NS over the first ``k`` edits (NS on unedited neighbours only; NaN once every
+    neighbour is edited) and ``retain``: top-1 accuracy of the known facts not edited yet."""
+    s = metrics.summarize(rows if rows is not None else metrics.evaluate_cases(
+        p, cfg, tok, _without_edited_neighbours(cases, k)))
+    s["edits"] = k
+    rest = cases[k:]
+    if rest and retain:
+        got = data.measure_facts(p, cfg, tok, [(c.request.text, c.request.target_true)
+                                               for c in rest])
+        s["retain"] = float(np.mean([g["correct"] for g in got]))
+        s["retain_lo"], s["retain_hi"] = metrics.wilson(s["retain"] * len(rest), len(rest))
+        s["n_retain"] = len(rest)
+    else:
+        s["retain"] = float("nan")
+    return s
+
+
 def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, contexts, covs,
                 memit_cache, pbar):
     points = sorted(p for p in ecfg.seq_points if p <= len(cases))
@@ -342,9 +369,7 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, context
             if pbar:
                 pbar.update(1)
             if i + 1 in points:
-                ev = metrics.evaluate_cases(p, cfg, tok, cases[: i + 1])
-                s = metrics.summarize(ev)
-                s["edits"] = i + 1
+                s = _seq_summary(p, cfg, tok, cases, i + 1)
                 s["fluency"] = metrics.fluency(p, cfg, tok, FLUENCY_PROMPTS,
                                                max_new_tokens=ecfg.fluency_tokens)[0]
                 s["rel_w_change"] = float(np.linalg.norm(
@@ -358,8 +383,7 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, context
         for k in points:
             p, _ = memit.memit_edit(params, cfg, tok, [c.request for c in cases[:k]], memit_hp,
                                     contexts=contexts, covs=covs, value_cache=memit_cache)
-            s = metrics.summarize(metrics.evaluate_cases(p, cfg, tok, cases[:k]))
-            s["edits"] = k
+            s = _seq_summary(p, cfg, tok, cases, k)
             s["fluency"] = metrics.fluency(p, cfg, tok, FLUENCY_PROMPTS,
                                            max_new_tokens=ecfg.fluency_tokens)[0]
             rows.append(s)
@@ -367,9 +391,10 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, context
     if "retrieval" in ecfg.seq_methods:
         rows = []
         for k in points:
-            s = metrics.summarize(_retrieval_rows(params, cfg, tok, cases[:k],
-                                                  ecfg.retrieval_threshold))
-            s["edits"] = k
+            # (retain is not measured: the weights are unchanged, retrieval only edits prompts)
+            s = _seq_summary(params, cfg, tok, cases, k, retain=False, rows=_retrieval_rows(
+                params, cfg, tok, _without_edited_neighbours(cases, k),
+                ecfg.retrieval_threshold))
             rows.append(s)
         res["retrieval"] = rows
     return res
@@ -411,15 +436,17 @@ def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
     paths.append(str(p))
     seq = out.get("sequential", {})
     if seq:
-        fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+        fig, axes = plt.subplots(1, 5, figsize=(17, 3.2))
         styles = ("o-", "s--", "^:", "D-.")
         for j, (name, rows) in enumerate(seq.items()):
             xs = [r["edits"] for r in rows]
-            for ax, k in zip(axes, ("es", "ps", "ns", "fluency"), strict=True):
-                if all(k in r for r in rows):
+            for ax, k in zip(axes, ("es", "ps", "ns", "retain", "fluency"), strict=True):
+                if all(k in r for r in rows) and not all(np.isnan(r[k]) for r in rows):
                     ax.plot(xs, [r[k] for r in rows], styles[j % len(styles)], label=name,
                             alpha=0.8, ms=5)
-                    ax.set_title(k.upper() if k != "fluency" else "fluency (n-gram entropy)")
+                    ax.set_title({"fluency": "fluency (n-gram entropy)",
+                                  "ns": "NS (unedited neighbours)",
+                                  "retain": "unedited facts still top-1"}.get(k, k.upper()))
                     ax.set_xscale("log")
                     ax.set_xlabel("edits")
         axes[-1].axhline(out["fluency_pre"], color="gray", ls=":", label="unedited")
