@@ -757,8 +757,9 @@ def presets():
 
     reg: Registry = Registry("luminate")
     reg.add("default", LuminateConfig())
-    reg.add("quick", LuminateConfig(n=40, dim_retries=2, dim_max_tokens=48, n_abstract=8,
-                                    abstract_max_tokens=48, max_tokens=24))
+    # token budgets are bucketed to 64 by the local backend: 64 costs the same as 48
+    reg.add("quick", LuminateConfig(n=40, dim_retries=2, dim_max_tokens=64, n_abstract=8,
+                                    abstract_max_tokens=64, max_tokens=24))
     tiny = LuminateConfig(n=8, dim_retries=2, n_abstract=4, max_tokens=8)
     reg.add("default_test", tiny)
     reg.add("quick_test", tiny)
