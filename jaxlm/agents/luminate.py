@@ -757,7 +757,7 @@ def presets():
 
     reg: Registry = Registry("luminate")
     reg.add("default", LuminateConfig())
-    # 64-token dimension replies: 48 truncated most 6-value lists (0 valid entries)
+    # 64-token dimension replies leave room for a name and a 6-value list (~40-50 tokens)
     reg.add("quick", LuminateConfig(n=40, dim_retries=2, dim_max_tokens=64, n_abstract=8,
                                     abstract_max_tokens=64, max_tokens=24))
     tiny = LuminateConfig(n=8, dim_retries=2, n_abstract=4, max_tokens=8)
