@@ -104,10 +104,10 @@ def _seq_core_fwd(xs, dts, a_t, bs, cs, h0, unroll):
 
     def step_keep(h, inp):
         h_new, y_t = step(h, inp)
-        return h_new, (y_t, h_new)
+        return h_new, (y_t, h)  # keep the state *before* the step: h_{t-1}
 
-    h, (ys, hs) = lax.scan(step_keep, h0, (xs, dts, bs, cs), unroll=unroll)
-    return (ys, h), (xs, dts, a_t, bs, cs, h0, hs)
+    h, (ys, h_prev) = lax.scan(step_keep, h0, (xs, dts, bs, cs), unroll=unroll)
+    return (ys, h), (xs, dts, a_t, bs, cs, h, h_prev)
 
 
 def _seq_core_bwd(unroll, res, cot):
@@ -118,13 +118,12 @@ def _seq_core_bwd(unroll, res, cot):
     d(dt A) = g h_{t-1} a, so ddt = du x + sum_N d(dt A) A and dA += sum_B d(dt A) dt;
     dL/dh_{t-1} = g a.
     """
-    xs, dts, a_t, bs, cs, h0, hs = res
+    xs, dts, a_t, bs, cs, h_last, h_prev = res  # h_prev [L, B, N, D]: one saved buffer
     dys, dh_last = cot
-    h_prev = jnp.concatenate([h0[None], hs[:-1]], 0)  # [L, B, N, D]
 
     def step(carry, inp):
-        g, da_acc = carry
-        x_t, dt_t, b_t, c_t, dy_t, h_t, hp_t = inp
+        g, da_acc, h_t = carry  # h_t: the state after step t (= h_prev of step t + 1)
+        x_t, dt_t, b_t, c_t, dy_t, hp_t = inp
         g = g + c_t[:, :, None] * dy_t[:, None, :]  # dL/dh_t  [B, N, D]
         # multiply + sum (fused reductions), not einsum: small dots per step are slow on CPU
         dc = (h_t * dy_t[:, None, :]).sum(-1)  # [B, N]
@@ -135,11 +134,11 @@ def _seq_core_bwd(unroll, res, cot):
         db = (g * u[:, None, :]).sum(-1)  # [B, N]
         ddt = du * x_t + (gz * a_t[None]).sum(1)
         da_acc = da_acc + (gz * dt_t[:, None, :]).sum(0)
-        return (g * a, da_acc), (du * dt_t, ddt, db, dc)
+        return (g * a, da_acc, hp_t), (du * dt_t, ddt, db, dc)
 
-    init = (dh_last, jnp.zeros_like(a_t))
-    (dh0, da_t), (dx, ddt, db, dc) = lax.scan(
-        step, init, (xs, dts, bs, cs, dys, hs, h_prev), reverse=True, unroll=unroll)
+    init = (dh_last, jnp.zeros_like(a_t), h_last)
+    (dh0, da_t, _), (dx, ddt, db, dc) = lax.scan(
+        step, init, (xs, dts, bs, cs, dys, h_prev), reverse=True, unroll=unroll)
     return dx, ddt, da_t, db, dc, dh0
 
 
