@@ -52,32 +52,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/introspective_tips", "Output fol
 _SEED = flags.DEFINE_integer("seed", 0, "Game-set and policy seed.")
 
 
-def plot_score_vs_trial(summary, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    keys = sorted({(r["scenario"], r["method"]) for r in summary})
-    for scn, m in keys:
-        rows = sorted((r for r in summary if (r["scenario"], r["method"]) == (scn, m)),
-                      key=lambda r: r["trial"])
-        xs = [r["trial"] + 1 for r in rows]
-        ys = [r["norm_score"] for r in rows]
-        lo = [r["norm_score_ci"][0] for r in rows]
-        hi = [r["norm_score_ci"][1] for r in rows]
-        ax.plot(xs, ys, marker="o", label=f"{scn} {m}")
-        ax.fill_between(xs, lo, hi, alpha=0.12)
-    ax.set_xlabel("trial")
-    ax.set_ylabel("normalised score (95% CI)")
-    ax.set_ylim(-0.05, 1.05)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def read_rows(path):
     """The rows of a JSONL file (the episode log)."""
     return [json.loads(x) for x in pathlib.Path(path).read_text().splitlines() if x.strip()]
@@ -88,7 +62,8 @@ def main(argv):
     from tqdm.auto import tqdm
 
     from jaxlm.agents.textworld_env import TextWorldEnv, game_set, make_games
-    from jaxlm.agents.tips import ActorConfig, EpisodeLog, TipGenerator, run_suite
+    from jaxlm.agents.tips import (ActorConfig, EpisodeLog, TipGenerator, plot_score_vs_trial,
+                                   run_suite)
     from jaxlm.llm import make_backend
 
     work = pathlib.Path(_WORKDIR.value)
