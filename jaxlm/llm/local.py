@@ -37,6 +37,7 @@ from jaxlm.llm.base import (
     check_messages,
     truncate_at_stop,
 )
+from jaxlm.llm.packing import pack_candidates
 
 NEG_BIAS = -1e9
 SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
@@ -353,17 +354,8 @@ class LocalBackend:
         for i, (pre, conts) in enumerate(reqs):
             lp = len(pre)
             toks[i, :lp], pos[i, :lp], seg[i, :lp] = pre, np.arange(lp), 0
-            s, k, row_spans = lp, 0, []
-            for c, x in enumerate(conts):
-                lx = len(x)
-                toks[i, s: s + lx] = x
-                pos[i, s: s + lx] = lp + np.arange(lx)
-                seg[i, s: s + lx] = c + 1
-                pred[i, k] = lp - 1
-                pred[i, k + 1: k + lx] = s + np.arange(lx - 1)
-                tgt[i, k: k + lx] = x
-                row_spans.append((k, k + lx))
-                s, k = s + lx, k + lx
+            row_spans, _, _ = pack_candidates(toks, pos, seg, pred, tgt, i, conts, slot=lp,
+                                              first_pos=lp, anchor=lp - 1)
             spans.append(row_spans)
         lp = np.asarray(_score_packed(self.params, toks, pos, seg, pred, tgt, cfg=self.cfg))
         self.stats["score_calls"] += 1

@@ -40,6 +40,7 @@ from jaxlm.core import apply, init_cache
 from jaxlm.core.cache import KVCache
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.transformer import unembed
+from jaxlm.llm.packing import pack_candidates
 
 NEG_BIAS = -1e9
 
@@ -276,17 +277,9 @@ class PrefixScorer:
             lp, nl = len(p), len(p) - lcp
             start[r], keep[r] = lcp, lp
             toks[r, :nl], pos[r, :nl], seg[r, :nl] = p[lcp:], lcp + np.arange(nl), 0
-            s, m = tn, 0
-            for c, x in enumerate(conts):
-                lx = len(x)
-                toks[r, s: s + lx] = x
-                pos[r, s: s + lx] = lp + np.arange(lx)
-                seg[r, s: s + lx] = c + 1
-                pred[r, m] = nl - 1
-                pred[r, m + 1: m + lx] = s + np.arange(lx - 1)
-                tgt[r, m: m + lx] = x
-                spans[k].append((m, m + lx))
-                s, m = s + lx, m + lx
+            row_spans, s, m = pack_candidates(toks, pos, seg, pred, tgt, r, conts, slot=tn,
+                                              first_pos=lp, anchor=nl - 1)
+            spans[k].extend(row_spans)
             self.stats["padded_tokens"] += t - nl - m
         full = g == self.n_slots
         shape = (g, tn, n, full)

@@ -37,6 +37,7 @@ import numpy as np
 from jaxlm.core import KVCache, apply, init_cache
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.transformer import unembed
+from jaxlm.llm.packing import pack_candidates
 
 NEG_BIAS = -1e9
 
@@ -239,17 +240,8 @@ class RecScorer:
             own = p[shared:]
             lo, lp = len(own), len(p)
             toks[i, :lo], pos[i, :lo], seg[i, :lo] = own, shared + np.arange(lo), 0
-            r, k, sp = lo, 0, []
-            for c, x in enumerate(cs):
-                lx = len(x)
-                toks[i, r: r + lx] = x
-                pos[i, r: r + lx] = lp + np.arange(lx)
-                seg[i, r: r + lx] = c + 1
-                pred[i, k] = lo - 1
-                pred[i, k + 1: k + lx] = r + np.arange(lx - 1)
-                tgt[i, k: k + lx] = x
-                sp.append((k, k + lx))
-                r, k = r + lx, k + lx
+            sp, r, _ = pack_candidates(toks, pos, seg, pred, tgt, i, cs, slot=lo, first_pos=lp,
+                                       anchor=lo - 1)
             spans.append(sp)
             self.stats.real_tokens += r
         lp = np.asarray(_score_rows(self.params, cache, toks, pos, seg, pred, tgt, cfg=self.cfg))
