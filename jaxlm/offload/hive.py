@@ -195,7 +195,7 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
             procs.append(subprocess.Popen(
                 [sys.executable, "-c", "from jaxlm.offload.hive import hive_main; hive_main()",
                  json.dumps(d)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env=env))
+                env=env, start_new_session=True))  # own group: hivemind forks DHT/p2pd children
         t_end = time.monotonic() + timeout
         if kill_peer is not None:
             while time.monotonic() < t_end:
@@ -204,7 +204,7 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
                         if len(f.read().splitlines()) >= kill_at:
                             break
                 time.sleep(0.2)
-            procs[kill_peer].send_signal(signal.SIGKILL)
+            _kill_group(procs[kill_peer], signal.SIGKILL)  # the peer and its DHT/p2pd children
             procs[kill_peer].wait()
         results = []
         for p, pr in enumerate(procs):
@@ -217,7 +217,15 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
             results.append(json.loads(line[len("HIVE_RESULT "):]))
         return results
     finally:
-        for pr in procs:
+        for pr in procs:  # also reaps children a finished or killed peer left behind
+            _kill_group(pr, signal.SIGKILL)
             if pr.poll() is None:
-                pr.kill()
                 pr.wait()
+
+
+def _kill_group(proc, sig) -> None:
+    """Signals ``proc``'s whole process group (it was started with its own session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
