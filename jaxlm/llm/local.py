@@ -37,7 +37,7 @@ from jaxlm.llm.base import (
     check_messages,
     truncate_at_stop,
 )
-from jaxlm.llm.packing import pack_candidates
+from jaxlm.llm.packing import empty_packed, pack_candidates
 
 NEG_BIAS = -1e9
 SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
@@ -345,11 +345,7 @@ class LocalBackend:
         t = min(bucket_len(max(self._row_len(r) for r in reqs), 64), self.cfg.max_seq_len)
         n = bucket_len(max(sum(len(c) for c in r[1]) for r in reqs), 16)
         pad = self.tokenizer.pad_id
-        toks = np.full((g, t), pad, np.int32)
-        pos = np.full((g, t), -1, np.int32)
-        seg = np.full((g, t), -1, np.int32)
-        pred = np.zeros((g, n), np.int32)
-        tgt = np.zeros((g, n), np.int32)
+        toks, pos, seg, pred, tgt = empty_packed(g, t, n, pad)
         spans = []
         for i, (pre, conts) in enumerate(reqs):
             lp = len(pre)

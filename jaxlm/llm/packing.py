@@ -14,6 +14,17 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def empty_packed(g: int, t: int, n: int, pad: int = 0) -> tuple[np.ndarray, ...]:
+    """Blank packed arrays for ``g`` rows of ``t`` slots and ``n`` scored tokens.
+
+    Returns:
+        (toks [G,T] filled with ``pad``, pos [G,T] = -1 (never attended), seg [G,T] = -1,
+        pred [G,N] = 0, tgt [G,N] = 0).
+    """
+    return (np.full((g, t), pad, np.int32), np.full((g, t), -1, np.int32),
+            np.full((g, t), -1, np.int32), np.zeros((g, n), np.int32), np.zeros((g, n), np.int32))
+
+
 def pack_candidates(toks: np.ndarray, pos: np.ndarray, seg: np.ndarray, pred: np.ndarray,
                     tgt: np.ndarray, row: int, conts: Sequence[Sequence[int]], *, slot: int,
                     first_pos: int, anchor: int) -> tuple[list[tuple[int, int]], int, int]:

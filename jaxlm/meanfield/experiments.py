@@ -414,14 +414,19 @@ def run_e5(cfg: ExperimentConfig, bar=None) -> dict:
         return _run_e5(cfg, bar)
 
 
-def _run_e5(cfg: ExperimentConfig, bar) -> dict:
+def _saddle_setup(cfg: ExperimentConfig):
+    """The E5 saddle in float64 (call under ``jax.enable_x64``): (teacher, u (the missing
+    feature's direction), x, f, particles, N, L_S)."""
     teacher = _teacher(cfg, "t2", np.float64)
     u = jnp.asarray(teacher.u[-1], jnp.float64)
     x = saddle_batch(cfg, u)
     f = teacher(x)
     parts = build_saddle(cfg, teacher)
-    n = cfg.e5_particles
-    l_s = float(mf.loss_two_timescale(parts, x, f))
+    return teacher, u, x, f, parts, cfg.e5_particles, float(mf.loss_two_timescale(parts, x, f))
+
+
+def _run_e5(cfg: ExperimentConfig, bar) -> dict:
+    teacher, u, x, f, parts, n, l_s = _saddle_setup(cfg)
     g_s = float(ls.grad_sq(parts, x, f))
     ext = ls.hessian_extremes(parts, x, f, 0.0, n_eig=3, tol=1e-10)
     _tick(bar)
@@ -540,13 +545,7 @@ def run_e7(cfg: ExperimentConfig, bar=None, sigma: float = 1e-3) -> dict:
         dict with per-arm escape time T (L < L_S / 2), final loss and the loss curves.
     """
     with jax.enable_x64(True):
-        teacher = _teacher(cfg, "t2", np.float64)
-        u = jnp.asarray(teacher.u[-1], jnp.float64)
-        x = saddle_batch(cfg, u)
-        f = teacher(x)
-        parts = build_saddle(cfg, teacher)
-        n = cfg.e5_particles
-        l_s = float(mf.loss_two_timescale(parts, x, f))
+        teacher, u, x, f, parts, n, l_s = _saddle_setup(cfg)
         ext = ls.hessian_extremes(parts, x, f, 0.0, n_eig=2, tol=1e-10)
         flat, unravel = jax.flatten_util.ravel_pytree(parts)
         p_dim = flat.shape[0] // n

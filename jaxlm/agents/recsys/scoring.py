@@ -37,7 +37,7 @@ import numpy as np
 from jaxlm.core import KVCache, apply, init_cache
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.transformer import unembed
-from jaxlm.llm.packing import pack_candidates
+from jaxlm.llm.packing import empty_packed, pack_candidates
 
 NEG_BIAS = -1e9
 
@@ -230,11 +230,7 @@ class RecScorer:
     def _run(self, cache, shared, pids, cids, t, n):
         g = self.rows
         pad = getattr(self.tokenizer, "pad_id", 0) or 0
-        toks = np.full((g, t), pad, np.int32)
-        pos = np.full((g, t), -1, np.int32)
-        seg = np.full((g, t), -1, np.int32)
-        pred = np.zeros((g, n), np.int32)
-        tgt = np.zeros((g, n), np.int32)
+        toks, pos, seg, pred, tgt = empty_packed(g, t, n, pad)
         spans = []
         for i, (p, cs) in enumerate(zip(pids, cids, strict=True)):
             own = p[shared:]
