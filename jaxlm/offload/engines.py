@@ -111,6 +111,65 @@ def sharding(device: jax.Device, kind: str | None = None) -> jax.sharding.Shardi
     return jax.sharding.SingleDeviceSharding(device, memory_kind=kind)
 
 
+def default_kind(device: jax.Device) -> str | None:
+    """The device's default memory kind ("device" on CPU and GPU; None if not reported)."""
+    try:
+        return device.default_memory().kind
+    except Exception:  # runtimes without the memories API
+        return None
+
+
+def home_sharding(device: jax.Device) -> jax.sharding.Sharding:
+    """Sharding in the device's *default* memory kind, spelled out explicitly.
+
+    Always copy with this (never ``jax.device_put(x, device)`` with a bare ``Device``):
+    JAX keeps the *source's* memory space in the result's type when the destination names
+    no memory kind, so a ``pinned_host`` array put on a bare device is typed
+    ``float32<host>`` while its buffer sits in default memory, and the next jitted op that
+    mixes it with a default-memory array fails with "memory_space of all inputs passed to
+    `add` must be the same" (seen on an H200, jax 0.11.2; reproduced on CPU, jax 0.12).
+    """
+    return sharding(device, default_kind(device))
+
+
+def memory_space(x: Any) -> tuple[str, str | None, str]:
+    """(device, memory kind of the buffer, memory space of the JAX type) of one leaf.
+
+    numpy (and other non-JAX) leaves report ``("numpy", None, "host-numpy")``.
+    """
+    if not isinstance(x, jax.Array):
+        return ("numpy", None, "host-numpy")
+    sh = x.sharding
+    dev = ",".join(sorted(str(d) for d in sh.device_set))
+    space = str(getattr(jax.typeof(x), "memory_space", "?"))
+    return (dev, sh.memory_kind, space)
+
+
+def check_one_space(trees: Any, what: str) -> tuple[str, str | None, str]:
+    """Checks that every leaf of ``trees`` lives in one device, memory kind and memory space.
+
+    Args:
+        trees: any pytree (e.g. ``(params, opt_state, grads)`` of one host update).
+        what: names the operation in the error message.
+
+    Returns:
+        the common ``memory_space`` triple.
+
+    Raises:
+        ValueError: leaves in more than one place, listed with their paths (the clear
+            version of XLA's "memory_space of all inputs ... must be the same").
+    """
+    seen: dict[tuple, list[str]] = {}
+    for path, x in jax.tree_util.tree_leaves_with_path(trees):
+        seen.setdefault(memory_space(x), []).append(jax.tree_util.keystr(path))
+    if len(seen) > 1:
+        lines = "; ".join(f"{k}: {len(v)} leaves, e.g. {v[0]}" for k, v in seen.items())
+        raise ValueError(f"{what}: operands live in {len(seen)} different (device, memory kind, "
+                         f"memory space) places ({lines}); put every operand in one memory "
+                         "kind first (engines.home_sharding)")
+    return next(iter(seen), ("none", None, "none"))
+
+
 def aligned_empty(shape: tuple[int, ...], dtype: Any, align: int = ALIGN) -> np.ndarray:
     """An uninitialised numpy array whose data pointer is ``align``-byte aligned."""
     dtype = np.dtype(dtype)
@@ -155,7 +214,8 @@ def cpu_copy(tree: Any, dst_device: jax.Device, arena: StagingArena | None = Non
         dst = [aligned_empty(x.shape, x.dtype) for x in src]
     for d, s in zip(dst, src):
         np.copyto(d, s)
-    return jax.tree.unflatten(tdef, [jax.device_put(d, dst_device) for d in dst])
+    sh = home_sharding(dst_device)
+    return jax.tree.unflatten(tdef, [jax.device_put(d, sh) for d in dst])
 
 
 def zero_copy_supported(device: jax.Device) -> bool:

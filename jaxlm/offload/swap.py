@@ -130,21 +130,25 @@ class SwapTrainer:
         self.subs = stg.make_submodels(cfg, cuts)
         self.cuts = list(cuts)
         groups = stg.group(stg.split_params(params, cfg), cuts)
-        self.master = [jax.device_put(g, self.host) for g in groups]
+        # every host-side array (master params, optimizer state, offloaded gradients) is put
+        # with this explicit sharding, so the host update never mixes memory spaces
+        self._host_sh = eng.home_sharding(self.host)
+        self.master = [jax.device_put(g, self._host_sh) for g in groups]
         if opt_mode == "host-eager":
-            self.opt_state = [jax.device_put(tx.init(g), self.host) for g in self.master]
+            self.opt_state = [jax.device_put(tx.init(g), self._host_sh) for g in self.master]
         else:
-            self.opt_state = jax.device_put(tx.init(self.master), self.host)
+            self.opt_state = jax.device_put(tx.init(self.master), self._host_sh)
 
         def update(p, s, g):
             u, s = tx.update(g, s, p)
             return optax.apply_updates(p, u), s
 
-        self._update = jax.jit(update)
+        self._update_jit = jax.jit(update, out_shardings=self._host_sh)
+        self.host_space = eng.check_one_space((self.master, self.opt_state),
+                                              "SwapTrainer host state")
         self._hook = None
         self.sub_bytes = [tree_bytes(g) for g in self.master]
-        self._dev_sh = eng.sharding(self.dev, "device" if "device" in self.hostmem.kinds
-                                    else None)
+        self._dev_sh = eng.home_sharding(self.dev)
         self.pinned: list[Any] | None = None
         self.notes: list[str] = []
         self._d2h_pinned = True
@@ -188,7 +192,31 @@ class SwapTrainer:
         except Exception:
             pass
 
+    def _update(self, p, s, g):
+        """The host optimizer step: every operand must be in the host's default memory."""
+        if self._hook is not None:  # a hook may hand back numpy or another placement
+            g = jax.device_put(g, self._host_sh)
+        got = eng.check_one_space((p, s, g), "host optimizer update")
+        if got != self.host_space:
+            raise ValueError(f"host optimizer update: operands live in {got}, the host state "
+                             f"in {self.host_space}")
+        return self._update_jit(p, s, g)
+
     # ---- copies
+    def _to_host(self, tree):
+        """D2H copy into the host's default memory (asynchronous where the backend is).
+
+        In ``pinned_host`` mode the gradients go device -> pinned_host of the compute device
+        (DMA) and then to the host device's default memory, both with explicit shardings.
+        """
+        if self.pinned is not None and self._d2h_pinned:
+            try:
+                return jax.device_put(jax.device_put(tree, self._pin_sh), self._host_sh)
+            except Exception as e:  # runtime cannot do the hop: direct copy from now on
+                self._d2h_pinned = False
+                self.notes.append(f"pinned D2H hop failed ({e!r:.120}); direct device_put")
+        return jax.device_put(tree, self._host_sh)
+
     def _to_pinned(self, g):
         return jax.block_until_ready(jax.device_put(g, self._pin_sh))
 
@@ -212,18 +240,8 @@ class SwapTrainer:
         t0 = time.perf_counter()
         if self._cpu_copy:
             out = eng.cpu_copy(gp, self.host)
-        elif self.pinned is not None and self.dev.platform != "cpu" and self._d2h_pinned:
-            # DMA into pinned host memory, then a host-side hop to the optimizer's device
-            try:
-                out = jax.device_put(jax.block_until_ready(jax.device_put(gp, self._pin_sh)),
-                                     self.host)
-                out = jax.block_until_ready(out)
-            except Exception as e:  # runtime cannot do the hop: direct copy from now on
-                self._d2h_pinned = False
-                self.notes.append(f"pinned D2H hop failed ({e!r:.120}); direct device_put")
-                out = jax.block_until_ready(jax.device_put(gp, self.host))
         else:
-            out = jax.block_until_ready(jax.device_put(gp, self.host))
+            out = jax.block_until_ready(self._to_host(gp))
         self._tl.add("d2h", k, t0, time.perf_counter())
         return out
 
@@ -260,6 +278,7 @@ class SwapTrainer:
         if self.opt_mode == "host-at-sync":
             if self._hook is not None:
                 self._grads = [self._hook(k, self._grads[k]) for k in range(len(self.subs))]
+                self._grads = jax.device_put(self._grads, self._host_sh)
             self.master, self.opt_state = self._update(self.master, self.opt_state,
                                                        self._grads)
             self._refresh_pinned(range(len(self.subs)))
@@ -335,10 +354,13 @@ class SwapTrainer:
         return loss, h2d, d2h
 
     def _d2h_dispatch(self, k, gp):
-        fn = eng.cpu_copy if self._cpu_copy else jax.device_put
+        if self._cpu_copy:
+            fn = lambda g: eng.cpu_copy(g, self.host)  # noqa: E731
+        else:
+            fn = self._to_host
         if self._tl is None:
-            return fn(gp, self.host)
-        return self._tl.timed("d2h", k, fn, gp, self.host)
+            return fn(gp)
+        return self._tl.timed("d2h", k, fn, gp)
 
     def _eager_timed(self, k, grads):
         if self._tl is None or self.opt_mode != "host-eager":

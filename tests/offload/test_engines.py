@@ -66,7 +66,9 @@ def test_cpu_copy_is_a_real_copy():
 
 
 @pytest.mark.parametrize("prefetch,host_memory,opt_mode", [
-    ("thread", "auto", "host-eager"), ("dispatch", "pinned_host", "host-at-sync")])
+    ("thread", "auto", "host-eager"), ("dispatch", "pinned_host", "host-at-sync"),
+    # the H200 run's failing path: pinned mirror, copy engines, per-sub-model host update
+    ("thread", "pinned_host", "host-eager")])
 def test_modes_match_resident(prefetch, host_memory, opt_mode):
     cfg, params, batches = _setup()
     tx = optax.adamw(1e-2, weight_decay=0.1) if opt_mode == "host-eager" else optax.sgd(0.5)
@@ -82,6 +84,41 @@ def test_modes_match_resident(prefetch, host_memory, opt_mode):
     assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < 1e-5
     if host_memory == "pinned_host":
         assert all(x.sharding.memory_kind == "pinned_host" for x in jax.tree.leaves(tr.pinned))
+        assert not tr.notes  # the pinned D2H hop (device -> pinned_host -> host) was used
+    # master params and optimizer state stay in the host's default memory, typed as such
+    space = eng.check_one_space((tr.master, tr.opt_state), "state")
+    assert space[0] == str(tr.host) and space[1] == "device" and "host" not in space[2]
+    tr.close()
+
+
+def test_update_operands_one_memory_space():
+    """The invariant behind the H200 failure: no host update mixes memory spaces."""
+    host, dev = jax.devices()[0], jax.devices()[1]
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 4)).astype(np.float32)
+    pinned = jax.device_put(x, eng.sharding(dev, "pinned_host"))
+    good = jax.device_put(pinned, eng.home_sharding(host))  # explicit memory kind
+    bare = jax.device_put(pinned, host)  # bare Device: keeps the source's memory space type
+    master = jax.device_put(rng.normal(size=(4, 4)).astype(np.float32), eng.home_sharding(host))
+    assert eng.check_one_space((master, good), "ok") == eng.memory_space(master)
+    if eng.memory_space(bare) != eng.memory_space(master):  # what jax 0.11/0.12 do
+        with pytest.raises(ValueError, match="different"):
+            eng.check_one_space({"p": master, "g": bare}, "host optimizer update")
+    with pytest.raises(ValueError, match="operands live in 2"):
+        eng.check_one_space({"p": master, "g": pinned}, "host optimizer update")
+    # the trainer's own D2H path in pinned mode, then the jitted update: runs and is exact
+    cfg, params, _ = _setup()
+    tr = swap.SwapTrainer(cfg, params, optax.sgd(0.5), [2], prefetch="thread",
+                          host_memory="pinned_host")
+    g_dev = jax.device_put(tr.master[0], tr._dev_sh)
+    g_host = tr._to_host(g_dev)
+    assert eng.memory_space(jax.tree.leaves(g_host)[0]) == tr.host_space
+    p_new, _ = tr._update(tr.master[0], tr.opt_state[0], g_host)
+    for a, b in zip(jax.tree.leaves(p_new), jax.tree.leaves(tr.master[0])):
+        np.testing.assert_allclose(np.asarray(a), 0.5 * np.asarray(b), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="different"):
+        tr._update(tr.master[0], tr.opt_state[0], jax.device_put(g_dev, eng.sharding(
+            dev, "pinned_host")))
     tr.close()
 
 
