@@ -1,21 +1,30 @@
 """Swap benchmark: H2D/D2H bandwidth, copy/compute overlap and the swap executor's overlap.
 
-    python -m experiments.bench_offload --quick        # CPU, ~1 min; every target evaluated
-    python -m experiments.bench_offload --gpu_sizes    # GPU sizes (GPT-like d=2048 stack)
+    python -m experiments.bench_offload --quick        # CPU, ~1-2 min; every target evaluated
+    python -m experiments.bench_offload --gpu_large    # GPU (on by default when a GPU is the
+                                                       # device): d=2048 GPT blocks, 16x2048
+                                                       # tokens per sub-model, ~3-5 min
+    # the one-command GPU pass (H100/H200):
+    python -m experiments.bench_offload --gpu_large --repeats=5 --out_dir=runs/bench
 
-Writes runs/bench/offload.json (+ offload_timeline.png). Device choice is automatic: on a
-GPU the compute device is the GPU and the host is the CPU backend; on CPU the "device" is a
-second CPU device (jax_num_cpu_devices=2), copies are real numpy memcpys run by the copy
-engine thread, and XLA's CPU compute is limited to --cpu_compute_threads threads (default 1,
-so that the copy engine has the other core of a 2-core box, as a GPU has a DMA engine).
+Writes runs/bench/offload.json (+ offload_timeline.png, offload_sweep.png). Device choice is
+automatic: on a GPU the compute device is the GPU and the host is the CPU backend; on CPU the
+"device" is a second CPU device (jax_num_cpu_devices=2) and copies are real numpy memcpys
+run by the copy-engine threads. On CPU, XLA's compute is limited to --cpu_compute_threads
+threads (default 1: single-threaded Eigen) and --cpu_pin (default on) pins the copy-engine
+and host-update threads to the last core and the main thread to the others, so that a 2-core
+box behaves like one compute core plus one "copy engine" core, as a GPU has DMA engines
+beside its SMs. The anchors run under the same settings.
 
 Targets: the swap executor's overlap efficiency (the spec's eta_swap) eta = t(staged compute,
-all resident, no copies) / t(swap step) >= 0.9
-in a configuration where compute per sub-model exceeds its load time (the measured
-compute/load ratio is reported), and the copy/compute micro-benchmark's overlap efficiency
-(T_c + T_l - T_both) / min(T_c, T_l) >= 0.9. On a GPU the H2D bandwidth is compared with the
-card's PCIe figure. Timings on a shared, loaded CPU are noisy; run under
-`flock /tmp/jaxlm_timing.lock`.
+all resident, no copies) / t(swap step) >= 0.9 in a configuration where the forward compute
+of every sub-model exceeds the load time of the next (the precondition, measured from a
+serial step where each copy and compute runs alone, is a target of its own), and the
+copy/compute micro-benchmark's overlap efficiency (T_c + T_l - T_both) / min(T_c, T_l) >= 0.9.
+The sweep (thread vs none over tokens per sub-model) shows eta against compute/load, with the
+section-4.3 prediction from the serial phases. On a GPU the H2D bandwidth is compared with
+the card's PCIe figure. CPU timings need a quiet machine: run under
+/work/helper_notes/timed (the shared lock), and report the load it prints.
 """
 
 from __future__ import annotations
@@ -24,32 +33,56 @@ import os
 
 from absl import app, flags
 
-_QUICK = flags.DEFINE_bool("quick", False, "Small sizes (CPU ~1 min, GPU < 2 min).")
-_GPU_SIZES = flags.DEFINE_bool("gpu_sizes", False, "GPU model/copy sizes (d_model 2048 stack, "
-                               "256 MB-1 GB copies). Default: on when a GPU is the device.")
+_QUICK = flags.DEFINE_bool("quick", False, "Small sizes (CPU ~1-2 min, GPU < 3 min).")
+_GPU_LARGE = flags.DEFINE_bool(
+    "gpu_large", False, "GPU sizes: d=2048 blocks (16 heads x 128), one block per sub-model, "
+    "16x2048 tokens per swap (compute/load > 1 at pinned PCIe bandwidth), 256 MB-1 GB copies. "
+    "Default: on when a GPU is the device.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median) after warm-up.")
-_SINGLE = flags.DEFINE_bool("single", False, "Only the thread/none swap modes (repro entry).")
-_CPU_THREADS = flags.DEFINE_integer("cpu_compute_threads", 1, "XLA:CPU compute threads (0: XLA "
-                                    "default). Set before JAX starts; ignored when a GPU "
-                                    "plugin is installed.")
+_SINGLE = flags.DEFINE_bool("single", False, "Only the thread/none swap modes, no sweep "
+                            "(repro entry).")
+_SWEEP = flags.DEFINE_bool("sweep", True, "eta vs compute/load over tokens per sub-model.")
+_CPU_THREADS = flags.DEFINE_integer("cpu_compute_threads", 1, "XLA:CPU compute threads (1: "
+                                    "--xla_cpu_multi_thread_eigen=false; 0: XLA default). Set "
+                                    "before JAX starts; ignored when a GPU plugin is installed.")
+_CPU_PIN = flags.DEFINE_bool("cpu_pin", True, "CPU only: copy/update threads on the last core, "
+                             "the main (dispatching) thread on the others.")
 _OPT = flags.DEFINE_enum("host_opt", "sgd", ["sgd", "adam"], "Host optimizer of the overlap "
                          "runs (sgd: the update does not mask the copy/compute overlap).")
+_SWAP_OVERRIDE = flags.DEFINE_multi_string("swap_override", [], "Extra model overrides for "
+                                           "the swap runs (field=value).")
+_SWAP_BATCH = flags.DEFINE_integer("swap_batch", 0, "Batch of the main swap point (0: preset).")
+_SWAP_SEQ = flags.DEFINE_integer("swap_seq", 0, "Sequence length of the main point (0: preset).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
 
 # PCIe x16 per-direction theoretical bandwidth (GB/s) by card name fragment
 PCIE_GBS = {"H200": 64.0, "H100": 64.0, "GH200": 450.0, "A100": 32.0, "L40": 32.0,
             "4090": 32.0, "3090": 32.0, "V100": 16.0, "T4": 16.0}
 
+# (model overrides, main (batch, seq), sweep shapes) per size class
+CPU_MODEL = ["n_layers=6", "d_model=512", "n_heads=8", "n_kv_heads=8", "head_dim=64",
+             "d_ff=2048", "max_seq_len=256"]
+CPU_MAIN, CPU_SWEEP = (2, 64), [(1, 8), (1, 32), (2, 64), (4, 64)]
+GPU_MODEL = ["n_layers=8", "d_model=2048", "n_heads=16", "n_kv_heads=16", "head_dim=128",
+             "d_ff=8192", "max_seq_len=2048"]
+GPU_MAIN, GPU_SWEEP = (16, 2048), [(2, 2048), (8, 2048), (16, 2048)]
+
+
+def _fmt(d: dict) -> dict:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()
+            if k not in ("per_submodel", "serial_phases", "events")}
+
 
 def main(argv):
     del argv
-    if _CPU_THREADS.value > 0 and not _gpu_plugin_installed():  # CPU-only: a free core
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_"
-                                   f"eigen=false intra_op_parallelism_threads="
-                                   f"{_CPU_THREADS.value}").strip()
+    cpu_only = not _gpu_plugin_installed()
+    if _CPU_THREADS.value == 1 and cpu_only:  # single-threaded XLA compute on CPU
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                                   + " --xla_cpu_multi_thread_eigen=false").strip()
     import jax
 
     jax.config.update("jax_num_cpu_devices", 2)
+    import numpy as np
     import optax
 
     from jaxlm.core import MODELS
@@ -59,12 +92,18 @@ def main(argv):
 
     host, dev = swap.default_devices()
     gpu = dev.platform != "cpu"
-    big = _GPU_SIZES.value or gpu
+    part = None
+    if not gpu and _CPU_PIN.value:
+        jax.devices()  # XLA's thread pools exist before the main thread is pinned
+        part = engines.partition_cores(1)
+    copy_cores = part.copy if part else None
+    big = _GPU_LARGE.value or gpu
     quick = _QUICK.value
     reps = _REPEATS.value
     results: dict = {"host": str(host), "device": str(dev), "platform": dev.platform,
                      "device_kind": dev.device_kind, "jax": jax.__version__,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+                     "core_partition": part.describe() if part else None,
                      "host_memory": engines.choose_host_memory(dev).__dict__,
                      "zero_copy_cpu_device": engines.zero_copy_supported(dev),
                      "loadavg_start": os.getloadavg()}
@@ -73,7 +112,7 @@ def main(argv):
     bw = []
     for mb in sizes_mb:
         r = measure.bandwidths(mb * 2**20, host, dev, reps)
-        print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()})
+        print(_fmt(r))
         bw.append(r)
     results["bandwidth"] = bw
     pcie = next((v for k, v in PCIE_GBS.items() if k in dev.device_kind), None)
@@ -84,25 +123,28 @@ def main(argv):
                    else [False]):
         try:
             r = measure.copy_compute_overlap((256 if big else 64) * 2**20, host, dev,
-                                             compute_over_copy=2.0, repeats=reps,
-                                             pinned=pinned)
+                                             compute_over_copy=2.0, repeats=max(reps, 5),
+                                             pinned=pinned, copy_cores=copy_cores)
         except Exception as e:
             r = {"pinned_source": pinned, "error": repr(e)[:400],
                  "overlap_eff_thread": float("nan")}
-        print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()})
+        print(_fmt(r))
         micro.append(r)
     results["copy_compute_overlap"] = micro
-    # ---- 3. the swap executor, compute-heavy configuration
-    if big:
-        sizes = ["n_layers=4" if quick else "n_layers=6", "d_model=2048", "n_heads=16",
-                 "n_kv_heads=16", "d_ff=8192", "max_seq_len=1024"]
-        batch, seq = (8, 1024) if quick else (16, 1024)
-    else:
-        # d=512 blocks (~12 MB): a block's forward at 2 x 64 tokens on one core takes about
-        # 2-4x its memcpy, so the loads are hideable but not negligible (serial eta ~0.7)
-        sizes = ["n_layers=4", "d_model=512", "n_heads=8", "n_kv_heads=8", "d_ff=2048"]
-        batch, seq = 2, 64
+    # ---- 3. the swap executor at the main point (compute per sub-model > its load)
+    sizes = list(GPU_MODEL if big else CPU_MODEL)
+    if big and quick:
+        sizes[0] = "n_layers=4"
+    sizes += _SWAP_OVERRIDE.value
+    main_shape = GPU_MAIN if big else CPU_MAIN
+    if big and quick:
+        main_shape = (8, 2048)
+    batch = _SWAP_BATCH.value or main_shape[0]
+    seq = _SWAP_SEQ.value or main_shape[1]
     cfg = apply_overrides(MODELS.get("gptj-tiny_test"), sizes)
+    if seq > cfg.max_seq_len:
+        raise ValueError(f"--swap_seq={seq} exceeds max_seq_len={cfg.max_seq_len}; add "
+                         f"--swap_override=max_seq_len={seq}")
     n = cfg.n_layers + 2
     tx = optax.sgd(1e-3) if _OPT.value == "sgd" else optax.adam(1e-3)
     modes = ("thread", "none") if _SINGLE.value else ("dispatch", "thread", "none")
@@ -110,38 +152,54 @@ def main(argv):
     # sub-model's compute is one block's (the embed alone cannot hide block_1's load)
     cuts = list(range(2, n - 1))
     hm = engines.choose_host_memory(dev).kind
+    kw = dict(repeats=reps, tx=tx, copy_cores=copy_cores)
     try:
-        r = measure.measure_overlap(cfg, batch, seq, cuts, repeats=reps, tx=tx, modes=modes,
-                                    monolithic=not _SINGLE.value, host_memory=hm)
+        r = measure.measure_overlap(cfg, batch, seq, cuts, modes=modes, host_memory=hm,
+                                    monolithic=not _SINGLE.value, **kw)
     except Exception as e:  # keep the other numbers; say what failed
         import traceback
 
         traceback.print_exc()
         r = {"error": repr(e)[:400], "eta": float("nan")}
     events = r.pop("events", None)
-    print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()
-           if k != "per_submodel"})
+    print(_fmt(r))
     results["swap"] = r
-    if gpu and hm == "pinned_host":  # the pageable alternative, for comparison
+    if gpu and hm == "pinned_host" and not _SINGLE.value:  # the pageable alternative
         try:
-            r2 = measure.measure_overlap(cfg, batch, seq, cuts, repeats=reps, tx=tx,
-                                         modes=("thread", "none"), monolithic=False,
-                                         host_memory="cpu")
+            r2 = measure.measure_overlap(cfg, batch, seq, cuts, modes=("thread", "none"),
+                                         monolithic=False, host_memory="cpu", **kw)
             r2.pop("events", None)
             results["swap_pageable"] = r2
-            print("pageable:", {k: (round(v, 4) if isinstance(v, float) else v)
-                                for k, v in r2.items() if k != "per_submodel"})
+            print("pageable:", _fmt(r2))
         except Exception as e:
             results["swap_pageable"] = {"error": repr(e)[:400]}
     results["swap_model"] = {"overrides": sizes, "batch": batch, "seq": seq,
-                             "host_opt": _OPT.value}
+                             "host_opt": _OPT.value, "cuts": cuts}
+    os.makedirs(_OUT_DIR.value, exist_ok=True)
     if events:
-        os.makedirs(_OUT_DIR.value, exist_ok=True)
         path = os.path.join(_OUT_DIR.value, "offload_timeline.png")
         engines.plot_timeline(events, path, f"one swap step, thread mode, {dev.platform}, "
                               f"{r.get('num_submodels', '?')} sub-models, batch {batch}x{seq}")
         results["timeline_png"] = path
-    # ---- 4. in-graph scan offload (where the backend lists pinned_host)
+    # ---- 4. sweep: eta (thread vs none) against compute/load
+    if _SWEEP.value and not _SINGLE.value:
+        shapes = GPU_SWEEP if big else CPU_SWEEP
+        if quick:
+            shapes = [shapes[0], shapes[-1]]
+        try:
+            rows = measure.overlap_sweep(cfg, shapes, cuts, host_memory=hm, **kw)
+            for row in rows:
+                print("sweep", _fmt(row))
+            results["sweep"] = rows
+            results["sweep_png"] = _plot_sweep(rows, os.path.join(_OUT_DIR.value,
+                                                                  "offload_sweep.png"),
+                                               f"{dev.platform} {dev.device_kind}")
+        except Exception as e:
+            import traceback
+
+            traceback.print_exc()
+            results["sweep"] = {"error": repr(e)[:400]}
+    # ---- 5. in-graph scan offload (where the backend lists pinned_host)
     ok, why = scan_offload.scan_offload_support(dev)
     results["scan_offload"] = {"supported": ok, "note": why}
     if ok and not _SINGLE.value:
@@ -152,11 +210,12 @@ def main(argv):
     print(results["scan_offload"])
     eff = [m["overlap_eff_thread"] for m in micro if m["overlap_eff_thread"] == m[
         "overlap_eff_thread"]]
+    nan = float("nan")
     targets = [
-        Target("swap_eta_swap(staged_compute/swap_step,best)", r["eta"], 0.9, ">="),
-        Target("swap_compute_over_load_fwd(min, precondition)",
-               r.get("compute_over_load_fwd_min", float("nan")), 1.0, ">="),
-        Target("copy_compute_overlap_eff(thread)", max(eff, default=float("nan")), 0.9, ">="),
+        Target("swap_eta_swap(staged_compute/swap_step,best)", r.get("eta", nan), 0.9, ">="),
+        Target("swap_compute_over_load_fwd(min, serial, precondition)",
+               r.get("compute_over_load_fwd_min", nan), 1.0, ">="),
+        Target("copy_compute_overlap_eff(thread)", max(eff, default=nan), 0.9, ">="),
     ]
     if gpu and pcie:
         h2d = max(max(b.get("h2d_pinned_GBs", 0.0), b["h2d_pageable_GBs"]) for b in bw)
@@ -166,9 +225,39 @@ def main(argv):
     ru = resource.getrusage(resource.RUSAGE_SELF)
     results["loadavg_end"] = os.getloadavg()
     results["cpu_time_s"] = ru.ru_utime + ru.ru_stime
+    del np
     print("loadavg start/end", results["loadavg_start"], results["loadavg_end"],
           "cpu_time_s", round(results["cpu_time_s"], 1))
     write_bench("offload", results, targets, out_dir=_OUT_DIR.value)
+
+
+def _plot_sweep(rows, path: str, title: str) -> str:
+    """eta_swap (thread, none, predicted) against the serial compute/load ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [r["compute_over_load_fwd_median"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(x, [r["eta_swap_thread"] for r in rows], "o-", label="thread (copy engines)")
+    ax.plot(x, [r["eta_swap_none"] for r in rows], "s-", label="none (serial)")
+    ax.plot(x, [r["eta_pred_parallel"] for r in rows], "k:", label="predicted, parallel lanes")
+    ax.plot(x, [r["eta_pred_one_core"] for r in rows], "k--", lw=0.8,
+            label="predicted, one copy core")
+    for r, xi in zip(rows, x):
+        ax.annotate(f"{r['batch']}x{r['seq']}", (xi, r["eta_swap_thread"]), fontsize=7)
+    ax.axhline(0.9, c="r", lw=0.8)
+    ax.axvline(1.0, c="gray", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("forward compute of k / load of k+1 (serial, median)")
+    ax.set_ylabel("eta_swap = staged compute / swap step")
+    ax.set_title(f"swap overlap vs compute per sub-model ({title})", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _gpu_plugin_installed() -> bool:

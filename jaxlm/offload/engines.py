@@ -30,6 +30,7 @@ per phase, and a Gantt plot (``plot_timeline``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -231,11 +232,65 @@ def zero_copy_supported(device: jax.Device) -> bool:
         return False
 
 
-class CopyEngine:
-    """One worker thread running copies in submission order (a copy stream)."""
+def pin_thread(cores: Any) -> bool:
+    """Restricts the *calling thread* to ``cores`` (Linux); False where unsupported."""
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return False
+    try:
+        os.sched_setaffinity(0, set(cores))  # pid 0: the calling thread on Linux
+        return True
+    except OSError:
+        return False
 
-    def __init__(self, name: str):
-        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+
+@dataclasses.dataclass(frozen=True)
+class CorePartition:
+    """How a CPU-only process splits its cores between "device" compute and copy engines.
+
+    The CPU analogue of a GPU's separate copy engines: XLA's compute (and the thread that
+    dispatches it) on ``compute`` cores, the copy-engine and host-update threads on ``copy``
+    cores. Built by the entrypoint (``partition_cores``) *before* JAX starts, because XLA's
+    CPU thread pools inherit the affinity of the thread that creates them.
+    """
+
+    compute: tuple[int, ...]
+    copy: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"compute cores {list(self.compute)}, copy/host-update cores {list(self.copy)}"
+
+
+def partition_cores(n_copy: int = 1) -> CorePartition | None:
+    """Pins the calling (main) thread to all but ``n_copy`` of its cores; returns the split.
+
+    Call before importing/initialising JAX (the XLA CPU client sizes and places its thread
+    pools from the affinity it sees). Returns None (nothing changed) with fewer than two
+    usable cores or without ``os.sched_setaffinity``.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2 or n_copy < 1:
+        return None
+    n_copy = min(n_copy, len(cores) - 1)
+    part = CorePartition(tuple(cores[:-n_copy]), tuple(cores[-n_copy:]))
+    if not pin_thread(part.compute):
+        return None
+    return part
+
+
+class CopyEngine:
+    """One worker thread running copies in submission order (a copy stream).
+
+    Args:
+        name: thread-name prefix.
+        cores: optional CPU cores the worker thread is pinned to (``CorePartition.copy``).
+    """
+
+    def __init__(self, name: str, cores: Any = None):
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name,
+                                      initializer=pin_thread if cores else None,
+                                      initargs=(tuple(cores),) if cores else ())
 
     def submit(self, fn, *args) -> Future:
         return self._ex.submit(fn, *args)

@@ -54,26 +54,39 @@ def measure_overlap(cfg: ModelConfig, batch: int, seq: int, cuts: Sequence[int],
                     repeats: int = 3, seed: int = 0,
                     tx: optax.GradientTransformation | None = None,
                     modes: Sequence[str] = ("dispatch", "thread", "none"),
-                    host_memory: str = "auto", monolithic: bool = True) -> dict[str, Any]:
+                    host_memory: str = "auto", monolithic: bool = True,
+                    copy_cores: Sequence[int] | None = None) -> dict[str, Any]:
     """Times one swap step per prefetch mode against the all-resident anchors.
 
     Overlap efficiency (the spec's eta_swap) ``eta_swap_<mode> = t(staged compute, all
     resident) / t(swap step, mode)``; ``eta_vs_staged_update_<mode>`` uses the staged
     compute plus a serial host update as the anchor; ``hidden_<mode>`` is the fraction of
     the serial schedule's exposed time that the mode hides:
-    ``(t_none - t_mode) / (t_none - t_compute)``. The per-phase split of
-    one thread-mode step (telemetry) gives the compute/load ratio per sub-model.
+    ``(t_none - t_mode) / (t_none - t_compute)``.
+
+    The precondition (compute per sub-model vs its load time) comes from one serial
+    ("none" mode) step with telemetry, where every copy and compute runs alone:
+    ``compute_over_load_fwd_*`` = forward compute of k / load of k+1 (min and median over
+    k). The same serial phases feed the spec's section-4.3 schedule model
+    (``predicted_schedule``): ``eta_pred_*`` is what perfect overlap of the measured phases
+    would give, with the copy lanes in parallel or sharing one core. The thread-mode step's
+    own phases (copies slowed down by the concurrent compute) are reported as
+    ``phases`` / ``compute_over_load_fwd_concurrent_*``.
+
+    Args:
+        copy_cores: cores for the thread mode's copy/update workers (``CorePartition``).
 
     Returns:
         dict with t_<mode>, eta_swap_<mode>, hidden_<mode>, t_staged_compute_only,
         t_staged_resident, t_monolithic, eta (best prefetching mode), phases (thread mode),
-        compute_over_load_fwd_*, events.
+        serial_phases, compute_over_load_fwd_*, eta_pred_*, events.
     """
     tx = tx or optax.adam(1e-3)
     params = init(jax.random.key(seed), cfg)
     b = random_batch(cfg, batch, seq, seed)
     out: dict[str, Any] = {"cuts": list(cuts), "batch": batch, "seq": seq}
-    trainers = {m: swap.SwapTrainer(cfg, params, tx, cuts, prefetch=m, host_memory=host_memory)
+    trainers = {m: swap.SwapTrainer(cfg, params, tx, cuts, prefetch=m, host_memory=host_memory,
+                                    telemetry=(m == "none"), copy_cores=copy_cores)
                 for m in modes}
     tr0 = next(iter(trainers.values()))
     for t in trainers.values():
@@ -131,22 +144,27 @@ def measure_overlap(cfg: ModelConfig, batch: int, seq: int, cuts: Sequence[int],
     pre = [m for m in modes if m != "none"]
     out["eta"] = max(out[f"eta_swap_{m}"] for m in pre) if pre else out["eta_swap_none"]
     out["eta_mode"] = max(pre, key=lambda m: out[f"eta_swap_{m}"]) if pre else "none"
+    kn = tr0.num_submodels
+    if "none" in trainers:  # serial phases: every copy and compute measured alone
+        sers = [trainers["none"].step(b) for _ in range(max(1, min(repeats, 3)))]
+        ph = [phase_table(st.events, kn) for st in sers]
+        serial = {key: [float(np.median([p[key][k] for p in ph])) for k in range(kn)]
+                  for key in ph[0]}
+        out["serial_phases"] = serial
+        r = _fwd_ratios(serial, kn)
+        out["compute_over_load_fwd_min"] = min(r) if r else float("nan")
+        out["compute_over_load_fwd_median"] = float(np.median(r)) if r else float("nan")
+        out.update(predicted_schedule(serial))
     if "thread" in trainers:
         st = trainers["thread"].step(b)
         out["phases"] = {k: v for k, v in st.phases.items() if k != "per_submodel"}
-        per = st.phases["per_submodel"]
-        out["per_submodel"] = per
+        out["per_submodel"] = st.phases["per_submodel"]
         out["events"] = st.events
-        # forward is the binding phase: compute of k vs the load of k+1 it must hide
-        fwd: dict[int, float] = {}
-        for lane, k, a, e in sorted(st.events, key=lambda ev: ev[2]):
-            if lane == "compute" and k not in fwd:  # first compute of k: its forward
-                fwd[k] = e - a
-        loads = {k: v["h2d"] for k, v in per.items()}
-        ratios = [fwd[k] / loads[k + 1] for k in range(tr0.num_submodels - 1)
-                  if loads.get(k + 1, 0) > 0 and fwd.get(k, 0) > 0]
-        out["compute_over_load_fwd_min"] = min(ratios) if ratios else float("nan")
-        out["compute_over_load_fwd_median"] = float(np.median(ratios)) if ratios else float("nan")
+        r = _fwd_ratios(phase_table(st.events, kn), kn)
+        out["compute_over_load_fwd_concurrent_min"] = min(r) if r else float("nan")
+        if "none" not in trainers:
+            out["compute_over_load_fwd_min"] = out["compute_over_load_fwd_concurrent_min"]
+            out["compute_over_load_fwd_median"] = float(np.median(r)) if r else float("nan")
     for t in trainers.values():
         t.close()
     if monolithic:
@@ -160,9 +178,85 @@ def measure_overlap(cfg: ModelConfig, batch: int, seq: int, cuts: Sequence[int],
     return out
 
 
+def phase_table(events: Sequence[tuple[str, int, float, float]], kn: int
+                ) -> dict[str, list[float]]:
+    """Per-sub-model phase times (s) from one step's telemetry events.
+
+    Keys: ``fwd`` (first compute of k; for the last sub-model its loss+backward), ``bwd``
+    (second compute of k; 0 for the last), ``load`` (first H2D of k), ``reload`` (second
+    H2D of k, for the backward), ``d2h``, ``update``.
+    """
+    out = {key: [0.0] * kn for key in ("fwd", "bwd", "load", "reload", "d2h", "update")}
+    seen: dict[tuple[str, int], int] = {}
+    for lane, k, a, e in sorted(events, key=lambda ev: ev[2]):
+        n = seen.get((lane, k), 0)
+        seen[(lane, k)] = n + 1
+        key = {("compute", 0): "fwd", ("compute", 1): "bwd", ("h2d", 0): "load",
+               ("h2d", 1): "reload"}.get((lane, min(n, 1)), lane if n == 0 else None)
+        if key in out and 0 <= k < kn:
+            out[key][k] += e - a
+    return out
+
+
+def _fwd_ratios(ph: dict[str, list[float]], kn: int) -> list[float]:
+    """Forward compute of k over the load of k+1 it must hide (k = 0 .. K-2)."""
+    return [ph["fwd"][k] / ph["load"][k + 1] for k in range(kn - 1)
+            if ph["load"][k + 1] > 0 and ph["fwd"][k] > 0]
+
+
+def predicted_schedule(ph: dict[str, list[float]]) -> dict[str, float]:
+    """Step time of the prefetching schedule from serially measured phases (spec 4.3).
+
+    Forward: ``H_0 + sum_k max(Cf_k, H_{k+1})``, the last sub-model's loss+backward hiding
+    the reload of K-2; backward: ``sum_k max(Cb_k, IO_k) + D_0 + U_0`` with
+    ``IO_k = max(H_{k-1}, D_{k+1}, U_{k+1})`` when the copy lanes run in parallel
+    (``parallel``: a GPU's copy engines plus host cores) or their sum when they share one
+    core (``one_core``: a 2-core CPU with one copy core).
+
+    Returns:
+        t_compute_sum, t_pred_<lanes>, eta_pred_<lanes> (= compute / predicted step) and
+        t_serial_sum (everything back to back: the "none" schedule).
+    """
+    kn = len(ph["fwd"])
+    cf, cb, h, r, d, u = (ph[k] for k in ("fwd", "bwd", "load", "reload", "d2h", "update"))
+    comp = sum(cf) + sum(cb)
+    out = {"t_compute_sum": comp,
+           "t_serial_sum": comp + sum(h) + sum(r) + sum(d) + sum(u)}
+    for lanes, io in (("parallel", max), ("one_core", lambda *x: sum(x))):
+        t = h[0]
+        for k in range(kn - 1):
+            t += max(cf[k], h[k + 1])
+        t += max(cf[kn - 1], r[kn - 2] if kn > 1 else 0.0)
+        for k in range(kn - 2, -1, -1):
+            t += max(cb[k], io(r[k - 1] if k > 0 else 0.0, d[k + 1], u[k + 1]))
+        t += d[0] + u[0]
+        out[f"t_pred_{lanes}"] = t
+        out[f"eta_pred_{lanes}"] = comp / t if t > 0 else float("nan")
+    return out
+
+
+def overlap_sweep(cfg: ModelConfig, shapes: Sequence[tuple[int, int]], cuts: Sequence[int],
+                  **kw) -> list[dict[str, Any]]:
+    """``measure_overlap`` (thread vs none) at several (batch, seq): eta vs compute/load.
+
+    Returns one summary row per shape (batch, seq, compute_over_load_fwd_min/median,
+    eta_swap_thread, eta_swap_none, eta_pred_*, t_*).
+    """
+    keys = ("batch", "seq", "compute_over_load_fwd_min", "compute_over_load_fwd_median",
+            "eta_swap_thread", "eta_swap_none", "hidden_thread", "eta_pred_parallel",
+            "eta_pred_one_core", "t_staged_compute_only", "t_thread", "t_none")
+    rows = []
+    for batch, seq in shapes:
+        r = measure_overlap(cfg, batch, seq, cuts, modes=("thread", "none"), monolithic=False,
+                            **kw)
+        rows.append({k: r.get(k) for k in keys})
+    return rows
+
+
 def copy_compute_overlap(nbytes: int, host: jax.Device, dev: jax.Device, *,
                          compute_over_copy: float = 2.0, repeats: int = 5,
-                         pinned: bool = False) -> dict[str, Any]:
+                         pinned: bool = False, copy_cores: Sequence[int] | None = None
+                         ) -> dict[str, Any]:
     """Micro-benchmark: one copy of ``nbytes`` host->dev and one compute on dev, alone and
     together.
 
@@ -214,7 +308,7 @@ def copy_compute_overlap(nbytes: int, host: jax.Device, dev: jax.Device, *,
     reps = int(min(max(1, round(8 * compute_over_copy * t_copy / max(t8, 1e-6))), 100_000))
     f = make(reps)
     jax.block_until_ready(f(a))
-    eng_thread = eng.CopyEngine("bench-h2d")
+    eng_thread = eng.CopyEngine("bench-h2d", copy_cores)
 
     def both_thread():
         fut = eng_thread.submit(copy)
@@ -259,6 +353,8 @@ def bandwidths(nbytes: int, host: jax.Device, dev: jax.Device, repeats: int = 5
     * ``d2h_pageable``: ``jax.device_put(device array, CPU backend device)``;
     * ``h2d_pinned`` / ``d2h_pinned``: ``pinned_host`` <-> ``device`` memory of ``dev`` where
       the device lists ``pinned_host`` (else the reason it was skipped);
+    * ``hop_pinned_to_host`` / ``hop_host_to_pinned``: ``pinned_host`` of ``dev`` <-> the
+      host device's default memory (the swap executor's gradient hop and mirror refresh);
     * ``memcpy``: a numpy memcpy of the same size (the CPU copy engine's path).
     """
     n = nbytes // 4
@@ -286,6 +382,11 @@ def bandwidths(nbytes: int, host: jax.Device, dev: jax.Device, repeats: int = 5
             x_pin = jax.block_until_ready(jax.device_put(x_np, pin_sh))
             out["h2d_pinned_GBs"] = gbs(lambda: jax.device_put(x_pin, dev_sh))
             out["d2h_pinned_GBs"] = gbs(lambda: jax.device_put(x_dev, pin_sh))
+            # the swap executor's host-side hops: pinned_host of dev <-> host's default memory
+            home = eng.home_sharding(host)
+            x_home = jax.block_until_ready(jax.device_put(x_np, home))
+            out["hop_pinned_to_host_GBs"] = gbs(lambda: jax.device_put(x_pin, home))
+            out["hop_host_to_pinned_GBs"] = gbs(lambda: jax.device_put(x_home, pin_sh))
             out["pinned_note"] = ("pinned_host listed; on CPU it is the same RAM"
                                   if dev.platform == "cpu" else "pinned_host listed")
         except Exception as e:  # runtime lists the kind but the copy fails

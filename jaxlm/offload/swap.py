@@ -23,10 +23,11 @@ memcpys between buffers; with one CPU device the copies are no-ops.
 Prefetch modes: ``dispatch`` (default; ``jax.device_put`` of k+1 dispatched before the
 compute of k: overlaps on a GPU's copy streams, never on CPU, where the runtime runs the
 copy and the next computation one after the other), ``thread`` (copy engines: an H2D worker
-thread prefetches, a D2H worker thread offloads gradients and applies the host-eager update
-while backward continues; on CPU the copies are numpy memcpys into aligned staging slots,
-which release the GIL, so they really run beside XLA's compute; per-phase telemetry is
-always on) and ``none`` (serial anchor). Host placement: ``engines.choose_host_memory``
+thread prefetches, a D2H worker thread offloads gradients and an update worker thread applies
+the host-eager update while backward continues; on CPU the copies are numpy memcpys into
+aligned staging slots, which release the GIL, so they really run beside XLA's compute, and
+``copy_cores`` pins the three workers to cores XLA does not use (``engines.CorePartition``);
+per-phase telemetry is always on) and ``none`` (serial anchor). Host placement: ``engines.choose_host_memory``
 (``pinned_host`` mirror on accelerators that list it, detected; CPU-backend master
 otherwise).
 
@@ -98,20 +99,22 @@ class SwapTrainer:
         host_device, compute_device: override ``default_devices()``.
         prefetch: how the copy of the next sub-model overlaps the current compute:
             "dispatch" (or True): ``jax.device_put`` dispatched before the compute (overlaps
-            on backends with copy streams; not on CPU); "thread": copy engines (one H2D and
-            one D2H worker thread; gradients offloaded and the host update applied on the
-            D2H thread while backward goes on; real overlap on CPU); "none" (or False): load
+            on backends with copy streams; not on CPU); "thread": copy engines (an H2D, a D2H
+            and a host-update worker thread; gradients offloaded and the host update applied
+            while backward goes on; real overlap on CPU); "none" (or False): load
             each sub-model right before it runs (the serial anchor).
         host_memory: "auto", "pinned_host" or "cpu" (see ``engines.choose_host_memory``).
         telemetry: record per-phase events in dispatch/none modes too (adds a block after
             each phase, so it perturbs dispatch-mode overlap; thread mode always records).
+        copy_cores: CPU cores the copy-engine and host-update threads are pinned to (thread
+            mode; ``engines.CorePartition.copy``). None: not pinned.
     """
 
     def __init__(self, cfg: ModelConfig, params: Any, tx: optax.GradientTransformation,
                  cuts: Sequence[int], *, opt_mode: str = "host-eager",
                  host_device: jax.Device | None = None, compute_device: jax.Device | None = None,
                  prefetch: bool | str = True, host_memory: str = "auto",
-                 telemetry: bool = False):
+                 telemetry: bool = False, copy_cores: Sequence[int] | None = None):
         if opt_mode not in OPT_MODES:
             raise ValueError(f"opt_mode must be one of {OPT_MODES}, got {opt_mode!r}")
         if isinstance(prefetch, bool):
@@ -168,7 +171,8 @@ class SwapTrainer:
                           and self.host.platform == "cpu" and self.pinned is None)
         self.zero_copy = self._cpu_copy and eng.zero_copy_supported(self.dev)
         self._arena = (eng.StagingArena(max(self.sub_bytes)) if self._cpu_copy else None)
-        self._h2d_engine = self._d2h_engine = None
+        self.copy_cores = tuple(copy_cores) if copy_cores else None
+        self._h2d_engine = self._d2h_engine = self._upd_engine = None
         self._tl: eng.Timeline | None = None
 
     @property
@@ -181,10 +185,10 @@ class SwapTrainer:
 
     def close(self) -> None:
         """Stops the copy-engine threads (thread mode); the trainer stays usable."""
-        for e in (self._h2d_engine, self._d2h_engine):
+        for e in (self._h2d_engine, self._d2h_engine, self._upd_engine):
             if e is not None:
                 e.close()
-        self._h2d_engine = self._d2h_engine = None
+        self._h2d_engine = self._d2h_engine = self._upd_engine = None
 
     def __del__(self):
         try:
@@ -245,13 +249,20 @@ class SwapTrainer:
         self._tl.add("d2h", k, t0, time.perf_counter())
         return out
 
-    def _offload_update(self, k: int, gp, grads: list[Any]) -> None:
+    def _offload_update(self, k: int, gp, grads: list[Any]):
+        """D2H thread: offloads sub-model k's gradients, then queues its host update on the
+        update thread (so the next offload overlaps this update); returns that future."""
         grads[k] = self._offload(k, gp)
         if self.opt_mode == "host-eager":
-            t0 = time.perf_counter()
-            self._eager(k, grads)
-            jax.block_until_ready(self.master[k])
-            self._tl.add("update", k, t0, time.perf_counter())
+            return self._upd_engine.submit(self._update_sync, k, grads)
+        return None
+
+    def _update_sync(self, k: int, grads: list[Any]) -> None:
+        """Update thread: host optimizer step of sub-model k (+ pinned mirror refresh)."""
+        t0 = time.perf_counter()
+        self._eager(k, grads)
+        jax.block_until_ready(self.master[k])
+        self._tl.add("update", k, t0, time.perf_counter())
 
     def _refresh_pinned(self, ks) -> None:
         if self.pinned is not None:
@@ -266,7 +277,7 @@ class SwapTrainer:
             grad_hook: optional ``hook(k, host_grads_k) -> host_grads_k`` applied to each
                 sub-model's gradients on the host before its update (e.g. a cross-peer
                 average); called for k = K-1 .. 0 in order on every peer (in thread mode on
-                the D2H worker thread, still in that order).
+                the update worker thread, still in that order).
         """
         self._hook = grad_hook
         self._tl = eng.Timeline() if self.telemetry else None
@@ -372,10 +383,12 @@ class SwapTrainer:
         self._tl.add("update", k, t0, time.perf_counter())
 
     def _step_thread(self, b):
-        """Copy-engine schedule: H2D thread prefetches, D2H thread offloads + updates."""
+        """Copy-engine schedule: H2D thread prefetches, D2H thread offloads, update thread
+        applies the host optimizer."""
         if self._h2d_engine is None:
-            self._h2d_engine = eng.CopyEngine("swap-h2d")
-            self._d2h_engine = eng.CopyEngine("swap-d2h")
+            self._h2d_engine = eng.CopyEngine("swap-h2d", self.copy_cores)
+            self._d2h_engine = eng.CopyEngine("swap-d2h", self.copy_cores)
+            self._upd_engine = eng.CopyEngine("swap-update", self.copy_cores)
         kn, tl = len(self.subs), self._tl
         b = jax.block_until_ready(jax.device_put(b, self._dev_sh))
         loads: dict[int, Any] = {}
@@ -416,7 +429,9 @@ class SwapTrainer:
             xs[k] = None
             pending.append(self._d2h_engine.submit(self._offload_update, k, gp, grads))
         for f in pending:
-            f.result()
+            upd = f.result()
+            if upd is not None:
+                upd.result()
         self._grads = grads
         n = sum(self.sub_bytes)
         return loss, 2 * n - self.sub_bytes[-1], n

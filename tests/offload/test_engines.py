@@ -168,3 +168,39 @@ def test_scan_offload_fallback_is_explicit():
     assert not ok and "no pinned_host" in why
     with pytest.raises(so.ScanOffloadUnsupported, match="no pinned_host"):
         so.make_scan_offload_step(MODELS.get("gptj-tiny_test"), old)
+
+
+def test_copy_engine_pinned_to_cores():
+    import os
+
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(cores) < 2:
+        pytest.skip("needs 2 schedulable cores")
+    e = eng.CopyEngine("t", cores=(cores[-1],))
+    assert e.submit(os.sched_getaffinity, 0).result() == {cores[-1]}
+    e.close()
+    assert os.sched_getaffinity(0) == set(cores)  # the calling thread is untouched
+
+
+def test_predicted_schedule_matches_hand_computed():
+    from jaxlm.offload import measure
+
+    # three sub-models; events as a serial ("none") step records them
+    ev = [("h2d", 0, 0.0, 1.0), ("compute", 0, 1.0, 3.0), ("h2d", 1, 3.0, 4.0),
+          ("compute", 1, 4.0, 6.5), ("h2d", 2, 6.5, 8.0), ("compute", 2, 8.0, 14.0),
+          ("d2h", 2, 14.0, 14.5), ("update", 2, 14.5, 15.0), ("h2d", 1, 15.0, 16.0),
+          ("compute", 1, 16.0, 23.0), ("d2h", 1, 23.0, 23.5), ("update", 1, 23.5, 24.0),
+          ("h2d", 0, 24.0, 25.0), ("compute", 0, 25.0, 31.0), ("d2h", 0, 31.0, 31.5),
+          ("update", 0, 31.5, 32.0), ("stall", 0, 0.0, 9.0)]
+    ph = measure.phase_table(ev, 3)
+    assert ph["fwd"] == [2.0, 2.5, 6.0] and ph["bwd"] == [6.0, 7.0, 0.0]
+    assert ph["load"] == [1.0, 1.0, 1.5] and ph["reload"] == [1.0, 1.0, 0.0]
+    assert measure._fwd_ratios(ph, 3) == [2.0, 2.5 / 1.5]
+    p = measure.predicted_schedule(ph)
+    comp = 2 + 2.5 + 6 + 6 + 7
+    assert p["t_compute_sum"] == comp and p["t_serial_sum"] == 32.0
+    # H0 + max(2,1) + max(2.5,1.5) + max(6, reload_1=1) + max(7, 1, .5, .5) + max(6, 0, .5, .5)
+    # + D0 + U0
+    assert p["t_pred_parallel"] == 1 + 2 + 2.5 + 6 + 7 + 6 + 0.5 + 0.5
+    assert p["t_pred_one_core"] == p["t_pred_parallel"]  # 1 + .5 + .5 = 2 < 7: still hidden
+    assert abs(p["eta_pred_parallel"] - comp / 25.5) < 1e-12
