@@ -16,9 +16,15 @@ All modes share one signature (channels-last, fp32 inside, output cast back to
   ``(a1, b1) o (a2, b2) = (a2 a1, a2 b1 + b2)``. Parallel depth log L (GPU),
   memory-hungry.
 * ``"chunked"``: ``lax.scan`` over chunks of length ``chunk`` carrying the
-  state; inside a chunk an associative (default) or sequential scan; the chunk
-  body is ``jax.checkpoint``-ed so the backward pass keeps only chunk-boundary
-  states and recomputes the rest. Memory O(B D N (L/chunk + chunk)).
+  state, so the backward pass keeps only chunk-boundary states and recomputes
+  the rest. Memory O(B D N (L/chunk + chunk)). Inside a chunk either
+  ``inner="associative"`` (default; ``lax.associative_scan`` in a
+  ``jax.checkpoint``-ed body) or ``inner="sequential"``: the chunk's steps are
+  unrolled in Python and a hand-written VJP (``_chunk_core``) recomputes the
+  chunk's states and exp(dt A) as values of the unrolled body and runs the
+  fused reverse steps, computing dx, ddt, dA, dB, dC and dh0 in one pass
+  (nothing of size [B, L, D, N], not even the per-step states, is written).
+  The fastest fwd+bwd on CPU.
 
 Plus ``selective_scan_step`` for recurrent decoding (one token, state in/out).
 The float64 NumPy reference ``selective_scan_ref`` lives here too so tests and
@@ -37,6 +43,7 @@ from jax import lax
 
 ScanMode = Literal["sequential", "associative", "chunked"]
 MODES: tuple[str, ...] = ("sequential", "associative", "chunked")
+MAX_UNROLLED_CHUNK = 64  # chunked/sequential unrolls a chunk in Python: compile time ~ chunk
 
 
 def _check_inputs(x, dt, A, B, C, D, h0) -> tuple[int, int, int, int]:
@@ -180,10 +187,96 @@ def _scan_associative(x, dt, A, B, C, h0, *, reverse: bool):
     return y, h_last
 
 
+def _block_fwd(a_t, h, x_c, dt_c, b_c, c_c):
+    """Forward over one chunk, unrolled in Python: x_c, dt_c [Q, B, D]; b_c, c_c [Q, B, N].
+
+    Returns (h_out [B, N, D], ys [Q, B, D]).
+    """
+    ys = []
+    for k in range(x_c.shape[0]):
+        h, y_t = _seq_step(a_t)(h, (x_c[k], dt_c[k], b_c[k], c_c[k]))
+        ys.append(y_t)
+    return h, jnp.stack(ys)
+
+
+@jax.custom_vjp
+def _chunk_core(xs, dts, a_t, bs, cs, h0):
+    """Chunk-major forward: xs, dts [nc, Q, B, D]; bs, cs [nc, Q, B, N]; a_t [N, D]; h0 [B, N, D].
+
+    Returns (ys [nc, Q, B, D], h_last [B, N, D]). An outer ``lax.scan`` walks the chunks, the
+    Q steps of a chunk are unrolled in Python (no per-step buffer writes of the state). The VJP
+    (``_chunk_core_bwd``) saves only the state entering each chunk ([nc, B, N, D]).
+    """
+    (ys, h), _ = _chunk_core_fwd(xs, dts, a_t, bs, cs, h0)
+    return ys, h
+
+
+def _chunk_core_fwd(xs, dts, a_t, bs, cs, h0):
+    def outer(h, inp):
+        h_new, ys = _block_fwd(a_t, h, *inp)
+        return h_new, (ys, h)
+
+    h, (ys, h_in) = lax.scan(outer, h0, (xs, dts, bs, cs))
+    return (ys, h), (xs, dts, a_t, bs, cs, h_in)
+
+
+def _chunk_core_bwd(res, cot):
+    """Reverse scan over chunks; inside a chunk: recompute its Q states and exp(dt A) from the
+    saved entering state (kept as values of the unrolled body, never written to a [L, ...]
+    buffer), then the fused reverse steps of ``_seq_core_bwd`` (same formulas)."""
+    xs, dts, a_t, bs, cs, h_in = res  # h_in [nc, B, N, D]
+    dys, dh_last = cot
+
+    def outer(carry, inp):
+        g, da_acc = carry  # g = dL/d(state leaving this chunk)
+        x_c, dt_c, b_c, c_c, dy_c, h = inp
+        q = x_c.shape[0]
+        hs, avals = [h], []
+        for k in range(q):  # recompute
+            a = jnp.exp(dt_c[k][:, None, :] * a_t[None])  # [B, N, D]
+            h = a * h + b_c[k][:, :, None] * (dt_c[k] * x_c[k])[:, None, :]
+            hs.append(h)
+            avals.append(a)
+        dx, ddt, db, dc = [None] * q, [None] * q, [None] * q, [None] * q
+        for k in reversed(range(q)):
+            x_t, dt_t, b_t, c_t, dy_t, a = x_c[k], dt_c[k], b_c[k], c_c[k], dy_c[k], avals[k]
+            g = g + c_t[:, :, None] * dy_t[:, None, :]  # dL/dh_t
+            dc[k] = (hs[k + 1] * dy_t[:, None, :]).sum(-1)  # [B, N]
+            gz = g * hs[k] * a  # dL/d(dt A)
+            u = dt_t * x_t
+            du = (g * b_t[:, :, None]).sum(1)  # [B, D]
+            db[k] = (g * u[:, None, :]).sum(-1)
+            ddt[k] = du * x_t + (gz * a_t[None]).sum(1)
+            da_acc = da_acc + (gz * dt_t[:, None, :]).sum(0)
+            dx[k] = du * dt_t
+            g = g * a
+        return (g, da_acc), tuple(jnp.stack(v) for v in (dx, ddt, db, dc))
+
+    (dh0, da_t), (dx, ddt, db, dc) = lax.scan(
+        outer, (dh_last, jnp.zeros_like(a_t)), (xs, dts, bs, cs, dys, h_in), reverse=True)
+    return dx, ddt, da_t, db, dc, dh0
+
+
+_chunk_core.defvjp(_chunk_core_fwd, _chunk_core_bwd)
+
+
 def _scan_chunked(x, dt, A, B, C, h0, *, chunk: int, inner: str, unroll: int):
-    """Forward-direction chunked scan; L must be a multiple of ``chunk``."""
+    """Forward-direction chunked scan; L must be a multiple of ``chunk``.
+
+    ``inner="sequential"``: ``_chunk_core`` (fused chunk loop, hand-written VJP that keeps only
+    the chunk-entering states and recomputes inside each chunk). ``inner="associative"``:
+    ``lax.associative_scan`` inside a ``jax.checkpoint``-ed chunk body.
+    """
     bsz, length, dch = x.shape
     nc = length // chunk
+
+    if inner == "sequential":
+        def tm_chunks(t):  # [B, L, ...] -> [nc, Q, B, ...]: one transpose, outside the loops
+            return jnp.swapaxes(t, 0, 1).reshape(nc, chunk, bsz, *t.shape[2:])
+
+        ys, h = _chunk_core(tm_chunks(x), tm_chunks(dt), A.T, tm_chunks(B), tm_chunks(C),
+                            jnp.swapaxes(h0, 1, 2))
+        return jnp.swapaxes(ys.reshape(length, bsz, dch), 0, 1), jnp.swapaxes(h, 1, 2)
 
     def to_chunks(t):  # [B, L, ...] -> [nc, B, Q, ...]
         return jnp.swapaxes(t.reshape(bsz, nc, chunk, *t.shape[2:]), 0, 1)
@@ -191,11 +284,7 @@ def _scan_chunked(x, dt, A, B, C, h0, *, chunk: int, inner: str, unroll: int):
     @jax.checkpoint
     def body(h_in, inp):
         x_c, dt_c, b_c, c_c = inp  # [B, Q, D], [B, Q, D], [B, Q, N], [B, Q, N]
-        if inner == "associative":
-            y_c, h_out = _scan_associative(x_c, dt_c, A, b_c, c_c, h_in, reverse=False)
-        else:
-            y_c, h_out = _scan_sequential(x_c, dt_c, A, b_c, c_c, h_in, reverse=False,
-                                          unroll=unroll)
+        y_c, h_out = _scan_associative(x_c, dt_c, A, b_c, c_c, h_in, reverse=False)
         return h_out, y_c
 
     h, ys = lax.scan(body, h0, tuple(to_chunks(t) for t in (x, dt, B, C)))
@@ -224,6 +313,8 @@ def _selective_scan_jit(x, dt, A, B, C, D, h0, *, mode, chunk, inner, reverse, r
     else:
         if reverse:  # run forward on the flipped sequence
             x, dt, B, C = (jnp.flip(t, 1) for t in (x, dt, B, C))
+        if inner == "sequential":
+            chunk = min(chunk, length)  # a chunk is unrolled: never longer than the sequence
         pad = (-length) % chunk
         if pad:  # dt = 0 on padding => a = 1, b = 0: the state passes through unchanged
             padf = lambda t: jnp.pad(t, ((0, 0), (0, pad), (0, 0)))
@@ -265,8 +356,11 @@ def selective_scan(
         C: [B, L, N] output projection per step.
         D: [D] skip weights, or None.
         mode: "sequential", "associative" or "chunked" (see module docstring).
-        chunk: chunk length for ``mode="chunked"`` (L is padded to a multiple).
-        inner: scan used inside a chunk: "associative" or "sequential".
+        chunk: chunk length for ``mode="chunked"`` (L is padded to a multiple). With
+            ``inner="sequential"`` each chunk is unrolled (at most ``MAX_UNROLLED_CHUNK``).
+        inner: scan used inside a chunk: "associative" (checkpointed chunk body) or
+            "sequential" (fused chunk loop with a hand-written VJP that saves only the
+            chunk-entering states: the fastest fwd+bwd on CPU).
         reverse: scan from t = L-1 down to 0 (anti-causal).
         h0: [B, D, N] initial state (zeros if None).
         return_state: also return the final state [B, D, N] (state after the
@@ -285,11 +379,76 @@ def selective_scan(
                          f"{inner!r}")
     if chunk < 1 or unroll < 1:
         raise ValueError(f"selective_scan: chunk and unroll must be >= 1, got {chunk}, {unroll}")
+    if mode == "chunked" and inner == "sequential" and chunk > MAX_UNROLLED_CHUNK:
+        raise ValueError(f"selective_scan: chunked/sequential unrolls each chunk; chunk must be "
+                         f"<= {MAX_UNROLLED_CHUNK} (8-32 is fastest on CPU), got {chunk}")
     _check_inputs(x, dt, A, B, C, D, h0)
     return _selective_scan_jit(
         x, dt, A, B, C, D, h0, mode=mode, chunk=int(chunk), inner=inner, reverse=bool(reverse),
         return_state=bool(return_state), unroll=int(unroll), remat=bool(remat),
     )
+
+
+def channel_mesh(n_devices: int | None = None, axis: str = "d") -> jax.sharding.Mesh:
+    """A 1-D mesh over the first ``n_devices`` local devices (all by default) for
+    ``selective_scan_sharded``. On a CPU host, several devices exist only when the entry
+    point sets ``XLA_FLAGS=--xla_force_host_platform_device_count=<cores>`` before JAX starts;
+    each device then runs its shard on its own thread."""
+    devs = jax.devices()
+    n = len(devs) if n_devices is None else n_devices
+    if not 1 <= n <= len(devs):
+        raise ValueError(f"channel_mesh: n_devices must be in [1, {len(devs)}], got {n_devices}")
+    return jax.make_mesh((n,), (axis,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devs[:n])
+
+
+def selective_scan_sharded(x, dt, A, B, C, D=None, *, mesh: jax.sharding.Mesh, axis: str = "d",
+                           **kwargs):
+    """``selective_scan`` with the channels D split over the devices of ``mesh`` (axis ``axis``).
+
+    The recurrence is independent per channel, so each device scans its D / n channels with
+    no communication in the forward pass; in the backward pass the cotangents of the
+    replicated B and C are summed over devices (``jax.shard_map`` inserts the psum). Use it
+    to put every CPU core (or several GPUs) on one scan. Same arguments as
+    ``selective_scan`` (``h0`` [B, D, N] is split like x); D must divide by the mesh size.
+
+    Returns:
+        y [B, L, D] (sharded along D), or (y, h_last) with ``return_state=True``.
+    """
+    n = mesh.shape[axis]
+    _check_inputs(x, dt, A, B, C, D, kwargs.get("h0"))
+    if x.shape[-1] % n:
+        raise ValueError(f"selective_scan_sharded: channels D={x.shape[-1]} must be divisible "
+                         f"by the mesh axis {axis!r} of size {n}")
+    from jax.sharding import PartitionSpec as P
+
+    h0 = kwargs.pop("h0", None)
+    if h0 is None:  # an explicit zero state: a per-device ("varying") scan carry from the start
+        h0 = jnp.zeros((x.shape[0], x.shape[2], A.shape[1]), jnp.float32)
+    rs = bool(kwargs.get("return_state", False))
+    ch, rep = P(None, None, axis), P()
+    specs = [ch, ch, P(axis, None), rep, rep]
+    args = [x, dt, A, B, C]
+    names = []
+    if D is not None:
+        specs.append(P(axis))
+        args.append(D)
+        names.append("D")
+    if h0 is not None:
+        specs.append(P(None, axis, None))
+        args.append(h0)
+        names.append("h0")
+
+    def local(*a):
+        extra = dict(zip(names, a[5:], strict=True))
+        # B, C are replicated ("invariant"); the hand-written VJPs return per-device ("varying")
+        # cotangents for them, so cast them to varying here: the transpose of the cast is the
+        # psum over devices.
+        b, c = lax.pcast((a[3], a[4]), axis, to="varying")
+        return selective_scan(*a[:3], b, c, extra.get("D"), h0=extra.get("h0"), **kwargs)
+
+    out_specs = (ch, P(None, axis, None)) if rs else ch
+    return jax.shard_map(local, mesh=mesh, in_specs=tuple(specs), out_specs=out_specs)(*args)
 
 
 def selective_scan_step(
