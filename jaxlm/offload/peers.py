@@ -13,9 +13,11 @@ Lock-step is not fault tolerant: ``jax.distributed`` has a fixed process count a
 every process down when one dies.
 
 Asynchronous decentralized mode: ``jaxlm.offload.hive`` (experimental; hivemind DHT +
-DecentralizedAverager, local SGD with periodic parameter averaging, survives killed peers).
-Its collab_epoch/delayed modes, staleness bound and joiner state download are not
-implemented (``AsyncPeer`` raises NotImplementedError).
+DecentralizedAverager, local SGD with parameter averaging every ``period`` steps or when the
+swarm's samples reach ``target_global_batch``, an SSP staleness bound, joiner/laggard state
+download through hivemind's ``load_state_from_peers``, survives killed peers). Gradient
+averaging over hivemind (collab_epoch/delayed) is not implemented (``AsyncPeer`` raises
+NotImplementedError).
 
 Worker entry (used by the tests and ``experiments/atom_train.py``)::
 
@@ -183,13 +185,14 @@ def launch_lockstep(spec: PeerSpec, *, timeout: float = 240.0, python: str | Non
 class AsyncPeer:
     """Asynchronous decentralized peer over hivemind (DHT + DecentralizedAverager).
 
-    Not implemented: hivemind collab_epoch / delayed modes (target global batch, global
-    sample counting), a staleness bound and joiner state download. The local-SGD async mode
-    exists in ``jaxlm.offload.hive``.
+    Not implemented: gradient averaging over hivemind (collab_epoch / delayed modes). The
+    local-SGD async mode (target global batch, staleness bound, joiner state download) is
+    ``jaxlm.offload.hive``.
     """
 
     def __init__(self, *args, **kwargs):
         raise NotImplementedError(
             "jaxlm.offload.peers.AsyncPeer (hivemind collab_epoch/delayed modes) is not "
-            "implemented yet; use jaxlm.offload.hive (local SGD + hivemind averaging) or the "
+            "implemented yet; use jaxlm.offload.hive (local SGD + hivemind averaging, target "
+            "global batch, staleness bound, joiners) or the "
             "lock-step mode (launch_lockstep)")

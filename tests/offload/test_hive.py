@@ -7,6 +7,7 @@ import time
 
 import importlib.util
 
+import numpy as np
 import pytest
 
 # Checked without importing: hivemind forks helper processes on import, which must never
@@ -57,3 +58,79 @@ def test_unreachable_dht_clear_error():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert "ConnectionError: cannot reach the DHT" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_staleness_bound_target_batch_and_join(tmp_path):
+    """Peer 1 is slowed (0.25 s per step): peer 0 must wait at the SSP bound; averaging rounds
+    start when the swarm's samples reach the target batch; peer 2 joins at step 6 by
+    downloading a live peer's parameters and optimizer state."""
+    bound, target, batch = 2, 64, 16  # batch 16 x 32 tokens, lr 1e-2: loss falls ~0.7 by step 6
+    base = hive.HivePeerSpec(peer_id=0, rendezvous=str(tmp_path / "rdv.json"),
+                             overrides=("n_layers=2",), steps=14, batch=batch, seq=32, lr=1e-2,
+                             group_size=3,
+                             target_global_batch=target, max_staleness=bound,
+                             matchmaking_s=1.0, averaging_timeout_s=8.0,
+                             dump_dir=str(tmp_path))
+    res = hive.launch_hive(base, 3, per_peer={1: {"step_delay_s": 0.25},
+                                              2: {"join": True, "join_after_step": 6}},
+                           timeout=200, workdir=str(tmp_path))
+    fast, slow, joiner = res
+    assert [r["final_step"] for r in res] == [14, 14, 14]
+    # staleness (SSP): completed steps never more than `bound` + 1 apart; the bound was binding
+    assert hive.max_step_gap([fast, slow]) == bound + 1
+    assert fast["waits"] > 0 and fast["wait_s"] > 0.2
+    # target batch: a round never starts before the swarm has `target` samples in the epoch,
+    # and the first peer to see it starts it within one step of every live peer
+    first_seen: dict[int, int] = {}
+    for r in res:
+        for e in r["round_log"]:
+            if e["why"] == "target":
+                assert e["seen"] >= target, e
+                first_seen[e["epoch"]] = min(first_seen.get(e["epoch"], 10**9), e["seen"])
+    assert len(first_seen) >= 2
+    assert all(s < target + 3 * batch for s in first_seen.values()), first_seen
+    assert sum(r["rounds"] for r in res) >= 2  # real averaging happened
+    # join: the downloaded state is the serving peer's state at the served step
+    assert joiner["downloads"][0]["why"] == "join" and joiner["downloads"][0]["step"] >= 6
+    # the state its first step started from (a catch-up download may follow the join one)
+    k = max(i for i, d in enumerate(joiner["downloads"]) if d["step"] == joiner["steps"][0] - 1)
+    d = joiner["downloads"][k]
+    got = np.load(tmp_path / f"loaded_p2_{k}.npz")
+    want = np.load(tmp_path / f"p{d['from']}_s{d['step']}.npy")
+    np.testing.assert_array_equal(got["params"], want)
+    np.testing.assert_array_equal(np.load(tmp_path / "first_p2.npy"), want)
+    assert got["opt"].size == 2 * want.size + 2  # Adam mu, nu + one count per sub-model
+    # its first step ran from the downloaded parameters (loss recomputed here), and that loss
+    # is near the live peers', not the init loss on the same batch
+    import jax
+
+    from jaxlm.core import MODELS, apply, init
+    from jaxlm.offload import stages as stg
+    from jaxlm.train.data import synthetic_tokens
+    from jaxlm.utils.config import apply_overrides
+
+    cfg = apply_overrides(MODELS.get(base.preset), list(base.overrides))
+    p0 = init(jax.random.key(base.seed), cfg)
+    like = stg.group(stg.split_params(p0, cfg), base.cuts)
+    loaded = hive.unflatten(got["params"], like, jax.devices()[0])
+    p1 = stg.merge_params([p for g in loaded for p in g])
+    toks = synthetic_tokens(base.steps * batch * (base.seq + 1), cfg.vocab_size, seed=1002)
+    x = toks.reshape(base.steps, batch, base.seq + 1)[d["step"]]
+
+    def loss(p):
+        return float(stg.cross_entropy(apply(p, cfg, x[:, :-1]).logits, x[:, 1:]))
+
+    import optax
+
+    opt = hive.unflatten(got["opt"], [optax.adamw(base.lr).init(g) for g in like],
+                         jax.devices()[0])
+    counts = [int(x) for x in jax.tree.leaves(opt) if x.dtype == np.int32]
+    assert counts == [d["step"]] * len(like)  # Adam's count: the served step's optimizer state
+    l_loaded, l_init = loss(p1), loss(p0)
+    assert abs(l_loaded - joiner["losses"][0]) < 1e-4, (l_loaded, joiner["losses"][0])
+    live = res[d["from"]]["losses"][d["step"] - 1]
+    assert l_init - l_loaded > 0.3, (l_init, l_loaded)
+    assert abs(l_loaded - live) < 0.5 * (l_init - l_loaded), (l_loaded, live, l_init)
+    time.sleep(0.5)
+    assert _procs_mentioning(str(tmp_path / "rdv.json")) == []

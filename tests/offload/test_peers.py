@@ -57,3 +57,46 @@ def test_bad_modes():
         peers.Synchronizer("delayed")
     with pytest.raises(NotImplementedError, match="hivemind"):
         peers.AsyncPeer()
+
+
+def test_async_coordination_rules():
+    """The hive peers' SSP gate and round trigger (pure logic, no hivemind needed)."""
+    from jaxlm.offload import hive
+
+    recs = {"p0": {"step": 7, "epoch": 2, "samples": 32},
+            "p1": {"step": 5, "epoch": 2, "samples": 16},
+            "p2": {"step": 1, "epoch": 2, "samples": 48, "done": True}}  # finished: ignored
+    assert hive.slowest_live_step(recs, "p0", 7) == 5
+    assert hive.must_wait(recs, "p0", 7, max_staleness=1)  # 2 steps ahead of p1 already
+    assert not hive.must_wait(recs, "p0", 7, max_staleness=2)
+    assert not hive.must_wait(recs, "p0", 7, max_staleness=-1)  # unbounded
+    assert not hive.must_wait(recs, "p1", 5, max_staleness=0)  # the slowest never waits
+    kw = dict(steps_since=1, period=4, catch_up_epochs=1)
+    # the epoch's samples: 32 + 16 + 48 (finished peers' samples count) = 96
+    assert hive.round_decision(recs, "p0", epoch=2, samples=32, target=96, **kw) == "target"
+    assert hive.round_decision(recs, "p0", epoch=2, samples=32, target=97, **kw) is None
+    assert hive.round_decision(recs, "p1", epoch=1, samples=8, target=97, **kw) == "transition"
+    assert hive.round_decision(recs, "p1", epoch=0, samples=8, target=97, **kw) == "catch_up"
+    assert hive.round_decision(recs, "p0", epoch=2, samples=32, target=0,
+                               steps_since=4, period=4) == "period"
+    assert hive.partners(recs, "p0", 2, target=96) == 1
+    assert hive.partners({**recs, "p1": {**recs["p1"], "epoch": 3}}, "p0", 2, target=96) == 0
+    with pytest.raises(ValueError, match="max_staleness"):
+        hive.validate_spec(hive.HivePeerSpec(0, "/tmp/x", max_staleness=-2))
+    with pytest.raises(ValueError, match="target_global_batch"):
+        hive.validate_spec(hive.HivePeerSpec(0, "/tmp/x", target_global_batch=-1))
+
+
+def test_flat_state_roundtrip():
+    from jaxlm.offload import hive
+
+    rng = np.random.default_rng(0)
+    tree = [{"w": rng.normal(size=(3, 4)).astype(np.float32)},
+            (np.int32(7), rng.normal(size=(5,)).astype(np.float32))]
+    flat = hive.flatten(tree)
+    assert flat.shape == (3 * 4 + 1 + 5,)
+    back = hive.unflatten(flat, tree, jax.devices()[0])
+    np.testing.assert_array_equal(back[0]["w"], tree[0]["w"])
+    assert back[1][0].dtype == np.int32 and int(back[1][0]) == 7
+    with pytest.raises(ValueError, match="does not match"):
+        hive.unflatten(flat[:-1], tree, jax.devices()[0])
