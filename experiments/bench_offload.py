@@ -53,6 +53,10 @@ _SWAP_OVERRIDE = flags.DEFINE_multi_string("swap_override", [], "Extra model ove
                                            "the swap runs (field=value).")
 _SWAP_BATCH = flags.DEFINE_integer("swap_batch", 0, "Batch of the main swap point (0: preset).")
 _SWAP_SEQ = flags.DEFINE_integer("swap_seq", 0, "Sequence length of the main point (0: preset).")
+_OPT_MODE = flags.DEFINE_enum("opt_mode", "auto", ["auto", "host-eager", "device-per-submodel"],
+                              "Optimizer placement of the main swap runs (auto: "
+                              "device-per-submodel on a GPU, whose host hops are slow; "
+                              "host-eager on CPU, where the update runs on the copy core).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
 
 # PCIe x16 per-direction theoretical bandwidth (GB/s) by card name fragment
@@ -62,7 +66,7 @@ PCIE_GBS = {"H200": 64.0, "H100": 64.0, "GH200": 450.0, "A100": 32.0, "L40": 32.
 # (model overrides, main (batch, seq), sweep shapes) per size class
 CPU_MODEL = ["n_layers=6", "d_model=512", "n_heads=8", "n_kv_heads=8", "head_dim=64",
              "d_ff=2048", "max_seq_len=256"]
-CPU_MAIN, CPU_SWEEP = (2, 64), [(1, 8), (1, 32), (2, 64), (4, 64)]
+CPU_MAIN, CPU_SWEEP = (4, 64), [(1, 8), (1, 32), (2, 64), (4, 64), (8, 64)]
 GPU_MODEL = ["n_layers=8", "d_model=2048", "n_heads=16", "n_kv_heads=16", "head_dim=128",
              "d_ff=8192", "max_seq_len=2048"]
 GPU_MAIN, GPU_SWEEP = (16, 2048), [(2, 2048), (8, 2048), (16, 2048)]
@@ -131,6 +135,9 @@ def main(argv):
         print(_fmt(r))
         micro.append(r)
     results["copy_compute_overlap"] = micro
+    if not gpu:  # do copies slow the compute down? (the 2-core CPU's limit, measured)
+        results["contention"] = measure.contention(dev, copy_cores, repeats=max(reps, 5))
+        print("contention", _fmt(results["contention"]))
     # ---- 3. the swap executor at the main point (compute per sub-model > its load)
     sizes = list(GPU_MODEL if big else CPU_MODEL)
     if big and quick:
@@ -152,10 +159,14 @@ def main(argv):
     # sub-model's compute is one block's (the embed alone cannot hide block_1's load)
     cuts = list(range(2, n - 1))
     hm = engines.choose_host_memory(dev).kind
-    kw = dict(repeats=reps, tx=tx, copy_cores=copy_cores)
+    opt_mode = _OPT_MODE.value
+    if opt_mode == "auto":
+        opt_mode = "device-per-submodel" if gpu else "host-eager"
+    kw = dict(repeats=reps, tx=tx, copy_cores=copy_cores, opt_mode=opt_mode)
     try:
         r = measure.measure_overlap(cfg, batch, seq, cuts, modes=modes, host_memory=hm,
-                                    monolithic=not _SINGLE.value, **kw)
+                                    monolithic=not (_SINGLE.value or (big and not quick)),
+                                    **kw)
     except Exception as e:  # keep the other numbers; say what failed
         import traceback
 
@@ -164,17 +175,20 @@ def main(argv):
     events = r.pop("events", None)
     print(_fmt(r))
     results["swap"] = r
-    if gpu and hm == "pinned_host" and not _SINGLE.value:  # the pageable alternative
-        try:
-            r2 = measure.measure_overlap(cfg, batch, seq, cuts, modes=("thread", "none"),
-                                         monolithic=False, host_memory="cpu", **kw)
-            r2.pop("events", None)
-            results["swap_pageable"] = r2
-            print("pageable:", _fmt(r2))
-        except Exception as e:
-            results["swap_pageable"] = {"error": repr(e)[:400]}
+    if gpu and not _SINGLE.value:  # the alternatives: host optimizer, pageable host copy
+        other = "host-eager" if opt_mode == "device-per-submodel" else "device-per-submodel"
+        for name, hmem, om in ((f"swap_{other}", hm, other), ("swap_pageable", "cpu", opt_mode)):
+            try:
+                r2 = measure.measure_overlap(cfg, batch, seq, cuts, modes=("thread", "none"),
+                                             monolithic=False, host_memory=hmem,
+                                             **dict(kw, opt_mode=om))
+                r2.pop("events", None)
+                results[name] = r2
+                print(name, _fmt(r2))
+            except Exception as e:
+                results[name] = {"error": repr(e)[:400]}
     results["swap_model"] = {"overrides": sizes, "batch": batch, "seq": seq,
-                             "host_opt": _OPT.value, "cuts": cuts}
+                             "host_opt": _OPT.value, "opt_mode": opt_mode, "cuts": cuts}
     os.makedirs(_OUT_DIR.value, exist_ok=True)
     if events:
         path = os.path.join(_OUT_DIR.value, "offload_timeline.png")

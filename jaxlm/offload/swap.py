@@ -50,7 +50,7 @@ from jaxlm.core.config import ModelConfig
 from jaxlm.offload import engines as eng
 from jaxlm.offload import stages as stg
 
-OPT_MODES = ("host-eager", "host-at-sync")
+OPT_MODES = ("host-eager", "host-at-sync", "device-per-submodel")
 
 
 def default_devices() -> tuple[jax.Device, jax.Device]:
@@ -95,7 +95,13 @@ class SwapTrainer:
         params: full parameter tree (any placement; copied to the host device).
         tx: the optax transformation.
         cuts: sub-model boundaries over ``stages.layer_names(cfg)`` (e.g. a planner result).
-        opt_mode: "host-eager" or "host-at-sync".
+        opt_mode: "host-eager", "host-at-sync" or "device-per-submodel" (spec 1.4: the
+            optimizer state of sub-model k is loaded with its parameters for the backward,
+            the update runs on the compute device right after k's backward, and the new
+            parameters and state go back to host memory; no host compute and no host-side
+            hop; with ``pinned_host`` the master copy itself lives in pinned host memory.
+            Exact like host-eager for per-leaf transformations; moves the optimizer state
+            over the link twice per step, nothing extra for SGD).
         host_device, compute_device: override ``default_devices()``.
         prefetch: how the copy of the next sub-model overlaps the current compute:
             "dispatch" (or True): ``jax.device_put`` dispatched before the compute (overlaps
@@ -137,7 +143,7 @@ class SwapTrainer:
         # with this explicit sharding, so the host update never mixes memory spaces
         self._host_sh = eng.home_sharding(self.host)
         self.master = [jax.device_put(g, self._host_sh) for g in groups]
-        if opt_mode == "host-eager":
+        if opt_mode != "host-at-sync":  # one optax state per sub-model
             self.opt_state = [jax.device_put(tx.init(g), self._host_sh) for g in self.master]
         else:
             self.opt_state = jax.device_put(tx.init(self.master), self._host_sh)
@@ -169,6 +175,16 @@ class SwapTrainer:
         # zero-copy (the dispatch mode keeps the runtime's own asynchronous device_put)
         self._cpu_copy = (prefetch != "dispatch" and self.dev.platform == "cpu"
                           and self.host.platform == "cpu" and self.pinned is None)
+        self._dev_update = opt_mode == "device-per-submodel"
+        self._update_dev = jax.jit(update, out_shardings=self._dev_sh)
+        self._master_sh = self._host_sh
+        if self._dev_update and self.pinned is not None:  # master = the pinned copy itself
+            self._master_sh = self._pin_sh
+            self.master, self.pinned = self.pinned, None
+            self.opt_state = [self._to_pinned(st) for st in self.opt_state]
+            self._cpu_copy = False
+        self.state_bytes = [tree_bytes(st) for st in self.opt_state] if self._dev_update else [
+            0] * len(self.subs)
         self.zero_copy = self._cpu_copy and eng.zero_copy_supported(self.dev)
         self._arena = (eng.StagingArena(max(self.sub_bytes)) if self._cpu_copy else None)
         self.copy_cores = tuple(copy_cores) if copy_cores else None
@@ -205,6 +221,39 @@ class SwapTrainer:
             raise ValueError(f"host optimizer update: operands live in {got}, the host state "
                              f"in {self.host_space}")
         return self._update_jit(p, s, g)
+
+    # ---- device-per-submodel optimizer placement
+    def _load_state(self, k: int):
+        """H2D copy of sub-model k's optimizer state (device-per-submodel)."""
+        if self._cpu_copy:
+            return eng.cpu_copy(self.opt_state[k], self.dev)
+        return jax.device_put(self.opt_state[k], self._dev_sh)
+
+    def _load_state_sync(self, k: int):
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(self._load_state(k))
+        self._tl.add("h2d", k, t0, time.perf_counter())
+        return out
+
+    def _device_update(self, k: int, p, s, gp):
+        """Optimizer step of sub-model k on the compute device (all operands there)."""
+        got = eng.check_one_space((p, s, gp), "device optimizer update")
+        if got[0] != str(self.dev):
+            raise ValueError(f"device optimizer update: operands on {got}, expected {self.dev}")
+        return self._update_dev(p, s, gp)
+
+    def _to_master(self, tree):
+        """D2H of new parameters / state into the master placement (async where it can)."""
+        if self._cpu_copy:
+            return eng.cpu_copy(tree, self.host)
+        return jax.device_put(tree, self._master_sh)
+
+    def _store_sync(self, k: int, p_new, s_new) -> None:
+        """D2H thread (device-per-submodel): new params and state of k back to the host."""
+        t0 = time.perf_counter()
+        self.master[k], self.opt_state[k] = jax.block_until_ready(
+            self._to_master((p_new, s_new)))
+        self._tl.add("d2h", k, t0, time.perf_counter())
 
     # ---- copies
     def _to_host(self, tree):
@@ -279,6 +328,9 @@ class SwapTrainer:
                 average); called for k = K-1 .. 0 in order on every peer (in thread mode on
                 the update worker thread, still in that order).
         """
+        if grad_hook is not None and self._dev_update:
+            raise ValueError("grad_hook needs the gradients on the host: use opt_mode "
+                             "'host-eager' or 'host-at-sync' with grad_hook")
         self._hook = grad_hook
         self._tl = eng.Timeline() if self.telemetry else None
         t0 = time.perf_counter()
@@ -341,28 +393,59 @@ class SwapTrainer:
         xs[kn - 1] = x
         # ---- backward (the last sub-model is still resident)
         grads: list[Any] = [None] * kn
-        if kn > 1 and self.prefetch == "dispatch":
+        states: list[Any] = [None] * kn
+        disp = self.prefetch == "dispatch"
+
+        def load_state(k):  # device-per-submodel: optimizer state of k for its update
+            if tl is None:
+                return self._load_state(k)
+            return tl.timed("h2d", k, self._load_state, k)
+
+        if self._dev_update and disp:
+            states[kn - 1] = load_state(kn - 1)
+        if kn > 1 and disp:
             dev[kn - 2] = load(kn - 2)
+            if self._dev_update:
+                states[kn - 2] = load_state(kn - 2)
         loss, gp, g = self._run(kn - 1, self.subs[-1].loss_bwd, dev[kn - 1], xs[kn - 1], b)
-        dev[kn - 1] = None
-        grads[kn - 1] = self._d2h_dispatch(kn - 1, gp)
-        d2h += self.sub_bytes[kn - 1]
-        self._eager_timed(kn - 1, grads)
+        if self._dev_update and not disp:
+            jax.block_until_ready(gp)
+            states[kn - 1] = load_state(kn - 1)
+        self._finish_dispatch(kn - 1, dev[kn - 1], states[kn - 1], gp, grads)
+        dev[kn - 1] = states[kn - 1] = None
         for k in range(kn - 2, -1, -1):
-            if self.prefetch == "none":
+            if not disp:
                 jax.block_until_ready(g)
                 dev[k] = load(k)
             h2d += self.sub_bytes[k]
-            if k > 0 and self.prefetch == "dispatch":
+            if k > 0 and disp:
                 dev[k - 1] = load(k - 1)
+                if self._dev_update:
+                    states[k - 1] = load_state(k - 1)
             gp, g = self._run(k, self.subs[k].fwd_bwd, dev[k], xs[k], g, b)
-            dev[k] = None
+            if self._dev_update and not disp:
+                jax.block_until_ready(gp)
+                states[k] = load_state(k)
+            self._finish_dispatch(k, dev[k], states[k], gp, grads)
+            dev[k] = states[k] = None
             xs[k] = None
-            grads[k] = self._d2h_dispatch(k, gp)
-            d2h += self.sub_bytes[k]
-            self._eager_timed(k, grads)
         self._grads = grads
-        return loss, h2d, d2h
+        n, ns = sum(self.sub_bytes), sum(self.state_bytes)
+        return loss, h2d + ns, n + ns
+
+    def _finish_dispatch(self, k, p_dev, s_dev, gp, grads):
+        """After sub-model k's backward: its optimizer step (device or host) and offload."""
+        if not self._dev_update:
+            grads[k] = self._d2h_dispatch(k, gp)
+            self._eager_timed(k, grads)
+            return
+        if self._tl is None:
+            p_new, s_new = self._device_update(k, p_dev, s_dev, gp)
+            self.master[k], self.opt_state[k] = self._to_master((p_new, s_new))
+            return
+        p_new, s_new = self._tl.timed("update", k, self._device_update, k, p_dev, s_dev, gp)
+        self.master[k], self.opt_state[k] = self._tl.timed("d2h", k, self._to_master,
+                                                           (p_new, s_new))
 
     def _d2h_dispatch(self, k, gp):
         if self._cpu_copy:
@@ -415,26 +498,45 @@ class SwapTrainer:
             del p
         xs[kn - 1] = x
         p = wait(kn - 1)  # the last sub-model stays resident through backward
+        states: dict[int, Any] = {}
+
+        def start_bwd(k, params=True):
+            if params:
+                start(k)
+            if self._dev_update:
+                states[k] = self._h2d_engine.submit(self._load_state_sync, k)
+
+        def finish(k, p, gp):
+            if not self._dev_update:
+                pending.append(self._d2h_engine.submit(self._offload_update, k, gp, grads))
+                return
+            t0 = time.perf_counter()
+            s = states.pop(k).result()
+            tl.add("stall", k, t0, time.perf_counter())
+            p_new, s_new = tl.timed("update", k, self._device_update, k, p, s, gp)
+            pending.append(self._d2h_engine.submit(self._store_sync, k, p_new, s_new))
+
+        start_bwd(kn - 1, params=False)
         if kn > 1:
-            start(kn - 2)
+            start_bwd(kn - 2)
         loss, gp, g = tl.timed("compute", kn - 1, self.subs[-1].loss_bwd, p, x, b)
+        finish(kn - 1, p, gp)
         del p
-        pending.append(self._d2h_engine.submit(self._offload_update, kn - 1, gp, grads))
         for k in range(kn - 2, -1, -1):
             if k > 0:
-                start(k - 1)
+                start_bwd(k - 1)
             p = wait(k)
             gp, g = tl.timed("compute", k, self.subs[k].fwd_bwd, p, xs[k], g, b)
+            finish(k, p, gp)
             del p
             xs[k] = None
-            pending.append(self._d2h_engine.submit(self._offload_update, k, gp, grads))
         for f in pending:
             upd = f.result()
             if upd is not None:
                 upd.result()
         self._grads = grads
-        n = sum(self.sub_bytes)
-        return loss, 2 * n - self.sub_bytes[-1], n
+        n, ns = sum(self.sub_bytes), sum(self.state_bytes)
+        return loss, 2 * n - self.sub_bytes[-1] + ns, n + ns
 
     def _eager(self, k: int, grads: list[Any]) -> None:
         if self.opt_mode == "host-eager":

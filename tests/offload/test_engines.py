@@ -204,3 +204,30 @@ def test_predicted_schedule_matches_hand_computed():
     assert p["t_pred_parallel"] == 1 + 2 + 2.5 + 6 + 7 + 6 + 0.5 + 0.5
     assert p["t_pred_one_core"] == p["t_pred_parallel"]  # 1 + .5 + .5 = 2 < 7: still hidden
     assert abs(p["eta_pred_parallel"] - comp / 25.5) < 1e-12
+
+
+@pytest.mark.parametrize("prefetch,host_memory", [
+    ("thread", "pinned_host"), ("dispatch", "auto"), ("none", "cpu")])
+def test_device_per_submodel_matches_resident(prefetch, host_memory):
+    cfg, params, batches = _setup()
+    tx = optax.adamw(1e-2, weight_decay=0.1)
+    tr = swap.SwapTrainer(cfg, params, tx, [1, 2, 3], prefetch=prefetch,
+                          host_memory=host_memory, opt_mode="device-per-submodel")
+    ref_step = swap.make_resident_step(cfg, tx)
+    p, s = params, tx.init(params)
+    for b in batches[:2]:
+        st = tr.step(b)
+        p, s, ref_loss = ref_step(p, s, b)
+        assert abs(st.loss - float(ref_loss)) < 1e-5
+        ns = sum(tr.state_bytes)
+        assert ns > 0 and st.d2h_bytes == sum(tr.sub_bytes) + ns  # params + Adam state back
+        assert st.h2d_bytes == 2 * sum(tr.sub_bytes) - tr.sub_bytes[-1] + ns
+    assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < 1e-5
+    kind = "pinned_host" if host_memory == "pinned_host" else "device"
+    assert all(x.sharding.memory_kind == kind for x in jax.tree.leaves((tr.master,
+                                                                        tr.opt_state)))
+    if prefetch == "thread":  # the update ran on the compute device, between the computes
+        assert {ln for ln, *_ in st.events} >= {"h2d", "compute", "update", "d2h"}
+    with pytest.raises(ValueError, match="grad_hook"):
+        tr.step(batches[0], grad_hook=lambda k, g: g)
+    tr.close()
