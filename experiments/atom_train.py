@@ -53,6 +53,11 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
 _PREFETCH = flags.DEFINE_enum("prefetch", "dispatch", ["dispatch", "thread", "none"],
                               "--mode=swap: how loads overlap compute (thread: copy-engine "
                               "threads, real overlap on CPU; per-phase telemetry + timeline).")
+_OPT_MODE = flags.DEFINE_enum("opt_mode", "host-eager",
+                              ["host-eager", "host-at-sync", "device-per-submodel"],
+                              "--mode=swap: optimizer placement (spec 1.4; device-per-submodel "
+                              "streams the optimizer state with the params and updates on the "
+                              "device, the GPU-friendly choice).")
 _HOST_MEM = flags.DEFINE_enum("host_memory", "auto", ["auto", "pinned_host", "cpu"],
                               "--mode=swap: host placement (auto: pinned_host on a GPU).")
 
@@ -150,8 +155,9 @@ def main(argv):
         metrics["plan"] = {"cuts": plan.cuts, "predicted_overlap": plan.overlap,
                            "peak_mem_mb": plan.peak_mem / 2**20}
         tr = swap.SwapTrainer(cfg, params, tx, plan.cuts, prefetch=_PREFETCH.value,
-                              host_memory=_HOST_MEM.value)
+                              host_memory=_HOST_MEM.value, opt_mode=_OPT_MODE.value)
         metrics["host_memory"] = tr.hostmem.note
+        metrics["opt_mode"] = _OPT_MODE.value
         last: dict = {}
 
         def step(bt):
