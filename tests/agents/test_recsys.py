@@ -239,11 +239,15 @@ def tiny_local():
                         tokenizer=ByteTokenizer(), name="tiny")
 
 
-@pytest.mark.parametrize("rows,min_shared", [(2, 8), (1, 10**6)])
-def test_rec_scorer_matches_plain_scoring(tiny_local, rows, min_shared):
+@pytest.mark.parametrize("rows,min_shared,engine", [(2, 8, "core"), (1, 10**6, "core"),
+                                                    (2, 8, "fast"), (1, 10**6, "fast")])
+def test_rec_scorer_matches_plain_scoring(tiny_local, rows, min_shared, engine):
     """Packed rows, the shared-prefix KV cache (broadcast to the rows) and padding give the
-    same log-probs as scoring each (prompt, continuation) on its own."""
+    same log-probs as scoring each (prompt, continuation) on its own; the fast engine
+    (layer scan, block-causal chunks of 16 slots so rows span several chunks) also matches
+    ``jaxlm.core.generate.score``."""
     from jaxlm.agents.recsys.scoring import RecScorer
+    from jaxlm.core.generate import score
 
     rng = np.random.default_rng(rows)
     demo = "Demo: the user liked " + " ".join(rng.choice(list("abcdefgh"), 12)) + ".\n"
@@ -251,12 +255,18 @@ def test_rec_scorer_matches_plain_scoring(tiny_local, rows, min_shared):
     prompts.append("Other prompt\n1.")  # its own group: no shared prefix with the rest
     conts = [[f" T{j}{'q' * int(rng.integers(1, 5))}\n" for j in range(int(rng.integers(1, 4)))]
              for _ in prompts]
-    sc = RecScorer.from_backend(tiny_local, rows=rows, len_step=32, min_shared=min_shared)
+    sc = RecScorer.from_backend(tiny_local, rows=rows, len_step=32, min_shared=min_shared,
+                                engine=engine, chunk=16, row_buckets=rows == 1)
     out = sc.score(prompts, conts, groups=[0] * 5 + [1])
     refs = tiny_local.score_many(list(zip(prompts, conts, strict=True)))
-    for ref, (s, n) in zip(refs, out, strict=True):
+    for i, (ref, (s, n), p, cs) in enumerate(zip(refs, out, prompts, conts, strict=True)):
         np.testing.assert_allclose(s, [r.sum_logprob for r in ref], rtol=1e-4, atol=1e-4)
         assert list(n) == [r.n_tokens for r in ref]
+        if engine == "fast" and i in (4, 5):  # a shared-prefix row and the outlier
+            tok = tiny_local.tokenizer
+            gs, _ = score(tiny_local.params, tiny_local.cfg, tok.encode(p, add_bos=None),
+                          [tok.encode(c, add_bos=None) for c in cs])
+            np.testing.assert_allclose(s, gs, rtol=1e-4, atol=1e-4)
     if min_shared < 100:
         assert sc.stats.shared_saved == (len(demo) + len("John watched ")) * 4
     with pytest.raises(ValueError, match="need >= 1 token"):

@@ -37,6 +37,7 @@ import numpy as np
 from jaxlm.core import KVCache, apply, init_cache
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.transformer import unembed
+from jaxlm.agents.recsys import fastlm
 from jaxlm.llm.packing import empty_packed, pack_candidates
 
 NEG_BIAS = -1e9
@@ -124,13 +125,35 @@ class RecScorer:
         rows: prompts per jitted call (1 is best on CPU; raise on a GPU).
         len_step: row lengths are padded to multiples of this.
         min_shared: a common prefix shorter than this is not cached.
+        engine: "fast" (``fastlm``: layer scan, block-causal attention, LM head only at
+            scored slots), "core" (``jaxlm.core.apply`` with a dense bias) or "auto" (fast
+            where ``fastlm.supports(cfg)``).
+        mm_dtype: matmul dtype of the fast engine ("float32" or "bfloat16": bf16 weights
+            and matmul inputs, float32 accumulation and everything else float32).
+        chunk: query-chunk size of the fast engine's block-causal attention.
+        attn_dtype: dtype of the fast engine's attention matmul inputs (scores, softmax
+            and accumulation stay float32).
+        row_buckets: pad each row to its own multiple of ``len_step`` (a few compiled
+            shapes, less padding) instead of every row to the group's longest.
     """
 
     def __init__(self, params: Any, cfg: ModelConfig, tokenizer: Any, *, rows: int = 1,
-                 len_step: int = 64, min_shared: int = 32):
-        if rows < 1 or len_step < 1:
-            raise ValueError(f"RecScorer: rows ({rows}) and len_step ({len_step}) must be >= 1")
+                 len_step: int = 64, min_shared: int = 32, engine: str = "auto",
+                 mm_dtype: str = "float32", chunk: int = 128, attn_dtype: str = "float32",
+                 row_buckets: bool = False):
+        if rows < 1 or len_step < 1 or chunk < 1:
+            raise ValueError(f"RecScorer: rows ({rows}), len_step ({len_step}) and chunk "
+                             f"({chunk}) must be >= 1")
+        if engine not in ("auto", "fast", "core"):
+            raise ValueError(f"RecScorer: engine must be auto|fast|core, got {engine!r}")
+        if engine == "auto":
+            engine = "fast" if fastlm.supports(cfg) else "core"
+        if engine == "core" and mm_dtype != "float32":
+            raise ValueError("RecScorer: mm_dtype applies to engine='fast' only")
+        self.engine, self.mm_dtype, self.chunk = engine, mm_dtype, chunk
+        self.attn_dtype, self.row_buckets = attn_dtype, row_buckets
         self.params = jax.tree.map(jnp.asarray, params)
+        self.sp = fastlm.prepare_params(params, cfg, mm_dtype) if engine == "fast" else None
         self.cfg, self.tokenizer = cfg, tokenizer
         self.rows, self.len_step, self.min_shared = rows, len_step, min_shared
         self.stats = ScoreStats()
@@ -204,8 +227,7 @@ class RecScorer:
         shared = min(_lcp(pids), min(len(p) for p in pids) - 1) if len(pids) > 1 else 0
         cache = None
         if shared >= self.min_shared:
-            cache = _prefill(self.params, jnp.asarray([pids[0][:shared]], jnp.int32),
-                             cfg=self.cfg)
+            cache = self._prefill_ids(pids[0][:shared])
             self.stats.shapes.add(("prefill", shared))
             self.stats.real_tokens += shared
             self.stats.shared_saved += shared * (len(pids) - 1)
@@ -214,18 +236,42 @@ class RecScorer:
         lens = [len(p) - shared + sum(len(c) for c in cs) for p, cs in zip(pids, cids,
                                                                             strict=True)]
         order = np.argsort(lens, kind="stable")
-        # one shape per group: every row padded to the group's longest (one compile)
-        t = _round_up(max(lens), self.len_step)
         n = _round_up(max(sum(len(c) for c in cs) for cs in cids), 32)
+        # one shape per group: every row padded to the group's longest (one compile); with
+        # row_buckets each row is padded to its own multiple of len_step (a few shapes)
+        tlen = [_round_up(x, self.len_step) if self.row_buckets else
+                _round_up(max(lens), self.len_step) for x in lens]
         out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(pids)  # type: ignore[list-item]
-        for s in range(0, len(order), self.rows):
-            idx = [int(j) for j in order[s: s + self.rows]]
-            res = self._run(cache, shared, [pids[j] for j in idx], [cids[j] for j in idx], t, n)
-            for j, r in zip(idx, res, strict=True):
-                out[j] = r
-            if pbar:
-                pbar.update(len(idx))
+        for t in sorted(set(tlen)):
+            sel = [int(j) for j in order if tlen[j] == t]
+            for s in range(0, len(sel), self.rows):
+                idx = sel[s: s + self.rows]
+                res = self._run(cache, shared, [pids[j] for j in idx], [cids[j] for j in idx],
+                                t, n)
+                for j, r in zip(idx, res, strict=True):
+                    out[j] = r
+                if pbar:
+                    pbar.update(len(idx))
         return out
+
+    def _prefill_ids(self, ids: Sequence[int]) -> Any:
+        """The shared prefix's cache (a KVCache, or (k, v, pos) for the fast engine)."""
+        toks = jnp.asarray([list(ids)], jnp.int32)
+        if self.engine == "core":
+            return _prefill(self.params, toks, cfg=self.cfg)
+        pos = jnp.arange(len(ids), dtype=jnp.int32)[None]
+        k, v = fastlm.prefill(self.sp, toks, pos, *fastlm.empty_prefix(self.cfg),
+                              cfg=self.cfg, chunk=self.chunk, attn_dtype=self.attn_dtype)
+        return k, v, np.asarray(pos)
+
+    def _score_arrays(self, cache, toks, pos, seg, pred, tgt) -> np.ndarray:
+        if self.engine == "core":
+            return np.asarray(_score_rows(self.params, cache, toks, pos, seg, pred, tgt,
+                                          cfg=self.cfg))
+        pre = cache if cache is not None else fastlm.empty_prefix(self.cfg)
+        return np.asarray(fastlm.score_rows(self.sp, toks, pos, seg, pred, tgt, *pre,
+                                            cfg=self.cfg, chunk=self.chunk,
+                                            attn_dtype=self.attn_dtype))
 
     def _run(self, cache, shared, pids, cids, t, n):
         g = self.rows
@@ -240,7 +286,7 @@ class RecScorer:
                                        anchor=lo - 1)
             spans.append(sp)
             self.stats.real_tokens += r
-        lp = np.asarray(_score_rows(self.params, cache, toks, pos, seg, pred, tgt, cfg=self.cfg))
+        lp = self._score_arrays(cache, toks, pos, seg, pred, tgt)
         self.stats.calls += 1
         self.stats.shapes.add((g, t, n, shared))
         self.stats.padded_tokens += g * t
