@@ -431,8 +431,9 @@ def run_hive_peer(spec: HivePeerSpec) -> dict[str, Any]:
                 st.update(epoch=max(st["epoch"] + 1, global_epoch(records, st["epoch"])),
                           samples=0, since=0)
         avg.state_sharing_priority = float(st["step"])  # prefer the most advanced server
+        entry["s"], entry["t_end"] = time.perf_counter() - ts, time.time()
         res["round_log"].append(entry)
-        res["sync_s"] += time.perf_counter() - ts
+        res["sync_s"] += entry["s"]
         publish()
 
     def check_round() -> bool:

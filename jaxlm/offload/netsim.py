@@ -291,6 +291,48 @@ def atom_throughput(model: GPTConfig, hw: Hardware, net: Network, st: AtomSettin
     return Throughput(st.global_batch / t_step, t_step, t_sync, exposed / t_step)
 
 
+def pipeline_microbatch_time(stage_compute: float, act_bytes: float, n_stages: int,
+                             net: Network, *, overlap: bool, comm_factor: float = 2.0) -> float:
+    """Section 4.5 ``t_mb``: one micro-batch through a stage, forward + backward.
+
+    ``T_comm = 2 A / B_eff`` (a middle stage's egress: activation forward, gradient back;
+    ``B_eff = min(eta B, cap)``); ``comm_factor = 1`` for a 2-stage pipeline, whose stages
+    send only one of the two per micro-batch. ``max(C_s, T_comm)`` when communication
+    overlaps compute, else ``C_s + T_comm + 2 lambda``.
+    """
+    if n_stages <= 1:
+        return stage_compute
+    b_eff = net.efficiency * net.bandwidth
+    if net.act_cap is not None:
+        b_eff = min(b_eff, net.act_cap)
+    t_comm = comm_factor * act_bytes / b_eff
+    if overlap:
+        return max(stage_compute, t_comm)
+    return stage_compute + t_comm + 2 * net.latency
+
+
+def gpipe_step_time(stage_compute: float, act_bytes: float, n_stages: int, micro: int,
+                    net: Network, *, overlap: bool = False, comm_factor: float = 2.0) -> float:
+    """One GPipe step (``micro`` micro-batches, flush): ``(M + S - 1) t_mb``.
+
+    Used with ``stage_compute`` calibrated from a measured step (``T_0 / (M + S - 1)``) to
+    predict the pipeline baseline over a slower link.
+    """
+    return (micro + n_stages - 1) * pipeline_microbatch_time(
+        stage_compute, act_bytes, n_stages, net, overlap=overlap, comm_factor=comm_factor)
+
+
+def local_sgd_step_time(compute: float, n_params: float, beta: float, n_peers: int,
+                        net: Network, period: float, round_overhead: float = 0.0) -> float:
+    """Atom-style local SGD per local step: ``t_c + (T_sync + overhead) / H``.
+
+    ``T_sync`` is section 4.4's all-reduce (``allreduce_time``); ``round_overhead`` is the
+    fixed per-round cost of the averaging protocol (matchmaking), measured on a fast link.
+    """
+    t_sync = allreduce_time(n_peers, n_params, beta, net) + round_overhead
+    return compute + t_sync / max(period, 1e-9)
+
+
 def swarm_stages(model: GPTConfig, hw: Hardware, sw: SwarmSettings, n_peers: int) -> int:
     """The pipeline depth S (the given one, or the smallest fitting divisor of N).
 
@@ -320,14 +362,7 @@ def swarm_throughput(model: GPTConfig, hw: Hardware, net: Network, sw: SwarmSett
     c_s = (model.n_layers / s_n) * (3 + sw.recompute) * model.layer_flops_per_token * tokens
     c_s /= hw.flops
     act = micro_batch * model.seq_len * model.d_model * sw.beta_a
-    b_eff = net.efficiency * net.bandwidth
-    if net.act_cap is not None:
-        b_eff = min(b_eff, net.act_cap)
-    t_comm = 2 * act / b_eff if s_n > 1 else 0.0
-    if sw.overlap:
-        t_mb = max(c_s, t_comm)
-    else:
-        t_mb = c_s + t_comm + (2 * net.latency if s_n > 1 else 0.0)
+    t_mb = pipeline_microbatch_time(c_s, act, s_n, net, overlap=sw.overlap)
     if sw.flush_microbatches:
         mm = sw.flush_microbatches
         t_mb *= (mm + s_n - 1) / mm

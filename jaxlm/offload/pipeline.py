@@ -7,8 +7,10 @@ applies its own AdamW update. Exact against one all-resident step on the full ba
 
 Activations travel as raw float32 bytes over one TCP connection per stage boundary.
 ``link_mbps`` emulates a slow link by sleeping ``bytes * 8 / link`` per message on top of
-the real loopback transfer (a crude stand-in for ``tc`` shaping; the network-namespace +
-``tc`` experiment is not implemented). Worker entry::
+the real loopback transfer (a crude stand-in for ``tc`` shaping). With ``hosts`` (one IPv4
+per stage) and ``launch_pipeline(..., prefixes=...)`` the stages run in their own network
+namespaces over really shaped links (``jaxlm.offload.netns``, ``experiments/atom_netns.py``).
+Worker entry::
 
     python -c "from jaxlm.offload.pipeline import stage_main; stage_main()" '<json spec>'
 """
@@ -37,6 +39,7 @@ class StageSpec:
             giving ``stages`` contiguous stages.
         micro: micro-batches M per step; batch: sequences per micro-batch.
         link_mbps: emulated link bandwidth (0: no emulation).
+        hosts: one IPv4 per stage (stage s listens on ``hosts[s]``); () = loopback.
     """
 
     ports: tuple[int, ...]
@@ -51,6 +54,7 @@ class StageSpec:
     lr: float = 1e-2
     seed: int = 0
     link_mbps: float = 0.0
+    hosts: tuple[str, ...] = ()
     out: str = ""
 
 
@@ -80,14 +84,14 @@ def _recv(sock: socket.socket) -> np.ndarray:
     return np.frombuffer(_recv_exact(sock, pl), np.float32).reshape(shape)
 
 
-def _connect(port: int, timeout: float = 60.0) -> socket.socket:
+def _connect(port: int, timeout: float = 60.0, host: str = "127.0.0.1") -> socket.socket:
     delay, t_end = 0.05, time.monotonic() + timeout
     while True:
         try:
-            return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+            return socket.create_connection((host, port), timeout=timeout)
         except OSError:
             if time.monotonic() > t_end:
-                raise ConnectionError(f"pipeline: cannot reach the next stage on port {port} "
+                raise ConnectionError(f"pipeline: cannot reach the next stage on {host}:{port} "
                                       f"after {timeout:.0f} s") from None
             time.sleep(delay)
             delay = min(delay * 2, 1.0)  # retry with backoff
@@ -116,11 +120,13 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
     if spec.stage > 0:  # server side of the boundary to the previous stage
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind(("127.0.0.1", spec.ports[spec.stage - 1]))
+        srv.bind((spec.hosts[spec.stage] if spec.hosts else "127.0.0.1",
+                  spec.ports[spec.stage - 1]))
         srv.listen(1)
         srv.settimeout(120)
     if spec.stage < n_stages - 1:
-        nxt = _connect(spec.ports[spec.stage])
+        nxt = _connect(spec.ports[spec.stage],
+                       host=spec.hosts[spec.stage + 1] if spec.hosts else "127.0.0.1")
     if spec.stage > 0:
         prev, _ = srv.accept()
         srv.close()
@@ -186,11 +192,21 @@ def stage_main() -> None:
     emit_result("STAGE_RESULT", run_stage(spec_from_argv(StageSpec)))
 
 
-def launch_pipeline(spec: StageSpec, *, timeout: float = 240.0) -> list[dict[str, Any]]:
-    """Starts one process per stage on loopback and waits; kills all on any failure."""
+def launch_pipeline(spec: StageSpec, *, timeout: float = 240.0,
+                    prefixes: list[list[str]] | None = None) -> list[dict[str, Any]]:
+    """Starts one process per stage and waits; kills all on any failure.
+
+    On loopback by default; with ``spec.hosts`` and ``prefixes`` (one command prefix per stage,
+    e.g. ``Topology.exec_prefix(s)``) each stage runs in its own network namespace.
+    """
     n = len(spec.stage_cuts) + 1
+    if spec.hosts and len(spec.hosts) != n:
+        raise ValueError(f"hosts needs one address per stage ({n}), got {len(spec.hosts)}")
     ports = []
-    for _ in range(n - 1):
+    for s_i in range(n - 1):
+        if spec.hosts:  # fresh namespaces: any port is free
+            ports.append(29500 + s_i)
+            continue
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             ports.append(s.getsockname()[1])
@@ -198,4 +214,4 @@ def launch_pipeline(spec: StageSpec, *, timeout: float = 240.0) -> list[dict[str
                                  out=f"{spec.out}.{st}.npz" if spec.out else "")
              for st in range(n)]
     return run_workers("jaxlm.offload.pipeline:stage_main", specs, tag="STAGE_RESULT",
-                       what="stage", timeout=timeout)
+                       what="stage", timeout=timeout, prefixes=prefixes)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-_TUPLE_FIELDS = ("overrides", "cuts", "ports", "stage_cuts")
+_TUPLE_FIELDS = ("overrides", "cuts", "ports", "stage_cuts", "hosts")
 
 
 def spec_from_argv(cls: type, argv: Sequence[str] | None = None) -> Any:
@@ -41,6 +41,7 @@ def run_workers(
     what: str,
     timeout: float,
     python: str | None = None,
+    prefixes: Sequence[Sequence[str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Runs one worker per spec and returns their parsed results, in order.
 
@@ -51,6 +52,7 @@ def run_workers(
         what: a word for error messages ("peer", "stage").
         timeout: seconds for all workers together.
         python: interpreter (default: this one).
+        prefixes: per worker, a command prefix (e.g. ``["ip", "netns", "exec", ns]``).
 
     Raises:
         RuntimeError: a worker exited non-zero or printed no result line (its stderr tail
@@ -61,8 +63,8 @@ def run_workers(
     env.pop("XLA_FLAGS", None)  # each worker sets up its own devices
     procs: list[subprocess.Popen] = []
     try:
-        for spec in specs:
-            cmd = [python or sys.executable, "-c", f"from {module} import {func}; {func}()",
+        for w, spec in enumerate(specs):
+            cmd = [*(prefixes[w] if prefixes else []), python or sys.executable, "-c", f"from {module} import {func}; {func}()",
                    json.dumps(dataclasses.asdict(spec))]
             procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, env=env))

@@ -58,3 +58,15 @@ def test_bad_input():
                            ns.AtomSettings(sync="nope"), 4)
     with pytest.raises(ValueError, match="scenario"):
         ns.scenario_settings("Z")
+
+
+def test_measured_calibration_formulas():
+    net = ns.Network(bandwidth=ns.mbps(100), efficiency=0.5, latency=0.01)
+    b = 0.5 * 100e6 / 8  # effective bytes/s
+    # GPipe: (M + S - 1) (C_s + 2A/B + 2 lambda), overlapped: (M + S - 1) max(C_s, c A / B)
+    assert ns.gpipe_step_time(0.01, 1e5, 2, 4, net) == pytest.approx(5 * (0.01 + 2e5 / b + 0.02))
+    assert ns.gpipe_step_time(0.01, 1e5, 2, 4, net, overlap=True, comm_factor=1.0) == (
+        pytest.approx(5 * max(0.01, 1e5 / b)))
+    # local SGD: t_c + (2 (N-1)/N P beta / B + overhead) / H
+    t = ns.local_sgd_step_time(0.05, 1e6, 4.0, 4, net, period=8, round_overhead=0.3)
+    assert t == pytest.approx(0.05 + (2 * 3 / 4 * 4e6 / b + 0.3) / 8)
