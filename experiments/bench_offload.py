@@ -136,7 +136,9 @@ def main(argv):
         micro.append(r)
     results["copy_compute_overlap"] = micro
     if not gpu:  # do copies slow the compute down? (the 2-core CPU's limit, measured)
-        results["contention"] = measure.contention(dev, copy_cores, repeats=max(reps, 5))
+        results["contention"] = measure.contention(
+            dev, copy_cores, compute_cores=part.compute if part else None,
+            repeats=max(reps, 5))
         print("contention", _fmt(results["contention"]))
     # ---- 3. the swap executor at the main point (compute per sub-model > its load)
     sizes = list(GPU_MODEL if big else CPU_MODEL)
@@ -173,6 +175,13 @@ def main(argv):
         traceback.print_exc()
         r = {"error": repr(e)[:400], "eta": float("nan")}
     events = r.pop("events", None)
+    ct = results.get("contention")
+    if ct and "phases" in r and "t_pred_parallel" in r:
+        # the copy core's busy time slows the compute by the measured factor while it runs
+        busy = r["phases"]["h2d_s"] + r["phases"]["d2h_s"] + r["phases"]["update_s"]
+        r["copy_core_busy_s"] = busy
+        r["t_pred_contended"] = r["t_pred_parallel"] + busy * (1 - 1 / ct["slowdown_memcpy"])
+        r["eta_pred_contended"] = r["t_staged_compute_only"] / r["t_pred_contended"]
     print(_fmt(r))
     results["swap"] = r
     if gpu and not _SINGLE.value:  # the alternatives: host optimizer, pageable host copy

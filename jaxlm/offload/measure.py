@@ -352,6 +352,7 @@ def copy_compute_overlap(nbytes: int, host: jax.Device, dev: jax.Device, *,
 
 
 def contention(dev: jax.Device, copy_cores: Sequence[int] | None = None, *,
+               compute_cores: Sequence[int] | None = None,
                nbytes: int = 64 * 2**20, repeats: int = 5) -> dict[str, Any]:
     """Does a concurrent copy slow the compute down? (CPU: do the cores share resources?)
 
@@ -364,10 +365,16 @@ def contention(dev: jax.Device, copy_cores: Sequence[int] | None = None, *,
     ``memcpy`` means shared cache / memory bandwidth. Either makes a copy that "overlaps"
     the compute still cost compute time, capping the overlap efficiency below 1.
 
+    Calibration: ``compute_alone_cpu_per_wall`` (process CPU seconds per wall second of
+    the compute alone: ~1 means XLA really computes on one thread) and, with
+    ``compute_cores``, the spin pinned to the *compute* core (time-slicing one core: ~2x).
+
     Returns:
-        dict with t_compute_alone, t_compute_with_memcpy, t_compute_with_spin, the
-        slowdowns (ratios), memcpy_GBs_alone and memcpy_GBs_during_compute.
+        dict with t_compute_alone, t_compute_with_memcpy, t_compute_with_spin
+        (+ _same_core), the slowdowns (ratios), memcpy_GBs_alone and
+        memcpy_GBs_during_compute.
     """
+    import resource
     import threading
 
     n = nbytes // 4
@@ -382,8 +389,8 @@ def contention(dev: jax.Device, copy_cores: Sequence[int] | None = None, *,
     stop = threading.Event()
     copied = [0, 0.0]
 
-    def bg(kind):
-        eng.pin_thread(copy_cores)
+    def bg(kind, cores):
+        eng.pin_thread(cores)
         t0 = time.perf_counter()
         while not stop.is_set():
             if kind == "memcpy":
@@ -394,10 +401,10 @@ def contention(dev: jax.Device, copy_cores: Sequence[int] | None = None, *,
                     np.sin(small, out=small)
         copied[1] = time.perf_counter() - t0
 
-    def with_bg(kind):
+    def with_bg(kind, cores=copy_cores):
         stop.clear()
         copied[:] = [0, 0.0]
-        th = threading.Thread(target=bg, args=(kind,), daemon=True)
+        th = threading.Thread(target=bg, args=(kind, cores), daemon=True)
         th.start()
         time.sleep(0.002)
         t = _median_time(lambda: f(a), repeats)
@@ -406,13 +413,20 @@ def contention(dev: jax.Device, copy_cores: Sequence[int] | None = None, *,
         return t, copied[0] / max(copied[1], 1e-9) / 1e9
 
     out: dict[str, Any] = {"nbytes": nbytes, "copy_cores": list(copy_cores or [])}
+    r0, w0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     out["t_compute_alone"] = _median_time(lambda: f(a), repeats)
+    r1, w1 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    out["compute_alone_cpu_per_wall"] = ((r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+                                         / (w1 - w0))
     out["t_compute_with_memcpy"], out["memcpy_GBs_during_compute"] = with_bg("memcpy")
     out["t_compute_with_spin"], _ = with_bg("spin")
     out["t_compute_alone_after"] = _median_time(lambda: f(a), repeats)
     base = min(out["t_compute_alone"], out["t_compute_alone_after"])
     out["slowdown_memcpy"] = out["t_compute_with_memcpy"] / base
     out["slowdown_spin"] = out["t_compute_with_spin"] / base
+    if compute_cores:
+        out["t_compute_with_spin_same_core"], _ = with_bg("spin", compute_cores)
+        out["slowdown_spin_same_core"] = out["t_compute_with_spin_same_core"] / base
     t_copy = _median_time(lambda: np.copyto(dst, src), repeats)
     out["memcpy_GBs_alone"] = nbytes / t_copy / 1e9
     return out
