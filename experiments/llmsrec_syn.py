@@ -2,7 +2,8 @@
 
     python -m experiments.llmsrec_syn --config=quick --workdir=runs/llmsrec_syn
     python -m experiments.llmsrec_syn --config=default --override=n_test=200
-    python -m experiments.llmsrec_syn --config=target500 --override=n_llm_users=48
+    python -m experiments.llmsrec_syn --config=target500 --workdir=runs/llmsrec500
+    python -m experiments.llmsrec_syn --config=demos_k --workdir=runs/llmsrec_demos
     python -m experiments.llmsrec_syn --config=default --data_dir=/path/to/ml-1m  # real ML-1M
     python -m experiments.llmsrec_syn --config=default_test --backend=scripted    # no model
 
@@ -34,14 +35,29 @@ def _presets() -> Registry:
     reg: Registry = Registry("llmsrec_syn")
     reg.add("default", RecExpConfig())
     reg.add("quick", QUICK)
-    # the scale target: a 500-user synthetic world, every user evaluated
+    # the scale target: a 500-user synthetic world, every user scored by SmolLM2
+    # with zero-shot and the aggregated demonstration (fast engine, bf16 matmuls with f32
+    # accumulation, per-row length buckets)
+    fast = dict(score_engine="fast", score_mm_dtype="bfloat16", score_attn_dtype="bfloat16",
+                score_row_buckets=True)
     reg.add("target500", RecExpConfig(
         synth=SynthConfig(n_users=500, n_items=400), n_test=500,
-        methods=("zero", "fixed", "nearest:1", "aggregated:2"), scrambled_methods=()))
+        methods=("zero", "aggregated:2"), scrambled_methods=(), **fast))
+    # "more demonstrations do not help": nearest-k and aggregated-k on a user subset
+    reg.add("demos_k", RecExpConfig(
+        synth=SynthConfig(n_users=500, n_items=400), n_test=500, n_llm_users=32,
+        methods=("zero", "nearest:1", "nearest:2", "nearest:4", "aggregated:2",
+                 "aggregated:4"), scrambled_methods=(), sasrec_steps=0, score_len_step=128,
+        **fast))
+    reg.add("demos_k_test", dataclasses.replace(
+        QUICK, synth=SynthConfig(n_users=60, n_items=96, min_len=6, max_len=12), n_test=8,
+        n_llm_users=4, methods=("zero", "nearest:1", "nearest:2"),
+        subset_methods=("aggregated:2",), n_subset_users=2, scrambled_methods=(),
+        sasrec_steps=0, **fast))
     reg.add("target500_test", dataclasses.replace(
         QUICK, synth=SynthConfig(n_users=60, n_items=96, min_len=6, max_len=12), n_test=20,
-        n_llm_users=6, methods=("zero", "fixed", "aggregated:2"), scrambled_methods=(),
-        sasrec_steps=5))
+        n_llm_users=6, methods=("zero", "aggregated:2"), scrambled_methods=(),
+        sasrec_steps=5, **fast))
     tiny = dataclasses.replace(QUICK, synth=SynthConfig(n_users=60, n_items=96, min_len=6,
                                                         max_len=12), n_test=8, sasrec_steps=5)
     reg.add("default_test", tiny)

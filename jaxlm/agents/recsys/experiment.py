@@ -31,7 +31,9 @@ class RecExpConfig:
         n_test: test users evaluated (a seeded random subset of split users).
         methods: LLM methods as "strategy:k" (k ignored by zero/fixed).
         scrambled_methods: methods rerun on the scrambled-titles copy.
-        norm: ranking value from scoring: "pmi", "mean" or "sum" (all three are recorded).
+        norm: ranking value from scoring: "sum", "mean" or "pmi" (all three are recorded).
+            Default "sum": the context-free PMI ranks below random on this data (the ground
+            truth's context-free log-prob is higher than the negatives'; see README).
         mode: "score" (scoring tier) or "generate" (text tier + parser).
         n_candidates, max_his_len: task sizes (20, 10).
         sasrec_steps: SASRec training steps (0 = skip).
@@ -40,6 +42,14 @@ class RecExpConfig:
             compiled shapes, more padding).
         n_llm_users: LLM methods run on the first this-many test users (None = all);
             the classic baselines always use all ``n_test``.
+        subset_methods: further LLM methods run only on the first ``n_subset_users`` LLM
+            users (e.g. expensive many-demonstration prompts).
+        score_engine: "auto" | "fast" | "core" (see ``RecScorer``).
+        score_mm_dtype, score_attn_dtype: fast-engine matmul / attention input dtypes
+            ("float32" or "bfloat16"; accumulation, norms and softmax stay float32).
+        score_row_buckets: pad each scoring row to its own length bucket (less padding).
+        partial_every: score LLM users in blocks of this many and write ``partial.json``
+            after each block (0 = one block).
         seed: candidate/demo seed.
     """
 
@@ -48,7 +58,7 @@ class RecExpConfig:
     methods: tuple[str, ...] = ("zero", "fixed", "random:1", "recency:1", "nearest:1",
                                 "nearest:3", "aggregated:2", "aggregated:5")
     scrambled_methods: tuple[str, ...] = ("zero", "aggregated:2")
-    norm: str = "pmi"
+    norm: str = "sum"
     mode: str = "score"
     n_candidates: int = 20
     max_his_len: int = 10
@@ -56,6 +66,13 @@ class RecExpConfig:
     score_rows: int = 1
     score_len_step: int = 64
     n_llm_users: int | None = None
+    subset_methods: tuple[str, ...] = ()
+    n_subset_users: int = 48
+    score_engine: str = "auto"
+    score_mm_dtype: str = "float32"
+    score_attn_dtype: str = "float32"
+    score_row_buckets: bool = False
+    partial_every: int = 100
     seed: int = 0
 
 
@@ -134,14 +151,18 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
     if len(llm_users) < len(users):  # baselines on exactly the LLM users, for comparison
         for name in list(per_user):
             per_user[f"{name} [LLM users]"] = per_user[name][: len(llm_users)]
-    runs = [(m, False) for m in cfg.methods] + [(m, True) for m in cfg.scrambled_methods]
+    runs = ([(m, False, llm_users) for m in cfg.methods]
+            + [(m, False, llm_users[: cfg.n_subset_users]) for m in cfg.subset_methods]
+            + [(m, True, llm_users) for m in cfg.scrambled_methods])
     sdata = scramble_titles(data, cfg.seed)
     scorer = None
     if cfg.mode == "score" and all(hasattr(backend, a) for a in ("params", "cfg", "tokenizer")):
         from jaxlm.agents.recsys.scoring import RecScorer
 
-        scorer = RecScorer.from_backend(backend, rows=cfg.score_rows,
-                                         len_step=cfg.score_len_step)
+        scorer = RecScorer.from_backend(
+            backend, rows=cfg.score_rows, len_step=cfg.score_len_step, engine=cfg.score_engine,
+            mm_dtype=cfg.score_mm_dtype, attn_dtype=cfg.score_attn_dtype,
+            row_buckets=cfg.score_row_buckets)
     null_cache: dict[str, float] = {}
     if scorer is not None:
         t1 = time.time()
@@ -153,15 +174,16 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
         for ch, (s, _) in zip(chunks, res, strict=True):
             null_cache.update(zip(ch, s, strict=True))
         timing["null_prompt_s"] = time.time() - t1
-    for m, scr in runs:
+    for m, scr, m_users in runs:
         pc = dataclasses.replace(parse_method(m), max_his_len=cfg.max_his_len,
                                  n_candidates=cfg.n_candidates)
         d = sdata if scr else data
         pool = DemoPool(d, split, pc, seed=cfg.seed)
         name = f"{m}{' (scrambled)' if scr else ''}"
         t1 = time.time()
+        tok0 = scorer.stats.real_tokens if scorer is not None else 0
         prompts, titles, groups = [], [], []
-        for u in llm_users:
+        for u in m_users:
             hist = split.test_hist[u][-pc.max_his_len:]
             c = cands[u][0]
             demos = pool.demos_for(u, split.test_hist[u])
@@ -172,12 +194,21 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
             tokens.setdefault(name, []).append(count_tokens(backend, prompts[-1]))
         if scorer is not None:
             conts = [[f" {t}\n" for t in ts] for ts in titles]
-            res = scorer.score([p + "1." for p in prompts], conts, bar=bar, desc=name,
-                               groups=groups)
             allvals = []
-            for (s, n), cs in zip(res, conts, strict=True):
-                allvals.append({"sum": s, "mean": s / np.maximum(n, 1),
-                                "pmi": s - np.array([null_cache[c] for c in cs])})
+            step = cfg.partial_every or len(prompts)
+            for b0 in range(0, len(prompts), step):  # blocks of users; partial results saved
+                sl = slice(b0, b0 + step)
+                res = scorer.score([p + "1." for p in prompts[sl]], conts[sl], bar=bar,
+                                   desc=name, groups=groups[sl])
+                for (s, n), cs in zip(res, conts[sl], strict=True):
+                    allvals.append({"sum": s, "mean": s / np.maximum(n, 1),
+                                    "pmi": s - np.array([null_cache[c] for c in cs])})
+                if outdir is not None and len(allvals) < len(prompts):
+                    part = [rank_metrics(v[cfg.norm], cands[u][1])
+                            for u, v in zip(m_users, allvals, strict=False)]
+                    _write_partial(outdir, cfg, timing, per_user,
+                                   {f"{name} (first {len(part)} users)": part},
+                                   time.time() - t1)
         elif cfg.mode == "score":
             allvals = [score_candidates(backend, p, ts, null_prompt=NULL_PROMPT,
                                         null_cache=null_cache)
@@ -188,7 +219,7 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
                 s, matched = rank_by_generation(backend, p, ts)
                 allvals.append({"gen": s})
                 extra.setdefault(f"{name}|parsed", []).append({"parsed": float(matched > 0)})
-        for u, vals in zip(llm_users, allvals, strict=True):
+        for u, vals in zip(m_users, allvals, strict=True):
             if cfg.mode == "score":
                 record(name, u, vals[cfg.norm])
                 for nm in ("sum", "mean", "pmi"):
@@ -196,7 +227,12 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
                         rank_metrics(vals[nm], cands[u][1]))
             else:
                 record(name, u, vals["gen"])
-        timing[f"{name}_s_per_user"] = (time.time() - t1) / len(llm_users)
+        timing[f"{name}_s"] = time.time() - t1
+        if outdir is not None:  # partial results survive an interrupted long run
+            _write_partial(outdir, cfg, timing, per_user, {}, 0.0)
+        if scorer is not None:
+            timing[f"{name}_scored_tokens"] = scorer.stats.real_tokens - tok0
+        timing[f"{name}_s_per_user"] = (time.time() - t1) / len(m_users)
     if scorer is not None:
         st = scorer.stats
         timing.update({"score_calls": st.calls, "score_compiled_shapes": len(st.shapes),
@@ -224,11 +260,14 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
     n10 = {name: [r["NDCG@10"] for r in rows] for name, rows in per_user.items()}
     for a, b in [("aggregated:2", "nearest:1"), ("aggregated:2", "zero"),
                  ("aggregated:2", "fixed"), ("fixed", "zero"), ("nearest:2", "nearest:1"),
-                 ("nearest:1", "zero"), ("nearest:3", "nearest:1"),
+                 ("nearest:4", "nearest:1"), ("nearest:4", "nearest:2"),
+                 ("nearest:1", "zero"), ("nearest:3", "nearest:1"), ("aggregated:2", "nearest:2"),
+                 ("aggregated:4", "aggregated:2"), ("aggregated:4", "nearest:4"),
                  ("aggregated:5", "aggregated:2"), ("zero", "zero (scrambled)"),
                  ("aggregated:2", "aggregated:2 (scrambled)")]:
-        if a in n10 and b in n10:
-            paired[f"{a} - {b}"] = paired_diff(n10[a], n10[b], seed=cfg.seed)
+        if a in n10 and b in n10:  # methods on a user subset: pair on the common users
+            k = min(len(n10[a]), len(n10[b]))  # (every method's users prefix the LLM users)
+            paired[f"{a} - {b}"] = paired_diff(n10[a][:k], n10[b][:k], seed=cfg.seed)
     res = {"table": table, "per_user": per_user, "norms": norms, "paired": paired,
            "timing": timing, "random_floor": random_floor(cfg.n_candidates),
            "n_users": len(users), "n_llm_users": len(llm_users), "config": repr(cfg),
@@ -240,6 +279,17 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
             {k: v for k, v in res.items() if k != "per_user"}, indent=1, default=str))
         res["plot"] = str(plot_table(table, outdir / "llmsrec_ndcg10.png"))
     return res
+
+
+def _write_partial(outdir, cfg: RecExpConfig, timing: dict, per_user: dict, extra: dict,
+                   running_s: float) -> None:
+    """NDCG@10 (mean, 95% CI) of everything finished so far -> ``outdir/partial.json``."""
+    pathlib.Path(outdir).mkdir(parents=True, exist_ok=True)
+    rows = {**per_user, **extra}
+    (pathlib.Path(outdir) / "partial.json").write_text(json.dumps(
+        {"timing": timing, "running_method_s": running_s,
+         "NDCG@10": {k: summarize(v, n_boot=500, seed=cfg.seed).get("NDCG@10")
+                     for k, v in rows.items()}}, indent=1, default=str))
 
 
 def plot_table(table: Sequence[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
