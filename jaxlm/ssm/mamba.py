@@ -49,6 +49,7 @@ class MambaConfig:
         dt_min, dt_max, dt_init_floor, dt_scale: dt initialisation.
         scan_mode: "sequential" | "associative" | "chunked".
         chunk: chunk length for the chunked scan.
+        scan_inner: scan inside a chunk ("associative" | "sequential": the fused chunk loop).
         unroll: lax.scan unroll of the sequential loops (1 compiles fastest).
     """
 
@@ -63,6 +64,7 @@ class MambaConfig:
     dt_scale: float = 1.0
     scan_mode: str = "sequential"
     chunk: int = 64
+    scan_inner: str = "associative"
     unroll: int = 1
 
     @property
@@ -152,7 +154,7 @@ def branch_apply(
     xc = silu(causal_conv(x, p["conv_w"], p["conv_b"]))
     dt, a, bm, cm = _ssm_inputs(p, cfg, xc)
     out = selective_scan(xc, dt, a, bm, cm, p["D"], mode=cfg.scan_mode, chunk=cfg.chunk,
-                         unroll=cfg.unroll, return_state=return_state)
+                         inner=cfg.scan_inner, unroll=cfg.unroll, return_state=return_state)
     y, h = out if return_state else (out, None)
     if reverse:
         y = jnp.flip(y, 1)

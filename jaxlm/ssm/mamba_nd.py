@@ -116,12 +116,16 @@ class NDConfig:
         order_scheme: "alternating" | "raster" | "bilayer" | "factorised".
         mixer: "mamba" | "bi" | "nd" | "split".
         residual: "prenorm" | "mamba_nd".
-        head: "cls" (mean-pool -> LN -> Linear) | "dense" (per-token Linear -> un-patchify).
+        head: "cls" (pool -> LN -> Linear) | "dense" (per-token Linear -> un-patchify).
+        pool: token pooling of the "cls" head: "mean" (Mamba-ND, ViT) or "max" (a
+            translation-invariant detector; learns much faster at tiny scale).
         n_classes: classes for "cls".
         out_channels: channels per pixel for "dense".
-        scan_mode, chunk, unroll: selective-scan implementation.
+        scan_mode, chunk, scan_inner, unroll: selective-scan implementation.
         n_heads, mlp_ratio: ViT.
         lstm_hidden: BiLSTM hidden size per direction.
+        pos_std: std of the learned position embedding's truncated-normal init (0.02 in
+            Mamba-ND / ViT). Shared by every ``kind``.
     """
 
     kind: str = "mamba_nd"
@@ -137,14 +141,17 @@ class NDConfig:
     mixer: str = "mamba"
     residual: str = "prenorm"
     head: str = "cls"
+    pool: str = "mean"
     n_classes: int = 10
     out_channels: int = 1
     scan_mode: str = "sequential"
     chunk: int = 64
+    scan_inner: str = "associative"
     unroll: int = 1
     n_heads: int = 4
     mlp_ratio: int = 4
     lstm_hidden: int = 32
+    pos_std: float = 0.02
 
     @property
     def token_grid(self) -> tuple[int, ...]:
@@ -154,7 +161,7 @@ class NDConfig:
     def mamba(self) -> MambaConfig:
         return MambaConfig(d_model=self.d_model, d_state=self.d_state, expand=self.expand,
                            d_conv=self.d_conv, scan_mode=self.scan_mode, chunk=self.chunk,
-                           unroll=self.unroll)
+                           scan_inner=self.scan_inner, unroll=self.unroll)
 
 
 def validate(cfg: NDConfig) -> None:
@@ -168,7 +175,7 @@ def validate(cfg: NDConfig) -> None:
     choices = dict(kind=("mamba_nd", "vit", "bilstm", "s4nd"),
                    order_scheme=("alternating", "raster", "bilayer", "factorised"),
                    mixer=("mamba", "bi", "nd", "split"), residual=("prenorm", "mamba_nd"),
-                   head=("cls", "dense"))
+                   head=("cls", "dense"), pool=("mean", "max"))
     for f, ok in choices.items():
         if getattr(cfg, f) not in ok:
             raise ValueError(f"NDConfig.{f}={getattr(cfg, f)!r}; choose one of {ok}")
@@ -194,7 +201,7 @@ def embed_init(key: jax.Array, cfg: NDConfig) -> dict:
     return {
         "w": torch_linear_init(k1, fan_in, (fan_in, cfg.d_model)),
         "b": torch_linear_init(k2, fan_in, (cfg.d_model,)),
-        "pos_embed": trunc_normal(k3, (*cfg.token_grid, cfg.d_model), 0.02),
+        "pos_embed": trunc_normal(k3, (*cfg.token_grid, cfg.d_model), cfg.pos_std),
     }
 
 
@@ -242,7 +249,8 @@ def head_init(key: jax.Array, cfg: NDConfig) -> dict:
 def head_apply(p: dict, cfg: NDConfig, h: jax.Array) -> jax.Array:
     """h [B, *token_grid, D] -> logits [B, n_classes] or fields [B, *grid, out_channels]."""
     if cfg.head == "cls":
-        pooled = h.reshape(h.shape[0], -1, h.shape[-1]).mean(1)
+        tokens = h.reshape(h.shape[0], -1, h.shape[-1])
+        pooled = tokens.max(1) if cfg.pool == "max" else tokens.mean(1)
         return layernorm(p["norm"], pooled) @ p["w"] + p["b"]
     return unpatchify(layernorm(p["norm"], h) @ p["w"] + p["b"], cfg.patch, cfg.out_channels)
 

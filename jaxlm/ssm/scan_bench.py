@@ -36,15 +36,23 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxlm.ssm.scan import _combine, selective_scan
+from jaxlm.ssm.scan import _combine, channel_mesh, selective_scan, selective_scan_sharded
 from jaxlm.utils.bench import time_fn
 
-# name -> selective_scan kwargs
+# name -> selective_scan kwargs. "chunked" = fused chunk loop + hand-written chunk VJP
+# (chunk 16: at (2, 1024, 256, 16) on a 2-core CPU, chunks 8 and 16 tied and 32 was slower).
 JAXLM_VARIANTS: dict[str, dict] = {
     "sequential": dict(mode="sequential", unroll=8),
     "associative": dict(mode="associative"),
-    "chunked": dict(mode="chunked", chunk=64, inner="sequential", unroll=8),
+    "chunked": dict(mode="chunked", chunk=16, inner="sequential"),
     "chunked_assoc": dict(mode="chunked", chunk=32, inner="associative"),
+}
+# the same scans with the channels split over every local device (``selective_scan_sharded``);
+# measured only when more than one device is present (CPU: the entry point creates one
+# device per core).
+SHARDED_VARIANTS: dict[str, dict] = {
+    "chunked_alldev": dict(mode="chunked", chunk=16, inner="sequential"),
+    "sequential_alldev": dict(mode="sequential", unroll=8),
 }
 
 
@@ -87,10 +95,28 @@ def device_bandwidth_gbs(nbytes: int = 256 * 2**20) -> float:
     return 2 * nbytes / t / 1e9
 
 
-def _loss_jaxlm(kw):
+def _scan_fn(kw, mesh=None):
+    if mesh is None:
+        return lambda *a: selective_scan(*a, **kw)
+    return lambda *a: selective_scan_sharded(*a, mesh=mesh, **kw)
+
+
+def _loss_jaxlm(kw, mesh=None):
+    fn = _scan_fn(kw, mesh)
+
     def loss(x, dt, A, B, C, D, w):
-        return (selective_scan(x, dt, A, B, C, D, **kw) * w).sum()
+        return (fn(x, dt, A, B, C, D) * w).sum()
     return loss
+
+
+def all_variants(dch: int) -> list[tuple[str, dict, Any]]:
+    """(name, kwargs, mesh or None) of every jaxlm scan measured for D = ``dch`` channels."""
+    out = [(k, kw, None) for k, kw in JAXLM_VARIANTS.items()]
+    n = jax.local_device_count()
+    if n > 1 and dch % n == 0:
+        mesh = channel_mesh(n)
+        out += [(k, kw, mesh) for k, kw in SHARDED_VARIANTS.items()]
+    return out
 
 
 def _naive_assoc(a, b):
@@ -105,30 +131,36 @@ def _plain_scan(a, b):
     return jnp.swapaxes(hs, 0, 1)
 
 
-def bench_jax(inp: dict, repeats: int, variants=JAXLM_VARIANTS, log=print) -> dict[str, Any]:
-    """Times jaxlm scans (raw inputs) and JAX anchors (materialised a, b)."""
+def bench_jax(inp: dict, repeats: int, variants=None, log=print) -> dict[str, Any]:
+    """Times jaxlm scans (raw inputs) and JAX anchors (materialised a, b).
+
+    Every timing is a median of ``repeats`` calls after warm-up (compile + 1 call).
+    ``variants``: list of (name, kwargs, mesh) (default ``all_variants``).
+    """
     dev = {k: jnp.asarray(v) for k, v in inp.items()}
     args = (dev["x"], dev["dt"], dev["A"], dev["B"], dev["C"], dev["D"])
     w = jnp.asarray(np.random.default_rng(1).normal(size=inp["x"].shape).astype(np.float32))
     out: dict[str, Any] = {}
-    for name, kw in variants.items():
-        fwd = jax.jit(lambda *a, kw=kw: selective_scan(*a, **kw))
-        grad = jax.jit(jax.grad(_loss_jaxlm(kw), argnums=(0, 1, 2, 3, 4, 5)))
+    if variants is None:
+        variants = all_variants(inp["x"].shape[-1])
+    for name, kw, mesh in variants:
+        fwd = jax.jit(_scan_fn(kw, mesh))
+        grad_fn = jax.grad(_loss_jaxlm(kw, mesh), argnums=(0, 1, 2, 3, 4, 5))
+        grad = jax.jit(grad_fn)
         t0 = time.perf_counter()
         jax.block_until_ready(fwd(*args))
         jax.block_until_ready(grad(*args, w))
         compile_s = time.perf_counter() - t0
         tf = time_fn(lambda fwd=fwd: fwd(*args).block_until_ready(), repeats=repeats)["median"]
         tg = time_fn(lambda grad=grad: jax.block_until_ready(grad(*args, w)),
-                     repeats=max(3, repeats // 2))["median"]
-        out[name] = dict(fwd_s=tf, fwdbwd_s=tg, compile_s=compile_s,
-                         fwd_bytes=compiled_bytes(lambda *a, kw=kw: selective_scan(*a, **kw),
-                                                  *args),
-                         fwdbwd_bytes=compiled_bytes(jax.grad(_loss_jaxlm(kw), argnums=(0, 1, 2,
-                                                                                        3, 4, 5)),
-                                                     *args, w))
-        log(f"  jaxlm {name:<14} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tg * 1e3:8.2f} ms  "
-            f"mem(f+b) {out[name]['fwdbwd_bytes'] / 2**20:8.1f} MiB")
+                     repeats=repeats)["median"]
+        out[name] = dict(fwd_s=tf, fwdbwd_s=tg, compile_s=compile_s, kwargs=kw,
+                         devices=1 if mesh is None else int(mesh.size),
+                         fwd_bytes=compiled_bytes(_scan_fn(kw, mesh), *args),
+                         fwdbwd_bytes=compiled_bytes(grad_fn, *args, w))
+        log(f"  jaxlm {name:<18} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tg * 1e3:8.2f} ms  "
+            f"mem(f+b) {out[name]['fwdbwd_bytes'] / 2**20:8.1f} MiB"
+            + ("" if mesh is None else f"  ({mesh.size} devices)"))
     # anchors from materialised (B, L, D, N) tensors
     mat = jax.jit(lambda dt, A, x, B: (jnp.exp(dt[..., None] * A),
                                        (dt * x)[..., None] * B[:, :, None, :]))
@@ -139,7 +171,7 @@ def bench_jax(inp: dict, repeats: int, variants=JAXLM_VARIANTS, log=print) -> di
         grad = jax.jit(jax.grad(lambda a, b, fn=fn: (fn(a, b) * wab).sum(), argnums=(0, 1)))
         tf = time_fn(lambda fwd=fwd: fwd(a, b).block_until_ready(), repeats=repeats)["median"]
         tg = time_fn(lambda grad=grad: jax.block_until_ready(grad(a, b)),
-                     repeats=max(3, repeats // 2))["median"]
+                     repeats=repeats)["median"]
         out[name] = dict(fwd_s=tf, fwdbwd_s=tg, fwdbwd_bytes=compiled_bytes(
             jax.grad(lambda a, b, fn=fn: (fn(a, b) * wab).sum(), argnums=(0, 1)), a, b))
         log(f"  anchor {name:<22} fwd {tf * 1e3:8.2f} ms  fwd+bwd {tg * 1e3:8.2f} ms")
@@ -153,17 +185,25 @@ def bench_jax(inp: dict, repeats: int, variants=JAXLM_VARIANTS, log=print) -> di
     return out
 
 
-def bench_torch(inp: dict, repeats: int, log=print,
-                loop_max_len: int | None = None) -> dict[str, Any]:
-    """mambapy pscan and a naive loop over materialised (a, b); {} if torch is missing."""
+def bench_torch(inp: dict, repeats: int, log=print, loop_max_len: int = 4096,
+                threads: int | None = None) -> dict[str, Any]:
+    """mambapy pscan and a naive loop over materialised (a, b); {} if torch is missing.
+
+    Same process as the JAX timings, after warm-up (2 calls), medians of ``repeats`` calls
+    for both fwd and fwd+bwd. On CPU torch uses ``threads`` intra-op threads (default: one
+    per core, ``os.cpu_count()``), set explicitly so an oversubscribed default cannot slow
+    the anchor down.
+    """
     try:
         import torch
     except ImportError:
         log("  torch not installed: torch anchors skipped")
         return {}
+    import os
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    if loop_max_len is None:  # the autograd loop is very slow on CPU beyond this
-        loop_max_len = 4096 if device == "cuda" else 1024
+    if device == "cpu":
+        torch.set_num_threads(threads or os.cpu_count() or 1)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     t = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in inp.items()}
     with torch.no_grad():
@@ -204,8 +244,8 @@ def bench_torch(inp: dict, repeats: int, log=print,
 
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
-        tf = time_fn(fwd, repeats=repeats)["median"]
-        tg = time_fn(fwdbwd, repeats=max(3, repeats // 2))["median"]
+        tf = time_fn(fwd, repeats=repeats, warmup=2)["median"]
+        tg = time_fn(fwdbwd, repeats=repeats, warmup=2)["median"]
         res = dict(fwd_s=tf, fwdbwd_s=tg)
         if device == "cuda":
             res["peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -218,8 +258,9 @@ def one_tensor_bytes(bsz, length, dch, n, bytes_per=4) -> int:
     return bytes_per * bsz * length * dch * n
 
 
-def best_variant(res: dict, key: str) -> tuple[str, float]:
-    cands = {k: res[k][key] for k in JAXLM_VARIANTS if k in res}
+def best_variant(res: dict, key: str, single_device: bool = False) -> tuple[str, float]:
+    names = list(JAXLM_VARIANTS) + ([] if single_device else list(SHARDED_VARIANTS))
+    cands = {k: res[k][key] for k in names if k in res}
     name = min(cands, key=cands.get)
     return name, cands[name]
 
@@ -228,12 +269,13 @@ def summarize(bsz, length, dch, n, res: dict, floor: dict) -> dict:
     """Derived ratios for one shape."""
     s: dict[str, Any] = {}
     for key in ("fwd_s", "fwdbwd_s"):
-        name, t = best_variant(res, key)
-        s[f"best_{key}"] = {"variant": name, "seconds": t}
-        if "mambapy_pscan" in res:
-            s[f"speedup_vs_mambapy_{key}"] = res["mambapy_pscan"][key] / t
-        if "torch_loop" in res:
-            s[f"speedup_vs_torch_loop_{key}"] = res["torch_loop"][key] / t
+        for single, tag in ((False, ""), (True, "_1dev")):
+            name, t = best_variant(res, key, single_device=single)
+            s[f"best{tag}_{key}"] = {"variant": name, "seconds": t}
+            if "mambapy_pscan" in res:
+                s[f"speedup{tag}_vs_mambapy_{key}"] = res["mambapy_pscan"][key] / t
+            if "torch_loop" in res:
+                s[f"speedup{tag}_vs_torch_loop_{key}"] = res["torch_loop"][key] / t
     best = s["best_fwd_s"]["seconds"]
     s["floors_s"] = {
         "issue_plain_lax_scan_materialised": res["jax_plain_scan"]["fwd_s"],
@@ -246,6 +288,13 @@ def summarize(bsz, length, dch, n, res: dict, floor: dict) -> dict:
     s["best_fwd_over_floor_model"] = best / floor["floor_s"]
     s["best_fwd_over_floor_exp"] = best / res["exp_sum_fused_BLDN"]["fwd_s"]
     s["best_fwd_over_exp_BLDN"] = best / res["exp_over_BLDN"]["fwd_s"]
+    bestg = s["best_fwdbwd_s"]["seconds"]
+    s["best_fwdbwd_over_floor_issue_fwdbwd"] = bestg / res["jax_plain_scan"]["fwdbwd_s"]
+    # backward ~ 2-3x the forward's bytes (spec Sec. 6): model floor of fwd+bwd = 3x fwd floor
+    s["best_fwdbwd_over_floor_model"] = bestg / (3 * floor["floor_s"])
+    # an exact fwd+bwd evaluates exp(dt A) at least twice (forward, and recomputed or re-read
+    # in the backward): twice the fused exp-sum floor
+    s["best_fwdbwd_over_floor_exp"] = bestg / (2 * res["exp_sum_fused_BLDN"]["fwd_s"])
     one = one_tensor_bytes(bsz, length, dch, n)
     s["one_BLDN_tensor_bytes"] = one
     for k in JAXLM_VARIANTS:
