@@ -1,30 +1,44 @@
 """Swap benchmark: H2D/D2H bandwidth, copy/compute overlap and the swap executor's overlap.
 
     python -m experiments.bench_offload --quick        # CPU, ~1-2 min; every target evaluated
-    python -m experiments.bench_offload --gpu_large    # GPU (on by default when a GPU is the
-                                                       # device): d=2048 GPT blocks, 16x2048
-                                                       # tokens per sub-model, ~3-5 min
-    # the one-command GPU pass (H100/H200):
+    python -m experiments.bench_offload                # CPU, ~2.5 min (+ sweep of 5 shapes)
+    # the one-command GPU pass (H100/H200; GPU sizes are automatic on a GPU, ~4-6 min):
     python -m experiments.bench_offload --gpu_large --repeats=5 --out_dir=runs/bench
 
-Writes runs/bench/offload.json (+ offload_timeline.png, offload_sweep.png). Device choice is
+Writes <out_dir>/offload.json (+ offload_timeline.png, offload_sweep.png). Device choice is
 automatic: on a GPU the compute device is the GPU and the host is the CPU backend; on CPU the
 "device" is a second CPU device (jax_num_cpu_devices=2) and copies are real numpy memcpys
-run by the copy-engine threads. On CPU, XLA's compute is limited to --cpu_compute_threads
-threads (default 1: single-threaded Eigen) and --cpu_pin (default on) pins the copy-engine
-and host-update threads to the last core and the main thread to the others, so that a 2-core
-box behaves like one compute core plus one "copy engine" core, as a GPU has DMA engines
-beside its SMs. The anchors run under the same settings.
+run by the copy-engine threads.
+
+CPU settings: --cpu_compute_threads=1 (default) sets --xla_cpu_multi_thread_eigen=false;
+--cpu_pin (default on) pins the copy-engine and host-update threads to the last core and the
+main thread to the others; --cpu_pin_xla also pins XLA's worker threads to the compute core
+(measured: without it XLA:CPU keeps ~1.85 cores busy during a "single-threaded" compute, so
+the copy threads share a core with it). A contention probe measures how much a memcpy (or a
+cache-resident spin) on the copy core slows the compute, and ``t_pred_contended`` adds that
+slowdown over the copy core's busy time to the section-4.3 prediction.
+
+GPU settings (--gpu_large): gptj-tiny_test with n_layers=8, d_model=2048, 16 heads x 128,
+d_ff=8192, one block per sub-model (~200 MB fp32), batch 16 x 2048 tokens per swap (quick:
+4 layers, 8 x 2048); sweep 2/8/16 x 2048. The main swap runs use opt_mode
+device-per-submodel with pinned_host masters (no host-side hops: jax.device_put between
+the GPU's pinned_host and the CPU backend allocates fresh pages, ~1.5 GB/s), then host-eager
+and pageable for comparison; the fused monolithic anchor is skipped at full size (no remat,
+would not fit).
 
 Targets: the swap executor's overlap efficiency (the spec's eta_swap) eta = t(staged compute,
-all resident, no copies) / t(swap step) >= 0.9 in a configuration where the forward compute
-of every sub-model exceeds the load time of the next (the precondition, measured from a
-serial step where each copy and compute runs alone, is a target of its own), and the
-copy/compute micro-benchmark's overlap efficiency (T_c + T_l - T_both) / min(T_c, T_l) >= 0.9.
-The sweep (thread vs none over tokens per sub-model) shows eta against compute/load, with the
-section-4.3 prediction from the serial phases. On a GPU the H2D bandwidth is compared with
-the card's PCIe figure. CPU timings need a quiet machine: run under
-/work/helper_notes/timed (the shared lock), and report the load it prints.
+all resident, no copies) / t(swap step) >= 0.9 (best prefetching mode) in a configuration
+where the forward compute of every sub-model exceeds the load time of the next (the
+precondition, measured from a serial step where each copy and compute runs alone, is a
+target of its own), and the copy/compute micro-benchmark's overlap efficiency
+(T_c + T_l - T_both) / min(T_c, T_l) >= 0.9. The sweep (thread vs none over tokens per
+sub-model) shows eta against compute/load with the section-4.3 prediction from the serial
+phases. On a GPU the H2D bandwidth is compared with the card's PCIe figure. CPU timings need
+a quiet machine: run under /work/helper_notes/timed and report the load it prints.
+
+Measured (CPU, 2 vCPUs, jax 0.12, quiet window, load 1.1-1.3, --repeats=7): main point 4x64
+(compute/load min 3.3): eta thread 0.876, dispatch 0.920, none 0.790 (predicted 0.970,
+contention-adjusted 0.876); 8x64 (ratio 6.8): thread 0.914, none 0.893.
 """
 
 from __future__ import annotations
@@ -47,6 +61,10 @@ _CPU_THREADS = flags.DEFINE_integer("cpu_compute_threads", 1, "XLA:CPU compute t
                                     "before JAX starts; ignored when a GPU plugin is installed.")
 _CPU_PIN = flags.DEFINE_bool("cpu_pin", True, "CPU only: copy/update threads on the last core, "
                              "the main (dispatching) thread on the others.")
+_CPU_PIN_XLA = flags.DEFINE_bool("cpu_pin_xla", False, "CPU only, with --cpu_pin: also pin XLA's "
+                                 "existing worker threads to the compute cores (a strict "
+                                 "one-core-compute / one-core-copy split; the anchors then run "
+                                 "on one core too).")
 _OPT = flags.DEFINE_enum("host_opt", "sgd", ["sgd", "adam"], "Host optimizer of the overlap "
                          "runs (sgd: the update does not mask the copy/compute overlap).")
 _SWAP_OVERRIDE = flags.DEFINE_multi_string("swap_override", [], "Extra model overrides for "
@@ -100,6 +118,8 @@ def main(argv):
     if not gpu and _CPU_PIN.value:
         jax.devices()  # XLA's thread pools exist before the main thread is pinned
         part = engines.partition_cores(1)
+    if part and _CPU_PIN_XLA.value:
+        engines.pin_process_threads(part.compute)
     copy_cores = part.copy if part else None
     big = _GPU_LARGE.value or gpu
     quick = _QUICK.value
@@ -107,7 +127,9 @@ def main(argv):
     results: dict = {"host": str(host), "device": str(dev), "platform": dev.platform,
                      "device_kind": dev.device_kind, "jax": jax.__version__,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
-                     "core_partition": part.describe() if part else None,
+                     "core_partition": (part.describe() + (" (XLA threads pinned too)" if
+                                                            _CPU_PIN_XLA.value else ""))
+                     if part else None,
                      "host_memory": engines.choose_host_memory(dev).__dict__,
                      "zero_copy_cpu_device": engines.zero_copy_supported(dev),
                      "loadavg_start": os.getloadavg()}

@@ -279,6 +279,30 @@ def partition_cores(n_copy: int = 1) -> CorePartition | None:
     return part
 
 
+def pin_process_threads(cores: Any) -> int:
+    """Pins every *existing* thread of this process to ``cores`` (Linux ``/proc/self/task``).
+
+    Use after JAX has started (``jax.devices()``) to confine XLA:CPU's worker threads to
+    the compute cores: XLA parallelises fusions over its own pool and its idle workers spin,
+    so pinning only the dispatching thread leaves them on every core. Threads created later
+    (the copy engines) are not affected. Returns the number of threads pinned.
+    """
+    if not cores or not hasattr(os, "sched_setaffinity"):
+        return 0
+    n = 0
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, set(cores))
+            n += 1
+        except OSError:  # the thread exited meanwhile
+            pass
+    return n
+
+
 class CopyEngine:
     """One worker thread running copies in submission order (a copy stream).
 
