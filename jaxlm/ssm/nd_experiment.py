@@ -109,6 +109,9 @@ PRESETS: Registry[ExperimentConfig] = Registry("mamba_nd experiment")
 # lifts ViT on 8x8 digits from 34% to 56% at 300 steps (S4ND 58 -> 66%). Hence for every model:
 # max-pooled heads, 4x4 canvas patches (16 tokens: 4x cheaper steps), 600 canvas steps, and
 # 4x4x4 video tubelets (32 tokens instead of 64).
+# Measured (session 3, quiet 2 cores, load 1.1-1.7): 10:49 wall, 1081 s CPU. Canvas test
+# accuracy (3 seeds, chance 10%): Mamba-ND 54.9 +- 1.4, BiLSTM 46.3, S4ND 41.2, ViT 37.5 (pixel
+# SVC 37.9); moving-digit direction: all four networks 75.6-77.9% (a tie).
 PRESETS.add("full", ExperimentConfig(
     tasks=("canvas", "video", "video_pred", "pde"), forecast_models=("mamba_nd", "vit"),
     ablations=("raster", "factorised"), ablation_task="canvas", d_model=24, depth=4,
