@@ -71,10 +71,11 @@ _SWAP_OVERRIDE = flags.DEFINE_multi_string("swap_override", [], "Extra model ove
                                            "the swap runs (field=value).")
 _SWAP_BATCH = flags.DEFINE_integer("swap_batch", 0, "Batch of the main swap point (0: preset).")
 _SWAP_SEQ = flags.DEFINE_integer("swap_seq", 0, "Sequence length of the main point (0: preset).")
-_OPT_MODE = flags.DEFINE_enum("swap_opt_mode", "auto", ["auto", "host-eager", "device-per-submodel"],
+_OPT_MODE = flags.DEFINE_enum("swap_opt_mode", "auto",
+                              ["auto", "host-eager", "device-per-submodel"],
                               "Optimizer placement of the main swap runs (auto: "
                               "device-per-submodel on a GPU, whose host hops are slow; "
-                              "host-eager on CPU, where the update runs on the copy core).")
+                              "host-eager on CPU).")
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
 
 # PCIe x16 per-direction theoretical bandwidth (GB/s) by card name fragment

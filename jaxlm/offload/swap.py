@@ -26,10 +26,11 @@ copy and the next computation one after the other), ``thread`` (copy engines: an
 thread prefetches, a D2H worker thread offloads gradients and an update worker thread applies
 the host-eager update while backward continues; on CPU the copies are numpy memcpys into
 aligned staging slots, which release the GIL, so they really run beside XLA's compute, and
-``copy_cores`` pins the three workers to cores XLA does not use (``engines.CorePartition``);
-per-phase telemetry is always on) and ``none`` (serial anchor). Host placement: ``engines.choose_host_memory``
-(``pinned_host`` mirror on accelerators that list it, detected; CPU-backend master
-otherwise).
+``copy_cores`` pins the three workers to given cores (``engines.CorePartition``; XLA's own
+worker threads stay where they are unless ``engines.pin_process_threads`` moves them);
+per-phase telemetry is always on) and ``none`` (serial anchor). Host placement:
+``engines.choose_host_memory`` (``pinned_host`` mirror on accelerators that list it,
+detected; CPU-backend master otherwise).
 
 ``resident_step`` is the all-resident reference (one jitted step over the monolithic
 model with the same optax transformation); ``staged_resident_step`` runs the same
