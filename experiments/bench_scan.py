@@ -99,7 +99,8 @@ def main(argv):
               f"materialised a, b) {fl['issue_plain_lax_scan_materialised'] * 1e3:.2f} ms "
               f"[x{summ['best_fwd_over_floor_issue']:.2f}], bandwidth/compute model "
               f"{fl['model_bandwidth_compute'] * 1e3:.3f} ms "
-              f"[x{summ['best_fwd_over_floor_model']:.1f}], fused exp-sum {fl['exp_sum_fused_BLDN'] * 1e3:.2f} ms "
+              f"[x{summ['best_fwd_over_floor_model']:.1f}], fused exp-sum "
+              f"{fl['exp_sum_fused_BLDN'] * 1e3:.2f} ms "
               f"[x{summ['best_fwd_over_floor_exp']:.2f}]")
         print(f"  best fwd+bwd {summ['best_fwdbwd_s']['variant']} "
               f"{summ['best_fwdbwd_s']['seconds'] * 1e3:.2f} ms; 1 device "

@@ -82,8 +82,8 @@ def run(ctx: RunContext) -> Section:
              f"patch {tuple(cfg.pred_patch)} (RMSE vs persistence and pixel ridge); "
              f"PDE {cfg.pde_grid}x{cfg.pde_grid} "
              f"tracer advection + variable-coefficient heat, {cfg.pde_traj} trajectories. "
-             "Accuracy in %, forecasts as RMSE (lower is better). Tiny models, far from the paper's "
-             "ImageNet/HMDB/ERA5 scale: this tests the design, not the headline numbers.")
+             "Accuracy in %, forecasts as RMSE (lower is better). Tiny models, far from the "
+             "paper's ImageNet/HMDB/ERA5 scale: this tests the design, not the headline numbers.")
     return Section(
         title=TITLE,
         claim=("Mamba-ND (Li et al., 2024) stacks unmodified 1D Mamba layers and alternates the "
