@@ -19,6 +19,12 @@ strategy's prompts at once:
   rows per jitted call: one compiled program per strategy (plus one prefill when a prefix
   is shared), and strategies whose rows round to the same length share it.
 
+* **Two engines.** ``engine="fast"`` (default where supported) runs ``fastlm``: layers in a
+  ``lax.scan``, block-causal attention chunks (the half of the score matrix above the
+  diagonal is never computed), the LM head only at slots that predict candidate tokens, and
+  optional bf16 matmuls with f32 accumulation. ``engine="core"`` runs ``jaxlm.core.apply``
+  with a dense [T, S] bias. Both equal ``jaxlm.core.generate.score`` to 1e-4 in float32.
+
 This is the recommender's private copy of what a general prefix-reusing scorer in
 ``jaxlm.llm`` offers; see the module docstring of ``experiment.py`` for how it is used.
 """
