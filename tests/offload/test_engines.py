@@ -65,6 +65,21 @@ def test_cpu_copy_is_a_real_copy():
     assert eng.aligned_empty((3, 5), np.float32).ctypes.data % eng.ALIGN == 0
 
 
+def _steps_match_resident(tr, cfg, tx, params, batches):
+    """Steps `tr` and the all-resident train step side by side; yields each swap StepStats.
+
+    Asserts equal losses every step and equal parameters (relative 1e-5) at the end.
+    """
+    ref_step = swap.make_resident_step(cfg, tx)
+    p, s = params, tx.init(params)
+    for b in batches:
+        st = tr.step(b)
+        p, s, ref_loss = ref_step(p, s, b)
+        assert abs(st.loss - float(ref_loss)) < 1e-5
+        yield st
+    assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < 1e-5
+
+
 @pytest.mark.parametrize("prefetch,host_memory,opt_mode", [
     ("thread", "auto", "host-eager"), ("dispatch", "pinned_host", "host-at-sync"),
     # the H200 run's failing path: pinned mirror, copy engines, per-sub-model host update
@@ -74,14 +89,8 @@ def test_modes_match_resident(prefetch, host_memory, opt_mode):
     tx = optax.adamw(1e-2, weight_decay=0.1) if opt_mode == "host-eager" else optax.sgd(0.5)
     tr = swap.SwapTrainer(cfg, params, tx, [1, 2, 3], prefetch=prefetch,
                           host_memory=host_memory, opt_mode=opt_mode)
-    ref_step = swap.make_resident_step(cfg, tx)
-    p, s = params, tx.init(params)
-    for b in batches[:2]:
-        st = tr.step(b)
-        p, s, ref_loss = ref_step(p, s, b)
-        assert abs(st.loss - float(ref_loss)) < 1e-5
+    for st in _steps_match_resident(tr, cfg, tx, params, batches[:2]):
         assert st.h2d_bytes == 2 * sum(tr.sub_bytes) - tr.sub_bytes[-1]
-    assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < 1e-5
     if host_memory == "pinned_host":
         assert all(x.sharding.memory_kind == "pinned_host" for x in jax.tree.leaves(tr.pinned))
         assert not tr.notes  # the pinned D2H hop (device -> pinned_host -> host) was used
@@ -213,16 +222,10 @@ def test_device_per_submodel_matches_resident(prefetch, host_memory):
     tx = optax.adamw(1e-2, weight_decay=0.1)
     tr = swap.SwapTrainer(cfg, params, tx, [1, 2, 3], prefetch=prefetch,
                           host_memory=host_memory, opt_mode="device-per-submodel")
-    ref_step = swap.make_resident_step(cfg, tx)
-    p, s = params, tx.init(params)
-    for b in batches[:2]:
-        st = tr.step(b)
-        p, s, ref_loss = ref_step(p, s, b)
-        assert abs(st.loss - float(ref_loss)) < 1e-5
+    for st in _steps_match_resident(tr, cfg, tx, params, batches[:2]):
         ns = sum(tr.state_bytes)
         assert ns > 0 and st.d2h_bytes == sum(tr.sub_bytes) + ns  # params + Adam state back
         assert st.h2d_bytes == 2 * sum(tr.sub_bytes) - tr.sub_bytes[-1] + ns
-    assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < 1e-5
     kind = "pinned_host" if host_memory == "pinned_host" else "device"
     assert all(x.sharding.memory_kind == kind for x in jax.tree.leaves((tr.master,
                                                                         tr.opt_state)))
