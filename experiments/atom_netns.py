@@ -91,7 +91,7 @@ def main(argv):
     out = pathlib.Path(_WORKDIR.value)
     out.mkdir(parents=True, exist_ok=True)
     stale = netns.cleanup()  # leftovers of earlier crashed runs
-    a_steps, p_steps = (9, 5) if _QUICK.value else (17, 9)
+    a_steps, p_steps = (13, 6) if _QUICK.value else (33, 21)
     rows: list[dict] = []
     t_start = time.time()
     from tqdm import tqdm
@@ -99,9 +99,8 @@ def main(argv):
     with netns.Topology(_PEERS.value, None, 0.0) as topo:
         for rate in tqdm([None, *rates], desc="atom_netns"):
             topo.shape(rate, _DELAY.value if rate else 0.0)
-            probe = netns.measure_transfer(topo, 0, 1, 2_000_000 if rate and rate < 200
-                                           else 8_000_000)
             nbytes = 2_000_000 if rate and rate < 200 else 8_000_000
+            probe = netns.measure_transfer(topo, 0, 1, nbytes)
             atom = netns.atom_point(topo, str(out / "hive"), steps=a_steps,
                                     period=_PERIOD.value)
             pipe = netns.pipeline_point(topo, steps=p_steps, micro=_MICRO.value)
@@ -126,20 +125,16 @@ def main(argv):
     c_s = b0["pipeline"]["median_step_s"] / (m + s_n - 1)
     a0 = b0["atom"]
     overhead = a0["round_s"]  # unshaped veth: transfer ~0, the rest is protocol
-    tok_atom_step = _PEERS.value * 8 * 32  # peers x batch x seq per local step
-    for r in rows:
-        if not r["rate_mbit"]:
-            continue
-        eff = min(r["tcp_mbit"] / r["rate_mbit"], 1.0)
-        net = ns.Network(bandwidth=ns.mbps(r["rate_mbit"]), efficiency=eff,
-                         latency=_DELAY.value * 1e-3)
-        # Atom over the measured window: n_steps compute + n_rounds rounds
-        t_round = ns.allreduce_time(_PEERS.value, n_params, 4.0, net) + overhead
-        k, rounds = r["atom"]["n_steps"], r["atom"]["n_rounds"]
-        t_win = k * a0["compute_s_per_step"] + rounds * t_round
-        r["pred_atom_tokens_per_s"] = k * tok_atom_step / t_win
-        r["pred_atom_step_s_H"] = ns.local_sgd_step_time(
-            a0["compute_s_per_step"], n_params, 4.0, _PEERS.value, net, _PERIOD.value, overhead)
+    for r in rows:  # the unshaped row: a self-consistency check at the probed TCP rate
+        rate = r["rate_mbit"] or r["tcp_mbit"]
+        eff = min(r["tcp_mbit"] / rate, 1.0)
+        net = ns.Network(bandwidth=ns.mbps(rate), efficiency=eff,
+                         latency=_DELAY.value * 1e-3 if r["rate_mbit"] else 0.0)
+        # Atom: N b s tokens per local step of t_c + (all-reduce + round overhead) / H
+        a = r["atom"]
+        t_step = ns.local_sgd_step_time(a0["compute_s_per_step"], n_params, 4.0, _PEERS.value,
+                                        net, _PERIOD.value, overhead)
+        r["pred_atom_tokens_per_s"] = _PEERS.value * a["batch"] * a["seq"] / t_step
         act = r["pipeline"]["act_bytes"]
         toks = r["pipeline"]["tokens_per_s"] * r["pipeline"]["median_step_s"]
         # spec section 4.5 as printed (2A per micro-batch, no overlap) .. an egress-aware
@@ -164,11 +159,15 @@ def main(argv):
           f"{n_params / 1e3:.0f}k params); Atom: local SGD, average every {_PERIOD.value} "
           f"steps; pipeline: GPipe, {m} micro-batches")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
+    print("| rate (Mbit/s) | TCP (Mbit/s) | Atom tok/s | Atom predicted | Atom round s | "
+          "Atom sync frac | pipeline tok/s | pipeline predicted (no overlap .. overlap) |")
     for r in rows:
-        print({k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()
-               if k not in ("atom", "pipeline")},
-              "atom", round(r["atom"]["tokens_per_s"]), "pipe",
-              round(r["pipeline"]["tokens_per_s"]))
+        a, p = r["atom"], r["pipeline"]
+        print(f"| {r['rate_mbit'] or 'unshaped'} | {r['tcp_mbit']:.0f} | {a['tokens_per_s']:.0f} | "
+              f"{r['pred_atom_tokens_per_s']:.0f} | {a['round_s']:.2f} | "
+              f"{a['sync_fraction']:.2f} | {p['tokens_per_s']:.0f} | "
+              f"{r['pred_pipe_tokens_per_s_no_overlap']:.0f} .. "
+              f"{r['pred_pipe_tokens_per_s_overlap']:.0f} |")
 
 
 if __name__ == "__main__":

@@ -260,16 +260,17 @@ def wait_gone(names: list[str], timeout: float = 5.0) -> bool:
 
 
 # ------------------------------------------------------------------ measured points
-def atom_point(topo: Topology | None, workdir: str, *, steps: int = 17, batch: int = 8,
+def atom_point(topo: Topology | None, workdir: str, *, steps: int = 25, batch: int = 8,
                seq: int = 32, period: int = 4, overrides: tuple[str, ...] = ("n_layers=2",),
                matchmaking_s: float = 0.5, timeout: float = 240.0) -> dict:
     """Atom-style data-parallel peers (``hive`` local SGD, averaging every ``period`` steps),
-    one per namespace of ``topo`` (or on loopback when None). Steady-state tokens/s over the
-    window from the end of each peer's first step (compile) to its last step.
+    one per namespace of ``topo`` (or on loopback when None). Tokens/s of all peers together
+    over the window in which every peer is past its first (compiling) step and not finished.
 
     Returns:
-        {tokens_per_s, n_steps, n_rounds, window_s, round_s (mean), compute_s_per_step,
-         n_params, peers}.
+        {tokens_per_s, window_s, n_rounds_per_peer, round_s (median), compute_s_per_step
+         (median step interval), sync_fraction (time in rounds / window), group_sizes, peers,
+         period, batch, seq, raw (per-peer step end times and round logs)}.
     """
     from jaxlm.offload import hive
 
@@ -283,21 +284,26 @@ def atom_point(topo: Topology | None, workdir: str, *, steps: int = 17, batch: i
     pre = {i: topo.exec_prefix(i) for i in range(n)} if topo is not None else {}
     res = hive.launch_hive(base, n, per_peer=per, prefix_cmds=pre, timeout=timeout,
                            workdir=workdir)
-    tok, win, n_steps, rounds, round_s = 0.0, [], 0, 0, []
-    for r in res:
-        t0, t1 = r["step_end_t"][0], r["step_end_t"][-1]
-        k = len(r["step_end_t"]) - 1
-        tok += k * batch * seq / (t1 - t0)
-        in_win = [e for e in r["round_log"] if t0 < e["t_end"] <= t1]
-        win.append(t1 - t0)
-        n_steps, rounds = k, len(in_win)
-        round_s += [e["s"] for e in in_win]
-    mean_round = float(sum(round_s) / max(len(round_s), 1))
-    window = float(sum(win) / len(win))
-    return {"tokens_per_s": tok, "n_steps": n_steps, "n_rounds": rounds, "window_s": window,
-            "round_s": mean_round,
-            "compute_s_per_step": (window - rounds * mean_round) / max(n_steps, 1),
-            "group_sizes": [r["group_sizes"] for r in res], "peers": n}
+    import numpy as np
+
+    # the common window in which every peer is past its first (compiling) step
+    t0 = max(r["step_end_t"][0] for r in res)
+    t1 = min(r["step_end_t"][-1] for r in res)
+    tokens = sum(sum(1 for t in r["step_end_t"] if t0 < t <= t1) for r in res) * batch * seq
+    rounds = [e for r in res for e in r["round_log"] if t0 < e["t_end"] <= t1]
+    gaps = np.concatenate([np.diff(r["step_end_t"]) for r in res])
+    window = t1 - t0
+    # the median round: the first one also holds the wait for peers still compiling
+    round_s = float(np.median([e["s"] for e in rounds])) if rounds else 0.0
+    in_window = sum(min(e["s"], e["t_end"] - t0) for e in rounds)
+    return {"tokens_per_s": tokens / window if window > 0 else float("nan"),
+            "window_s": window, "n_rounds_per_peer": len(rounds) / n, "round_s": round_s,
+            # a step interval without a round is compute (+ DHT progress bookkeeping)
+            "compute_s_per_step": float(np.median(gaps)),
+            "sync_fraction": in_window / n / window if window > 0 else 0.0,
+            "group_sizes": [r["group_sizes"] for r in res], "peers": n, "period": period,
+            "batch": batch, "seq": seq,
+            "raw": [{k: r[k] for k in ("step_end_t", "round_log")} for r in res]}
 
 
 def pipeline_point(topo: Topology | None, *, steps: int = 8, micro: int = 4, batch: int = 4,
