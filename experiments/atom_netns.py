@@ -156,7 +156,7 @@ def main(argv):
     (out / "atom_netns.json").write_text(json.dumps(result, indent=1))
     _plot(rows, out / "atom_netns.png",
           f"{_PEERS.value} processes in network namespaces, gptj-tiny (2 blocks, "
-          f"{n_params / 1e3:.0f}k params); Atom: local SGD, average every {_PERIOD.value} "
+          f"{n_params / 1e3:.0f}k params);\nAtom: local SGD, average every {_PERIOD.value} "
           f"steps; pipeline: GPipe, {m} micro-batches")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))
     print("| rate (Mbit/s) | TCP (Mbit/s) | Atom tok/s | Atom predicted | Atom round s | "
