@@ -17,7 +17,7 @@ step() {  # step <seconds> <name> <command...>
 nvidia-smi --query-gpu=name,memory.total,driver_version,pcie.link.gen.max,pcie.link.width.max \
   --format=csv >>"$LOG" 2>&1
 $PY -c "import jax; print('jax', jax.__version__, jax.devices())" >>"$LOG" 2>&1
-step ${T_OFFLOAD:-150} offload  $PY -m experiments.bench_offload --quick
+step ${T_OFFLOAD:-400} offload  $PY -m experiments.bench_offload --gpu_large --repeats=5
 step ${T_GEN:-120} generate $PY -m experiments.bench_generate --random_weights --no_hf --quick --name=generate_gpu
 step ${T_GEN16:-60} generate_bf16 $PY -m experiments.bench_generate --random_weights --no_hf --quick --dtype=bfloat16 --name=generate_gpu_bf16
 step ${T_SCAN:-90} scan     $PY -m experiments.bench_scan --quick --no_torch
