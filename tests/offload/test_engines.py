@@ -13,7 +13,7 @@ from jaxlm.offload import scan_offload as so
 from jaxlm.offload import stages as stg
 from jaxlm.offload import swap
 
-from .test_swap import ZERO_GRAD, _max_rel, _setup
+from .test_swap import ZERO_GRAD, _max_rel, _setup, _steps_match_resident
 
 
 @dataclasses.dataclass
@@ -63,21 +63,6 @@ def test_cpu_copy_is_a_real_copy():
         assert not np.shares_memory(np.asarray(out[k]), np.asarray(tree[k]))
     assert eng.zero_copy_supported(dev) in (True, False)
     assert eng.aligned_empty((3, 5), np.float32).ctypes.data % eng.ALIGN == 0
-
-
-def _steps_match_resident(tr, cfg, tx, params, batches):
-    """Steps `tr` and the all-resident train step side by side; yields each swap StepStats.
-
-    Asserts equal losses every step and equal parameters (relative 1e-5) at the end.
-    """
-    ref_step = swap.make_resident_step(cfg, tx)
-    p, s = params, tx.init(params)
-    for b in batches:
-        st = tr.step(b)
-        p, s, ref_loss = ref_step(p, s, b)
-        assert abs(st.loss - float(ref_loss)) < 1e-5
-        yield st
-    assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < 1e-5
 
 
 @pytest.mark.parametrize("prefetch,host_memory,opt_mode", [

@@ -1,7 +1,6 @@
 """Swap executor: same parameters as all-resident training; stage functions equal the model."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -56,6 +55,21 @@ def test_split_merge_roundtrip_and_stage_grads():
     assert _max_rel(g_full, ref_g) < 1e-5
 
 
+def _steps_match_resident(tr, cfg, tx, params, batches, tol=1e-5):
+    """Steps `tr` and the all-resident train step side by side; yields each swap StepStats.
+
+    Asserts equal losses every step and equal parameters (relative `tol`) at the end.
+    """
+    ref_step = swap.make_resident_step(cfg, tx)
+    p, s = params, tx.init(params)
+    for b in batches:
+        st = tr.step(b)
+        p, s, ref_loss = ref_step(p, s, b)
+        assert abs(st.loss - float(ref_loss)) < 1e-5
+        yield st
+    assert _max_rel(tr.params(), p, skip=ZERO_GRAD) < tol
+
+
 @pytest.mark.parametrize("opt_mode,cuts", [("host-eager", [1, 2, 3]), ("host-at-sync", [1, 3])])
 def test_swap_matches_resident(opt_mode, cuts):
     cfg, params, batches = _setup()
@@ -68,16 +82,10 @@ def test_swap_matches_resident(opt_mode, cuts):
     trainer = swap.SwapTrainer(cfg, params, tx, cuts, opt_mode=opt_mode)
     assert trainer.num_submodels == len(cuts) + 1
     assert trainer.dev != trainer.host  # 4 fake CPU devices: real copies
-    ref_step = swap.make_resident_step(cfg, tx)
-    p, s = params, tx.init(params)
-    for b in batches:
-        st = trainer.step(b)
-        p, s, ref_loss = ref_step(p, s, b)
-        assert abs(st.loss - float(ref_loss)) < 1e-5
+    tol = 1e-5 if opt_mode == "host-eager" else 1e-6  # f32 round-off (Adam amplifies it)
+    for st in _steps_match_resident(trainer, cfg, tx, params, batches, tol):
         # every sub-model is loaded twice except the last (resident through backward)
         assert st.h2d_bytes == 2 * sum(trainer.sub_bytes) - trainer.sub_bytes[-1]
-    tol = 1e-5 if opt_mode == "host-eager" else 1e-6  # f32 round-off (Adam amplifies it)
-    assert _max_rel(trainer.params(), p, skip=ZERO_GRAD) < tol
     moved = _max_rel(trainer.params(), params)
     assert moved > 1e-3  # the params did change
 
