@@ -366,7 +366,7 @@ class SwapTrainer:
         b = jax.device_put(b, self._dev_sh)
         xs: list[Any] = [None] * kn
         dev: list[Any] = [None] * kn
-        h2d = d2h = 0
+        h2d = 0
 
         def load(k):
             if self._cpu_copy:

@@ -9,7 +9,6 @@ import pytest
 
 from jaxlm.core import MODELS, init
 from jaxlm.offload import peers
-from jaxlm.offload import stages as stg
 from jaxlm.offload.swap import make_resident_step
 from jaxlm.utils.config import apply_overrides
 
