@@ -215,7 +215,7 @@ def score_rows(sp, toks, pos, seg, pred, tgt, pre_k, pre_v, pre_pos, *, cfg: Mod
     return jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
 
 
-def empty_prefix(cfg: ModelConfig, mm_dtype: Any = jnp.float32) -> tuple[np.ndarray, ...]:
+def empty_prefix(cfg: ModelConfig) -> tuple[np.ndarray, ...]:
     """A zero-length prefix (k, v [L, 1, 0, K, Dh], pos [1, 0])."""
     kv = np.zeros((cfg.n_layers, 1, 0, cfg.n_kv_heads, cfg.head_dim), np.float32)
     return kv, kv, np.zeros((1, 0), np.int32)

@@ -158,7 +158,8 @@ class RecScorer:
             raise ValueError("RecScorer: mm_dtype applies to engine='fast' only")
         self.engine, self.mm_dtype, self.chunk = engine, mm_dtype, chunk
         self.attn_dtype, self.row_buckets = attn_dtype, row_buckets
-        self.params = jax.tree.map(jnp.asarray, params)
+        # one device copy of the weights: the fast engine's stacked layout, or core's pytree
+        self.params = jax.tree.map(jnp.asarray, params) if engine == "core" else None
         self.sp = fastlm.prepare_params(params, cfg, mm_dtype) if engine == "fast" else None
         self.cfg, self.tokenizer = cfg, tokenizer
         self.rows, self.len_step, self.min_shared = rows, len_step, min_shared
