@@ -74,7 +74,14 @@ def _load_cached(path: str, dtype: str) -> Pretrained:
         cfg, params = load_safetensors(p)
         return Pretrained(cfg, params, None, p)
     cfg, params = load_gguf(p, dtype=dtype)
-    return Pretrained(cfg, params, tokenizer_from_gguf(p), p)
+    tok = tokenizer_from_gguf(p)
+    if tok.vocab_size > cfg.vocab_size:
+        raise WeightsError(
+            f"{p}: the tokenizer has {tok.vocab_size} tokens but the model only "
+            f"{cfg.vocab_size} embeddings, so some ids would index past the table; the file's "
+            "metadata is inconsistent: re-export it."
+        )
+    return Pretrained(cfg, params, tok, p)
 
 
 def load(name_or_path: str | os.PathLike, dtype: str = "float32") -> Pretrained:

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxlm.core.config import ModelConfig
+from jaxlm.core.config import ConfigError, ModelConfig
 from jaxlm.weights.errors import WeightsError
+from jaxlm.weights.validate import check_shapes
 
 
 def _read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
@@ -43,6 +44,85 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     if rp.get("rope_type", "default") not in ("default", None):
         raise WeightsError(f"RoPE scaling {rp.get('rope_type')!r} is not supported yet")
     return float(rp.get("rope_theta", 10000.0))
+
+
+MAX_CONFIG_BYTES = 1 << 20
+# Keys each model_type needs (all positive integers) and optional keys with their types.
+_REQUIRED = {
+    "llama": ("hidden_size", "num_attention_heads", "num_hidden_layers", "intermediate_size",
+              "vocab_size"),
+    "gpt2": ("n_embd", "n_head", "n_layer", "vocab_size", "n_positions"),
+    "gptj": ("n_embd", "n_head", "n_layer", "vocab_size", "n_positions"),
+}
+_REQUIRED["mistral"] = _REQUIRED["qwen2"] = _REQUIRED["llama"]
+_OPTIONAL_INT = ("num_key_value_heads", "head_dim", "max_position_embeddings", "n_inner",
+                 "rotary_dim")
+_OPTIONAL_FLOAT = ("rms_norm_eps", "layer_norm_epsilon", "rope_theta")
+
+
+def check_hf_config(hf: Any, where) -> dict[str, Any]:
+    """``config.json`` contents checked for the keys and types the loader reads."""
+    if not isinstance(hf, dict):
+        raise WeightsError(f"{where}: config.json must hold a JSON object, got "
+                           f"{type(hf).__name__}; fix or re-export config.json.")
+    mt = hf.get("model_type")
+    if mt not in _REQUIRED:
+        raise WeightsError(
+            f"{where}: model_type {mt!r} is not supported; jaxlm loads llama/mistral/qwen2, gpt2 "
+            "and gptj safetensors checkpoints (set model_type in config.json)."
+        )
+
+    def bad(key, want):
+        v = hf[key]
+        raise WeightsError(f"{where}: config.json key {key!r} must be {want}, got {v!r} "
+                           f"({type(v).__name__}); fix config.json.")
+
+    for key in _REQUIRED[mt]:
+        if key not in hf:
+            raise WeightsError(
+                f"{where}: config.json has no {key!r} (model_type {mt!r} needs "
+                f"{', '.join(_REQUIRED[mt])}); fix or re-export config.json."
+            )
+    for key in (*_REQUIRED[mt], *_OPTIONAL_INT):
+        v = hf.get(key)
+        if key in _REQUIRED[mt] or v is not None:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 < v <= 1 << 24:
+                bad(key, "a positive integer")
+    for key in _OPTIONAL_FLOAT:
+        v = hf.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))
+                              or not 0 < v < 1e12):
+            bad(key, "a positive number")
+    if "tie_word_embeddings" in hf and not isinstance(hf["tie_word_embeddings"], bool):
+        bad("tie_word_embeddings", "true or false")
+    if "rope_parameters" in hf and not isinstance(hf["rope_parameters"] or {}, dict):
+        bad("rope_parameters", "an object")
+    d, h = (hf["hidden_size"], hf["num_attention_heads"]) if mt in ("llama", "mistral", "qwen2") \
+        else (hf["n_embd"], hf["n_head"])
+    if d % h and not hf.get("head_dim"):
+        raise WeightsError(f"{where}: the number of heads {h} does not divide the width {d} in "
+                           "config.json (and no head_dim is given); fix config.json.")
+    return hf
+
+
+def read_hf_config(folder: pathlib.Path) -> dict[str, Any]:
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        raise WeightsError(f"{folder}: config.json is missing; an HF checkpoint folder needs it.")
+    if cfg_file.stat().st_size > MAX_CONFIG_BYTES:
+        raise WeightsError(f"{cfg_file} is larger than {MAX_CONFIG_BYTES >> 20} MiB; it is not a "
+                           "model config: fix or re-export it.")
+    try:
+        hf = json.loads(cfg_file.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise WeightsError(f"{cfg_file} is not UTF-8 text ({e.reason} at byte {e.start}); fix "
+                           "or re-export config.json.") from None
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{cfg_file} is not valid JSON ({e.msg} at line {e.lineno}, column "
+                           f"{e.colno}); fix or re-export config.json.") from None
+    except RecursionError:
+        raise WeightsError(f"{cfg_file} nests too deeply to be a model config; fix it.") from None
+    return check_hf_config(hf, cfg_file)
 
 
 def config_from_hf(hf: dict[str, Any], path) -> ModelConfig:
@@ -87,11 +167,11 @@ def load_safetensors(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
     folder = pathlib.Path(path)
     if not folder.is_dir():
         raise WeightsError(f"checkpoint folder not found: {folder}")
-    cfg_file = folder / "config.json"
-    if not cfg_file.exists():
-        raise WeightsError(f"{folder}: config.json is missing; an HF checkpoint folder needs it.")
-    hf = json.loads(cfg_file.read_text())
-    cfg = config_from_hf(hf, folder)
+    hf = read_hf_config(folder)
+    try:
+        cfg = config_from_hf(hf, folder)
+    except ConfigError as e:
+        raise WeightsError(f"{folder}/config.json describes an invalid model ({e}); fix it.") from None
     w = _read_tensors(folder)
     mt = hf["model_type"]
     try:
@@ -103,6 +183,13 @@ def load_safetensors(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
             params = _llama(w, cfg)
     except KeyError as e:
         raise WeightsError(f"{folder}: tensor {e} is missing; the checkpoint is incomplete.") from None
+    except ValueError as e:  # a reshape that the tensor sizes do not allow
+        raise WeightsError(
+            f"{folder}: the tensors do not match config.json ({e}); the config's sizes "
+            "(hidden size, heads, layers, vocab) and the weights disagree: fix config.json or "
+            "re-export the checkpoint."
+        ) from None
+    check_shapes(params, cfg, folder)
     return cfg, params
 
 
