@@ -69,7 +69,8 @@ def test_rome_edit_hits_v_star_and_touches_nothing_else(preset, consistent):
         toks, pos, _ = hooks.pad_batch([e.ids])
         h = np.asarray(hooks.capture(params, cfg, toks, pos, layer=0, site="mlp_hidden"))
         k_ctx.append(h[0, e.subject_last])
-    np.testing.assert_allclose(info.k_star, np.mean(k_ctx, 0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(info.k_star, np.mean(k_ctx, 0), rtol=1e-5,
+                               atol=1e-5 * np.abs(info.k_star).max())
     # pure: the input is unchanged; only layers[0].mlp.w_down differs
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.array, params))
     changed = io.diff_params(params, new)
@@ -83,7 +84,7 @@ def test_rome_with_estimated_covariance(tiny, tmp_path):
                                       cache_dir=tmp_path)
     c = covs[0]
     assert c.shape == (cfg.d_ff, cfg.d_ff)
-    np.testing.assert_allclose(c, c.T, atol=1e-12)
+    np.testing.assert_allclose(c, c.T, rtol=0, atol=1e-5 * np.abs(c).max())  # float32 k^T k
     # matches an independent float64 estimate from captured keys
     chunks = cov_lib.token_chunks(TOK, 512, 64)
     k = np.asarray(hooks.capture(params, cfg, chunks, np.broadcast_to(np.arange(64), chunks.shape),

@@ -72,7 +72,7 @@ def test_antithetic_batch_keeps_restricted_support_invariant():
         x = ls.antithetic_batch(xh, u)
         f = teacher(x)
         p = ls.restrict_support(parts, u)
-        np.testing.assert_allclose(p["w"] @ u, 0.0, atol=1e-15)
+        np.testing.assert_allclose(p["w"] @ u, 0.0, atol=1e-13 * np.abs(np.asarray(p["w"])).max())
         g = jax.grad(mf.loss_two_timescale)(p, x, f, 1e-6)
         along = np.abs(np.asarray(g["w"] @ u)).max()
         assert along < 1e-12 * np.abs(np.asarray(g["w"])).max()

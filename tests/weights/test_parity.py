@@ -43,7 +43,10 @@ def test_smollm2_matches_golden_transformers_logits(smol):
         assert list(toks[0]) == smol.tokenizer.encode(str(g["prompts"][i]))  # tokenizer parity
         ours = np.asarray(apply(smol.params, smol.cfg, jnp.asarray(toks)).logits[0])
         assert _rel(ours[:, g["vocab_ids"]], g["logits"][i, :n]) < 1e-3
-        assert (ours.argmax(-1) == g["argmax"][i, :n]).all()
+        # same top-1 token, except at near-ties that float32 rounding may flip
+        gold = g["argmax"][i, :n]
+        gap = ours.max(-1) - ours[np.arange(n), gold]
+        assert np.all((ours.argmax(-1) == gold) | (gap <= 1e-4 * np.abs(ours).max(-1)))
 
 
 @needs_smol
