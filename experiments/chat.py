@@ -23,8 +23,47 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for sampling.")
 
 
+def _utf8_problem(flag: str, text: str | None) -> str | None:
+    """A message if ``text`` (decoded from argv with surrogateescape) is not valid UTF-8."""
+    if text is None:
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raw = text[e.start:e.end].encode("utf-8", "surrogateescape")
+        return (f"--{flag} is not valid UTF-8 (byte 0x{raw[0]:02x} at character {e.start}); "
+                "pass the text in UTF-8")
+    return None
+
+
+def flag_errors() -> list[str]:
+    """Every problem with the flags, each one line naming the flag and the fix (no imports of
+    jax or the weights: this runs before anything is loaded or compiled)."""
+    import math
+
+    errors = []
+    temp, top_p = _TEMP.value, _TOP_P.value
+    if not math.isfinite(temp) or temp < 0:
+        errors.append(f"--temperature={temp} must be a finite number >= 0 (0 = greedy)")
+    if not math.isfinite(top_p) or not 0.0 < top_p <= 1.0:
+        errors.append(f"--top_p={top_p} must be in (0, 1] (1 = off)")
+    if _TOP_K.value < 0:
+        errors.append(f"--top_k={_TOP_K.value} must be >= 0 (0 = off)")
+    if _MAX_NEW.value < 1:
+        errors.append(f"--max_new_tokens={_MAX_NEW.value} must be >= 1")
+    for flag, text in (("prompt", _PROMPT.value), ("system", _SYSTEM.value)):
+        problem = _utf8_problem(flag, text)
+        if problem:
+            errors.append(problem)
+    return errors
+
+
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        sys.exit(f"error: unexpected arguments {argv[1:]}; pass options as --flag=value")
+    errors = flag_errors()
+    if errors:
+        sys.exit("error: " + "\nerror: ".join(errors))
     from absl import logging
 
     logging.set_verbosity(logging.WARNING)
@@ -32,7 +71,12 @@ def main(argv):
 
     from jaxlm.core.generate import SamplingConfig, stream
     from jaxlm.weights import WeightsError, load
+    from jaxlm.weights.registry import locate
 
+    try:
+        locate(_MODEL.value)  # a missing model fails here, before anything is read
+    except WeightsError as e:
+        sys.exit(f"error: --model: {e}")
     try:
         sampling = SamplingConfig(_TEMP.value, _TOP_K.value, _TOP_P.value)
     except ValueError as e:
@@ -41,16 +85,19 @@ def main(argv):
     try:
         m = load(_MODEL.value)
     except WeightsError as e:
-        sys.exit(f"error: {e}")
+        sys.exit(f"error: --model: {e}")
     if m.tokenizer is None:
         sys.exit(f"error: {_MODEL.value} has no tokenizer (chat needs a GGUF with tokenizer metadata)")
-    print(f"[loaded {m.path.name} in {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
     messages = []
     if _SYSTEM.value:
         messages.append({"role": "system", "content": _SYSTEM.value})
     messages.append({"role": "user", "content": _PROMPT.value})
     tok = m.tokenizer
-    ids = tok.encode_chat(messages)
+    try:
+        ids = tok.encode_chat(messages)  # the template is untrusted: sandboxed, clear errors
+    except WeightsError as e:
+        sys.exit(f"error: --model: {e}")
+    print(f"[loaded {m.path.name} in {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
     params = jax.device_put(m.params)
     t0 = time.perf_counter()
     out: list[int] = []

@@ -41,6 +41,11 @@ def locate(name: str) -> pathlib.Path:
         p = pathlib.Path(name)
         if p.exists():
             return p
+        if os.sep in name or name.endswith((".gguf", ".safetensors")):
+            raise WeightsError(
+                f"model file or folder not found: {p}; check the path (a .gguf file or an HF "
+                f"safetensors folder), or use one of {names()}."
+            )
         raise WeightsError(
             f"unknown model {name!r}: use one of {names()} or a path to a .gguf file / HF "
             "safetensors folder."

@@ -332,3 +332,60 @@ def test_safetensors_config_disagreeing_with_tensors(tmp_path):
     (folder / "config.json").write_text(json.dumps({**hf, "intermediate_size": 40}))
     with pytest.raises(WeightsError, match=r"ckpt: parameter layers/0/mlp/w_down has shape \(48, 32\).*d_ff=40.*implies \(40, 32\)"):
         load_safetensors(folder)
+
+
+# ---------------------------------------------------------------- class 7: experiments.chat flags
+def _chat(*args, timeout=120):
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+    # argv bytes that are not UTF-8 reach Python as surrogate escapes, as from a shell
+    argv = [a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a for a in args]
+    return subprocess.run([sys.executable.encode(), b"-m", b"experiments.chat", *argv], cwd=root,
+                          env=env, capture_output=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args,match", [
+    (["--prompt=hi", "--temperature=nan"], b"--temperature=nan must be a finite number >= 0"),
+    (["--prompt=hi", "--temperature=-0.5"], b"--temperature=-0.5 must be a finite number >= 0"),
+    (["--prompt=hi", "--temperature=inf"], b"--temperature=inf must be a finite number"),
+    (["--prompt=hi", "--top_p=0"], rb"--top_p=0.0 must be in \(0, 1\]"),
+    (["--prompt=hi", "--top_p=1.5"], rb"--top_p=1.5 must be in \(0, 1\]"),
+    (["--prompt=hi", "--top_p=nan"], rb"--top_p=nan must be in \(0, 1\]"),
+    (["--prompt=hi", "--top_k=-3"], b"--top_k=-3 must be >= 0"),
+    (["--prompt=hi", "--max_new_tokens=0"], b"--max_new_tokens=0 must be >= 1"),
+    ([b"--prompt=caf\xff\xfe"], b"--prompt is not valid UTF-8 \\(byte 0xff at character 3\\)"),
+    (["--prompt=hi", b"--system=\xc3("], b"--system is not valid UTF-8 \\(byte 0xc3"),
+    (["--prompt=hi", "--model=/no/such/model.gguf"],
+     b"--model: model file or folder not found: /no/such/model.gguf; check the path"),
+])
+def test_chat_rejects_bad_flags_before_loading(args, match):
+    import re
+
+    t0 = time.monotonic()
+    r = _chat(*args)
+    err = r.stderr.decode("utf-8", "replace")
+    assert r.returncode != 0 and r.stdout == b""
+    assert "Traceback" not in err and re.search(match.decode(), err), err
+    assert len(err.strip().splitlines()) == 1
+    assert time.monotonic() - t0 < 60  # no weights loaded, nothing compiled
+
+
+def test_chat_corrupt_and_hostile_model_files(tmp_path):
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 40)
+    marker = tmp_path / "PWNED"
+    evil = write_tiny_gguf(tmp_path / "evil.gguf", chat_template=_escapes(marker)["cycler_globals"])
+    heads = write_tiny_gguf(tmp_path / "heads.gguf", **{"llama.attention.head_count": 3})
+    for path, match in ((junk, "junk.gguf: the header declares"),
+                        (evil, "evil.gguf: the chat template tried an unsafe operation"),
+                        (heads, "heads.gguf: llama.attention.head_count = 3 does not divide")):
+        r = _chat("--prompt=hi", f"--model={path}")
+        err = r.stderr.decode()
+        assert r.returncode != 0 and "Traceback" not in err, err
+        assert match in err and err.startswith("error: --model: "), err
+    assert not marker.exists()
