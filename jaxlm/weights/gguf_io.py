@@ -29,6 +29,7 @@ MAX_KV = 65_536
 MAX_KEY_BYTES = 1024
 MAX_STRING_BYTES = 1 << 20
 MAX_ARRAY_LEN = 1 << 21
+MAX_DIMS = 4  # GGML_MAX_DIMS
 _SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
 
@@ -113,6 +114,20 @@ def _scan_header(path: pathlib.Path) -> None:
             start, n = skip_string("key", MAX_KEY_BYTES)
             key = bytes(m[start:start + n]).decode("utf-8", "replace")
             skip_value(take("I"), key)
+        for _ in range(n_tensors):
+            start, n = skip_string("tensor name", MAX_KEY_BYTES)
+            name = bytes(m[start:start + n]).decode("utf-8", "replace")
+            n_dims = take("I")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise WeightsError(f"{path}: tensor {name} declares {n_dims} dimensions (1 to "
+                                   f"{MAX_DIMS} allowed); the file is corrupt or hostile.")
+            dims = [take("Q") for _ in range(n_dims)]
+            if any(x > size * 4 for x in dims) or int(np.prod(dims, dtype=np.float64)) > size * 4:
+                raise WeightsError(f"{path}: tensor {name} declares shape {dims}, more values "
+                                   f"than a {size}-byte file can hold; the file is corrupt or "
+                                   "truncated.")
+            take("I")  # type
+            take("Q")  # offset
 
 
 def _reader(path: str | os.PathLike):

@@ -389,3 +389,19 @@ def test_chat_corrupt_and_hostile_model_files(tmp_path):
         assert r.returncode != 0 and "Traceback" not in err, err
         assert match in err and err.startswith("error: --model: "), err
     assert not marker.exists()
+
+
+def test_tensor_info_with_absurd_shape(tmp_path):
+    import struct
+
+    path = write_tiny_gguf(tmp_path / "shape.gguf")
+    data = bytearray(path.read_bytes())
+    name = b"output_norm.weight"
+    k = data.index(name) + len(name)
+    assert struct.unpack_from("<I", data, k)[0] == 1  # n_dims of a vector
+    struct.pack_into("<Q", data, k + 4, 1 << 50)
+    path.write_bytes(bytes(data))
+    assert "tensor output_norm.weight declares shape [1125899906842624]" in _load_error(path)
+    struct.pack_into("<I", data, k, 99)
+    path.write_bytes(bytes(data))
+    assert "tensor output_norm.weight declares 99 dimensions" in _load_error(path)
