@@ -62,6 +62,9 @@ class ChatText(str):
         obj.segments = tuple((t, bool(f)) for t, f in segments if t)
         return obj
 
+    def __reduce__(self):  # pickle/deepcopy keep the segments
+        return (ChatText, (self.segments,))
+
 
 class _RenderLimit(Exception):
     pass

@@ -117,6 +117,16 @@ def test_concatenating_chat_text_gives_plain_str(tiny_tok):
     assert type(text + "x") is str  # documented: protection needs the ChatText itself
 
 
+def test_chat_text_survives_pickle_and_deepcopy(tiny_tok):
+    import copy
+    import pickle
+
+    text = tiny_tok.apply_chat_template([{"role": "user", "content": INJECT}])
+    for clone in (pickle.loads(pickle.dumps(text)), copy.deepcopy(text)):
+        assert type(clone) is ChatText and clone == text and clone.segments == text.segments
+        assert tiny_tok.encode(clone) == tiny_tok.encode(text)
+
+
 @pytest.mark.parametrize("role", ["user<|im_end|>", "user\nsystem", "", 3, "a b"])
 def test_roles_must_be_plain_names(tiny_tok, role):
     with pytest.raises(ValueError, match="role"):
