@@ -87,7 +87,8 @@ def main(argv):
     except WeightsError as e:
         sys.exit(f"error: --model: {e}")
     if m.tokenizer is None:
-        sys.exit(f"error: {_MODEL.value} has no tokenizer (chat needs a GGUF with tokenizer metadata)")
+        sys.exit(f"error: --model: {_MODEL.value} has no tokenizer; chat needs a GGUF file with "
+                 "tokenizer metadata")
     messages = []
     if _SYSTEM.value:
         messages.append({"role": "system", "content": _SYSTEM.value})

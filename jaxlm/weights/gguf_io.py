@@ -164,7 +164,8 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     r = _reader(path)
     out = {}
     for k, f in r.fields.items():
-        if k.startswith("tokenizer.ggml.") and k.split(".")[-1] in ("tokens", "merges", "token_type", "scores"):
+        lists = ("tokens", "merges", "token_type", "scores")
+        if k.startswith("tokenizer.ggml.") and k.split(".")[-1] in lists:
             continue
         try:
             out[k] = f.contents()
@@ -287,7 +288,9 @@ def _dequant(t, path) -> np.ndarray:
     try:
         arr = gguf.quants.dequantize(t.data, t.tensor_type)
     except Exception as e:
-        raise WeightsError(f"{path}: tensor {t.name} cannot be decoded ({e}); file is corrupt.") from None
+        raise WeightsError(
+            f"{path}: tensor {t.name} cannot be decoded ({e}); file is corrupt."
+        ) from None
     if arr.size != expected:
         raise WeightsError(
             f"{path}: tensor {t.name} holds {arr.size} values, expected {expected}; the file is "
@@ -381,9 +384,8 @@ def load_gguf(
                     "wo": get(b + "attn_output.weight", p + "attn/wo", "out").T.reshape(h, hd, d),
                 },
                 "mlp": {
-                    "w_gate": np.ascontiguousarray(get(b + "ffn_gate.weight", p + "mlp/w_gate", "in").T),
-                    "w_up": np.ascontiguousarray(get(b + "ffn_up.weight", p + "mlp/w_up", "in").T),
-                    "w_down": np.ascontiguousarray(get(b + "ffn_down.weight", p + "mlp/w_down", "in").T),
+                    k: np.ascontiguousarray(get(b + f"ffn_{n}.weight", p + f"mlp/{k}", "in").T)
+                    for n, k in (("gate", "w_gate"), ("up", "w_up"), ("down", "w_down"))
                 },
             }
         )

@@ -26,13 +26,17 @@ def _read_tensors(folder: pathlib.Path) -> dict[str, np.ndarray]:
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise WeightsError(f"{folder}: no *.safetensors file found; point to an HF checkpoint folder.")
+        raise WeightsError(
+            f"{folder}: no *.safetensors file found; point to an HF checkpoint folder."
+        )
     out: dict[str, np.ndarray] = {}
     for f in files:
         try:
             out.update(load_file(str(f)))
         except Exception as e:
-            raise WeightsError(f"{f}: cannot read safetensors ({e}); the file is corrupt.") from None
+            raise WeightsError(
+                f"{f}: cannot read safetensors ({e}); the file is corrupt."
+            ) from None
     return {k: np.asarray(v, np.float32) for k, v in out.items()}
 
 
@@ -171,7 +175,9 @@ def load_safetensors(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
     try:
         cfg = config_from_hf(hf, folder)
     except ConfigError as e:
-        raise WeightsError(f"{folder}/config.json describes an invalid model ({e}); fix it.") from None
+        raise WeightsError(
+            f"{folder}/config.json describes an invalid model ({e}); fix it."
+        ) from None
     w = _read_tensors(folder)
     mt = hf["model_type"]
     try:
@@ -182,7 +188,9 @@ def load_safetensors(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, An
         else:
             params = _llama(w, cfg)
     except KeyError as e:
-        raise WeightsError(f"{folder}: tensor {e} is missing; the checkpoint is incomplete.") from None
+        raise WeightsError(
+            f"{folder}: tensor {e} is missing; the checkpoint is incomplete."
+        ) from None
     except ValueError as e:  # a reshape that the tensor sizes do not allow
         raise WeightsError(
             f"{folder}: the tensors do not match config.json ({e}); the config's sizes "

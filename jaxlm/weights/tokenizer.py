@@ -154,7 +154,9 @@ def _sandbox():
                 elif isinstance(right, (str, list, tuple)) and isinstance(left, int):
                     size = len(right) * left
                 if size is not None and size > MAX_INT_ARG:
-                    raise _RenderLimit(f"repetition of {size} items exceeds the limit {MAX_INT_ARG}")
+                    raise _RenderLimit(
+                        f"repetition of {size} items exceeds the limit {MAX_INT_ARG}"
+                    )
             if operator == "%":
                 _check_int(left)
             return super().call_binop(context, operator, left, right)
@@ -430,11 +432,14 @@ def build_bpe_tokenizer(
     split_digits: bool = True,
 ):
     """A byte-level BPE ``tokenizers.Tokenizer`` from a GGUF-style vocab and merges."""
-    from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as HFTokenizer
 
     vocab = {t: i for i, t in enumerate(tokens)}
     merge_pairs = [tuple(m.split(" ", 1)) for m in merges]
-    tok = HFTokenizer(models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False))
+    tok = HFTokenizer(
+        models.BPE(vocab=vocab, merges=merge_pairs, fuse_unk=False, byte_fallback=False)
+    )
     pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
     if split_digits:
         pre.insert(0, pre_tokenizers.Digits(individual_digits=True))
@@ -458,7 +463,8 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
         raise WeightsError(f"{path}: no tokenizer in the GGUF metadata (tokenizer.ggml.model).")
     if model != "gpt2":
         raise WeightsError(
-            f"{path}: tokenizer model {model!r} is not supported (jaxlm rebuilds byte-level BPE, 'gpt2')."
+            f"{path}: tokenizer model {model!r} is not supported (jaxlm rebuilds byte-level "
+            "BPE, 'gpt2')."
         )
     tokens = _field(r, "tokenizer.ggml.tokens")
     merges = _field(r, "tokenizer.ggml.merges") or []

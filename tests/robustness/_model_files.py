@@ -25,7 +25,8 @@ def tiny_vocab() -> tuple[list[str], list[str], list[int]]:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=300, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        vocab_size=300,
+        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     text = ["the quick brown fox jumps over the lazy dog", "hello world, system user 123"] * 20
@@ -41,8 +42,17 @@ def tiny_cfg(**overrides):
     from jaxlm.core import MODELS
 
     tokens, _, _ = tiny_vocab()
-    base = dict(vocab_size=len(tokens), rope_layout="interleaved", d_model=32, head_dim=16,
-                n_heads=2, n_kv_heads=1, n_layers=2, d_ff=48, max_seq_len=64)
+    base = dict(
+        vocab_size=len(tokens),
+        rope_layout="interleaved",
+        d_model=32,
+        head_dim=16,
+        n_heads=2,
+        n_kv_heads=1,
+        n_layers=2,
+        d_ff=48,
+        max_seq_len=64,
+    )
     base.update(overrides)
     return dataclasses.replace(MODELS.get("smollm2-135m_test"), **base)
 
@@ -51,14 +61,19 @@ def llama_meta(cfg, chat_template: str | None = CHATML) -> dict[str, Any]:
     """GGUF metadata of a llama file for ``cfg`` with the tiny vocab (key -> value)."""
     tokens, merges, types = tiny_vocab()
     meta: dict[str, Any] = {
-        "llama.block_count": cfg.n_layers, "llama.context_length": cfg.max_seq_len,
-        "llama.embedding_length": cfg.d_model, "llama.feed_forward_length": cfg.d_ff,
-        "llama.attention.head_count": cfg.n_heads, "llama.attention.head_count_kv": cfg.n_kv_heads,
+        "llama.block_count": cfg.n_layers,
+        "llama.context_length": cfg.max_seq_len,
+        "llama.embedding_length": cfg.d_model,
+        "llama.feed_forward_length": cfg.d_ff,
+        "llama.attention.head_count": cfg.n_heads,
+        "llama.attention.head_count_kv": cfg.n_kv_heads,
         "llama.rope.freq_base": float(cfg.rope_base),
         "llama.attention.layer_norm_rms_epsilon": float(cfg.norm_eps),
         "llama.vocab_size": cfg.vocab_size,
-        "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.merges": merges, "tokenizer.ggml.token_type": types,
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.merges": merges,
+        "tokenizer.ggml.token_type": types,
         "tokenizer.ggml.eos_token_id": tokens.index("<|im_end|>"),
     }
     if chat_template is not None:
@@ -77,12 +92,19 @@ def llama_tensors(cfg, seed: int = 0) -> dict[str, np.ndarray]:
     out = {"token_embd.weight": w(cfg.vocab_size, d), "output_norm.weight": np.ones(d, np.float32)}
     for i in range(cfg.n_layers):
         b = f"blk.{i}."
-        out.update({
-            b + "attn_norm.weight": np.ones(d, np.float32), b + "ffn_norm.weight": np.ones(d, np.float32),
-            b + "attn_q.weight": w(h * hd, d), b + "attn_k.weight": w(kv * hd, d),
-            b + "attn_v.weight": w(kv * hd, d), b + "attn_output.weight": w(d, h * hd),
-            b + "ffn_gate.weight": w(f, d), b + "ffn_up.weight": w(f, d), b + "ffn_down.weight": w(d, f),
-        })
+        out.update(
+            {
+                b + "attn_norm.weight": np.ones(d, np.float32),
+                b + "ffn_norm.weight": np.ones(d, np.float32),
+                b + "attn_q.weight": w(h * hd, d),
+                b + "attn_k.weight": w(kv * hd, d),
+                b + "attn_v.weight": w(kv * hd, d),
+                b + "attn_output.weight": w(d, h * hd),
+                b + "ffn_gate.weight": w(f, d),
+                b + "ffn_up.weight": w(f, d),
+                b + "ffn_down.weight": w(d, f),
+            }
+        )
     return out
 
 

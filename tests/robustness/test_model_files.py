@@ -11,7 +11,12 @@ import pytest
 from jaxlm.weights import WeightsError, load_gguf, tokenizer_from_gguf
 from jaxlm.weights.errors import ChatTemplateError
 from tests.robustness._model_files import (
-    CHATML, llama_meta, llama_tensors, tiny_cfg, write_gguf, write_tiny_gguf,
+    CHATML,
+    llama_meta,
+    llama_tensors,
+    tiny_cfg,
+    write_gguf,
+    write_tiny_gguf,
 )
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -28,13 +33,14 @@ def _escapes(marker):
             "{% for c in ''.__class__.__mro__[1].__subclasses__() %}"
             "{% if c.__name__ == 'catch_warnings' %}"
             f"{{{{ c()._module.__builtins__['__import__']('os').system('{cmd}') }}}}"
-            "{% endif %}{% endfor %}"),
+            "{% endif %}{% endfor %}"
+        ),
         "self_context": (
             "{{ self._TemplateReference__context.cycler.__init__.__globals__.os"
-            f".system('{cmd}') }}}}"),
+            f".system('{cmd}') }}}}"
+        ),
         "builtins_import": f"{{{{ __builtins__.__import__('os').system('{cmd}') }}}}",
-        "format_escape": (
-            "{{ '{0.__class__.__init__.__globals__[os].system}'.format(cycler) }}"),
+        "format_escape": ("{{ '{0.__class__.__init__.__globals__[os].system}'.format(cycler) }}"),
         "mutate_messages": "{{ messages.append({'role': 'system', 'content': 'x'}) }}",
         "lipsum_globals": f"{{{{ lipsum.__globals__.os.system('{cmd}') }}}}",
     }
@@ -62,21 +68,31 @@ def test_template_escape_error_says_unsafe(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("tpl,match", [
-    ("{{ 'x' * 1000000000 }}", "exceeds the template limit"),
-    ("{{ 10 ** 10 ** 10 }}", "exceeds the template limit"),
-    ("{{ 'x' | center(1000000000) }}", "exceeds the template limit"),
-    ("{{ '%0999999999d' % 1 }}", "huge width"),
-    ("{{ '{:>999999999}'.format(1) }}", "huge width"),
-    ("{% for i in range(1100) %}{{ 'y' * 1000 }}{% endfor %}{{ messages[0].content }}",
-     "exceeds 1000020 characters"),
-    ("{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
-     "{% endfor %}{{ ns.s | length }}", "memory|longer than"),
-    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursed too deeply"),
-    ("{% for %}", "not valid Jinja"),
-    ("{{ raise_exception('only user and assistant roles are supported') }}",
-     "rejected the messages: only user and assistant"),
-])
+@pytest.mark.parametrize(
+    "tpl,match",
+    [
+        ("{{ 'x' * 1000000000 }}", "exceeds the template limit"),
+        ("{{ 10 ** 10 ** 10 }}", "exceeds the template limit"),
+        ("{{ 'x' | center(1000000000) }}", "exceeds the template limit"),
+        ("{{ '%0999999999d' % 1 }}", "huge width"),
+        ("{{ '{:>999999999}'.format(1) }}", "huge width"),
+        (
+            "{% for i in range(1100) %}{{ 'y' * 1000 }}{% endfor %}{{ messages[0].content }}",
+            "exceeds 1000020 characters",
+        ),
+        (
+            "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}"
+            "{% endfor %}{{ ns.s | length }}",
+            "memory|longer than",
+        ),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursed too deeply"),
+        ("{% for %}", "not valid Jinja"),
+        (
+            "{{ raise_exception('only user and assistant roles are supported') }}",
+            "rejected the messages: only user and assistant",
+        ),
+    ],
+)
 def test_template_resource_limits(tmp_path, tpl, match):
     tok = tokenizer_from_gguf(write_tiny_gguf(tmp_path / "heavy.gguf", chat_template=tpl))
     t0 = time.monotonic()
@@ -105,13 +121,16 @@ def test_template_size_limit(tmp_path):
 
 
 def test_benign_template_helpers_work(tmp_path):
-    tpl = ("{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}"
-           "{{ raise_exception('bad role') }}{% endif %}<|im_start|>{{ m.role }}\n"
-           "{{ {'k': 'ü'} | tojson }} {{ m.content }}<|im_end|>\n{% endfor %}"
-           "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tpl = (
+        "{% for m in messages %}{% if m.role not in ['user', 'assistant'] %}"
+        "{{ raise_exception('bad role') }}{% endif %}<|im_start|>{{ m.role }}\n"
+        "{{ {'k': 'ü'} | tojson }} {{ m.content }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     tok = tokenizer_from_gguf(write_tiny_gguf(tmp_path / "ok.gguf", chat_template=tpl))
     assert str(tok.apply_chat_template([{"role": "user", "content": 'say "hi"'}])) == (
-        '<|im_start|>user\n{"k": "ü"} say "hi"<|im_end|>\n<|im_start|>assistant\n')
+        '<|im_start|>user\n{"k": "ü"} say "hi"<|im_end|>\n<|im_start|>assistant\n'
+    )
     with pytest.raises(ChatTemplateError, match="rejected the messages: bad role"):
         tok.encode_chat([{"role": "system", "content": "x"}])
 
@@ -137,28 +156,53 @@ def test_consistent_tiny_file_loads(tmp_path):
     loaded_cfg, params = load_gguf(write_tiny_gguf(tmp_path / "ok.gguf", cfg))
     assert (loaded_cfg.d_model, loaded_cfg.n_layers, loaded_cfg.head_dim) == (32, 2, 16)
     raw = llama_tensors(cfg)
-    np.testing.assert_array_equal(params["layers"][1]["mlp"]["w_down"], raw["blk.1.ffn_down.weight"].T)
+    np.testing.assert_array_equal(
+        params["layers"][1]["mlp"]["w_down"], raw["blk.1.ffn_down.weight"].T
+    )
 
 
 def test_heads_not_dividing_width(tmp_path):
     msg = _load_error(write_tiny_gguf(tmp_path / "heads.gguf", **{"llama.attention.head_count": 3}))
-    assert "head_count = 3 does not divide llama.embedding_length = 32" in msg and "re-export" in msg
+    assert (
+        "head_count = 3 does not divide llama.embedding_length = 32" in msg and "re-export" in msg
+    )
 
 
 def test_kv_heads_not_dividing_heads(tmp_path):
     cfg = tiny_cfg(n_heads=4, head_dim=8, n_kv_heads=2)
-    msg = _load_error(write_tiny_gguf(tmp_path / "kv.gguf", cfg, **{"llama.attention.head_count_kv": 3}))
+    msg = _load_error(
+        write_tiny_gguf(tmp_path / "kv.gguf", cfg, **{"llama.attention.head_count_kv": 3})
+    )
     assert "head_count_kv = 3 does not divide head_count = 4" in msg
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("llama.embedding_length", 64, r"tensor token_embd.weight has shape \(300, 32\).*implies \(300, 64\)"),
-    ("llama.feed_forward_length", 64, r"tensor blk.0.ffn_gate.weight has shape \(48, 32\).*implies \(64, 32\)"),
-    ("llama.vocab_size", 512, r"token_embd.weight has shape \(300, 32\).*implies \(512, 32\)"),
-    ("llama.block_count", 3, r"block_count = 3, but the file has tensors for 2 blocks \(0..1\)"),
-    ("llama.block_count", 1, r"block_count = 1, but the file has tensors for 2 blocks"),
-    ("llama.attention.head_count_kv", 2, r"blk.0.attn_k.weight has shape \(16, 32\).*implies \(32, 32\)"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        (
+            "llama.embedding_length",
+            64,
+            r"tensor token_embd.weight has shape \(300, 32\).*implies \(300, 64\)",
+        ),
+        (
+            "llama.feed_forward_length",
+            64,
+            r"tensor blk.0.ffn_gate.weight has shape \(48, 32\).*implies \(64, 32\)",
+        ),
+        ("llama.vocab_size", 512, r"token_embd.weight has shape \(300, 32\).*implies \(512, 32\)"),
+        (
+            "llama.block_count",
+            3,
+            r"block_count = 3, but the file has tensors for 2 blocks \(0..1\)",
+        ),
+        ("llama.block_count", 1, r"block_count = 1, but the file has tensors for 2 blocks"),
+        (
+            "llama.attention.head_count_kv",
+            2,
+            r"blk.0.attn_k.weight has shape \(16, 32\).*implies \(32, 32\)",
+        ),
+    ],
+)
 def test_metadata_disagreeing_with_tensors(tmp_path, key, value, match):
     msg = _load_error(write_tiny_gguf(tmp_path / "mismatch.gguf", **{key: value}))
     assert pytest.importorskip("re").search(match, msg), msg
@@ -178,20 +222,25 @@ def test_missing_tensor(tmp_path):
     tensors = llama_tensors(cfg)
     del tensors["blk.0.attn_v.weight"]
     assert "blk.0.attn_v.weight is missing" in _load_error(
-        write_gguf(tmp_path / "missing.gguf", llama_meta(cfg), tensors))
+        write_gguf(tmp_path / "missing.gguf", llama_meta(cfg), tensors)
+    )
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("llama.embedding_length", "576", "must be one integer"),
-    ("llama.feed_forward_length", [48, 48], "must be one integer"),
-    ("llama.block_count", 0, r"must be one integer in \[1, 1024\]"),
-    ("llama.attention.head_count", 100_000, r"must be one integer in \[1, 1024\]"),
-    ("llama.rope.freq_base", -1.0, "must lie in"),
-    ("llama.attention.layer_norm_rms_epsilon", float("nan"), "must lie in"),
-])
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("llama.embedding_length", "576", "must be one integer"),
+        ("llama.feed_forward_length", [48, 48], "must be one integer"),
+        ("llama.block_count", 0, r"must be one integer in \[1, 1024\]"),
+        ("llama.attention.head_count", 100_000, r"must be one integer in \[1, 1024\]"),
+        ("llama.rope.freq_base", -1.0, "must lie in"),
+        ("llama.attention.layer_norm_rms_epsilon", float("nan"), "must lie in"),
+    ],
+)
 def test_metadata_types_and_ranges(tmp_path, key, value, match):
-    assert pytest.importorskip("re").search(match, _load_error(
-        write_tiny_gguf(tmp_path / "types.gguf", **{key: value})))
+    assert pytest.importorskip("re").search(
+        match, _load_error(write_tiny_gguf(tmp_path / "types.gguf", **{key: value}))
+    )
 
 
 def test_oversized_metadata_array_refused_before_parsing(tmp_path):
@@ -233,7 +282,9 @@ def test_tokenizer_larger_than_embedding_table(tmp_path):
 
     cfg = tiny_cfg(vocab_size=200)  # 300 tokens in the vocab, 200 embeddings
     path = write_gguf(tmp_path / "vocab.gguf", llama_meta(cfg), llama_tensors(cfg))
-    with pytest.raises(WeightsError, match=r"vocab\.gguf: the tokenizer has 300 tokens but the model only 200"):
+    with pytest.raises(
+        WeightsError, match=r"vocab\.gguf: the tokenizer has 300 tokens but the model only 200"
+    ):
         registry.load(path)
 
 
@@ -247,7 +298,10 @@ def test_check_shapes_names_the_parameter():
     params = jax.tree.map(np.asarray, init(jax.random.PRNGKey(0), cfg))
     check_shapes(params, cfg, "mem")  # consistent: no error
     bad = dataclasses.replace(cfg, d_ff=64)
-    with pytest.raises(WeightsError, match=r"mem: parameter layers/0/mlp/w_down has shape \(48, 32\).*implies \(64, 32\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"mem: parameter layers/0/mlp/w_down has shape \(48, 32\).*implies \(64, 32\)",
+    ):
         check_shapes(params, bad, "mem")
     params["layers"][1].pop("mlp_norm")
     with pytest.raises(WeightsError, match="missing layers/1/mlp_norm/scale"):
@@ -260,33 +314,67 @@ def _hf_folder(tmp_path, config_text):
 
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    save_file({"model.embed_tokens.weight": np.ones((8, 4), np.float32)},
-              str(folder / "model.safetensors"))
+    save_file(
+        {"model.embed_tokens.weight": np.ones((8, 4), np.float32)},
+        str(folder / "model.safetensors"),
+    )
     (folder / "config.json").write_text(config_text)
     return folder
 
 
-LLAMA_CFG = {"model_type": "llama", "vocab_size": 8, "hidden_size": 4, "num_hidden_layers": 1,
-             "num_attention_heads": 2, "intermediate_size": 8}
+LLAMA_CFG = {
+    "model_type": "llama",
+    "vocab_size": 8,
+    "hidden_size": 4,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "intermediate_size": 8,
+}
 
 
-@pytest.mark.parametrize("text,match", [
-    ("{not json", r"config.json is not valid JSON \(Expecting property name.* line 1, column 2\)"),
-    ("[1, 2]", "must hold a JSON object, got list"),
-    ("\"llama\"", "must hold a JSON object, got str"),
-    (json.dumps({**LLAMA_CFG, "model_type": None}), "model_type None is not supported"),
-    (json.dumps({k: v for k, v in LLAMA_CFG.items() if k != "hidden_size"}),
-     "config.json has no 'hidden_size' \\(model_type 'llama' needs"),
-    (json.dumps({**LLAMA_CFG, "hidden_size": "4"}), "'hidden_size' must be a positive integer, got '4'"),
-    (json.dumps({**LLAMA_CFG, "num_hidden_layers": 1.5}), "'num_hidden_layers' must be a positive integer"),
-    (json.dumps({**LLAMA_CFG, "vocab_size": -8}), "'vocab_size' must be a positive integer"),
-    (json.dumps({**LLAMA_CFG, "rms_norm_eps": "tiny"}), "'rms_norm_eps' must be a positive number"),
-    (json.dumps({**LLAMA_CFG, "tie_word_embeddings": "yes"}), "'tie_word_embeddings' must be true or false"),
-    (json.dumps({**LLAMA_CFG, "num_attention_heads": 3}), "heads 3 does not divide the width 4"),
-    (json.dumps({**LLAMA_CFG, "num_key_value_heads": 3}), "describes an invalid model.*multiple of n_kv_heads"),
-    ("[" * 100_000 + "]" * 100_000, "(nests too deeply|not valid JSON)"),
-    (json.dumps(LLAMA_CFG), "tensor 'layers.0.input_layernorm.weight' is missing"),
-])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        (
+            "{not json",
+            r"config.json is not valid JSON \(Expecting property name.* line 1, column 2\)",
+        ),
+        ("[1, 2]", "must hold a JSON object, got list"),
+        ('"llama"', "must hold a JSON object, got str"),
+        (json.dumps({**LLAMA_CFG, "model_type": None}), "model_type None is not supported"),
+        (
+            json.dumps({k: v for k, v in LLAMA_CFG.items() if k != "hidden_size"}),
+            "config.json has no 'hidden_size' \\(model_type 'llama' needs",
+        ),
+        (
+            json.dumps({**LLAMA_CFG, "hidden_size": "4"}),
+            "'hidden_size' must be a positive integer, got '4'",
+        ),
+        (
+            json.dumps({**LLAMA_CFG, "num_hidden_layers": 1.5}),
+            "'num_hidden_layers' must be a positive integer",
+        ),
+        (json.dumps({**LLAMA_CFG, "vocab_size": -8}), "'vocab_size' must be a positive integer"),
+        (
+            json.dumps({**LLAMA_CFG, "rms_norm_eps": "tiny"}),
+            "'rms_norm_eps' must be a positive number",
+        ),
+        (
+            json.dumps({**LLAMA_CFG, "tie_word_embeddings": "yes"}),
+            "'tie_word_embeddings' must be true or false",
+        ),
+        (
+            json.dumps({**LLAMA_CFG, "num_attention_heads": 3}),
+            "heads 3 does not divide the width 4",
+        ),
+        (
+            json.dumps({**LLAMA_CFG, "num_key_value_heads": 3}),
+            "describes an invalid model.*multiple of n_kv_heads",
+        ),
+        ("[" * 100_000 + "]" * 100_000, "(nests too deeply|not valid JSON)"),
+        (json.dumps(LLAMA_CFG), "tensor 'layers.0.input_layernorm.weight' is missing"),
+    ],
+)
 def test_bad_safetensors_config(tmp_path, text, match):
     from jaxlm.weights import load_safetensors
 
@@ -320,17 +408,30 @@ def test_safetensors_config_disagreeing_with_tensors(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()
     save_file(t, str(folder / "model.safetensors"))
-    hf = {"model_type": "llama", "vocab_size": cfg.vocab_size, "hidden_size": d,
-          "num_hidden_layers": cfg.n_layers, "num_attention_heads": h, "num_key_value_heads": kv,
-          "intermediate_size": cfg.d_ff, "tie_word_embeddings": True}
+    hf = {
+        "model_type": "llama",
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": d,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": h,
+        "num_key_value_heads": kv,
+        "intermediate_size": cfg.d_ff,
+        "tie_word_embeddings": True,
+    }
     (folder / "config.json").write_text(json.dumps(hf))
     cfg2, _ = load_safetensors(folder)  # consistent
     assert cfg2.d_model == d
     (folder / "config.json").write_text(json.dumps({**hf, "vocab_size": cfg.vocab_size + 1}))
-    with pytest.raises(WeightsError, match=r"ckpt: parameter embed has shape \(300, 32\).*\(301, 32\)"):
+    with pytest.raises(
+        WeightsError, match=r"ckpt: parameter embed has shape \(300, 32\).*\(301, 32\)"
+    ):
         load_safetensors(folder)
     (folder / "config.json").write_text(json.dumps({**hf, "intermediate_size": 40}))
-    with pytest.raises(WeightsError, match=r"ckpt: parameter layers/0/mlp/w_down has shape \(48, 32\).*d_ff=40.*implies \(40, 32\)"):
+    with pytest.raises(
+        WeightsError,
+        match=r"ckpt: parameter layers/0/mlp/w_down has shape \(48, 32\).*d_ff=40.*"
+        r"implies \(40, 32\)",
+    ):
         load_safetensors(folder)
 
 
@@ -345,24 +446,34 @@ def _chat(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
     # argv bytes that are not UTF-8 reach Python as surrogate escapes, as from a shell
     argv = [a.encode("utf-8", "surrogateescape") if isinstance(a, str) else a for a in args]
-    return subprocess.run([sys.executable.encode(), b"-m", b"experiments.chat", *argv], cwd=root,
-                          env=env, capture_output=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable.encode(), b"-m", b"experiments.chat", *argv],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        timeout=timeout,
+    )
 
 
-@pytest.mark.parametrize("args,match", [
-    (["--prompt=hi", "--temperature=nan"], b"--temperature=nan must be a finite number >= 0"),
-    (["--prompt=hi", "--temperature=-0.5"], b"--temperature=-0.5 must be a finite number >= 0"),
-    (["--prompt=hi", "--temperature=inf"], b"--temperature=inf must be a finite number"),
-    (["--prompt=hi", "--top_p=0"], rb"--top_p=0.0 must be in \(0, 1\]"),
-    (["--prompt=hi", "--top_p=1.5"], rb"--top_p=1.5 must be in \(0, 1\]"),
-    (["--prompt=hi", "--top_p=nan"], rb"--top_p=nan must be in \(0, 1\]"),
-    (["--prompt=hi", "--top_k=-3"], b"--top_k=-3 must be >= 0"),
-    (["--prompt=hi", "--max_new_tokens=0"], b"--max_new_tokens=0 must be >= 1"),
-    ([b"--prompt=caf\xff\xfe"], b"--prompt is not valid UTF-8 \\(byte 0xff at character 3\\)"),
-    (["--prompt=hi", b"--system=\xc3("], b"--system is not valid UTF-8 \\(byte 0xc3"),
-    (["--prompt=hi", "--model=/no/such/model.gguf"],
-     b"--model: model file or folder not found: /no/such/model.gguf; check the path"),
-])
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["--prompt=hi", "--temperature=nan"], b"--temperature=nan must be a finite number >= 0"),
+        (["--prompt=hi", "--temperature=-0.5"], b"--temperature=-0.5 must be a finite number >= 0"),
+        (["--prompt=hi", "--temperature=inf"], b"--temperature=inf must be a finite number"),
+        (["--prompt=hi", "--top_p=0"], rb"--top_p=0.0 must be in \(0, 1\]"),
+        (["--prompt=hi", "--top_p=1.5"], rb"--top_p=1.5 must be in \(0, 1\]"),
+        (["--prompt=hi", "--top_p=nan"], rb"--top_p=nan must be in \(0, 1\]"),
+        (["--prompt=hi", "--top_k=-3"], b"--top_k=-3 must be >= 0"),
+        (["--prompt=hi", "--max_new_tokens=0"], b"--max_new_tokens=0 must be >= 1"),
+        ([b"--prompt=caf\xff\xfe"], b"--prompt is not valid UTF-8 \\(byte 0xff at character 3\\)"),
+        (["--prompt=hi", b"--system=\xc3("], b"--system is not valid UTF-8 \\(byte 0xc3"),
+        (
+            ["--prompt=hi", "--model=/no/such/model.gguf"],
+            b"--model: model file or folder not found: /no/such/model.gguf; check the path",
+        ),
+    ],
+)
 def test_chat_rejects_bad_flags_before_loading(args, match):
     import re
 
@@ -381,9 +492,11 @@ def test_chat_corrupt_and_hostile_model_files(tmp_path):
     marker = tmp_path / "PWNED"
     evil = write_tiny_gguf(tmp_path / "evil.gguf", chat_template=_escapes(marker)["cycler_globals"])
     heads = write_tiny_gguf(tmp_path / "heads.gguf", **{"llama.attention.head_count": 3})
-    for path, match in ((junk, "junk.gguf: the header declares"),
-                        (evil, "evil.gguf: the chat template tried an unsafe operation"),
-                        (heads, "heads.gguf: llama.attention.head_count = 3 does not divide")):
+    for path, match in (
+        (junk, "junk.gguf: the header declares"),
+        (evil, "evil.gguf: the chat template tried an unsafe operation"),
+        (heads, "heads.gguf: llama.attention.head_count = 3 does not divide"),
+    ):
         r = _chat("--prompt=hi", f"--model={path}")
         err = r.stderr.decode()
         assert r.returncode != 0 and "Traceback" not in err, err

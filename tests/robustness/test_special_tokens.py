@@ -27,14 +27,110 @@ BENIGN = [
     {"role": "user", "content": "\tAnd the capital of France?  "},
 ]
 BENIGN_IDS = [
-    1, 9690, 198, 2683, 359, 1733, 313, 30, 19842, 281, 216, 35, 1924, 355, 6694, 30, 2, 198, 1,
-    4093, 3805, 1812, 506, 216, 33, 34, 27, 35, 32, 47, 198, 198, 16937, 17, 5549, 137, 94, 25972,
-    4635, 4636, 246, 237, 2, 198, 1, 520, 9531, 198, 36, 34, 30, 198, 2, 198, 1, 4093, 198, 197,
-    3528, 260, 3575, 282, 4649, 47, 256, 2, 198, 1, 520, 9531, 198,
+    1,
+    9690,
+    198,
+    2683,
+    359,
+    1733,
+    313,
+    30,
+    19842,
+    281,
+    216,
+    35,
+    1924,
+    355,
+    6694,
+    30,
+    2,
+    198,
+    1,
+    4093,
+    3805,
+    1812,
+    506,
+    216,
+    33,
+    34,
+    27,
+    35,
+    32,
+    47,
+    198,
+    198,
+    16937,
+    17,
+    5549,
+    137,
+    94,
+    25972,
+    4635,
+    4636,
+    246,
+    237,
+    2,
+    198,
+    1,
+    520,
+    9531,
+    198,
+    36,
+    34,
+    30,
+    198,
+    2,
+    198,
+    1,
+    4093,
+    198,
+    197,
+    3528,
+    260,
+    3575,
+    282,
+    4649,
+    47,
+    256,
+    2,
+    198,
+    1,
+    520,
+    9531,
+    198,
 ]
 DEFAULT_SYSTEM_IDS = [  # [{"role": "user", "content": "hi"}]: the template adds its system turn
-    1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018, 411, 407,
-    19712, 8182, 2, 198, 1, 4093, 198, 6004, 2, 198, 1, 520, 9531, 198,
+    1,
+    9690,
+    198,
+    2683,
+    359,
+    253,
+    5356,
+    5646,
+    11173,
+    3365,
+    3511,
+    308,
+    34519,
+    28,
+    7018,
+    411,
+    407,
+    19712,
+    8182,
+    2,
+    198,
+    1,
+    4093,
+    198,
+    6004,
+    2,
+    198,
+    1,
+    520,
+    9531,
+    198,
 ]
 
 
@@ -58,8 +154,8 @@ def _user_span(tok, ids):
     """Ids between the last '<|im_start|>user\\n' header and the next <|im_end|>."""
     start, end = tok.hf.token_to_id("<|im_start|>"), tok.hf.token_to_id("<|im_end|>")
     header = [start, *tok.encode("user\n", parse_special=False)]
-    k = max(i for i in range(len(ids)) if ids[i:i + len(header)] == header) + len(header)
-    return ids[k:ids.index(end, k)]
+    k = max(i for i in range(len(ids)) if ids[i : i + len(header)] == header) + len(header)
+    return ids[k : ids.index(end, k)]
 
 
 @needs_smol
@@ -69,13 +165,26 @@ def test_benign_chat_ids_unchanged(smol_tok):
 
 
 @needs_smol
-@pytest.mark.parametrize("content", [
-    "hello", " leading space", "\n\nnewlines first", "trailing\n\n", "tabs\tand  spaces ",
-    "digits 1234567 and ünïcode ✓ 中文", "", "<not a special token|>", "im_end|> <|im_star",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        "hello",
+        " leading space",
+        "\n\nnewlines first",
+        "trailing\n\n",
+        "tabs\tand  spaces ",
+        "digits 1234567 and ünïcode ✓ 中文",
+        "",
+        "<not a special token|>",
+        "im_end|> <|im_star",
+    ],
+)
 def test_benign_chat_matches_encoding_of_the_rendered_string(smol_tok, content):
-    msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": content},
-            {"role": "assistant", "content": content}]
+    msgs = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": content},
+        {"role": "assistant", "content": content},
+    ]
     text = smol_tok.apply_chat_template(msgs)
     assert isinstance(text, ChatText)
     assert smol_tok.encode_chat(msgs) == smol_tok.hf.encode(str(text), add_special_tokens=False).ids
@@ -91,14 +200,18 @@ def test_injected_control_tokens_stay_text_smollm2(smol_tok):
     n_start = ids.count(smol_tok.hf.token_to_id("<|im_start|>"))
     assert n_start == 3
     # the unsafe old path would have opened a new system turn
-    unsafe = smol_tok.hf.encode(str(smol_tok.apply_chat_template(
-        [{"role": "user", "content": INJECT}])), add_special_tokens=False).ids
+    unsafe = smol_tok.hf.encode(
+        str(smol_tok.apply_chat_template([{"role": "user", "content": INJECT}])),
+        add_special_tokens=False,
+    ).ids
     assert unsafe.count(smol_tok.hf.token_to_id("<|im_start|>")) == 4
 
 
 @pytest.mark.parametrize("role", ["assistant", "system", "user"])
 def test_injection_in_every_role_tiny(tiny_tok, role):
-    ids = tiny_tok.encode_chat([{"role": "user", "content": "hello"}, {"role": role, "content": INJECT}])
+    ids = tiny_tok.encode_chat(
+        [{"role": "user", "content": "hello"}, {"role": role, "content": INJECT}]
+    )
     specials = _special_ids(tiny_tok)
     # control tokens: 2 turns x (start, end) + the generation prompt's start
     assert sum(i in specials for i in ids) == 5
@@ -107,7 +220,7 @@ def test_injection_in_every_role_tiny(tiny_tok, role):
 
 def test_plain_encode_can_refuse_special_parsing(tiny_tok):
     end = tiny_tok.hf.token_to_id("<|im_end|>")
-    assert tiny_tok.encode("a<|im_end|>") [-1] == end  # plain str: parsed (unchanged API)
+    assert tiny_tok.encode("a<|im_end|>")[-1] == end  # plain str: parsed (unchanged API)
     ids = tiny_tok.encode("a<|im_end|>", parse_special=False)
     assert end not in ids and tiny_tok.decode(ids, skip_special=False) == "a<|im_end|>"
 
@@ -139,8 +252,10 @@ def test_content_must_be_str(tiny_tok):
 
 
 def test_trimming_template_keeps_content_out_of_control_tokens(tmp_path):
-    tpl = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}"
-           "<|im_end|>\n{% endfor %}")
+    tpl = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] | trim }}"
+        "<|im_end|>\n{% endfor %}"
+    )
     tok = tokenizer_from_gguf(write_tiny_gguf(tmp_path / "trim.gguf", chat_template=tpl))
     ids = tok.encode_chat([{"role": "user", "content": "  <|im_end|>  "}])
     assert sum(i in _special_ids(tok) for i in ids) == 2

@@ -36,29 +36,38 @@ def _tight_tolerances():
     for path in sorted(TESTS.rglob("test_*.py")):
         src = path.read_text()
         tree = ast.parse(src)
-        funcs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        funcs = [
+            n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+        ]
         for node in ast.walk(tree):
             if not isinstance(node, ast.Call):
                 continue
             name = getattr(node.func, "attr", getattr(node.func, "id", ""))
             if name not in CALLS:
                 continue
-            tols = [_const(k.value) for k in node.keywords if k.arg in ("atol", "rtol", "abs", "rel")]
+            tols = [
+                _const(k.value) for k in node.keywords if k.arg in ("atol", "rtol", "abs", "rel")
+            ]
             if not any(t is not None and 0 < t < TIGHT for t in tols):
                 continue
             owner = [f for f in funcs if f.lineno <= node.lineno <= (f.end_lineno or f.lineno)]
             scope = ast.get_source_segment(src, owner[0]) if owner else src
-            helpers = "".join(ast.get_source_segment(src, f) or "" for f in funcs
-                              if f.name.startswith("_"))  # module helpers making the data
+            helpers = "".join(
+                ast.get_source_segment(src, f) or "" for f in funcs if f.name.startswith("_")
+            )  # module helpers making the data
             if not any(m in scope or m in helpers for m in FLOAT64_MARKERS):
-                bad.append(f"{path.relative_to(TESTS)}:{node.lineno}: {ast.get_source_segment(src, node)}")
+                bad.append(
+                    f"{path.relative_to(TESTS)}:{node.lineno}: {ast.get_source_segment(src, node)}"
+                )
     return bad
 
 
 def test_no_sub_1e9_tolerances_on_float32_results():
     bad = _tight_tolerances()
-    assert not bad, ("tolerances below 1e-9 in tests that do not run in float64; use a "
-                     "tolerance relative to the magnitude (float32: ~1e-5):\n" + "\n".join(bad))
+    assert not bad, (
+        "tolerances below 1e-9 in tests that do not run in float64; use a "
+        "tolerance relative to the magnitude (float32: ~1e-5):\n" + "\n".join(bad)
+    )
 
 
 def test_audit_catches_a_tight_float32_tolerance(tmp_path, monkeypatch):
@@ -74,7 +83,8 @@ def test_audit_catches_a_tight_float32_tolerance(tmp_path, monkeypatch):
         "    ref = np.asarray(k, np.float64)\n\n"
         "def test_ok_x64(c):\n"
         "    with jax.enable_x64(True):\n"
-        "        np.testing.assert_allclose(c, c.T, atol=1e-12)\n")
+        "        np.testing.assert_allclose(c, c.T, atol=1e-12)\n"
+    )
     monkeypatch.setattr(__import__(__name__, fromlist=["TESTS"]), "TESTS", tmp_path / "tests")
     bad = _tight_tolerances()
     assert len(bad) == 1 and "test_bad.py:5" in bad[0] and "atol=1e-12" in bad[0]
