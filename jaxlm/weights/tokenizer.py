@@ -197,7 +197,9 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
     """Messages as a list of ``{"role": str, "content": str}``; a clear ``ValueError`` otherwise.
 
     Roles must be plain names (``user``, ``assistant``, ``system``, ``tool``, ...): the
-    template writes them next to control tokens, so they may not carry any markup.
+    template writes them next to control tokens, so they may not carry any markup. Other
+    fields (``name``, ...) may be strings (treated as untrusted text, like the content),
+    numbers, booleans or None; nested lists and dicts (tool calls) are not supported.
     """
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
         raise ValueError("chat messages must be a list of {'role': ..., 'content': ...} dicts")
@@ -213,6 +215,14 @@ def check_messages(messages: Any) -> list[dict[str, str]]:
             )
         if not isinstance(content, str):
             raise ValueError(f"chat message content must be a str, got {type(content).__name__}")
+        for key, value in m.items():
+            if not isinstance(key, str) or not (
+                value is None or isinstance(value, (str, int, float, bool))
+            ):
+                raise ValueError(
+                    f"chat message field {key!r} holds a {type(value).__name__}; jaxlm chat "
+                    "messages take strings, numbers, booleans or None only"
+                )
         out.append(dict(m))
     return out
 
@@ -393,21 +403,31 @@ class Tokenizer:
                 f"{self.source}: this tokenizer has no chat template; pass plain text prompts"
             )
         messages = check_messages(messages)
-        limit = MAX_RENDER_CHARS + 4 * sum(len(m["content"]) for m in messages)
+        limit = MAX_RENDER_CHARS + 4 * sum(
+            len(v) for m in messages for v in m.values() if isinstance(v, str)
+        )
         real = self._render(messages, add_generation_prompt, limit)
-        # Render again with each content replaced by a unique marker to find where the
-        # template put it (markers are private-use characters plus a random nonce).
+        # Render again with every untrusted string (content and any other text field, not
+        # the role) replaced by a unique marker, to find where the template put it (markers
+        # are private-use characters plus a random nonce).
         nonce = secrets.token_hex(8)
-        marks = [f"\ue000{nonce}.{i}\ue001" for i in range(len(messages))]
-        marked = self._render([{**m, "content": marks[i]} for i, m in enumerate(messages)],
-                              add_generation_prompt, limit)
+        values: list[str] = []
+        marked_msgs = []
+        for m in messages:
+            mm = dict(m)
+            for key, value in m.items():
+                if key != "role" and isinstance(value, str):
+                    mm[key] = f"\ue000{nonce}.{len(values)}\ue001"
+                    values.append(value)
+            marked_msgs.append(mm)
+        marked = self._render(marked_msgs, add_generation_prompt, limit)
         pieces = re.split("(\ue000" + nonce + r"\.(\d+)\ue001)", marked)
         for transform in (lambda s: s, str.strip):
             segs: list[tuple[str, bool]] = []
             for k in range(0, len(pieces), 3):
                 segs.append((pieces[k], True))
                 if k + 2 < len(pieces):
-                    segs.append((transform(messages[int(pieces[k + 2])]["content"]), False))
+                    segs.append((transform(values[int(pieces[k + 2])]), False))
             text = ChatText(segs)
             if str(text) == real:
                 return text
