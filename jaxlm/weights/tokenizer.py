@@ -78,10 +78,18 @@ class _Guard:
 
     @staticmethod
     def _rss() -> int | None:
+        """Resident memory in bytes (Linux), else the peak so far (other Unixes), else None."""
         try:
             with open("/proc/self/statm", "rb") as f:
                 return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except (OSError, ValueError, IndexError, AttributeError):
+            pass
+        try:
+            import resource
+
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            return peak if sys.platform == "darwin" else peak * 1024
+        except (ImportError, OSError, ValueError):
             return None
 
     def __enter__(self):
