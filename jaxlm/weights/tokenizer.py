@@ -494,14 +494,39 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
             f"{path}: tokenizer model {model!r} is not supported (jaxlm rebuilds byte-level "
             "BPE, 'gpt2')."
         )
+    def bad(key, what):
+        return WeightsError(f"{path}: metadata {key} {what}; the file's tokenizer is malformed: "
+                            "re-export the file.")
+
     tokens = _field(r, "tokenizer.ggml.tokens")
+    if not isinstance(tokens, list) or not tokens or not all(isinstance(t, str) for t in tokens):
+        raise bad("tokenizer.ggml.tokens", "must be a non-empty list of strings")
+    if len(set(tokens)) != len(tokens):
+        raise bad("tokenizer.ggml.tokens", "lists a token twice")
     merges = _field(r, "tokenizer.ggml.merges") or []
+    if not isinstance(merges, list) or not all(isinstance(m, str) and " " in m for m in merges):
+        raise bad("tokenizer.ggml.merges", "must be a list of 'left right' strings")
     types = _field(r, "tokenizer.ggml.token_type")
+    if types is not None and (not isinstance(types, list) or len(types) != len(tokens)):
+        raise bad("tokenizer.ggml.token_type", f"must list one type per token ({len(tokens)})")
     pre = _field(r, "tokenizer.ggml.pre", "default")
-    hf = build_bpe_tokenizer(tokens, merges, types, split_digits=pre in ("smollm", "default"))
-    eos = int(_field(r, "tokenizer.ggml.eos_token_id", 0))
-    bos = _field(r, "tokenizer.ggml.bos_token_id")
-    pad = int(_field(r, "tokenizer.ggml.padding_token_id", eos))
+
+    def token_id(key, default):
+        v = _field(r, key, default)
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < len(tokens):
+            raise bad(key, f"= {str(v)[:40]!r} is not a token id in [0, {len(tokens)})")
+        return int(v)
+
+    eos = token_id("tokenizer.ggml.eos_token_id", 0)
+    bos = token_id("tokenizer.ggml.bos_token_id", None)
+    pad = token_id("tokenizer.ggml.padding_token_id", eos)
+    try:
+        hf = build_bpe_tokenizer(tokens, merges, types, split_digits=pre in ("smollm", "default"))
+    except Exception as e:  # tokenizers rejects merges of unknown tokens, ...
+        raise WeightsError(f"{path}: the tokenizer cannot be rebuilt ({type(e).__name__}: "
+                           f"{str(e)[:200]}); re-export the file.") from None
     stops = {eos}
     for name in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>"):
         i = hf.token_to_id(name)
@@ -510,7 +535,7 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
     return Tokenizer(
         hf=hf,
         eos_id=eos,
-        bos_id=None if bos is None else int(bos),
+        bos_id=bos,
         pad_id=pad,
         chat_template=_field(r, "tokenizer.chat_template"),
         add_bos=bool(_field(r, "tokenizer.ggml.add_bos_token", False)),

@@ -518,3 +518,30 @@ def test_tensor_info_with_absurd_shape(tmp_path):
     struct.pack_into("<I", data, k, 99)
     path.write_bytes(bytes(data))
     assert "tensor output_norm.weight declares 99 dimensions" in _load_error(path)
+
+
+@pytest.mark.parametrize(
+    "key,value,match",
+    [
+        ("tokenizer.ggml.eos_token_id", 100_000, r"eos_token_id = '100000' is not a token id"),
+        ("tokenizer.ggml.bos_token_id", 300, r"bos_token_id = '300' is not a token id"),
+        ("tokenizer.ggml.token_type", [1, 1, 3], r"token_type must list one type per token"),
+        ("tokenizer.ggml.merges", ["ab"], r"merges must be a list of 'left right' strings"),
+        ("tokenizer.ggml.tokens", ["a", "a"], r"tokens lists a token twice"),
+        ("tokenizer.ggml.merges", ["zz qq"], r"the tokenizer cannot be rebuilt"),
+    ],
+)
+def test_malformed_tokenizer_metadata(tmp_path, key, value, match):
+    meta = {key: value}
+    if key == "tokenizer.ggml.tokens":
+        meta.update(
+            {
+                "tokenizer.ggml.token_type": [1, 1],
+                "tokenizer.ggml.merges": [],
+                "tokenizer.ggml.eos_token_id": 0,
+            }
+        )
+    path = write_tiny_gguf(tmp_path / "tok.gguf", **meta)
+    with pytest.raises(WeightsError, match=match) as e:
+        tokenizer_from_gguf(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
