@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _S = flags.DEFINE_string("s", None, "First term, e.g. '\\x y. f(x, y)'.")
 _T = flags.DEFINE_string("t", None, "Second term.")
 _SIG = flags.DEFINE_string(
@@ -138,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -28,11 +28,12 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from jaxlm.train.state import TrainState
+from jaxlm.utils.cli import UserError
 
 CKPT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, corrupt or does not match the config."""
 
 

@@ -127,8 +127,11 @@ def train_and_evaluate(
                           f"{model_cfg.max_seq_len}; lower data.seq_len")
 
     # ---- devices, data (all validated before compiling)
-    mesh = parallel.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
-    parallel.check_batch(cfg.data.batch_size, mesh, cfg.grad_accum)
+    try:
+        mesh = parallel.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+        parallel.check_batch(cfg.data.batch_size, mesh, cfg.grad_accum)
+    except ValueError as e:  # the mesh/batch shape does not fit the devices
+        raise ConfigError(str(e)) from None
     stream = data_lib.token_stream(cfg.data, tokenizer=tok_override,
                                    synthetic_vocab=min(model_cfg.vocab_size, 64), seed=cfg.seed)
     if stream.vocab_size > model_cfg.vocab_size:

@@ -15,9 +15,10 @@ from typing import Any
 import jax
 
 from jaxlm.core import ModelConfig
+from jaxlm.utils.cli import UserError
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """The loss or a norm became NaN/Inf."""
 
 
