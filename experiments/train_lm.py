@@ -4,7 +4,9 @@
     python -m experiments.train_lm --config=20m --override=steps=500 --workdir=runs/20m
     python -m experiments.train_lm --config=smollm2-ft --workdir=runs/ft \\
         --init_from=smollm2-135m-instruct --data='notes/*.txt'
-    # kill it any time; the same command resumes from the last checkpoint.
+    # kill it any time; the same command resumes from the newest intact checkpoint
+    # (a corrupt step is reported and skipped; a changed config is refused unless
+    # --allow_config_change).
 
 Resume order: checkpoint in --workdir > --resume_from > --init_from (params only) >
 scratch. Presets: see ``jaxlm/train/presets.py`` (--list_configs).
@@ -34,6 +36,10 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the multi-hos
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices (testing).")
 _GLOO = flags.DEFINE_bool("gloo", False, "CPU collectives over gloo (multi-process CPU).")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a --workdir whose saved config differs in a setting that changes the computation "
+    "(model shape, seq_len, learning rate, seed, data); the old config.json is kept.")
 
 
 def main(argv):
@@ -71,7 +77,7 @@ def main(argv):
                  jax.default_backend())
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     res = train_and_evaluate(cfg, _WORKDIR.value, resume_from=_RESUME.value,
-                             init_from=_INIT.value)
+                             init_from=_INIT.value, allow_config_change=_ALLOW_CHANGE.value)
     if jax.process_index() == 0 and res.evals:
         ev = res.evals[-1]
         print(f"done: step {ev['step']} held-out loss {ev['loss']:.4f} "
