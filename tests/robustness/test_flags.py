@@ -181,3 +181,16 @@ def test_overrides_refuse_non_finite_floats_of_any_registry():
     assert apply_overrides(C(), ["x=2.5"]).x == 2.5
     with pytest.raises(ConfigError, match=r"C: x=nan is not finite"):
         check_finite(C(x=float("nan")))
+
+
+def test_antiunify_nested_bound_guard_and_progress():
+    args = ["--s=\\x.x", "--t=\\x.c", "--sig=c:i", "--nested"]
+    r = _run("antiunify", *args, "--bound=8")
+    _one_line_error(r, "--bound=8", "--force", "<=7")
+    assert r.stdout == ""  # refused before any enumeration
+    _one_line_error(_run("antiunify", *args, "--bound=1"), "--bound=1", ">= 2")
+    r = _run("antiunify", *args, "--bound=3")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nested sizes" in r.stderr and "3/3" in r.stderr  # sizes 2, 3 and 4
+    rows = [ln.split(" | ")[0] for ln in r.stdout.splitlines()[1:]]
+    assert rows == ["2", "3"]
