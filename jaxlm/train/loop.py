@@ -88,8 +88,19 @@ def check_workdir(workdir: pathlib.Path) -> None:
 
 
 def _keep_old_config(path: pathlib.Path, new_text: str, start: int) -> pathlib.Path | None:
-    """Renames an existing, different ``config.json`` so it is never silently overwritten."""
-    if not path.exists() or path.read_text() == new_text:
+    """Renames an existing ``config.json`` whose settings differ, so it is never overwritten.
+
+    Only the resume source (``plan``) may differ without a copy being kept.
+    """
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    new = json.loads(new_text)
+    if isinstance(old, dict) and {k: v for k, v in old.items() if k != "plan"} == \
+            {k: v for k, v in new.items() if k != "plan"}:
         return None
     n, target = 0, path.with_name(f"config.before_step_{start}.json")
     while target.exists():
@@ -282,9 +293,9 @@ def train_and_evaluate(
                       "num_params": n_params, "flops_per_token": fpt,
                       "data": data_lib.describe(stream)})
         kept = _keep_old_config(workdir / "config.json", text, start)
-        if kept is not None and changes:
-            logging.warning("warning: the config changed (%s); the old one is kept as %s",
-                            "; ".join(changes), kept.name)
+        if kept is not None:
+            logging.warning("warning: config.json changed (%s); the old one is kept as %s",
+                            "; ".join(changes) or "bookkeeping fields only", kept.name)
         tmp = workdir / "config.json.tmp"
         tmp.write_text(text)
         os.replace(tmp, workdir / "config.json")

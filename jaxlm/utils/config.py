@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
-import math
 from typing import Any, Generic, TypeVar
 
 from jaxlm.utils.cli import UserError
