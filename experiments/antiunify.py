@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _S = flags.DEFINE_string("s", None, "First term, e.g. '\\x y. f(x, y)'.")
 _T = flags.DEFINE_string("t", None, "Second term.")
 _SIG = flags.DEFINE_string(
@@ -29,6 +31,7 @@ _POLICY = flags.DEFINE_enum(
 _MER = flags.DEFINE_enum("mer", "bucket", ["bucket", "naive"], "Mer implementation.")
 _NESTED = flags.DEFINE_bool("nested", False, "Bounded enumeration of nested generalizations.")
 _BOUND = flags.DEFINE_integer("bound", 5, "Size bound k for --nested (table for k = 2..bound).")
+_FORCE = flags.DEFINE_bool("force", False, "--nested: allow --bound above MAX_NESTED_BOUND.")
 _MAX_ARITY = flags.DEFINE_integer(
     "max_arity", 1, "Max arity of generalization variables (--nested)."
 )
@@ -39,6 +42,41 @@ _CONFIG = flags.DEFINE_string("config", "quick", "Benchmark preset (full, quick,
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Benchmark preset overrides field=value.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/antiunify", "Output folder (benchmark plot).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the benchmark pairs.")
+
+
+# The table for bound B enumerates sizes up to B + 1; the count grows ~6-7x per size (for
+# \x.x vs \x.c: size 6 ~1 s, size 7 ~6 s on one CPU core, so size 9 is minutes).
+MAX_NESTED_BOUND = 7
+
+
+def _check_bound(bound: int, force: bool) -> None:
+    if bound < 2:
+        raise cli.UserError(f"--bound={bound}: must be >= 2")
+    if bound > MAX_NESTED_BOUND and not force:
+        raise cli.UserError(
+            f"--bound={bound} enumerates generalizations up to size {bound + 1}, which grows "
+            f"~7x per size (minutes or more above {MAX_NESTED_BOUND}); use --bound<="
+            f"{MAX_NESTED_BOUND}, or pass --force to run it anyway")
+
+
+def _nested_table(N, s, t, bounds: list[int], max_arity: int) -> list[dict]:
+    """``N.enumeration_table`` with a tqdm bar ticking once per enumerated size."""
+    from tqdm.auto import tqdm
+
+    orig = N.enumerate_generalizations
+    sizes = len(set(bounds) | {max(bounds) + 1})
+    with tqdm(total=sizes, desc="nested sizes", unit="size", dynamic_ncols=True) as bar:
+        def counted(s_, t_, k, **kw):
+            bar.set_postfix_str(f"size {k}")
+            out = orig(s_, t_, k, **kw)
+            bar.update(1)
+            return out
+
+        N.enumerate_generalizations = counted
+        try:
+            return N.enumeration_table(s, t, bounds, max_arity=max_arity)
+        finally:
+            N.enumerate_generalizations = orig
 
 
 def _parse_sig(text: str | None):
@@ -56,6 +94,9 @@ def _parse_sig(text: str | None):
 def main(argv):
     del argv
     import pathlib
+
+    if _NESTED.value:  # before parsing anything
+        _check_bound(_BOUND.value, _FORCE.value)
 
     from jaxlm.symbolic import antiunify as A
     from jaxlm.symbolic import nested as N
@@ -111,10 +152,8 @@ def main(argv):
     except (ParseError, TypeCheckError) as e:
         raise app.UsageError(str(e)) from None
     if _NESTED.value:
-        if _BOUND.value < 2:
-            raise app.UsageError("--bound must be >= 2")
         bounds = list(range(2, _BOUND.value + 1))
-        rows = N.enumeration_table(s, t, bounds, max_arity=_MAX_ARITY.value)
+        rows = _nested_table(N, s, t, bounds, _MAX_ARITY.value)
         keys = list(rows[0])
         print(" | ".join(keys))
         for r in rows:
@@ -138,4 +177,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

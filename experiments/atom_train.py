@@ -28,6 +28,8 @@ import time
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _CONFIG = flags.DEFINE_string("config", "gptj-tiny_test", "Model preset (untied embeddings).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value model overrides.")
 _MODE = flags.DEFINE_enum("mode", "swap", ["swap", "resident", "peers", "pipeline", "hive"],
@@ -75,9 +77,9 @@ def main(argv):
     from jaxlm.train.data import synthetic_tokens
     from jaxlm.utils.config import apply_overrides
 
+    cfg = apply_overrides(MODELS.get(_CONFIG.value), _OVERRIDE.value)
     out = pathlib.Path(_WORKDIR.value)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = apply_overrides(MODELS.get(_CONFIG.value), _OVERRIDE.value)
     stages.check_model(cfg)
     b, t = _BATCH.value, _SEQ.value
     metrics: dict = {"mode": _MODE.value, "config": _CONFIG.value, "overrides": _OVERRIDE.value}
@@ -201,4 +203,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -336,4 +336,4 @@ def _time_scan(cfg, batch, seq, dev, reps, measure):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))

@@ -89,4 +89,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))

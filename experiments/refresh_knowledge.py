@@ -8,7 +8,9 @@ Writes <workdir>/results.json and the plots (causal tracing, sequential edits).
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm.utils import cli
 
 _CONFIG = flags.DEFINE_string("config", "smollm2", "Preset (smollm2 or smollm2_test).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset.")
@@ -46,4 +48,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -4,7 +4,9 @@
     python -m experiments.train_lm --config=20m --override=steps=500 --workdir=runs/20m
     python -m experiments.train_lm --config=smollm2-ft --workdir=runs/ft \\
         --init_from=smollm2-135m-instruct --data='notes/*.txt'
-    # kill it any time; the same command resumes from the last checkpoint.
+    # kill it any time; the same command resumes from the newest intact checkpoint
+    # (a corrupt step is reported and skipped; a changed config is refused unless
+    # --allow_config_change).
 
 Resume order: checkpoint in --workdir > --resume_from > --init_from (params only) >
 scratch. Presets: see ``jaxlm/train/presets.py`` (--list_configs).
@@ -13,9 +15,10 @@ scratch. Presets: see ``jaxlm/train/presets.py`` (--list_configs).
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from jaxlm.utils import cli
 
 _CONFIG = flags.DEFINE_string("config", "tiny", "Training preset (see --list_configs).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value (nested: optim.lr=1e-3).")
@@ -33,10 +36,19 @@ _NPROC = flags.DEFINE_integer("num_processes", None, "Processes in the multi-hos
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", None, "Fake CPU devices (testing).")
 _GLOO = flags.DEFINE_bool("gloo", False, "CPU collectives over gloo (multi-process CPU).")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume a --workdir whose saved config differs in a setting that changes the computation "
+    "(model shape, seq_len, learning rate, seed, data); the old config.json is kept.")
 
 
 def main(argv):
-    del argv
+    if len(argv) > 1:
+        raise cli.UserError(f"unexpected argument {argv[1]!r}; flags are written --name=value")
+    if not _LIST.value and not _WORKDIR.value:
+        raise cli.UserError("--workdir is required (a folder for checkpoints and metrics)")
+    cli.check_range("steps", _STEPS.value, lo=1, allow_none=True)
+    cli.check_range("cpu_devices", _CPU_DEVICES.value, lo=1, allow_none=True)
     import jax
 
     if _CPU_DEVICES.value:
@@ -45,11 +57,8 @@ def main(argv):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
     from jaxlm.train import parallel
-    from jaxlm.train.checkpoint import CheckpointError
     from jaxlm.train.loop import train_and_evaluate
-    from jaxlm.train.metrics import NonFiniteError
     from jaxlm.train.presets import TRAIN, get_config
-    from jaxlm.utils.config import ConfigError
 
     if _LIST.value:
         print("\n".join(TRAIN.names()))
@@ -59,24 +68,16 @@ def main(argv):
         overrides.append(f"seed={_SEED.value}")
     if _DATA.value:
         overrides.append(f"data.corpus={_DATA.value}")
-    if _STEPS.value:
+    if _STEPS.value is not None:
         overrides.append(f"steps={_STEPS.value}")
-    try:
-        cfg = get_config(_CONFIG.value, overrides)
-    except ConfigError as e:
-        sys.exit(f"error: {e}")
-    if not _WORKDIR.value:
-        sys.exit("error: --workdir is required (a folder for checkpoints and metrics)")
+    cfg = get_config(_CONFIG.value, overrides)  # validated before any data or compilation
     parallel.init_distributed(_COORD.value, _NPROC.value, _PID.value)
     logging.info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(),
                  jax.process_count(), jax.local_device_count(), jax.device_count(),
                  jax.default_backend())
     logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    try:
-        res = train_and_evaluate(cfg, _WORKDIR.value, resume_from=_RESUME.value,
-                                 init_from=_INIT.value)
-    except (ConfigError, CheckpointError, NonFiniteError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    res = train_and_evaluate(cfg, _WORKDIR.value, resume_from=_RESUME.value,
+                             init_from=_INIT.value, allow_config_change=_ALLOW_CHANGE.value)
     if jax.process_index() == 0 and res.evals:
         ev = res.evals[-1]
         print(f"done: step {ev['step']} held-out loss {ev['loss']:.4f} "
@@ -85,4 +86,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

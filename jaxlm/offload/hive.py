@@ -491,6 +491,9 @@ def run_hive_peer(spec: HivePeerSpec) -> dict[str, Any]:
 
 def hive_main() -> None:
     """Process entry: ``argv[1]`` is a JSON ``HivePeerSpec``."""
+    from jaxlm.utils.lifeline import bind_to_parent
+
+    bind_to_parent()  # dies (with its DHT/p2pd children) when the launcher dies
     emit_result("HIVE_RESULT", run_hive_peer(spec_from_argv(HivePeerSpec)))
     os._exit(0)  # hivemind's daemon threads can hang interpreter shutdown
 
@@ -521,10 +524,13 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
 
     Returns:
         The results of the peers that were not killed (joiner last). Every process group is
-        killed on exit, finished or not.
+        killed on exit, finished or not, and on SIGTERM/SIGINT/SIGHUP to this process; the
+        peers kill their own groups when this process dies (``jaxlm.utils.lifeline``).
     """
     import signal
     import subprocess
+
+    from jaxlm.utils.lifeline import Children
 
     validate_spec(base)
     env = dict(os.environ)
@@ -541,12 +547,11 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
         progs.append(prog)
         spec = dataclasses.replace(base, peer_id=p, progress=prog, **{**per_peer.get(p, {}),
                                                                        **extra})
-        procs.append(subprocess.Popen(
+        procs.append(kids.spawn(  # own group: hivemind forks DHT/p2pd children
             [*prefix_cmds.get(p, []), sys.executable, "-c",
              "from jaxlm.offload.hive import hive_main; hive_main()",
              json.dumps(dataclasses.asdict(spec))], stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True))  # own group: hivemind forks DHT/p2pd children
+            stderr=subprocess.PIPE, text=True, env=env))
 
     def wait_for(p: int, n: int, t_end: float) -> None:
         while time.monotonic() < t_end and _progress_lines(progs[p]) < n:
@@ -555,7 +560,9 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
                                    f"step {n}: {procs[p].stderr.read()[-2000:]}")
             time.sleep(0.1)
 
+    kids = Children()
     try:
+        kids.__enter__()
         for p in range(n_peers):
             start(p)
         t_end = time.monotonic() + timeout
@@ -582,10 +589,7 @@ def launch_hive(base: HivePeerSpec, n_peers: int, *, kill_peer: int | None = Non
             results.append(json.loads(lines[-1][len("HIVE_RESULT "):]))
         return results
     finally:
-        for pr in procs:  # also reaps children a finished or killed peer left behind
-            _kill_group(pr, signal.SIGKILL)
-            if pr.poll() is None:
-                pr.wait()
+        kids.__exit__(None, None, None)  # SIGKILLs every peer's group, finished or not
 
 
 def _kill_group(proc, sig) -> None:

@@ -137,19 +137,31 @@ class Topology:
         self.ns = [f"{self.base}n{i}" for i in range(n)]
         self.ips = [f"{subnet}.{i + 1}" for i in range(n)]
         self._up = False
+        self._kids = None
 
     # -- lifecycle
     def __enter__(self) -> Topology:
+        from jaxlm.utils.lifeline import Children
+
         check_support()
+        # SIGTERM/SIGINT/SIGHUP kill this topology's programs and unwind, so close() runs
+        self._kids = Children().__enter__()
         try:
             self._build()
         except BaseException:
-            self.close()
+            self.__exit__()
             raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.close()
+        try:
+            if self._kids is not None:
+                self._kids.kill_all()
+            self.close()
+        finally:
+            if self._kids is not None:
+                self._kids.__exit__(None, None, None)
+                self._kids = None
 
     def _build(self) -> None:
         self._up = True
@@ -199,6 +211,14 @@ class Topology:
         """Command prefix running a program inside peer ``i``'s namespace."""
         return ["ip", "netns", "exec", self.ns[i]]
 
+    def spawn(self, i: int, cmd: list[str], **popen_kw) -> subprocess.Popen:
+        """Starts ``cmd`` in peer ``i``'s namespace, in its own process group; it is killed
+        when the topology closes or this process gets SIGTERM/SIGINT/SIGHUP (a Python worker
+        that calls ``jaxlm.utils.lifeline.bind_to_parent`` also dies with this process)."""
+        if self._kids is None:
+            raise RuntimeError("Topology.spawn needs an open topology (use `with Topology(...)`)")
+        return self._kids.spawn([*self.exec_prefix(i), *cmd], **popen_kw)
+
     def run(self, i: int, cmd: list[str], timeout: float = 60.0) -> subprocess.CompletedProcess:
         return subprocess.run([*self.exec_prefix(i), *cmd], capture_output=True, text=True,
                               timeout=timeout)
@@ -226,11 +246,14 @@ print(time.perf_counter() - t0, flush=True)
 """
 
 
+_BIND = "from jaxlm.utils.lifeline import bind_to_parent; bind_to_parent()\n"
+
+
 def measure_transfer(topo: Topology, src: int, dst: int, nbytes: int, port: int = 29399
                      ) -> float:
     """Seconds to send ``nbytes`` over TCP from peer ``src`` to peer ``dst`` (acknowledged)."""
-    sink = subprocess.Popen([*topo.exec_prefix(dst), sys.executable, "-c", _SINK,
-                             topo.ips[dst], str(port)], stdout=subprocess.PIPE, text=True)
+    sink = topo.spawn(dst, [sys.executable, "-c", _BIND + _SINK, topo.ips[dst], str(port)],
+                      stdout=subprocess.PIPE, text=True)
     try:
         if sink.stdout.readline().strip() != "ready":
             raise RuntimeError("transfer sink did not start")

@@ -166,6 +166,9 @@ def run_lockstep_peer(spec: PeerSpec) -> dict[str, Any]:
 
 def worker_main() -> None:
     """Process entry: ``argv[1]`` is a JSON ``PeerSpec``."""
+    from jaxlm.utils.lifeline import bind_to_parent
+
+    bind_to_parent()  # dies when the launcher dies
     emit_result("PEER_RESULT", run_lockstep_peer(spec_from_argv(PeerSpec)))
 
 

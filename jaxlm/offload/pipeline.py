@@ -189,6 +189,9 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
 
 def stage_main() -> None:
     """Process entry: ``argv[1]`` is a JSON ``StageSpec``."""
+    from jaxlm.utils.lifeline import bind_to_parent
+
+    bind_to_parent()  # dies when the launcher dies
     emit_result("STAGE_RESULT", run_stage(spec_from_argv(StageSpec)))
 
 

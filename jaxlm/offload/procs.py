@@ -2,7 +2,9 @@
 
 Each worker is ``python -c "from <module> import <entry>; <entry>()" '<json spec>'``; it prints
 one ``<TAG> <json result>`` line on stdout. ``run_workers`` starts them on this machine, waits
-with one deadline for all, and kills every child if any fails or the time runs out.
+with one deadline for all, and kills every child if any fails or the time runs out. Workers run in
+their own process groups and call ``jaxlm.utils.lifeline.bind_to_parent`` so they die with the
+launcher; SIGTERM/SIGINT/SIGHUP to the launcher kill them first.
 """
 
 from __future__ import annotations
@@ -58,16 +60,20 @@ def run_workers(
         RuntimeError: a worker exited non-zero or printed no result line (its stderr tail
             is in the message). Every child is killed before the error propagates.
     """
+    from jaxlm.utils.lifeline import Children
+
     module, func = entry.split(":")
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # each worker sets up its own devices
     procs: list[subprocess.Popen] = []
+    kids = Children()  # own groups; killed on exit and on SIGTERM/SIGINT/SIGHUP
     try:
+        kids.__enter__()
         for w, spec in enumerate(specs):
             cmd = [*(prefixes[w] if prefixes else []), python or sys.executable, "-c", f"from {module} import {func}; {func}()",
                    json.dumps(dataclasses.asdict(spec))]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                          text=True, env=env))
+            procs.append(kids.spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, env=env))
         deadline = time.monotonic() + timeout
         results = []
         for pr in procs:
@@ -80,7 +86,4 @@ def run_workers(
             results.append(json.loads(lines[-1][len(tag) + 1:]))
         return results
     finally:
-        for pr in procs:
-            if pr.poll() is None:
-                pr.kill()
-                pr.wait()
+        kids.__exit__(None, None, None)

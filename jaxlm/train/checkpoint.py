@@ -1,5 +1,12 @@
 """Orbax checkpoints of the train state, the config and the data-iterator position.
 
+Checkpoints are untrusted input: every save stores a SHA-256 of each array's bytes
+(dtype and shape included) in the ``meta`` item, and every restore recomputes them.
+A step whose files are unreadable or whose arrays fail their checksum is corrupt
+(``CorruptCheckpointError``); ``restore_newest_good`` then reports it in one warning
+line and falls back to the newest good step. Arrays not fully addressable on this
+process (multi-host shards) are not covered; on one host that is none of them.
+
 One small wrapper (``Checkpointer``) over ``ocp.CheckpointManager`` with
 ``args=Composite(state=StandardSave, meta=JsonSave)``, a save-decision policy
 (every N steps, plus forced saves) and a preservation policy (keep the latest N),
@@ -19,21 +26,30 @@ Resume order (``plan_resume``), the first that applies wins:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import pathlib
+import shutil
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from orbax.checkpoint import checkpoint_managers as ocm
 
 from jaxlm.train.state import TrainState
+from jaxlm.utils.cli import UserError
 
 CKPT_DIR = "checkpoints"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that is missing, corrupt or does not match the config."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A step whose files are unreadable or whose arrays fail their checksum."""
 
 
 class Checkpointer:
@@ -50,11 +66,15 @@ class Checkpointer:
     def __init__(self, directory: str | pathlib.Path, *, save_every: int = 0, keep: int = 2,
                  async_save: bool = True, read_only: bool = False):
         self.directory = pathlib.Path(directory).absolute()
+        if keep < 1:
+            raise CheckpointError(f"keep={keep}: at least one checkpoint must be kept (keep >= 1)")
+        if save_every < 0:
+            raise CheckpointError(f"save_every={save_every}: must be >= 0 (0: forced saves only)")
         policy = (ocm.FixedIntervalPolicy(save_every) if save_every > 0
                   else ocm.SpecificStepsPolicy(steps=()))
         options = ocp.CheckpointManagerOptions(
             save_decision_policy=policy,
-            preservation_policy=ocm.LatestN(max(keep, 1)),
+            preservation_policy=ocm.LatestN(keep),
             enable_async_checkpointing=async_save,
             create=not read_only,
             read_only=read_only,
@@ -81,7 +101,13 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, meta: dict[str, Any], *,
              force: bool = False) -> bool:
-        """Saves when the policy says so (or ``force``); returns whether it saved."""
+        """Saves when the policy says so (or ``force``); returns whether it saved.
+
+        The ``meta`` item gains ``checksums`` (``array_checksums`` of ``state``).
+        """
+        if not (force or self.should_save(step)):
+            return False
+        meta = {**meta, "checksums": array_checksums(state)}
         args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                                   meta=ocp.args.JsonSave(meta))
         return bool(self.mngr.save(step, args=args, force=force))
@@ -98,7 +124,7 @@ class Checkpointer:
         try:
             out = self.mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - turned into one clear message
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"checkpoint {self.directory}/{step} has no readable meta ({type(e).__name__}); "
                 "it is corrupt: delete that step folder or start a new --workdir"
             ) from None
@@ -109,12 +135,12 @@ class Checkpointer:
         try:
             meta = self.mngr.item_metadata(step)["state"]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: "
                 f"{str(e)[:120]}); delete that step folder or start a new --workdir"
             ) from None
         if meta is None:
-            raise CheckpointError(f"checkpoint {self.directory}/{step} holds no train state")
+            raise CorruptCheckpointError(f"checkpoint {self.directory}/{step} holds no train state")
         want = _shapes(abstract)
         have = _shapes(meta)
         missing = sorted(set(want) - set(have))
@@ -137,8 +163,11 @@ class Checkpointer:
                 ) -> tuple[TrainState, dict[str, Any]]:
         """Restores ``(state, meta)`` onto ``abstract`` (ShapeDtypeStructs with shardings).
 
+        The arrays are checked against the checksums stored at save time.
+
         Raises:
-            CheckpointError: no checkpoint, shapes differ from the config, or corrupt files.
+            CorruptCheckpointError: unreadable files or an array that fails its checksum.
+            CheckpointError: no checkpoint, or shapes that differ from the config.
         """
         step = self.latest_step() if step is None else step
         if step is None:
@@ -148,11 +177,130 @@ class Checkpointer:
             out = self.mngr.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001
-            raise CheckpointError(
+            raise CorruptCheckpointError(
                 f"checkpoint {self.directory}/{step} could not be restored ({type(e).__name__}: "
-                f"{str(e)[:160]}); it is corrupt: delete that step folder or use a new --workdir"
+                f"{' '.join(str(e).split())[:160]}); it is corrupt: delete that step folder or "
+                "use a new --workdir"
             ) from None
-        return out["state"], dict(out["meta"])
+        state, meta = out["state"], dict(out["meta"])
+        stored = meta.get("checksums")
+        if stored is not None:
+            bad = verify_checksums(state, stored)
+            if bad:
+                raise CorruptCheckpointError(
+                    f"checkpoint {self.directory}/{step}: array {bad[0]} fails its checksum "
+                    f"({len(bad)} of {len(stored)} arrays differ from what was saved); the files "
+                    "are corrupt: delete that step folder or use a new --workdir")
+        return state, meta
+
+    def restore_newest_good(
+        self, abstract: TrainState, *, warn: Callable[[str], None] | None = None,
+    ) -> tuple[TrainState, dict[str, Any], int, list[tuple[int, str]]]:
+        """Restores the newest step that reads back intact, newest first.
+
+        Each corrupt step is reported with one ``warn`` line (default: an absl warning)
+        naming the step and the array or file, and skipped.
+
+        Returns:
+            ``(state, meta, step, skipped)`` with ``skipped`` the ``(step, reason)`` pairs.
+
+        Raises:
+            CheckpointError: no step at all, every step is corrupt, or the shapes differ
+                from the config (not corruption: no fallback).
+        """
+        warn = warn or logging.warning
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        skipped: list[tuple[int, str]] = []
+        for step in steps:
+            try:
+                state, meta = self.restore(abstract, step)
+            except CorruptCheckpointError as e:
+                reason = str(e)
+                older = [s for s in steps if s < step]
+                then = f"; falling back to step {older[0]}" if older else ""
+                warn(f"warning: {reason}{then}")
+                skipped.append((step, reason))
+                continue
+            return state, meta, step, skipped
+        raise CorruptCheckpointError(
+            f"every checkpoint in {self.directory} is corrupt (steps "
+            f"{', '.join(map(str, steps))}); move the folder away to start from scratch")
+
+    def newest_meta(self) -> dict[str, Any] | None:
+        """The meta of the newest step whose meta reads back (None if none does)."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                return self.read_meta(step)
+            except CheckpointError:
+                continue
+        return None
+
+
+def _leaves(tree: Any) -> list[tuple[str, Any]]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [(_norm_path(p), x) for p, x in flat]
+
+
+def _digest(x: Any) -> str | None:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return None  # another process holds part of it
+    a = np.ascontiguousarray(np.asarray(jax.device_get(x)))
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return "sha256:" + h.hexdigest()
+
+
+def array_checksums(state: Any) -> dict[str, str]:
+    """``{array path: "sha256:<hex>"}`` over each array's dtype, shape and bytes.
+
+    Arrays only partly held by this process are left out (multi-host).
+    """
+    out = {}
+    for path, x in _leaves(state):
+        d = _digest(x)
+        if d is not None:
+            out[path] = d
+    return out
+
+
+def verify_checksums(state: Any, stored: dict[str, str]) -> list[str]:
+    """The paths of arrays whose bytes differ from ``stored`` (missing ones count)."""
+    have = dict(_leaves(state))
+    bad = []
+    for path, want in stored.items():
+        if path not in have:
+            bad.append(path)
+            continue
+        got = _digest(have[path])
+        if got is not None and got != want:
+            bad.append(path)
+    return bad
+
+
+def quarantine(directory: str | pathlib.Path, steps: list[int],
+               dest: str | pathlib.Path) -> list[pathlib.Path]:
+    """Moves the corrupt ``steps`` of ``directory`` under ``dest`` (kept for inspection).
+
+    Used on a run's own checkpoints after a fallback, so later saves of those step
+    numbers do not collide with the corrupt folders.
+    """
+    dest = pathlib.Path(dest)
+    moved = []
+    for s in steps:
+        src = pathlib.Path(directory) / str(s)
+        if not src.exists():
+            continue
+        dest.mkdir(parents=True, exist_ok=True)
+        target = dest / str(s)
+        n = 1
+        while target.exists():
+            target = dest / f"{s}.{n}"
+            n += 1
+        shutil.move(str(src), str(target))
+        moved.append(target)
+    return moved
 
 
 def _shapes(tree: Any) -> dict[str, tuple[int, ...]]:
@@ -173,6 +321,58 @@ def _norm_path(path) -> str:
                 parts.append(str(getattr(k, attr)))
                 break
     return "/".join(parts)
+
+
+# TrainConfig fields that change bookkeeping or layout, not the numbers a run computes.
+BOOKKEEPING_FIELDS = frozenset({
+    "log_every", "eval_every", "eval_batches", "ckpt_every", "keep_ckpts", "tensorboard",
+    "measure_peak", "mesh_data", "mesh_fsdp", "parallel", "grad_accum", "init_from",
+    "data.cache_dir",
+})
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}."))
+    return out
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The settings that differ between a saved run and this one and change its numbers.
+
+    Args:
+        saved, current: ``{"train": to_dict(TrainConfig), "model": to_dict(ModelConfig),
+            "stream": data description}`` (missing parts are not compared).
+
+    Returns:
+        ``"name: old -> new"`` lines. Bookkeeping fields (``BOOKKEEPING_FIELDS``) are
+        ignored; ``steps`` counts only when the cosine schedule follows it
+        (``optim.decay_steps`` is None).
+    """
+    out = []
+    for part in ("train", "model", "stream"):
+        a, b = saved.get(part), current.get(part)
+        if a is None or b is None:
+            continue
+        fa, fb = _flat(a), _flat(b)
+        for k in sorted(set(fa) | set(fb)):
+            if part == "train" and (k in BOOKKEEPING_FIELDS or k.startswith("model.")):
+                continue  # the resolved model config is compared as its own part
+            if part == "train" and k == "steps" and fa.get("optim.decay_steps") is not None \
+                    and fa.get("optim.decay_steps") == fb.get("optim.decay_steps"):
+                continue
+            va, vb = fa.get(k, "<absent>"), fb.get(k, "<absent>")
+            if _norm(va) != _norm(vb):
+                name = k if part == "train" else f"{part}.{k}"
+                out.append(f"{name}: {va} -> {vb}")
+    return out
+
+
+def _norm(v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
 
 
 def has_checkpoint(directory: str | pathlib.Path) -> bool:

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from jaxlm.train.presets import DataConfig
+from jaxlm.utils.config import ConfigError
 
 BYTE_EOS = 256
 
@@ -50,20 +51,20 @@ def load_corpus(spec: str) -> list[str]:
     """Documents for ``spec``: "pydoc" or a glob of UTF-8 text files.
 
     Raises:
-        ValueError: no files match, or all of them are empty.
+        ConfigError (a ValueError): no files match, or all of them are empty.
     """
     if spec == "pydoc":
         docs = pydoc_corpus()
     else:
         paths = sorted(glob.glob(spec, recursive=True))
         if not paths:
-            raise ValueError(
+            raise ConfigError(
                 f"--data={spec!r} matches no files; pass a glob like 'data/*.txt' or 'pydoc'"
             )
         docs = [pathlib.Path(p).read_text(encoding="utf-8", errors="replace") for p in paths]
     docs = [d for d in docs if d.strip()]
     if not docs:
-        raise ValueError(
+        raise ConfigError(
             f"corpus {spec!r} is empty (no non-blank text); point --data at text files"
         )
     return docs
@@ -167,11 +168,11 @@ def make_tokenizer(cfg: DataConfig, docs: Sequence[str] | None = None) -> TextTo
         return ByteTokenizer()
     if cfg.tokenizer == "bpe":
         if docs is None:
-            raise ValueError("a BPE tokenizer is trained on the corpus; pass its documents")
+            raise ConfigError("a BPE tokenizer is trained on the corpus; pass its documents")
         return train_bpe(docs, cfg.vocab_size, cfg.cache_dir)
     if cfg.tokenizer == "smollm2":
         return pretrained_tokenizer()
-    raise ValueError(f"data.tokenizer={cfg.tokenizer!r} is unknown; use bytes, bpe or smollm2")
+    raise ConfigError(f"data.tokenizer={cfg.tokenizer!r} is unknown; use bytes, bpe or smollm2")
 
 
 # --------------------------------------------------------------------------- token file
@@ -219,7 +220,7 @@ def split_tokens(tokens: np.ndarray, eval_fraction: float, seq_len: int, batch_s
     """The last ``eval_fraction`` of the stream (at least one batch) is held out."""
     n_eval = max(int(len(tokens) * eval_fraction), batch_size * seq_len + 1)
     if len(tokens) - n_eval < batch_size * seq_len + 1:
-        raise ValueError(
+        raise ConfigError(
             f"corpus has {len(tokens)} tokens, too few for a train and a held-out batch of "
             f"{batch_size} x {seq_len}; add text or lower data.seq_len / data.batch_size"
         )
@@ -278,7 +279,7 @@ class PackedIterator(Iterator[dict[str, np.ndarray]]):
         self.n_windows = (len(tokens) - 1) // seq_len
         self.batches_per_epoch = self.n_windows // batch_size
         if self.batches_per_epoch < 1:
-            raise ValueError(
+            raise ConfigError(
                 f"token stream of {len(tokens)} tokens holds {self.n_windows} windows of "
                 f"{seq_len + 1}, fewer than batch_size={batch_size}; add text or lower "
                 "data.batch_size / data.seq_len"
@@ -320,7 +321,9 @@ def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, n: int,
                  rows: slice | None = None) -> list[dict[str, np.ndarray]]:
     """The first ``n`` (or fewer) in-order batches of the held-out stream."""
     it = PackedIterator(tokens, seq_len, batch_size, shuffle=False, rows=rows)
-    n = max(1, min(n, it.batches_per_epoch))
+    if n < 1:
+        raise ConfigError(f"eval_batches={n}: must be >= 1")
+    n = min(n, it.batches_per_epoch)
     return [next(it) for _ in range(n)]
 
 

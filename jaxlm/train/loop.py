@@ -11,7 +11,9 @@ on their schedules -> final eval, save, wait for the writes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Callable
@@ -19,11 +21,19 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 
 from jaxlm.core import ModelConfig, init
 from jaxlm.train import data as data_lib
 from jaxlm.train import parallel
-from jaxlm.train.checkpoint import Checkpointer, CheckpointError, ResumePlan, plan_resume
+from jaxlm.train.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    ResumePlan,
+    config_changes,
+    plan_resume,
+    quarantine,
+)
 from jaxlm.train.metrics import MetricWriter, Progress, check_finite, flops_per_token, format_eta
 from jaxlm.train.optim import make_optimizer
 from jaxlm.train.presets import TrainConfig
@@ -46,6 +56,8 @@ class TrainResult:
         compile_s: seconds of the first (compiling) step.
         tokenizer: the tokenizer of the data (None for synthetic data).
         num_params: parameter count.
+        skipped_steps: corrupt checkpoint steps passed over on resume, ``(step, reason)``.
+        config_changes: accepted differences from the saved config (``allow_config_change``).
     """
 
     state: TrainState
@@ -57,6 +69,45 @@ class TrainResult:
     compile_s: float
     tokenizer: Any
     num_params: int
+    skipped_steps: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    config_changes: list[str] = dataclasses.field(default_factory=list)
+
+
+def check_workdir(workdir: pathlib.Path) -> None:
+    """Creates ``workdir`` and proves it writable; raises CheckpointError (one line) if not."""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        probe = workdir / f".write_probe.{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        why = e.strerror or type(e).__name__
+        raise CheckpointError(
+            f"--workdir {str(workdir)!r} is not a writable folder ({why}); pass a folder "
+            "you can write to (checkpoints, metrics.jsonl and config.json go there)") from None
+
+
+def _keep_old_config(path: pathlib.Path, new_text: str, start: int) -> pathlib.Path | None:
+    """Renames an existing ``config.json`` whose settings differ, so it is never overwritten.
+
+    Only the resume source (``plan``) may differ without a copy being kept.
+    """
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = None
+    new = json.loads(new_text)
+    if isinstance(old, dict) and {k: v for k, v in old.items() if k != "plan"} == \
+            {k: v for k, v in new.items() if k != "plan"}:
+        return None
+    n, target = 0, path.with_name(f"config.before_step_{start}.json")
+    while target.exists():
+        n += 1
+        target = path.with_name(f"config.before_step_{start}.{n}.json")
+    os.replace(path, target)
+    return target
 
 
 def _pretrained(init_from: str):
@@ -96,6 +147,7 @@ def train_and_evaluate(
     on_step: Callable[[int, TrainState], None] | None = None,
     quiet: bool = False,
     progress_bar: Any = None,
+    allow_config_change: bool = False,
 ) -> TrainResult:
     """Trains ``cfg`` in ``workdir`` (resuming if it holds a checkpoint) and evaluates.
 
@@ -108,6 +160,9 @@ def train_and_evaluate(
         on_step: ``f(step, state)`` after every step (tests use it to kill a run).
         quiet: no progress bar or log lines.
         progress_bar: a tqdm-like bar to update instead of creating one.
+        allow_config_change: resume even when the saved config differs in a setting that
+            changes the computation (model shape, seq_len, learning rate, seed, data);
+            the old ``config.json`` is then kept as ``config.before_step_<N>.json``.
 
     Returns:
         TrainResult.
@@ -115,11 +170,14 @@ def train_and_evaluate(
     Raises:
         ConfigError / ValueError: bad config, batch/device mismatch, empty corpus,
             tokenizer larger than the model vocabulary (before compiling).
-        CheckpointError: corrupt or mismatched checkpoint.
+        CheckpointError: every checkpoint corrupt, a mismatched checkpoint, a changed
+            config (without ``allow_config_change``), or an unwritable ``workdir``.
         NonFiniteError: NaN/Inf metrics at a log step (names the step).
     """
     cfg.validate()
     workdir = pathlib.Path(workdir)
+    if jax.process_index() == 0:
+        check_workdir(workdir)
     init_from = init_from or cfg.init_from
     model_cfg, pre, tok_override = resolve_model(cfg, init_from)
     if cfg.data.seq_len > model_cfg.max_seq_len and model_cfg.pos == "learned":
@@ -127,8 +185,11 @@ def train_and_evaluate(
                           f"{model_cfg.max_seq_len}; lower data.seq_len")
 
     # ---- devices, data (all validated before compiling)
-    mesh = parallel.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
-    parallel.check_batch(cfg.data.batch_size, mesh, cfg.grad_accum)
+    try:
+        mesh = parallel.make_mesh(cfg.mesh_data, cfg.mesh_fsdp)
+        parallel.check_batch(cfg.data.batch_size, mesh, cfg.grad_accum)
+    except ValueError as e:  # the mesh/batch shape does not fit the devices
+        raise ConfigError(str(e)) from None
     stream = data_lib.token_stream(cfg.data, tokenizer=tok_override,
                                    synthetic_vocab=min(model_cfg.vocab_size, 64), seed=cfg.seed)
     if stream.vocab_size > model_cfg.vocab_size:
@@ -163,13 +224,31 @@ def train_and_evaluate(
                       out_shardings=parallel.replicated(mesh))
 
     # ---- initial state by the resume order
-    workdir.mkdir(parents=True, exist_ok=True)
+    main = jax.process_index() == 0
     plan = plan_resume(workdir, resume_from, init_from)
     meta: dict[str, Any] = {}
     root = jax.random.key(cfg.seed)
+    stream_desc = json.loads(data_lib.describe(stream))
+    current = {"train": to_dict(cfg), "model": to_dict(model_cfg), "stream": stream_desc}
+    changes: list[str] = []
+    skipped: list[tuple[int, str]] = []
     if plan.source in ("workdir", "resume_from"):
         with Checkpointer(plan.path, read_only=True) as src:
-            state, meta = src.restore(abstract_sh)
+            saved = src.newest_meta()
+            if saved is not None:  # compare before restoring: a shape change names its field
+                changes = config_changes(
+                    {"train": saved.get("config"), "model": saved.get("model"),
+                     "stream": saved.get("stream")}, current)
+                _refuse_changes(changes, allow_config_change, plan.path)
+            state, meta, good, skipped = src.restore_newest_good(abstract_sh)
+        if skipped and plan.source == "workdir":
+            if jax.process_count() > 1:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("jaxlm_restored")
+            if main:  # keep the corrupt steps for inspection, out of the way of new saves
+                quarantine(plan.path, [s for s, _ in skipped if s > good],
+                           workdir / "corrupt_checkpoints")
         it.set_state(meta["data"])
     elif plan.source == "init_from":
         want = jax.tree.map(lambda a: tuple(a.shape), abstract.params)
@@ -183,6 +262,17 @@ def train_and_evaluate(
     else:
         state = jax.jit(lambda k: init_state(k, init_fn, tx), out_shardings=state_sh)(
             jax.random.fold_in(root, 0))
+    if plan.source not in ("workdir", "resume_from") and (workdir / "config.json").exists():
+        try:  # a run that died before its first checkpoint
+            old = json.loads((workdir / "config.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        old_stream = old.get("data")
+        changes = config_changes(
+            {"train": old.get("train"), "model": old.get("model"),
+             "stream": json.loads(old_stream) if isinstance(old_stream, str) else None},
+            current)
+        _refuse_changes(changes, allow_config_change, workdir / "config.json")
     step_rng = jax.jit(lambda: jax.random.fold_in(root, 1),
                        out_shardings=parallel.replicated(mesh))()
     start = int(jax.device_get(state.step))
@@ -198,13 +288,18 @@ def train_and_evaluate(
         peak = matmul_peak_gflops()
         if jax.default_backend() != "cpu":  # CPU fake devices share one host's cores
             peak *= jax.device_count()
-    main = jax.process_index() == 0
     if main:
-        (workdir / "config.json").write_text(
-            _json({"train": to_dict(cfg), "model": to_dict(model_cfg), "plan": plan.source,
-                   "num_params": n_params, "flops_per_token": fpt,
-                   "data": data_lib.describe(stream)}))
-    writer = MetricWriter(workdir, tensorboard=cfg.tensorboard)
+        text = _json({"train": to_dict(cfg), "model": to_dict(model_cfg), "plan": plan.source,
+                      "num_params": n_params, "flops_per_token": fpt,
+                      "data": data_lib.describe(stream)})
+        kept = _keep_old_config(workdir / "config.json", text, start)
+        if kept is not None:
+            logging.warning("warning: config.json changed (%s); the old one is kept as %s",
+                            "; ".join(changes) or "bookkeeping fields only", kept.name)
+        tmp = workdir / "config.json.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, workdir / "config.json")
+    writer = MetricWriter(workdir, tensorboard=cfg.tensorboard, start=start)
     ckpt = Checkpointer(workdir / "checkpoints", save_every=cfg.ckpt_every, keep=cfg.keep_ckpts)
     progress = Progress(cfg.steps, tokens_per_step, fpt, peak, elapsed=meta.get("elapsed", 0.0))
     def say(fmt: str, *args) -> None:  # progress lines on stdout, above the tqdm bar
@@ -235,7 +330,7 @@ def train_and_evaluate(
 
     def save(s: int, force: bool) -> None:
         m = {"step": s, "data": it.state(), "elapsed": progress.elapsed,
-             "config": to_dict(cfg), "model": to_dict(model_cfg)}
+             "config": to_dict(cfg), "model": to_dict(model_cfg), "stream": stream_desc}
         ckpt.save(s, state, m, force=force)
 
     history: list[dict[str, float]] = []
@@ -288,7 +383,16 @@ def train_and_evaluate(
             bar.close()
     return TrainResult(state=state, model_cfg=model_cfg, history=history, evals=evals,
                        plan=plan, start_step=start, compile_s=compile_s,
-                       tokenizer=stream.tokenizer, num_params=n_params)
+                       tokenizer=stream.tokenizer, num_params=n_params,
+                       skipped_steps=skipped, config_changes=changes)
+
+
+def _refuse_changes(changes: list[str], allow: bool, where: Any) -> None:
+    if changes and not allow:
+        raise CheckpointError(
+            f"the run saved in {where} used another config ({'; '.join(changes)}); resuming "
+            "it with this one would change its computation: use a new --workdir, restore "
+            "the old settings, or pass --allow_config_change")
 
 
 def _json(obj: Any) -> str:

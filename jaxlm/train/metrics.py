@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import time
 from typing import Any
@@ -15,9 +16,10 @@ from typing import Any
 import jax
 
 from jaxlm.core import ModelConfig
+from jaxlm.utils.cli import UserError
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """The loss or a norm became NaN/Inf."""
 
 
@@ -58,14 +60,19 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 class MetricWriter:
     """Writes scalars to ``<workdir>/metrics.jsonl`` and (optionally) TensorBoard events.
 
+    A run that resumes at step ``start`` first cuts the file back to the rows of steps
+    ``<= start`` (rewritten atomically), so the rows logged between the last checkpoint
+    and a kill are not repeated; a partial last line left by a kill is dropped.
+
     Args:
         workdir: run folder.
         tensorboard: also write TensorBoard events under ``<workdir>/tb``.
         enabled: False on every process but 0 (nothing is written).
+        start: the step this run starts from (rows after it are dropped).
     """
 
     def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True,
-                 enabled: bool | None = None):
+                 enabled: bool | None = None, start: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.path = pathlib.Path(workdir) / "metrics.jsonl"
         self._tb = None
@@ -73,6 +80,8 @@ class MetricWriter:
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if start is not None:
+            truncate_jsonl(self.path, start)
         self._f = open(self.path, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -99,6 +108,39 @@ class MetricWriter:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def truncate_jsonl(path: str | pathlib.Path, last_step: int) -> int:
+    """Keeps the rows of ``path`` with ``step <= last_step``; returns how many were dropped.
+
+    The kept rows go to a temporary file that replaces ``path`` in one ``os.replace``,
+    so a kill during the rewrite leaves either the old or the new file. Lines that do
+    not parse (a row cut short by a kill) are dropped too.
+    """
+    p = pathlib.Path(path)
+    if not p.exists():
+        return 0
+    keep, dropped = [], 0
+    for line in p.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            ok = int(row["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            keep.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        tmp = p.with_name(p.name + ".tmp")
+        with open(tmp, "w") as f:
+            f.write("".join(ln + "\n" for ln in keep))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    return dropped
 
 
 def read_jsonl(path: str | pathlib.Path) -> list[dict[str, Any]]:

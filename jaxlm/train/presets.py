@@ -29,11 +29,19 @@ import dataclasses
 from typing import Literal
 
 from jaxlm.core.config import ModelConfig
-from jaxlm.utils.config import ConfigError, Registry
+from jaxlm.utils.config import ConfigError, Registry, check_finite
 
 OptName = Literal["adamw", "adafactor", "sgd"]
 Parallel = Literal["gspmd", "shard_map"]
 TokName = Literal["bytes", "bpe", "smollm2"]
+
+
+def _require(cfg, checks: list[tuple[bool, str]]) -> None:
+    """Raises ConfigError with the first failed check's message (NaN fields first)."""
+    check_finite(cfg)
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(f"{type(cfg).__name__}: {msg}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +72,19 @@ class OptimConfig:
     no_decay: tuple[str, ...] = (r"norm", r"bias", r"(^|/)b[qkvo]$", r"embed")
     clip_norm: float = 1.0
 
+    def __post_init__(self):
+        _require(self, [
+            (self.lr > 0, "lr must be > 0"),
+            (self.warmup_steps >= 0, "warmup_steps must be >= 0"),
+            (self.decay_steps is None or self.decay_steps > 0, "decay_steps must be > 0 or None"),
+            (0.0 <= self.min_lr_ratio <= 1.0, "min_lr_ratio must be in [0, 1]"),
+            (0.0 <= self.b1 < 1.0, "b1 must be in [0, 1)"),
+            (0.0 <= self.b2 < 1.0, "b2 must be in [0, 1)"),
+            (self.eps > 0, "eps must be > 0"),
+            (self.weight_decay >= 0, "weight_decay must be >= 0"),
+            (self.clip_norm >= 0, "clip_norm must be >= 0 (0 disables clipping)"),
+        ])
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -89,6 +110,14 @@ class DataConfig:
     batch_size: int = 16
     eval_fraction: float = 0.05
     cache_dir: str = "runs/data_cache"
+
+    def __post_init__(self):
+        _require(self, [
+            (self.vocab_size > 0, "vocab_size must be > 0"),
+            (self.seq_len > 1, "seq_len must be > 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (0.0 < self.eval_fraction < 0.5, "eval_fraction must be in (0, 0.5)"),
+        ])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,12 +163,32 @@ class TrainConfig:
     tensorboard: bool = True
     measure_peak: bool = True
 
-    def validate(self) -> None:
-        """Checks that do not need devices or data; raises ConfigError naming the field."""
-        checks = [
+    def __post_init__(self):
+        _require(self, self._field_checks())
+
+    def _field_checks(self) -> list[tuple[bool, str]]:
+        return [
             (self.steps > 0, "steps must be > 0"),
             (self.grad_accum > 0, "grad_accum must be > 0"),
             (self.log_every > 0, "log_every must be > 0"),
+            (self.eval_every >= 0, "eval_every must be >= 0 (0: evaluate only at the end)"),
+            (self.eval_batches >= 1, "eval_batches must be >= 1"),
+            (self.ckpt_every >= 0, "ckpt_every must be >= 0 (0: save only at the end)"),
+            (self.keep_ckpts >= 1, "keep_ckpts must be >= 1"),
+            (self.mesh_data == -1 or self.mesh_data >= 1,
+             "mesh_data must be >= 1 or -1 (all remaining devices)"),
+        ]
+
+    def validate(self) -> None:
+        """Every check that needs no devices or data; raises ConfigError naming the field.
+
+        Single-field ranges are also checked on construction (``__post_init__``, so an
+        override fails at once); the checks between fields run here, after all overrides.
+        """
+        check_finite(self)
+        self.optim.__post_init__()
+        self.data.__post_init__()
+        checks = self._field_checks() + [
             (self.data.seq_len > 1, "data.seq_len must be > 1"),
             (
                 self.data.batch_size % self.grad_accum == 0,
@@ -161,9 +210,8 @@ class TrainConfig:
                 f"data.seq_len ({self.data.seq_len}) exceeds model.max_seq_len "
                 f"({self.model.max_seq_len}); lower data.seq_len or raise model.max_seq_len",
             ))
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(f"TrainConfig: {msg}")
+        _require(self, checks)
+
 
 
 TRAIN: Registry[TrainConfig] = Registry("train")

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
+from jaxlm.utils.cli import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A preset name or override that cannot be applied."""
+class ConfigError(UserError, ValueError):
+    """A preset name, override or field value that cannot be used."""
 
 
 class Registry(Generic[T]):
@@ -90,9 +93,12 @@ def _parse_value(raw: str, typ: Any, key: str) -> Any:
         raise ConfigError(f"override {key}={raw!r}: expected true/false")
     if typ in (int, float, str):
         try:
-            return typ(raw)
+            val = typ(raw)
         except ValueError:
             raise ConfigError(f"override {key}={raw!r}: expected {typ.__name__}") from None
+        if typ is float and not math.isfinite(val):
+            raise ConfigError(f"override {key}={raw!r}: expected a finite number")
+        return val
     if origin is typing.Literal:
         choices = typing.get_args(typ)
         for c in choices:
@@ -142,7 +148,27 @@ def _set(cfg: Any, path: list[str], raw: str, full: str) -> Any:
     if len(path) > 1:
         return dataclasses.replace(cfg, **{head: _set(getattr(cfg, head), path[1:], raw, full)})
     typ = _field_types(type(cfg))[head]
-    return dataclasses.replace(cfg, **{head: _parse_value(raw, typ, full)})
+    val = _parse_value(raw, typ, full)
+    try:
+        return dataclasses.replace(cfg, **{head: val})
+    except ConfigError as e:  # a range check in the dataclass's __post_init__
+        raise ConfigError(f"override {full}={raw}: {e}") from None
+
+
+def check_finite(cfg: Any, prefix: str = "") -> None:
+    """Raises ConfigError naming the first NaN/Inf float field of a (nested) config dataclass."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            check_finite(v, name + ".")
+        elif isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{type(cfg).__name__}: {name}={v} is not finite; set a finite value")
+        elif isinstance(v, (tuple, list)):
+            for i, x in enumerate(v):
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ConfigError(f"{type(cfg).__name__}: {name}[{i}]={x} is not finite; "
+                                      "set a finite value")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
