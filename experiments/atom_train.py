@@ -187,12 +187,12 @@ def main(argv):
                     "tokens_per_s": b * t / steady, "time_to_target": hit,
                     "final_loss": losses[-1]})
     if _MODE.value == "swap" and last["st"].phases is not None:
-        from jaxlm.offload import engines
+        from experiments.atom import plots
 
         ph = last["st"].phases
         metrics["phases_last_step"] = {k: v for k, v in ph.items() if k != "per_submodel"}
         metrics["phases_per_submodel"] = ph["per_submodel"]
-        metrics["timeline"] = engines.plot_timeline(
+        metrics["timeline"] = plots.plot_timeline(
             last["st"].events, str(out / "atom_timeline.png"),
             f"last step, prefetch={_PREFETCH.value}, {tr.num_submodels} sub-models")
         tr.close()

@@ -108,8 +108,9 @@ def main(argv):
     import numpy as np
     import optax
 
+    from experiments.atom import measure, plots
     from jaxlm.core import MODELS
-    from jaxlm.offload import engines, measure, scan_offload, swap
+    from jaxlm.offload import engines, scan_offload, swap
     from jaxlm.utils.bench import Target, write_bench
     from jaxlm.utils.config import apply_overrides
 
@@ -224,7 +225,7 @@ def main(argv):
     os.makedirs(_OUT_DIR.value, exist_ok=True)
     if events:
         path = os.path.join(_OUT_DIR.value, "offload_timeline.png")
-        engines.plot_timeline(events, path, f"one swap step, thread mode, {dev.platform}, "
+        plots.plot_timeline(events, path, f"one swap step, thread mode, {dev.platform}, "
                               f"{r.get('num_submodels', '?')} sub-models, batch {batch}x{seq}")
         results["timeline_png"] = path
     # ---- 4. sweep: eta (thread vs none) against compute/load
@@ -237,7 +238,7 @@ def main(argv):
             for row in rows:
                 print("sweep", _fmt(row))
             results["sweep"] = rows
-            results["sweep_png"] = _plot_sweep(rows, os.path.join(_OUT_DIR.value,
+            results["sweep_png"] = plots.plot_sweep(rows, os.path.join(_OUT_DIR.value,
                                                                   "offload_sweep.png"),
                                                f"{dev.platform} {dev.device_kind}")
         except Exception as e:
@@ -275,35 +276,6 @@ def main(argv):
     print("loadavg start/end", results["loadavg_start"], results["loadavg_end"],
           "cpu_time_s", round(results["cpu_time_s"], 1))
     write_bench("offload", results, targets, out_dir=_OUT_DIR.value)
-
-
-def _plot_sweep(rows, path: str, title: str) -> str:
-    """eta_swap (thread, none, predicted) against the serial compute/load ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r["compute_over_load_fwd_median"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [r["eta_swap_thread"] for r in rows], "o-", label="thread (copy engines)")
-    ax.plot(x, [r["eta_swap_none"] for r in rows], "s-", label="none (serial)")
-    ax.plot(x, [r["eta_pred_parallel"] for r in rows], "k:", label="predicted, parallel lanes")
-    ax.plot(x, [r["eta_pred_one_core"] for r in rows], "k--", lw=0.8,
-            label="predicted, one copy core")
-    for r, xi in zip(rows, x):
-        ax.annotate(f"{r['batch']}x{r['seq']}", (xi, r["eta_swap_thread"]), fontsize=7)
-    ax.axhline(0.9, c="r", lw=0.8)
-    ax.axvline(1.0, c="gray", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("forward compute of k / load of k+1 (serial, median)")
-    ax.set_ylabel("eta_swap = staged compute / swap step")
-    ax.set_title(f"swap overlap vs compute per sub-model ({title})", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _gpu_plugin_installed() -> bool:
