@@ -1,8 +1,6 @@
-"""``python -m experiments.antiunify``: see ``experiments/antiunify/main.py``."""
+"""``python -m experiments.antiunify``: runs ``experiments/antiunify/main.py`` as the main module
+(so absl's --help lists its flags)."""
 
-from absl import app
+import runpy
 
-from experiments.antiunify.main import main
-
-if __name__ == "__main__":
-    app.run(main)
+runpy.run_module("experiments.antiunify.main", run_name="__main__", alter_sys=True)

@@ -1,8 +1,6 @@
-"""``python -m experiments.mamba_nd``: see ``experiments/mamba_nd/main.py``."""
+"""``python -m experiments.mamba_nd``: runs ``experiments/mamba_nd/main.py`` as the main module
+(so absl's --help lists its flags)."""
 
-from absl import app
+import runpy
 
-from experiments.mamba_nd.main import main
-
-if __name__ == "__main__":
-    app.run(main)
+runpy.run_module("experiments.mamba_nd.main", run_name="__main__", alter_sys=True)

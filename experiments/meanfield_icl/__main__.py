@@ -1,8 +1,6 @@
-"""``python -m experiments.meanfield_icl``: see ``experiments/meanfield_icl/main.py``."""
+"""``python -m experiments.meanfield_icl``: runs ``experiments/meanfield_icl/main.py`` as the main module
+(so absl's --help lists its flags)."""
 
-from absl import app
+import runpy
 
-from experiments.meanfield_icl.main import main
-
-if __name__ == "__main__":
-    app.run(main)
+runpy.run_module("experiments.meanfield_icl.main", run_name="__main__", alter_sys=True)

@@ -1,8 +1,6 @@
-"""``python -m experiments.tacs``: see ``experiments/tacs/main.py``."""
+"""``python -m experiments.tacs``: runs ``experiments/tacs/main.py`` as the main module
+(so absl's --help lists its flags)."""
 
-from absl import app
+import runpy
 
-from experiments.tacs.main import main
-
-if __name__ == "__main__":
-    app.run(main)
+runpy.run_module("experiments.tacs.main", run_name="__main__", alter_sys=True)
