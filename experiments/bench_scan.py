@@ -60,7 +60,7 @@ def main(argv):
     import jax
 
     from experiments.mamba_nd import scan_bench as sb
-    from jaxlm.utils.bench import Target, matmul_peak_gflops, memory_bandwidth_gbs, write_bench
+    from jaxlm.utils.bench import matmul_peak_gflops, memory_bandwidth_gbs, write_bench
 
     lengths = [int(v) for v in (_LENGTHS.value or ([256, 1024] if _QUICK.value
                                                    else [256, 1024, 4096]))]
@@ -113,37 +113,7 @@ def main(argv):
                  if "speedup_vs_mambapy_fwd_s" in summ else ""))
     t = results["shapes"]["B{}_L{}_D{}_N{}".format(*TARGET_SHAPE)]
     summ, meas = t["summary"], t["measured"]
-    targets = []
-    if "mambapy_pscan" in meas:
-        targets += [
-            Target("vs mambapy pscan: best jaxlm fwd speed-up (x)",
-                   summ["speedup_vs_mambapy_fwd_s"], 10.0, ">="),
-            Target("vs mambapy pscan: best jaxlm fwd+bwd speed-up (x)",
-                   summ["speedup_vs_mambapy_fwdbwd_s"], 10.0, ">="),
-            Target("vs mambapy pscan [1 device]: best jaxlm fwd speed-up (x)",
-                   summ["speedup_1dev_vs_mambapy_fwd_s"], 10.0, ">="),
-            Target("vs mambapy pscan [1 device]: best jaxlm fwd+bwd speed-up (x)",
-                   summ["speedup_1dev_vs_mambapy_fwdbwd_s"], 10.0, ">="),
-        ]
-    # "within 5x of the floor": the floor is the bandwidth/compute model (not met on CPU,
-    # ~17x off). The anchor ratios below keep the 5x threshold but say what they compare to:
-    # the plain lax.scan starts from materialised a, b, so beating it is no floor.
-    targets += [
-        Target("the floor (bandwidth/compute model): best fwd / floor (x)",
-               summ["best_fwd_over_floor"], 5.0, "<="),
-        Target("the floor x3 (fwd+bwd model): best fwd+bwd / (3 x floor) (x)",
-               summ["best_fwdbwd_over_floor"], 5.0, "<="),
-        Target("vs plain lax.scan on materialised a,b: best fwd / anchor fwd (x)",
-               summ["best_fwd_over_plain_lax_scan"], 5.0, "<="),
-        Target("vs plain lax.scan on materialised a,b: best fwd+bwd / anchor fwd+bwd (x)",
-               summ["best_fwdbwd_over_plain_lax_scan"], 5.0, "<="),
-        Target("vs fused exp-sum (measured exp work): best fwd / exp-sum (x)",
-               summ["best_fwd_over_exp_sum"], 5.0, "<="),
-        Target("vs 2 x fused exp-sum: best fwd+bwd / (2 x exp-sum) (x)",
-               summ["best_fwdbwd_over_2x_exp_sum"], 5.0, "<="),
-        Target("chunked fwd+bwd peak mem / one (B,L,D,N) tensor",
-               summ["chunked_fwdbwd_mem_over_tensor"], 1.5, "<="),
-    ]
+    targets = sb.targets(summ, meas)
     write_bench("scan", results, targets, out_dir=_OUT_DIR.value)
 
 
