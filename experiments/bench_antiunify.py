@@ -4,7 +4,7 @@
     python -m experiments.bench_antiunify             # 1e2..1e5, naive Mer up to 3e4
 
 Times pattern_lgg with hash-bucketed Mer and with the naive pairwise Mer on random
-pairs with many shared differences (jaxlm.symbolic.bench.random_pair), fits the
+pairs with many shared differences (experiments.antiunify.bench.random_pair), fits the
 log-log slopes, times parse + AU of a 1e5-node-per-term pair, and writes
 runs/bench/antiunify.json plus the slope plot. Pure Python: the device does not matter
 (runs unchanged on a GPU machine; nothing is placed on the accelerator).
@@ -25,7 +25,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for antiunify.js
 
 def main(argv):
     del argv
-    from jaxlm.symbolic.bench import (
+    from experiments.antiunify.bench import (
         BENCH_PRESETS,
         bench_targets,
         geometric_sizes,

@@ -33,7 +33,7 @@ def main(argv):
     del argv
     import jax
 
-    from jaxlm.core import perf
+    from experiments.smollm2 import hf_anchor, perf
     from jaxlm.utils.bench import Target, write_bench
     from jaxlm.weights import load
 
@@ -74,7 +74,7 @@ def main(argv):
     hf = None
     if not _NO_HF.value and backend == "cpu" and m is not None:
         try:
-            hf = perf.hf_decode_tok_s(m.path, 17 if quick else 33)
+            hf = hf_anchor.hf_decode_tok_s(m.path, 17 if quick else 33)
         except ImportError as e:
             logging.warning("transformers anchor skipped (%s); install the reference extra", e)
     r["hf_decode_b1_tok_s"] = hf

@@ -4,6 +4,12 @@
     python -m experiments.bench_offload                # CPU, ~2.5 min (+ sweep of 5 shapes)
     # the one-command GPU pass (H100/H200; GPU sizes are automatic on a GPU, ~4-6 min):
     python -m experiments.bench_offload --gpu_large --repeats=5 --out_dir=runs/bench
+    python -m experiments.bench_offload --config=quick_test --out_dir=/tmp/off   # smoke test
+
+Presets: ``experiments.atom.config.OFFLOAD_BENCH`` (default, quick, repro, gpu_large and a
+``*_test`` twin each: a 2-layer d=64 swap model, one repeat, no sweep) of
+``OffloadBenchConfig``, ``--override=field=value``; ``--quick``, ``--gpu_large``,
+``--repeats`` and the other per-field flags are shorthands for the same overrides.
 
 Writes <out_dir>/offload.json (+ offload_timeline.png, offload_sweep.png). Device choice is
 automatic: on a GPU the compute device is the GPU and the host is the CPU backend; on CPU the
@@ -47,36 +53,40 @@ import os
 
 from absl import app, flags
 
-_QUICK = flags.DEFINE_bool("quick", False, "Small sizes (CPU ~1-2 min, GPU < 3 min).")
-_GPU_LARGE = flags.DEFINE_bool(
+_CONFIG = flags.DEFINE_string("config", "default", "bench_offload preset: default, quick, "
+                              "repro, gpu_large (+ *_test twins); see --list_configs.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset "
+                                      "(OffloadBenchConfig fields).")
+_LIST = flags.DEFINE_bool("list_configs", False, "Print the preset names and exit.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
+# shorthands for --override=<field>=<value> (applied after --override when given)
+flags.DEFINE_bool("quick", False, "Small sizes (CPU ~1-2 min, GPU < 3 min).")
+flags.DEFINE_bool(
     "gpu_large", False, "GPU sizes: d=2048 blocks (16 heads x 128), one block per sub-model, "
     "16x2048 tokens per swap (compute/load > 1 at pinned PCIe bandwidth), 256 MB-1 GB copies. "
     "Default: on when a GPU is the device.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (median) after warm-up.")
-_SINGLE = flags.DEFINE_bool("single", False, "Only the thread/none swap modes, no sweep "
-                            "(repro entry).")
-_SWEEP = flags.DEFINE_bool("sweep", True, "eta vs compute/load over tokens per sub-model.")
-_CPU_THREADS = flags.DEFINE_integer("cpu_compute_threads", 1, "XLA:CPU compute threads (1: "
-                                    "--xla_cpu_multi_thread_eigen=false; 0: XLA default). Set "
-                                    "before JAX starts; ignored when a GPU plugin is installed.")
-_CPU_PIN = flags.DEFINE_bool("cpu_pin", True, "CPU only: copy/update threads on the last core, "
-                             "the main (dispatching) thread on the others.")
-_CPU_PIN_XLA = flags.DEFINE_bool("cpu_pin_xla", False, "CPU only, with --cpu_pin: also pin XLA's "
-                                 "existing worker threads to the compute cores (a strict "
-                                 "one-core-compute / one-core-copy split; the anchors then run "
-                                 "on one core too).")
-_OPT = flags.DEFINE_enum("host_opt", "sgd", ["sgd", "adam"], "Host optimizer of the overlap "
-                         "runs (sgd: the update does not mask the copy/compute overlap).")
-_SWAP_OVERRIDE = flags.DEFINE_multi_string("swap_override", [], "Extra model overrides for "
-                                           "the swap runs (field=value).")
-_SWAP_BATCH = flags.DEFINE_integer("swap_batch", 0, "Batch of the main swap point (0: preset).")
-_SWAP_SEQ = flags.DEFINE_integer("swap_seq", 0, "Sequence length of the main point (0: preset).")
-_OPT_MODE = flags.DEFINE_enum("swap_opt_mode", "auto",
-                              ["auto", "host-eager", "device-per-submodel"],
-                              "Optimizer placement of the main swap runs (auto: "
-                              "device-per-submodel on a GPU, whose host hops are slow; "
-                              "host-eager on CPU).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
+flags.DEFINE_integer("repeats", 5, "Timed repeats (median) after warm-up.")
+flags.DEFINE_bool("single", False, "Only the thread/none swap modes, no sweep (repro entry).")
+flags.DEFINE_bool("sweep", True, "eta vs compute/load over tokens per sub-model.")
+flags.DEFINE_integer("cpu_compute_threads", 1, "XLA:CPU compute threads (1: "
+                     "--xla_cpu_multi_thread_eigen=false; 0: XLA default). Set before JAX "
+                     "starts; ignored when a GPU plugin is installed.")
+flags.DEFINE_bool("cpu_pin", True, "CPU only: copy/update threads on the last core, the main "
+                  "(dispatching) thread on the others.")
+flags.DEFINE_bool("cpu_pin_xla", False, "CPU only, with --cpu_pin: also pin XLA's existing "
+                  "worker threads to the compute cores (a strict one-core-compute / "
+                  "one-core-copy split; the anchors then run on one core too).")
+flags.DEFINE_enum("host_opt", "sgd", ["sgd", "adam"], "Host optimizer of the overlap runs "
+                  "(sgd: the update does not mask the copy/compute overlap).")
+flags.DEFINE_multi_string("swap_override", [], "Extra model overrides for the swap runs "
+                          "(field=value; appended to swap_overrides).")
+flags.DEFINE_integer("swap_batch", 0, "Batch of the main swap point (0: preset).")
+flags.DEFINE_integer("swap_seq", 0, "Sequence length of the main point (0: preset).")
+flags.DEFINE_enum("swap_opt_mode", "auto", ["auto", "host-eager", "device-per-submodel"],
+                  "Optimizer placement of the main swap runs (auto: device-per-submodel on a "
+                  "GPU, whose host hops are slow; host-eager on CPU).")
+_SHORTHANDS = ("quick", "gpu_large", "repeats", "single", "sweep", "cpu_compute_threads",
+               "cpu_pin", "cpu_pin_xla", "host_opt", "swap_batch", "swap_seq", "swap_opt_mode")
 
 # PCIe x16 per-direction theoretical bandwidth (GB/s) by card name fragment
 PCIE_GBS = {"H200": 64.0, "H100": 64.0, "GH200": 450.0, "A100": 32.0, "L40": 32.0,
@@ -96,40 +106,64 @@ def _fmt(d: dict) -> dict:
             if k not in ("per_submodel", "serial_phases", "events")}
 
 
+def _config():
+    import dataclasses
+
+    from experiments.atom.config import OFFLOAD_BENCH, offload_bench_config
+    from jaxlm.utils.config import ConfigError
+
+    if _LIST.value:
+        print("\n".join(OFFLOAD_BENCH.names()))
+        raise SystemExit(0)
+    overrides = list(_OVERRIDE.value)
+    overrides += [f"{n}={flags.FLAGS[n].value}" for n in _SHORTHANDS if flags.FLAGS[n].present]
+    try:
+        cfg = offload_bench_config(_CONFIG.value, overrides)
+    except ConfigError as e:
+        raise app.UsageError(str(e)) from None
+    extra = tuple(flags.FLAGS["swap_override"].value)
+    return dataclasses.replace(cfg, swap_overrides=cfg.swap_overrides + extra)
+
+
 def main(argv):
     del argv
+    bc = _config()
     cpu_only = not _gpu_plugin_installed()
-    if _CPU_THREADS.value == 1 and cpu_only:  # single-threaded XLA compute on CPU
+    if bc.cpu_compute_threads == 1 and cpu_only:  # single-threaded XLA compute on CPU
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + " --xla_cpu_multi_thread_eigen=false").strip()
+    import dataclasses
+
     import jax
 
     jax.config.update("jax_num_cpu_devices", 2)
     import numpy as np
     import optax
 
+    from experiments.atom import measure, plots
     from jaxlm.core import MODELS
-    from jaxlm.offload import engines, measure, scan_offload, swap
+    from jaxlm.offload import engines, scan_offload, swap
     from jaxlm.utils.bench import Target, write_bench
     from jaxlm.utils.config import apply_overrides
 
     host, dev = swap.default_devices()
     gpu = dev.platform != "cpu"
     part = None
-    if not gpu and _CPU_PIN.value:
+    if not gpu and bc.cpu_pin:
         jax.devices()  # XLA's thread pools exist before the main thread is pinned
         part = engines.partition_cores(1)
-    if part and _CPU_PIN_XLA.value:
+    if part and bc.cpu_pin_xla:
         engines.pin_process_threads(part.compute)
     copy_cores = part.copy if part else None
-    big = _GPU_LARGE.value or gpu
-    quick = _QUICK.value
-    reps = _REPEATS.value
-    results: dict = {"host": str(host), "device": str(dev), "platform": dev.platform,
+    big = bc.gpu_large or gpu
+    quick = bc.quick
+    reps = bc.repeats
+    results: dict = {"config": _CONFIG.value, "run": dataclasses.asdict(bc),
+                     "host": str(host), "device": str(dev), "platform": dev.platform,
                      "device_kind": dev.device_kind, "jax": jax.__version__,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""),
                      "core_partition": (part.describe() + (" (XLA threads pinned too)" if
-                                                            _CPU_PIN_XLA.value else ""))
+                                                            bc.cpu_pin_xla else ""))
                      if part else None,
                      "host_memory": engines.choose_host_memory(dev).__dict__,
                      "zero_copy_cpu_device": engines.zero_copy_supported(dev),
@@ -167,30 +201,30 @@ def main(argv):
     sizes = list(GPU_MODEL if big else CPU_MODEL)
     if big and quick:
         sizes[0] = "n_layers=4"
-    sizes += _SWAP_OVERRIDE.value
+    sizes += list(bc.swap_overrides)
     main_shape = GPU_MAIN if big else CPU_MAIN
     if big and quick:
         main_shape = (8, 2048)
-    batch = _SWAP_BATCH.value or main_shape[0]
-    seq = _SWAP_SEQ.value or main_shape[1]
+    batch = bc.swap_batch or main_shape[0]
+    seq = bc.swap_seq or main_shape[1]
     cfg = apply_overrides(MODELS.get("gptj-tiny_test"), sizes)
     if seq > cfg.max_seq_len:
         raise ValueError(f"--swap_seq={seq} exceeds max_seq_len={cfg.max_seq_len}; add "
                          f"--swap_override=max_seq_len={seq}")
     n = cfg.n_layers + 2
-    tx = optax.sgd(1e-3) if _OPT.value == "sgd" else optax.adam(1e-3)
-    modes = ("thread", "none") if _SINGLE.value else ("dispatch", "thread", "none")
+    tx = optax.sgd(1e-3) if bc.host_opt == "sgd" else optax.adam(1e-3)
+    modes = ("thread", "none") if bc.single else ("dispatch", "thread", "none")
     # one block per sub-model; embed joins block_0 and head the last block, so every
     # sub-model's compute is one block's (the embed alone cannot hide block_1's load)
     cuts = list(range(2, n - 1))
     hm = engines.choose_host_memory(dev).kind
-    opt_mode = _OPT_MODE.value
+    opt_mode = bc.swap_opt_mode
     if opt_mode == "auto":
         opt_mode = "device-per-submodel" if gpu else "host-eager"
     kw = dict(repeats=reps, tx=tx, copy_cores=copy_cores, opt_mode=opt_mode)
     try:
         r = measure.measure_overlap(cfg, batch, seq, cuts, modes=modes, host_memory=hm,
-                                    monolithic=not (_SINGLE.value or (big and not quick)),
+                                    monolithic=not (bc.single or (big and not quick)),
                                     **kw)
     except Exception as e:  # keep the other numbers; say what failed
         import traceback
@@ -207,7 +241,7 @@ def main(argv):
         r["eta_pred_contended"] = r["t_staged_compute_only"] / r["t_pred_contended"]
     print(_fmt(r))
     results["swap"] = r
-    if gpu and not _SINGLE.value:  # the alternatives: host optimizer, pageable host copy
+    if gpu and not bc.single:  # the alternatives: host optimizer, pageable host copy
         other = "host-eager" if opt_mode == "device-per-submodel" else "device-per-submodel"
         for name, hmem, om in ((f"swap_{other}", hm, other), ("swap_pageable", "cpu", opt_mode)):
             try:
@@ -220,15 +254,15 @@ def main(argv):
             except Exception as e:
                 results[name] = {"error": repr(e)[:400]}
     results["swap_model"] = {"overrides": sizes, "batch": batch, "seq": seq,
-                             "host_opt": _OPT.value, "opt_mode": opt_mode, "cuts": cuts}
+                             "host_opt": bc.host_opt, "opt_mode": opt_mode, "cuts": cuts}
     os.makedirs(_OUT_DIR.value, exist_ok=True)
     if events:
         path = os.path.join(_OUT_DIR.value, "offload_timeline.png")
-        engines.plot_timeline(events, path, f"one swap step, thread mode, {dev.platform}, "
+        plots.plot_timeline(events, path, f"one swap step, thread mode, {dev.platform}, "
                               f"{r.get('num_submodels', '?')} sub-models, batch {batch}x{seq}")
         results["timeline_png"] = path
     # ---- 4. sweep: eta (thread vs none) against compute/load
-    if _SWEEP.value and not _SINGLE.value:
+    if bc.sweep and not bc.single:
         shapes = GPU_SWEEP if big else CPU_SWEEP
         if quick:
             shapes = [shapes[0], shapes[-1]]
@@ -237,7 +271,7 @@ def main(argv):
             for row in rows:
                 print("sweep", _fmt(row))
             results["sweep"] = rows
-            results["sweep_png"] = _plot_sweep(rows, os.path.join(_OUT_DIR.value,
+            results["sweep_png"] = plots.plot_sweep(rows, os.path.join(_OUT_DIR.value,
                                                                   "offload_sweep.png"),
                                                f"{dev.platform} {dev.device_kind}")
         except Exception as e:
@@ -248,7 +282,7 @@ def main(argv):
     # ---- 5. in-graph scan offload (where the backend lists pinned_host)
     ok, why = scan_offload.scan_offload_support(dev)
     results["scan_offload"] = {"supported": ok, "note": why}
-    if ok and not _SINGLE.value:
+    if ok and not bc.single:
         try:
             results["scan_offload"].update(_time_scan(cfg, batch, seq, dev, reps, measure))
         except Exception as e:  # report, do not lose the other numbers
@@ -275,35 +309,6 @@ def main(argv):
     print("loadavg start/end", results["loadavg_start"], results["loadavg_end"],
           "cpu_time_s", round(results["cpu_time_s"], 1))
     write_bench("offload", results, targets, out_dir=_OUT_DIR.value)
-
-
-def _plot_sweep(rows, path: str, title: str) -> str:
-    """eta_swap (thread, none, predicted) against the serial compute/load ratio."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = [r["compute_over_load_fwd_median"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [r["eta_swap_thread"] for r in rows], "o-", label="thread (copy engines)")
-    ax.plot(x, [r["eta_swap_none"] for r in rows], "s-", label="none (serial)")
-    ax.plot(x, [r["eta_pred_parallel"] for r in rows], "k:", label="predicted, parallel lanes")
-    ax.plot(x, [r["eta_pred_one_core"] for r in rows], "k--", lw=0.8,
-            label="predicted, one copy core")
-    for r, xi in zip(rows, x):
-        ax.annotate(f"{r['batch']}x{r['seq']}", (xi, r["eta_swap_thread"]), fontsize=7)
-    ax.axhline(0.9, c="r", lw=0.8)
-    ax.axvline(1.0, c="gray", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_xlabel("forward compute of k / load of k+1 (serial, median)")
-    ax.set_ylabel("eta_swap = staged compute / swap step")
-    ax.set_title(f"swap overlap vs compute per sub-model ({title})", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def _gpu_plugin_installed() -> bool:

@@ -61,9 +61,9 @@ def main(argv):
     del argv
     from tqdm.auto import tqdm
 
+    from experiments.tips.plots import plot_score_vs_trial
     from jaxlm.agents.textworld_env import TextWorldEnv, game_set, make_games
-    from jaxlm.agents.tips import (ActorConfig, EpisodeLog, TipGenerator, plot_score_vs_trial,
-                                   run_suite)
+    from jaxlm.agents.tips import ActorConfig, EpisodeLog, TipGenerator, run_suite
     from jaxlm.llm import make_backend
 
     work = pathlib.Path(_WORKDIR.value)

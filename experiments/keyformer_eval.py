@@ -30,7 +30,7 @@ def main(argv):
     del argv
     from tqdm.auto import tqdm
 
-    from jaxlm.kvcache import evaluate as E
+    from experiments.keyformer import evaluate as E
     from jaxlm.utils.config import ConfigError
     from jaxlm.utils.report import markdown_table
 

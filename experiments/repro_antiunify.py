@@ -19,8 +19,8 @@ def run(ctx: RunContext) -> Section:
     import time
 
     from jaxlm.symbolic import nested as N
-    from jaxlm.symbolic import report as R
-    from jaxlm.symbolic.bench import geometric_sizes, run_benchmark, slope_plot
+    from experiments.antiunify import report as R
+    from experiments.antiunify.bench import geometric_sizes, run_benchmark, slope_plot
     from jaxlm.symbolic.syntax import parse
 
     bar = ctx.bar(5, "steps")

@@ -69,7 +69,7 @@ def run(ctx: RunContext) -> Section:
                     == (ctx.outdir / "episodes_replay.jsonl").read_text())
     t_replay = time.time() - t2
     (ctx.outdir / "results.json").write_text(json.dumps(res, indent=1, default=str))
-    from jaxlm.agents.tips import plot_score_vs_trial
+    from experiments.tips.plots import plot_score_vs_trial
 
     plot = ctx.outdir / "score_vs_trial.png"
     plot_score_vs_trial(res["summary"], plot)

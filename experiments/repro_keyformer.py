@@ -31,7 +31,7 @@ def _throughput(ctx: RunContext, quick: bool) -> dict:
     """Full cache vs Keyformer@50% decode at one or two (P, B) points, with the model."""
     from jaxlm.core import MODELS
     from jaxlm.kvcache import Policy
-    from jaxlm.kvcache import bench as B
+    from experiments.keyformer import bench as B
 
     cfg = MODELS.get("smollm2-135m")
     params = B.random_params(cfg)
@@ -56,7 +56,7 @@ def _throughput(ctx: RunContext, quick: bool) -> dict:
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.kvcache import evaluate as E
+    from experiments.keyformer import evaluate as E
 
     name = "keyformer_quick" if ctx.quick else "keyformer"
     cfg = E.EVALS.get(name)

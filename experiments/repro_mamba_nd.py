@@ -19,7 +19,7 @@ def _beats(a: dict, b: dict, higher: bool) -> bool:
 
 def _verdict(res: dict, quick: bool) -> tuple[str, str]:
     """Mamba-ND vs the best width-matched baseline per task, and the orderings ablation."""
-    from jaxlm.ssm import nd_experiment as E
+    from experiments.mamba_nd import experiment as E
 
     notes, wins, n = [], 0, 0
     for tname, rows in res["tasks"].items():
@@ -54,7 +54,7 @@ def _verdict(res: dict, quick: bool) -> tuple[str, str]:
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.ssm import nd_experiment as E
+    from experiments.mamba_nd import experiment as E
 
     preset = "quick" if ctx.quick else "full"
     cfg = E.PRESETS.get(preset)

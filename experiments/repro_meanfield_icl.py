@@ -15,9 +15,9 @@ TITLE = "Kim & Suzuki 2024: mean-field MLP + linear attention learns features in
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.meanfield import experiments as ex
-    from jaxlm.meanfield import plots
-    from jaxlm.meanfield import report as rep
+    from experiments.meanfield_icl import experiment as ex
+    from experiments.meanfield_icl import plots
+    from experiments.meanfield_icl import report as rep
 
     cfg = ex.PRESETS.get("quick" if ctx.quick else "full")
     cfg = dataclasses.replace(cfg, seed=ctx.seed)

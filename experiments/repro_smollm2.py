@@ -32,7 +32,8 @@ def run(ctx: RunContext) -> Section:
     import jax
     import jax.numpy as jnp
 
-    from jaxlm.core import apply, perf
+    from experiments.smollm2 import hf_anchor, perf
+    from jaxlm.core import apply
     from jaxlm.core.generate import generate
     from jaxlm.weights import load
 
@@ -70,7 +71,7 @@ def run(ctx: RunContext) -> Section:
     hf = None
     if not ctx.quick:
         try:
-            hf = perf.hf_decode_tok_s(m.path, 33)
+            hf = hf_anchor.hf_decode_tok_s(m.path, 33)
         except ImportError:
             hf = None
     bar.update()

@@ -9,7 +9,7 @@ TITLE = "TACS: truth-aware context selection (Yu, Zhang, Feng 2024)"
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.context.pipeline import run_pretrained
+    from experiments.tacs.experiment import run_pretrained
 
     res = run_pretrained(ctx.quick, ctx.seed, ctx.outdir, progress=ctx.progress)
     rows = []

@@ -1,7 +1,8 @@
 """The TACS experiment on capital facts: knowledge gate, probes, selection, TA/UR/DA.
 
 ``run(params, cfg, tokenizer, ...)`` does everything and returns plain dicts/arrays;
-``experiments/tacs.py`` and ``experiments/repro_tacs.py`` only format and plot.
+the paper package ``experiments/tacs/`` (presets, SmolLM2 driver, plots) and
+``experiments/repro_tacs.py`` only configure, format and plot.
 
 Steps:
  1. closed-book answer of every fact (no context); known = greedy next token is the
@@ -18,7 +19,6 @@ Steps:
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -251,25 +251,3 @@ def run(params, cfg, tokenizer, tcfg: TacsConfig = TacsConfig(),
         "bow_sentence_acc": bow_acc, "examples": examples, "detector": det,
         "test_prompts": p_te, "test_drops": drops, "position_mode": tcfg.position_mode,
     }
-
-
-def run_pretrained(quick: bool, seed: int, outdir: pathlib.Path, overrides=(), progress=None):
-    """Loads SmolLM2, runs ``run``, writes plots; returns results."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxlm import weights
-    from jaxlm.context import plots
-    from jaxlm.utils.config import apply_overrides
-
-    m = weights.load("smollm2-135m-instruct")
-    params = jax.tree.map(jnp.asarray, m.params)
-    tcfg = TacsConfig(seed=seed)
-    if quick:
-        tcfg = TacsConfig(n_train=16, n_val=8, n_test_known=12, n_test_unknown=12, seed=seed)
-    tcfg = apply_overrides(tcfg, list(overrides))
-    res = run(params, m.cfg, m.tokenizer, tcfg, progress=progress)
-    outdir.mkdir(parents=True, exist_ok=True)
-    res["plots"] = [plots.plot_layer_accuracy(res, outdir / "probe_accuracy.png"),
-                    plots.plot_da(res, outdir / "da.png")]
-    return res

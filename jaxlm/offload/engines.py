@@ -24,7 +24,7 @@ GIL) while XLA computes on the main thread. On a GPU the copy thread calls
 
 Telemetry (``Timeline``): ``(lane, sub-model, t0, t1)`` events for the lanes ``h2d``,
 ``compute``, ``d2h``, ``update`` and ``stall`` (main thread waiting for a load), summaries
-per phase, and a Gantt plot (``plot_timeline``).
+per phase (drawn as a Gantt chart by ``experiments/atom/plots.plot_timeline``).
 """
 
 from __future__ import annotations
@@ -355,30 +355,3 @@ class Timeline:
         out["span_s"] = max((b for *_, b in self.events), default=0.0)
         out["per_submodel"] = {k: per[k] for k in sorted(per)}
         return out
-
-
-def plot_timeline(events: list[tuple[str, int, float, float]], path: str, title: str = "") -> str:
-    """Gantt chart of one step's events (one row per lane), saved as PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colors = {"h2d": "tab:blue", "compute": "tab:green", "d2h": "tab:orange",
-              "update": "tab:purple", "stall": "tab:red"}
-    fig, ax = plt.subplots(figsize=(10, 2.8))
-    for row, lane in enumerate(LANES):
-        for ln, k, a, b in events:
-            if ln != lane:
-                continue
-            ax.barh(row, (b - a) * 1e3, left=a * 1e3, color=colors[lane], edgecolor="k", lw=0.3)
-            if (b - a) * 1e3 > 0.02 * max(e[3] for e in events) * 1e3:
-                ax.text((a + b) / 2 * 1e3, row, str(k), ha="center", va="center", fontsize=6)
-    ax.set_yticks(range(len(LANES)), LANES)
-    ax.set_xlabel("ms since step start (numbers: sub-model index)")
-    ax.set_title(title, fontsize=8)
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from jaxlm.core.config import ModelConfig
@@ -581,3 +582,29 @@ def make_staged_resident_step(cfg: ModelConfig, cuts: Sequence[int]):
         return loss, grads
 
     return step
+
+
+def run_steps(step: Callable[[dict], float], batches: Iterable[dict], *,
+              target_loss: float | None = None) -> dict[str, Any]:
+    """Runs ``step(batch) -> loss`` over ``batches`` (the swap and resident training loop).
+
+    Returns:
+        {"losses": [per step], "step_s": [wall seconds per step], "median_step_s": median
+        over the steps after the first (compile), "time_to_target": {"step", "seconds"} of
+        the first loss below ``target_loss`` or None, "final_loss"}.
+    """
+    losses: list[float] = []
+    times: list[float] = []
+    hit = None
+    t0 = time.perf_counter()
+    for i, batch in enumerate(batches):
+        ts = time.perf_counter()
+        losses.append(float(step(batch)))
+        times.append(time.perf_counter() - ts)
+        if hit is None and target_loss is not None and losses[-1] < target_loss:
+            hit = {"step": i, "seconds": time.perf_counter() - t0}
+    if not losses:
+        raise ValueError("run_steps: no batches given; pass at least one batch")
+    steady = float(np.median(times[1:])) if len(times) > 1 else times[0]
+    return {"losses": losses, "step_s": times, "median_step_s": steady,
+            "time_to_target": hit, "final_loss": losses[-1]}

@@ -6,7 +6,6 @@ Modules:
     antiunify: first-order lgg, the top-maximal-shallow engine, BKLV pattern lgg.
     matching: pattern matching, bounded second-order matching, the generality order.
     nested: bounded enumeration of nested generalizations and the nullarity chain.
-    bench: random term pairs and the linear-time benchmark.
 """
 
 from jaxlm.symbolic.antiunify import (

@@ -116,7 +116,7 @@ def test_fits_on_synthetic_data():
 def test_e5_saddle_is_exactly_stationary_with_transport_escape():
     """The E5 saddle: G ~ 0 in float64, lambda_min(N Hess) < 0 with a pure u_k-transport
     eigenvector, and loss 1/2 Var(phi) of the missing feature on the crossed batch."""
-    from jaxlm.meanfield import experiments as ex
+    from experiments.meanfield_icl import experiment as ex
 
     cfg = ex.PRESETS.get("full_test")
     with jax.enable_x64(True):

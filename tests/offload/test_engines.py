@@ -177,7 +177,7 @@ def test_copy_engine_pinned_to_cores():
 
 
 def test_predicted_schedule_matches_hand_computed():
-    from jaxlm.offload import measure
+    from experiments.atom import measure
 
     # three sub-models; events as a serial ("none") step records them
     ev = [("h2d", 0, 0.0, 1.0), ("compute", 0, 1.0, 3.0), ("h2d", 1, 3.0, 4.0),

@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
+from experiments.mamba_nd import experiment as E
 from jaxlm.ssm import data, mamba_nd
-from jaxlm.ssm import nd_experiment as E
 from jaxlm.ssm.mamba_nd import NDConfig
 from jaxlm.ssm.train import TrainConfig, decay_mask, select_lr, train_population
 

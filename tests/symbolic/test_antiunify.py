@@ -116,7 +116,7 @@ def test_input_validation():
 
 
 def test_large_terms_are_linear_and_iterative():
-    from jaxlm.symbolic.bench import random_pair
+    from experiments.antiunify.bench import random_pair
 
     s, t = random_pair(20_000, seed=3)
     res = A.pattern_lgg(s, t)

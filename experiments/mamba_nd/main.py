@@ -23,7 +23,7 @@ _SEED = flags.DEFINE_integer("seed", 0, "Data seed (model seeds come from the co
 
 def main(argv):
     del argv
-    from jaxlm.ssm import nd_experiment as E
+    from experiments.mamba_nd import experiment as E
     from jaxlm.utils.config import ConfigError
     from jaxlm.utils.report import markdown_table
 

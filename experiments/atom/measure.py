@@ -1,4 +1,4 @@
-"""Measured swap bandwidth and overlap efficiency (shared by the benchmark and the repro entry).
+"""Measured swap bandwidth and overlap efficiency (the harness behind ``bench_offload``).
 
 Overlap efficiency ``eta = t(staged, all resident) / t(swap step)``: the same sub-model
 functions and host optimizer, once with every sub-model already on the compute device and

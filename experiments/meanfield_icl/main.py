@@ -30,8 +30,8 @@ def main(argv):
     import jax
     import numpy as np
 
-    from jaxlm.meanfield import experiments as ex
-    from jaxlm.meanfield import plots
+    from experiments.meanfield_icl import experiment as ex
+    from experiments.meanfield_icl import plots
     from jaxlm.utils.config import ConfigError
 
     wanted = list(_VALID) if _EXPERIMENT.value == ["all"] else _EXPERIMENT.value

@@ -1,4 +1,4 @@
-"""Experiments E1-E6 of the meanfield_icl spec (logic; entrypoints live in experiments/).
+"""Experiments E1-E7 of the meanfield_icl spec: drivers and paper presets (mechanisms in jaxlm.meanfield).
 
 Every ``run_eX(cfg, bar=None)`` returns a dict of plain numpy / float results that the
 entrypoint plots and the reproduction entry turns into a report section. Configs are frozen

@@ -100,7 +100,7 @@ def main(argv):
 
     from jaxlm.symbolic import antiunify as A
     from jaxlm.symbolic import nested as N
-    from jaxlm.symbolic import report as R
+    from experiments.antiunify import report as R
     from jaxlm.symbolic.syntax import ParseError, TypeCheckError, parse, show
 
     if _DEMO.value == "nullary":
@@ -119,7 +119,7 @@ def main(argv):
             print(f"  G_{m} <= G_{n} via X := {show(sig['X'])}")
         return 0
     if _BENCH.value:
-        from jaxlm.symbolic.bench import (
+        from experiments.antiunify.bench import (
             BENCH_PRESETS,
             bench_targets,
             geometric_sizes,

@@ -8,7 +8,7 @@ from jaxlm.symbolic import matching as M
 from jaxlm.symbolic import nested as N
 from jaxlm.symbolic import terms as T
 from jaxlm.symbolic.antiunify import fo_lgg, pattern_lgg
-from jaxlm.symbolic.bench import random_small_pair
+from experiments.antiunify.bench import random_small_pair
 from jaxlm.symbolic.syntax import parse, show
 
 # The nine golden rows of the spec (inputs from the RISC HOAU tool page).

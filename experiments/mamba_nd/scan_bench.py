@@ -1,25 +1,30 @@
 """Measurement logic behind ``experiments/bench_scan.py`` (selective-scan speed and memory).
 
+Benchmark harness of the Mamba-ND paper package (moved out of ``jaxlm.ssm``: the library
+holds the scans, this module times them against their anchors).
+
 Everything is measured in one process after warm-up (medians). jaxlm scans
 start from raw (x, dt, A, B, C, D) inputs; the anchors start from the
 materialised [B, L, D, N] tensors a = exp(dt A) and b = dt x B, as in the
 issue: mambapy's Blelloch ``pscan`` (PyTorch), a naive PyTorch loop, a naive
 ``lax.associative_scan`` and a plain ``lax.scan`` over (a, b).
 
-Three "floors" are reported for the best forward time (``summarize``):
+``summarize`` relates the best forward time to one floor and two anchors, each named for
+what it is:
 
-* ``floor_issue``: the issue's reading. Its anchors ("mambapy pscan 240 ms,
-  PyTorch loop 79 ms, naive lax.associative_scan 75 ms, plain lax.scan 62 ms")
-  were all measured on *materialised* [B, L, D, N] inputs, and "within 5x of
-  the floor" refers to the fastest of them, the plain ``lax.scan`` over (a, b).
-  We measure that anchor in the same process; the target is evaluated on it.
-* ``floor_model``: max(bytes / bandwidth, flops / matmul peak) of one fused
-  forward, counting exp as one flop (spec Sec. 6). Not reachable on a CPU:
-  an fp32 exp costs 10-20 vector instructions, and there is one exp per
-  (b, l, d, n).
-* ``floor_exp``: a measured compute floor: ``sum(exp(dt A))`` over
-  [B, L, D, N] fused into one reduction (one exp per element, nothing
-  written), the least work any exact scan must do.
+* **the floor** (``floor_s``, ``best_fwd_over_floor``): max(bytes / bandwidth,
+  flops / matmul peak) of one fused forward, counting exp as one flop (spec Sec. 6).
+  This is the only floor; "within 5x of the floor" is evaluated against it and is
+  NOT met on a CPU (about 17x off at the target shape): an fp32 exp costs 10-20 vector
+  instructions, and there is one exp per (b, l, d, n).
+* anchor "plain lax.scan on materialised a, b" (``best_fwd_over_plain_lax_scan``): the
+  fastest of the issue's own anchors ("mambapy pscan 240 ms, PyTorch loop 79 ms, naive
+  lax.associative_scan 75 ms, plain lax.scan 62 ms"), all measured on *materialised*
+  [B, L, D, N] inputs, re-measured in the same process. Beating it is a speed-up over
+  a baseline, not closeness to a floor.
+* anchor "fused exp-sum" (``best_fwd_over_exp_sum``): ``sum(exp(dt A))`` over
+  [B, L, D, N] fused into one reduction (one exp per element, nothing written), the
+  least exp work any exact scan must do, measured.
 
 Memory of a jitted JAX function = XLA compiled ``memory_analysis()``
 temp + output bytes (device-independent, no allocator noise). PyTorch memory
@@ -37,7 +42,7 @@ import numpy as np
 from jax import lax
 
 from jaxlm.ssm.scan import _combine, channel_mesh, selective_scan, selective_scan_sharded
-from jaxlm.utils.bench import time_fn
+from jaxlm.utils.bench import Target, time_fn
 
 # name -> selective_scan kwargs. "chunked" = fused chunk loop + hand-written chunk VJP
 # (chunk 16: at (2, 1024, 256, 16) on a 2-core CPU, chunks 8 and 16 tied and 32 was slower).
@@ -279,24 +284,27 @@ def summarize(bsz, length, dch, n, res: dict, floor: dict) -> dict:
             if "torch_loop" in res:
                 s[f"speedup{tag}_vs_torch_loop_{key}"] = res["torch_loop"][key] / t
     best = s["best_fwd_s"]["seconds"]
-    s["floors_s"] = {
-        "issue_plain_lax_scan_materialised": res["jax_plain_scan"]["fwd_s"],
-        "model_bandwidth_compute": floor["floor_s"],
-        "exp_sum_fused_BLDN": res["exp_sum_fused_BLDN"]["fwd_s"],
+    bestg = s["best_fwdbwd_s"]["seconds"]
+    plain, exp_sum = res["jax_plain_scan"], res["exp_sum_fused_BLDN"]["fwd_s"]
+    # the floor: bandwidth/compute model of one fused forward (fwd+bwd: 3x, the backward moving
+    # ~2-3x the forward's bytes, spec Sec. 6)
+    s["floor_s"] = floor["floor_s"]
+    s["best_fwd_over_floor"] = best / floor["floor_s"]
+    s["best_fwdbwd_over_floor"] = bestg / (3 * floor["floor_s"])
+    # anchors (measured in this run), not floors
+    s["anchors_s"] = {
+        "plain_lax_scan_materialised_ab_fwd": plain["fwd_s"],
+        "plain_lax_scan_materialised_ab_fwdbwd": plain["fwdbwd_s"],
+        "exp_sum_fused_BLDN": exp_sum,
         "exp_materialised_BLDN": res["exp_over_BLDN"]["fwd_s"],
     }
-    s["best_fwd_over_floor_issue"] = best / res["jax_plain_scan"]["fwd_s"]
-    s["best_fwd_over_floor"] = best / floor["floor_s"]  # model floor (kept for old readers)
-    s["best_fwd_over_floor_model"] = best / floor["floor_s"]
-    s["best_fwd_over_floor_exp"] = best / res["exp_sum_fused_BLDN"]["fwd_s"]
-    s["best_fwd_over_exp_BLDN"] = best / res["exp_over_BLDN"]["fwd_s"]
-    bestg = s["best_fwdbwd_s"]["seconds"]
-    s["best_fwdbwd_over_floor_issue_fwdbwd"] = bestg / res["jax_plain_scan"]["fwdbwd_s"]
-    # backward ~ 2-3x the forward's bytes (spec Sec. 6): model floor of fwd+bwd = 3x fwd floor
-    s["best_fwdbwd_over_floor_model"] = bestg / (3 * floor["floor_s"])
+    s["best_fwd_over_plain_lax_scan"] = best / plain["fwd_s"]
+    s["best_fwdbwd_over_plain_lax_scan"] = bestg / plain["fwdbwd_s"]
+    s["best_fwd_over_exp_sum"] = best / exp_sum
     # an exact fwd+bwd evaluates exp(dt A) at least twice (forward, and recomputed or re-read
-    # in the backward): twice the fused exp-sum floor
-    s["best_fwdbwd_over_floor_exp"] = bestg / (2 * res["exp_sum_fused_BLDN"]["fwd_s"])
+    # in the backward): twice the fused exp-sum
+    s["best_fwdbwd_over_2x_exp_sum"] = bestg / (2 * exp_sum)
+    s["best_fwd_over_exp_BLDN"] = best / res["exp_over_BLDN"]["fwd_s"]
     one = one_tensor_bytes(bsz, length, dch, n)
     s["one_BLDN_tensor_bytes"] = one
     for k in JAXLM_VARIANTS:
@@ -305,3 +313,42 @@ def summarize(bsz, length, dch, n, res: dict, floor: dict) -> dict:
     s["chunked_fwdbwd_mem_over_tensor"] = min(
         res[k]["fwdbwd_bytes"] for k in ("chunked", "chunked_assoc") if k in res) / one
     return s
+
+
+def targets(summ: dict, meas: dict) -> list[Target]:
+    """The benchmark's targets at the target shape, each named for what it compares against.
+
+    ``summ`` is ``summarize``'s output and ``meas`` the measured variants of that shape.
+    """
+    targets: list[Target] = []
+    if "mambapy_pscan" in meas:
+        targets += [
+            Target("vs mambapy pscan: best jaxlm fwd speed-up (x)",
+                   summ["speedup_vs_mambapy_fwd_s"], 10.0, ">="),
+            Target("vs mambapy pscan: best jaxlm fwd+bwd speed-up (x)",
+                   summ["speedup_vs_mambapy_fwdbwd_s"], 10.0, ">="),
+            Target("vs mambapy pscan [1 device]: best jaxlm fwd speed-up (x)",
+                   summ["speedup_1dev_vs_mambapy_fwd_s"], 10.0, ">="),
+            Target("vs mambapy pscan [1 device]: best jaxlm fwd+bwd speed-up (x)",
+                   summ["speedup_1dev_vs_mambapy_fwdbwd_s"], 10.0, ">="),
+        ]
+    # "within 5x of the floor": the floor is the bandwidth/compute model (not met on CPU,
+    # ~17x off). The anchor ratios below keep the 5x threshold but say what they compare to:
+    # the plain lax.scan starts from materialised a, b, so beating it is no floor.
+    targets += [
+        Target("the floor (bandwidth/compute model): best fwd / floor (x)",
+               summ["best_fwd_over_floor"], 5.0, "<="),
+        Target("the floor x3 (fwd+bwd model): best fwd+bwd / (3 x floor) (x)",
+               summ["best_fwdbwd_over_floor"], 5.0, "<="),
+        Target("vs plain lax.scan on materialised a,b: best fwd / anchor fwd (x)",
+               summ["best_fwd_over_plain_lax_scan"], 5.0, "<="),
+        Target("vs plain lax.scan on materialised a,b: best fwd+bwd / anchor fwd+bwd (x)",
+               summ["best_fwdbwd_over_plain_lax_scan"], 5.0, "<="),
+        Target("vs fused exp-sum (measured exp work): best fwd / exp-sum (x)",
+               summ["best_fwd_over_exp_sum"], 5.0, "<="),
+        Target("vs 2 x fused exp-sum: best fwd+bwd / (2 x exp-sum) (x)",
+               summ["best_fwdbwd_over_2x_exp_sum"], 5.0, "<="),
+        Target("chunked fwd+bwd peak mem / one (B,L,D,N) tensor",
+               summ["chunked_fwdbwd_mem_over_tensor"], 1.5, "<="),
+    ]
+    return targets

@@ -64,7 +64,7 @@ def summarize(e1: dict, e3: dict, e4: dict, e5: dict, e6: dict, e7: dict | None 
                  "result": f"trained MLP+LSA {trained:.4f} | true feats {true_f:.4f} | "
                            f"LSA(x,1) {lsa:.4f} | frozen random MLP {frozen:.4f}"})
     # ---- E3
-    from jaxlm.meanfield.experiments import e3_gap
+    from experiments.meanfield_icl.experiment import e3_gap
 
     info = e3.get("info", {})
     runs = {k: v for k, v in e3.items() if k not in ("static", "info")}

@@ -1,7 +1,8 @@
 """Mamba-ND vs baselines on generated 2D / 3D / field tasks, and the orderings ablation.
 
-Used by ``experiments/mamba_nd.py`` (absl) and ``experiments/repro_mamba_nd.py``
-(the suite entry). Protocol (spec Sec. 7): every neural model gets the same
+Used by ``experiments/mamba_nd/main.py`` (absl, ``python -m experiments.mamba_nd``) and
+``experiments/repro_mamba_nd.py`` (the suite entry); the models, data and trainer are
+library mechanisms in ``jaxlm.ssm``. Protocol (spec Sec. 7): every neural model gets the same
 optimiser, steps, batch, augmentation and the same LR sweep; the LR is chosen
 on validation (mean over seeds) and test numbers are reported for that LR as
 mean +- std with a 95% t-interval over seeds. Baselines are width-matched to
@@ -455,6 +456,8 @@ def pde_reference_rows(task: Task, cfg: ExperimentConfig) -> tuple[list[dict], A
 def run_experiment(cfg: ExperimentConfig, outdir: pathlib.Path, seed: int = 0,
                    progress=None, log=print) -> dict:
     """Runs every task x model and the ablation; writes results.json and plots under outdir."""
+    from experiments.mamba_nd import plots
+
     validate(cfg)
     outdir = pathlib.Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -486,11 +489,11 @@ def run_experiment(cfg: ExperimentConfig, outdir: pathlib.Path, seed: int = 0,
         if tname == "pde":
             ref_rows, wb = pde_reference_rows(task, cfg)
             results["reference_rows"] += ref_rows
-            _plot_forecast(task, rows[0], wb, outdir / "pde_forecast.png")
+            plots.plot_forecast(task, rows[0], wb, outdir / "pde_forecast.png")
         elif tname == "video_pred":
             ref_rows, ridge = video_reference_rows(task)
             results["reference_rows"] += ref_rows
-            _plot_video(task, rows[0], ridge, outdir / "video_forecast.png")
+            plots.plot_video(task, rows[0], ridge, outdir / "video_forecast.png")
         if tname == cfg.ablation_task and cfg.ablations:
             alt = next(r for r in rows if r["name"] == "mamba_nd")
             results["ablation"].append({**alt, "name": "alternating (default)"})
@@ -498,7 +501,7 @@ def run_experiment(cfg: ExperimentConfig, outdir: pathlib.Path, seed: int = 0,
                 r = run_model(ab, task, ablation_config(task, ab, ref), cfg, progress)
                 log(f"[ablation {tname}] {ab}: test {r['test']['mean']:.4f}")
                 results["ablation"].append(r)
-        _plot_curves(results, outdir / "learning_curves.png")
+        plots.plot_curves(results, outdir / "learning_curves.png")
     results["seconds"] = time.perf_counter() - t_start
     for rows in list(results["tasks"].values()) + [results["ablation"]]:
         for r in rows:
@@ -515,7 +518,7 @@ def _jsonable(x):
     return str(x)
 
 
-# ----------------------------------------------------------------------------- tables / plots
+# ----------------------------------------------------------------------------- tables
 
 
 def result_rows(results: dict) -> list[dict]:
@@ -542,88 +545,3 @@ def ablation_rows(results: dict) -> list[dict]:
                      "test": fmt_ci(r["test"], 100.0 if is_cls else 1.0, 1 if is_cls else 4),
                      "test_mean": r["test"]["mean"]})
     return rows
-
-
-def _plot_curves(results: dict, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    tasks = list(results["tasks"].items())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.2), squeeze=False)
-    for ax, (tname, rs) in zip(axes[0], tasks, strict=True):
-        for r in rs:
-            curve = np.asarray(r["val_curve"])  # [E, seeds]
-            y = curve.mean(1) * (1 if is_forecast(tname) else 100)
-            ax.plot(r["curve_steps"], y, marker="o", ms=3, label=f"{r['name']} (lr {r['lr']:g})")
-        ax.set_title(tname)
-        ax.set_xlabel("step")
-        ax.set_ylabel("val RMSE" if is_forecast(tname) else "val accuracy %")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_forecast(task: Task, mrow: dict, wb, path: pathlib.Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    traj = task.extra["traj"]["test"][:1]
-    k = max(mrow["rollout"]) if "rollout" in mrow else 1
-    mcfg = NDConfig(**{**mrow["config"], "grid": tuple(mrow["config"]["grid"]),
-                       "patch": tuple(mrow["config"]["patch"])})
-    p = mrow["_example_params"]
-    f_jit = jax.jit(predict_fn(mcfg, "forecast", "pde"))
-    f_m = lambda x: f_jit(p, x)
-
-    def roll(fn):
-        prev, cur = traj[:, 0], traj[:, 1]
-        for _ in range(k):
-            prev, cur = cur, np.asarray(fn(np.concatenate([prev, cur], -1)))
-        return cur[0]
-
-    panels = [("truth", traj[0, 1 + k]), ("Mamba-ND", roll(lambda x: f_m(jnp.asarray(x)))),
-              ("ridge", roll(lambda x: ridge_predict(wb, x))), ("persistence", traj[0, 1])]
-    fig, axes = plt.subplots(2, 4, figsize=(10, 5))
-    for j, (name, f) in enumerate(panels):
-        for ch in range(2):
-            axes[ch, j].imshow(f[..., ch], cmap="RdBu_r", vmin=-2.5, vmax=2.5)
-            axes[ch, j].set_xticks([])
-            axes[ch, j].set_yticks([])
-        axes[0, j].set_title(f"{name}" + ("" if name == "truth" else f" ({k}-step)"), fontsize=9)
-    axes[0, 0].set_ylabel("tracer")
-    axes[1, 0].set_ylabel("heat")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _plot_video(task: Task, mrow: dict, ridge, path: pathlib.Path) -> None:
-    """Input frames, true future frames and the Mamba-ND / ridge / persistence forecasts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x, y = (a[:1] for a in task.data["test"])
-    mcfg = NDConfig(**{**mrow["config"], "grid": tuple(mrow["config"]["grid"]),
-                       "patch": tuple(mrow["config"]["patch"])})
-    f = jax.jit(predict_fn(mcfg, "forecast", "video_pred"))
-    rows = [("input", x[0]), ("truth", y[0]),
-            ("Mamba-ND", np.asarray(f(mrow["_example_params"], jnp.asarray(x)))[0]),
-            ("ridge", ridge(x)[0]), ("persistence", forecast_base("video_pred", x)[0])]
-    t = x.shape[1]
-    fig, axes = plt.subplots(len(rows), t, figsize=(1.6 * t, 1.6 * len(rows)), squeeze=False)
-    for i, (name, clip) in enumerate(rows):
-        for j in range(t):
-            axes[i, j].imshow(clip[j, ..., 0], cmap="gray", vmin=0, vmax=1)
-            axes[i, j].set_xticks([])
-            axes[i, j].set_yticks([])
-        axes[i, 0].set_ylabel(name, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
