@@ -243,11 +243,54 @@ __attribute__((target("avx2,fma,f16c"))) inline float HSum(__m256 v) {
 
 constexpr int kMaxM = 16;
 
+// f16 [n] -> f32 [n] (8 at a time with F16C).
+__attribute__((target("avx2,fma,f16c"))) inline void HalfRowToFloat(const uint16_t* h, int n, float* f) {
+  int b = 0;
+  for (; b + 8 <= n; b += 8) _mm256_storeu_ps(f + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + b))));
+  for (; b < n; ++b) f[b] = _cvtsh_ss(h[b]);
+}
+
+// sum_b a[b] * c[b] in float32 (products fused, 8 lanes then a horizontal sum).
+__attribute__((target("avx2,fma,f16c"))) inline float DotF32(const float* a, const float* c, int n) {
+  __m256 acc = _mm256_setzero_ps();
+  int b = 0;
+  for (; b + 8 <= n; b += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + b), _mm256_loadu_ps(c + b), acc);
+  float r = HSum(acc);
+  for (; b < n; ++b) r += a[b] * c[b];
+  return r;
+}
+
+template <Fmt F>
+__attribute__((target("avx2,fma,f16c"))) inline __m256i LoadW(const uint8_t* row, int b) {
+  if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
+    return _mm256_loadu_si256((const __m256i*)(row + (size_t)b * kBlock));
+  } else {
+    __m256i q = Unpack4(row + (size_t)b * (kBlock / 2));
+    if constexpr (F == Fmt::kQ4_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    return q;
+  }
+}
+
+template <Fmt F>
+__attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(__m256i qw, const int8_t* qx) {
+  const __m256i x = _mm256_loadu_si256((const __m256i*)qx);
+  if constexpr (F == Fmt::kQ4_1) {
+    return DotU4S8(qw, x);
+  } else {
+    return DotS8(qw, x);
+  }
+}
+
 template <Fmt F>
 __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const QuantX& xq,
                                                        float* out, int n0, int n1) {
   const int nb = w.nb, M = xq.M;
   const size_t rb = w.row_bytes();
+  thread_local std::vector<float> buf;
+  buf.resize((size_t)3 * nb);
+  float* dwf = buf.data();       // this row's block scales (f32)
+  float* mwf = dwf + nb;         // this row's block mins (q4_1)
+  float* sc = mwf + nb;          // dw * dx for M == 1
   for (int n = n0; n < n1; ++n) {
     const uint8_t* row = w.qs + (size_t)n * rb;
     if (n + 1 < n1) {
@@ -255,43 +298,57 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
       const char* nx = (const char*)(row + rb);
       for (size_t o = 0; o < rb; o += 64) _mm_prefetch(nx + o, _MM_HINT_T0);
     }
+    if constexpr (F != Fmt::kI8) HalfRowToFloat(w.d + (size_t)n * nb, nb, dwf);
+    if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);
+    if (M == 1) {
+      // decode: two independent accumulator chains, scales precomputed 8 at a time
+      const float* scp = xq.d.data();
+      if constexpr (F != Fmt::kI8) {
+        int b = 0;
+        for (; b + 8 <= nb; b += 8)
+          _mm256_storeu_ps(sc + b, _mm256_mul_ps(_mm256_loadu_ps(dwf + b), _mm256_loadu_ps(xq.d.data() + b)));
+        for (; b < nb; ++b) sc[b] = dwf[b] * xq.d[b];
+        scp = sc;
+      }
+      const int8_t* qx = xq.q.data();
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int b = 0;
+      for (; b + 2 <= nb; b += 2) {
+        const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
+        const __m256i d1 = BlockDot<F>(LoadW<F>(row, b + 1), qx + (size_t)(b + 1) * kBlock);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b + 1), _mm256_cvtepi32_ps(d1), a1);
+      }
+      if (b < nb) {
+        const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+      }
+      float r = HSum(_mm256_add_ps(a0, a1));
+      if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data(), nb);
+      if constexpr (F == Fmt::kI8) r *= w.s[n];
+      out[n] = r;
+      continue;
+    }
     for (int m0 = 0; m0 < M; m0 += kMaxM) {
       const int mc = std::min(kMaxM, M - m0);
       __m256 acc[kMaxM];
-      float accm[kMaxM];
-      for (int i = 0; i < mc; ++i) {
-        acc[i] = _mm256_setzero_ps();
-        accm[i] = 0.f;
-      }
+      for (int i = 0; i < mc; ++i) acc[i] = _mm256_setzero_ps();
       for (int b = 0; b < nb; ++b) {
-        __m256i qw;
-        if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
-          qw = _mm256_loadu_si256((const __m256i*)(row + (size_t)b * kBlock));
-        } else {
-          qw = Unpack4(row + (size_t)b * (kBlock / 2));
-          if constexpr (F == Fmt::kQ4_0) qw = _mm256_sub_epi8(qw, _mm256_set1_epi8(8));
-        }
-        float dw = 1.f, mw = 0.f;
-        if constexpr (F != Fmt::kI8) dw = _cvtsh_ss(w.d[(size_t)n * nb + b]);
-        if constexpr (F == Fmt::kQ4_1) mw = _cvtsh_ss(w.m[(size_t)n * nb + b]);
+        const __m256i qw = LoadW<F>(row, b);
+        const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
         for (int i = 0; i < mc; ++i) {
           const int mi = m0 + i;
-          const __m256i qx = _mm256_loadu_si256((const __m256i*)(xq.q.data() + (size_t)mi * xq.K + (size_t)b * kBlock));
-          __m256i d32;
-          if constexpr (F == Fmt::kQ4_1) {
-            d32 = DotU4S8(qw, qx);
-          } else {
-            d32 = DotS8(qw, qx);
-          }
-          const float sc = dw * xq.d[(size_t)mi * nb + b];
-          acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(sc), _mm256_cvtepi32_ps(d32), acc[i]);
-          if constexpr (F == Fmt::kQ4_1) accm[i] += mw * xq.s[(size_t)mi * nb + b];
+          const __m256i d32 = BlockDot<F>(qw, xq.q.data() + (size_t)mi * xq.K + (size_t)b * kBlock);
+          const float scv = dw * xq.d[(size_t)mi * nb + b];
+          acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(scv), _mm256_cvtepi32_ps(d32), acc[i]);
         }
       }
       for (int i = 0; i < mc; ++i) {
-        float r = HSum(acc[i]) + accm[i];
+        const int mi = m0 + i;
+        float r = HSum(acc[i]);
+        if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data() + (size_t)mi * nb, nb);
         if constexpr (F == Fmt::kI8) r *= w.s[n];
-        out[(size_t)(m0 + i) * w.N + n] = r;
+        out[(size_t)mi * w.N + n] = r;
       }
     }
   }
@@ -323,7 +380,11 @@ int Isa() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A small persistent pool: workers spin briefly on a generation counter, then sleep.
+// A small persistent pool. Run(fn) posts fn; the caller runs it too. fn pulls chunks of rows
+// from a shared counter until none are left, so the caller finishes the job by itself when
+// workers are slow to wake (a busy machine); Run returns once no worker is inside fn.
+// Workers spin briefly on a generation counter (decode issues calls every few microseconds),
+// then sleep on a condition variable.
 class Pool {
  public:
   explicit Pool(int n_workers) {
@@ -340,9 +401,7 @@ class Pool {
   }
   int size() const { return (int)workers_.size(); }
 
-  // Runs fn() on every worker and on the caller; returns when all have finished.
   void Run(const std::function<void()>& fn) {
-    pending_.store((int)workers_.size());
     {
       std::lock_guard<std::mutex> lk(mu_);
       job_ = &fn;
@@ -350,41 +409,37 @@ class Pool {
     }
     cv_.notify_all();
     fn();
-    for (int spin = 0; pending_.load(std::memory_order_acquire) != 0; ++spin) {
-      if (spin < 20000) {
-        _mm_pause();
-      } else {
-        std::unique_lock<std::mutex> lk(mu_);
-        done_cv_.wait(lk, [this] { return pending_.load() == 0; });
-      }
-    }
-    job_ = nullptr;
+    std::unique_lock<std::mutex> lk(mu_);
+    job_ = nullptr;  // late workers skip this job
+    done_cv_.wait(lk, [this] { return active_ == 0; });
   }
 
  private:
+  static constexpr int kSpin = 4000;
+
   void Loop() {
     uint64_t seen = 0;  // the generation at construction: a job posted before this thread runs is not missed
     for (;;) {
       for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin) {
-        if (spin < 20000) {
+        if (spin < kSpin) {
           _mm_pause();
         } else {
           std::unique_lock<std::mutex> lk(mu_);
           cv_.wait(lk, [&] { return gen_.load() != seen; });
         }
       }
-      seen = gen_.load();
       const std::function<void()>* job;
       {
         std::lock_guard<std::mutex> lk(mu_);
+        seen = gen_.load();
         if (stop_) return;
         job = job_;
+        if (job != nullptr) ++active_;
       }
+      if (job == nullptr) continue;
       (*job)();
-      if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-        std::lock_guard<std::mutex> lk(mu_);
-        done_cv_.notify_all();
-      }
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--active_ == 0) done_cv_.notify_all();
     }
   }
 
@@ -392,7 +447,7 @@ class Pool {
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::atomic<uint64_t> gen_{0};
-  std::atomic<int> pending_{0};
+  int active_ = 0;  // workers inside the current job (guarded by mu_)
   const std::function<void()>* job_ = nullptr;
   bool stop_ = false;
 };
@@ -409,7 +464,8 @@ int DefaultThreads() {
 
 void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
   const bool avx2 = Isa() == 1;
-  QuantX xq;
+  thread_local QuantX scratch;  // reused: no allocation per call once warm
+  QuantX& xq = scratch;  // a plain reference, so the pool's lambda reads this thread's copy
   QuantizeX(x, M, w.K, avx2, &xq);
   if (threads <= 0) threads = DefaultThreads();
   // chunks of rows: several per thread so uneven progress balances out
