@@ -31,14 +31,30 @@ from jaxlm.quant.kernel import (
     reference_matmul_np,
 )
 from jaxlm.quant.matmul import IMPLS, choose_impl, matmul, matmul_xla
+from jaxlm.quant.params import (
+    MATMUL_WEIGHTS,
+    abstract_weight,
+    dequantize_params,
+    load_gguf_quantized,
+    quantize_params,
+    resident_bytes,
+)
+from jaxlm.quant.quality import compare_logits
 
 __all__ = [
     "BLOCK",
     "FORMATS",
     "GGUF_FORMATS",
     "IMPLS",
+    "MATMUL_WEIGHTS",
     "QuantError",
     "QuantWeight",
+    "abstract_weight",
+    "compare_logits",
+    "dequantize_params",
+    "load_gguf_quantized",
+    "quantize_params",
+    "resident_bytes",
     "choose_impl",
     "dequantize",
     "dequantize_np",
