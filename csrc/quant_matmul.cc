@@ -241,7 +241,6 @@ __attribute__((target("avx2,fma,f16c"))) inline float HSum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-constexpr int kMaxM = 16;
 
 // f16 [n] -> f32 [n] (8 at a time with F16C).
 __attribute__((target("avx2,fma,f16c"))) inline void HalfRowToFloat(const uint16_t* h, int n, float* f) {
@@ -278,6 +277,35 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(__m256i qw, con
     return DotU4S8(qw, x);
   } else {
     return DotS8(qw, x);
+  }
+}
+
+// G rows of x against one weight row n, accumulators in registers (G is a constant).
+template <Fmt F, int G>
+__attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, const QuantX& xq,
+                                                             const uint8_t* row, int n,
+                                                             const float* dwf, const float* mwf,
+                                                             int m0, float* out) {
+  const int nb = w.nb;
+  __m256 acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+  const int8_t* qx0 = xq.q.data() + (size_t)m0 * xq.K;
+  const float* dx0 = xq.d.data() + (size_t)m0 * nb;
+  for (int b = 0; b < nb; ++b) {
+    const __m256i qw = LoadW<F>(row, b);
+    const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
+    for (int g = 0; g < G; ++g) {
+      const __m256i d32 = BlockDot<F>(qw, qx0 + (size_t)g * xq.K + (size_t)b * kBlock);
+      const float scv = dw * dx0[(size_t)g * nb + b];
+      acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(scv), _mm256_cvtepi32_ps(d32), acc[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const int mi = m0 + g;
+    float r = HSum(acc[g]);
+    if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data() + (size_t)mi * nb, nb);
+    if constexpr (F == Fmt::kI8) r *= w.s[n];
+    out[(size_t)mi * w.N + n] = r;
   }
 }
 
@@ -329,28 +357,9 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
       out[n] = r;
       continue;
     }
-    for (int m0 = 0; m0 < M; m0 += kMaxM) {
-      const int mc = std::min(kMaxM, M - m0);
-      __m256 acc[kMaxM];
-      for (int i = 0; i < mc; ++i) acc[i] = _mm256_setzero_ps();
-      for (int b = 0; b < nb; ++b) {
-        const __m256i qw = LoadW<F>(row, b);
-        const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
-        for (int i = 0; i < mc; ++i) {
-          const int mi = m0 + i;
-          const __m256i d32 = BlockDot<F>(qw, xq.q.data() + (size_t)mi * xq.K + (size_t)b * kBlock);
-          const float scv = dw * xq.d[(size_t)mi * nb + b];
-          acc[i] = _mm256_fmadd_ps(_mm256_set1_ps(scv), _mm256_cvtepi32_ps(d32), acc[i]);
-        }
-      }
-      for (int i = 0; i < mc; ++i) {
-        const int mi = m0 + i;
-        float r = HSum(acc[i]);
-        if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data() + (size_t)mi * nb, nb);
-        if constexpr (F == Fmt::kI8) r *= w.s[n];
-        out[(size_t)mi * w.N + n] = r;
-      }
-    }
+    int m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4>(w, xq, row, n, dwf, mwf, m0, out);
+    for (; m0 < M; ++m0) RowGroup<F, 1>(w, xq, row, n, dwf, mwf, m0, out);
   }
 }
 

@@ -23,6 +23,9 @@ Differentiation: ``kernel_matmul`` has a custom VJP. The gradient with respect t
 quantized forward); asking for a gradient with respect to the quantized weight raises
 :class:`QuantError` (quantized weights are not trainable; dequantize them first).
 
+Under ``jax.vmap`` the call runs once per batch element (``vmap_method="sequential"``); fold
+batch axes into the rows of ``x`` instead (``kernel_matmul`` accepts any leading axes).
+
 Loading: the extension is ``jaxlm/quant/_kernel*.so`` built by ``setup.py`` (``pip install -e .``
 or ``python setup.py build_ext --inplace``); it is loaded with ``ctypes`` and its four handlers
 are registered for the CPU platform. ``JAXLM_DISABLE_KERNEL=1`` skips it (the pure-XLA path is
@@ -111,7 +114,7 @@ def _ffi_apply(x2: jax.Array, arrays: tuple, fmt: str, n: int, num_threads: int)
     if not kernel_available():
         raise QuantError(f"the quantized-matmul kernel is not available: {_load()[1]}.")
     call = jax.ffi.ffi_call(
-        _TARGETS[fmt], jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32), vmap_method="broadcast_all"
+        _TARGETS[fmt], jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32), vmap_method="sequential"
     )
     return call(x2, *arrays, num_threads=np.int64(num_threads))
 

@@ -128,3 +128,13 @@ def test_scalar_path_matches_reference():
     out = _child(JAXLM_KERNEL_SCALAR="1", JAXLM_KERNEL_THREADS="3")
     assert out["status"]["isa"] == "scalar" and out["status"]["default_threads"] == 3
     assert out["impl"] == "kernel" and out["ok"]
+
+
+@needs_kernel
+def test_vmap_over_x():
+    rng = np.random.default_rng(9)
+    w = Q.quantize_weight(rng.standard_normal((64, 24)).astype(np.float32), "q4_1")
+    xs = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    y = jax.vmap(lambda x: Q.kernel_matmul(x, w))(xs)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(y[i]), np.asarray(Q.kernel_matmul(xs[i], w)))
