@@ -1,11 +1,13 @@
 """Quantized weight formats: int8 per output channel and GGUF's Q8_0 / Q4_0 / Q4_1 blocks.
 
-A quantized weight is a :class:`QuantWeight` pytree standing for a float matrix ``W`` used as
-``x @ W``. Its *logical* shape is the float weight's shape (e.g. ``(576, 1536)`` for an MLP
-up-projection, ``(576, 9, 64)`` for a query projection); the first ``n_in`` axes are
-contracted with ``x``. Storage is row-major over the output channels, which is GGUF's own
-order (one row per output channel, blocks of 32 along the input), with
-``K = prod(shape[:n_in])`` and ``N = prod(shape[n_in:])``:
+A quantized weight is a :class:`QuantWeight` pytree standing for a float weight leaf. Its
+``shape`` is the float leaf's shape (e.g. ``(576, 1536)`` for an MLP up-projection,
+``(576, 9, 64)`` for a query projection, ``(49152, 576)`` for a token embedding). ``n_in``
+axes are contracted with the trailing axes of ``x``: the leading ones (``x @ W``), or, with
+``rows_first=True``, the trailing ones (``x @ W.T``, a tied embedding ``[vocab, d]``).
+Storage is row-major over the output channels, which is GGUF's own order (one row per
+output channel, blocks of 32 along the input), with ``K`` = the contracted size and
+``N`` = the product of the other axes:
 
 =======  ==========================  =======================  =================  ==========
 format   qs                          d                        m                  W[k, n]
@@ -58,14 +60,34 @@ class QuantWeight:
     fmt: str = flax.struct.field(pytree_node=False, default="q8_0")
     shape: tuple[int, ...] = flax.struct.field(pytree_node=False, default=())
     n_in: int = flax.struct.field(pytree_node=False, default=1)
+    rows_first: bool = flax.struct.field(pytree_node=False, default=False)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        """The axes contracted with x's trailing axes."""
+        return tuple(self.shape[-self.n_in :] if self.rows_first else self.shape[: self.n_in])
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[: -self.n_in] if self.rows_first else self.shape[self.n_in :])
 
     @property
     def K(self) -> int:
-        return math.prod(self.shape[: self.n_in])
+        return math.prod(self.in_shape)
 
     @property
     def N(self) -> int:
-        return math.prod(self.shape[self.n_in :])
+        return math.prod(self.out_shape)
+
+    @property
+    def dtype(self):
+        """The dtype of the float weight this stands for (what ``astype`` defaults to)."""
+        return jnp.dtype(jnp.float32)
+
+    def astype(self, dtype) -> jax.Array:
+        """The dequantized float weight in ``dtype`` and the leaf's shape (traceable), so code
+        written for float leaves (``w.astype(ct)`` then a product) runs the pure-XLA path."""
+        return dequantize(self, dtype)
 
     @property
     def ndim(self) -> int:
@@ -91,13 +113,15 @@ def _check_fmt(fmt: str) -> str:
     return f
 
 
-def _as_rows(w: np.ndarray, n_in: int) -> np.ndarray:
-    """Logical float weight [*in, *out] -> float32 rows [N, K] (one row per output channel)."""
+def _as_rows(w: np.ndarray, n_in: int, rows_first: bool = False) -> np.ndarray:
+    """Float leaf [*in, *out] (or [*out, *in] if rows_first) -> float32 rows [N, K]."""
     w = np.asarray(w, np.float32)
     if w.ndim < 2 or not 1 <= n_in < w.ndim:
         raise QuantError(
             f"weight of shape {w.shape} with n_in={n_in}: need >= 2 axes and 1 <= n_in < ndim."
         )
+    if rows_first:
+        return np.ascontiguousarray(w.reshape(-1, math.prod(w.shape[-n_in:])))
     k = math.prod(w.shape[:n_in])
     return np.ascontiguousarray(w.reshape(k, -1).T)
 
@@ -126,8 +150,8 @@ def _unpack_nibbles_np(qs: np.ndarray) -> np.ndarray:
     return np.concatenate([b & 0x0F, b >> 4], axis=-1)
 
 
-def quantize_weight(w: Any, fmt: str, n_in: int = 1) -> QuantWeight:
-    """Quantizes a float weight (logical shape [*in, *out]) to ``fmt``.
+def quantize_weight(w: Any, fmt: str, n_in: int = 1, rows_first: bool = False) -> QuantWeight:
+    """Quantizes a float weight leaf ([*in, *out], or [*out, *in] with ``rows_first``) to ``fmt``.
 
     int8: per output channel, ``d = max|W[:, n]| / 127``, ``q = rint(W / d)``.
     q8_0: per block, ``d = max|w| / 127``, ``q = rint(w / d)``.
@@ -138,8 +162,9 @@ def quantize_weight(w: Any, fmt: str, n_in: int = 1) -> QuantWeight:
     """
     fmt = _check_fmt(fmt)
     w_np = np.asarray(w, np.float32)
-    rows = _as_rows(w_np, n_in)
+    rows = _as_rows(w_np, n_in, rows_first)
     shape = tuple(int(s) for s in w_np.shape)
+    meta = {"fmt": fmt, "shape": shape, "n_in": n_in, "rows_first": rows_first}
     if not np.all(np.isfinite(rows)):
         raise QuantError("weight to quantize holds NaN or Inf values; fix the weight first.")
     if fmt == "int8":
@@ -147,7 +172,7 @@ def quantize_weight(w: Any, fmt: str, n_in: int = 1) -> QuantWeight:
         d = (amax / np.float32(127)).astype(np.float32)
         inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
         q = np.clip(np.rint(rows * inv[:, None]), -127, 127).astype(np.int8)
-        return QuantWeight(qs=q, d=d, fmt=fmt, shape=shape, n_in=n_in)
+        return QuantWeight(qs=q, d=d, **meta)
     blk = _blocks(rows, fmt)
     n, nb, _ = blk.shape
     if fmt == "q8_0":
@@ -155,14 +180,14 @@ def quantize_weight(w: Any, fmt: str, n_in: int = 1) -> QuantWeight:
         d = (amax / np.float32(127)).astype(np.float32)
         inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
         q = np.clip(np.rint(blk * inv[..., None]), -127, 127).astype(np.int8)
-        return QuantWeight(qs=q.reshape(n, -1), d=d.astype(np.float16), fmt=fmt, shape=shape, n_in=n_in)
+        return QuantWeight(qs=q.reshape(n, -1), d=d.astype(np.float16), **meta)
     if fmt == "q4_0":
         idx = np.abs(blk).argmax(axis=-1)
         mx = np.take_along_axis(blk, idx[..., None], axis=-1)[..., 0]
         d = (mx / np.float32(-8)).astype(np.float32)
         inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
         q = np.minimum(15, np.trunc(blk * inv[..., None] + np.float32(8.5))).astype(np.uint8)
-        return QuantWeight(qs=_pack_nibbles(q), d=d.astype(np.float16), fmt=fmt, shape=shape, n_in=n_in)
+        return QuantWeight(qs=_pack_nibbles(q), d=d.astype(np.float16), **meta)
     # q4_1
     lo = blk.min(axis=-1)
     hi = blk.max(axis=-1)
@@ -170,14 +195,17 @@ def quantize_weight(w: Any, fmt: str, n_in: int = 1) -> QuantWeight:
     inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
     q = np.clip(np.trunc((blk - lo[..., None]) * inv[..., None] + np.float32(0.5)), 0, 15).astype(np.uint8)
     return QuantWeight(
-        qs=_pack_nibbles(q), d=d.astype(np.float16), m=lo.astype(np.float16), fmt=fmt, shape=shape, n_in=n_in
+        qs=_pack_nibbles(q), d=d.astype(np.float16), m=lo.astype(np.float16), **meta
     )
 
 
-def from_gguf_blocks(raw: np.ndarray, fmt: str, shape: tuple[int, ...] | None = None, n_in: int = 1) -> QuantWeight:
+def from_gguf_blocks(
+    raw: np.ndarray, fmt: str, shape: tuple[int, ...] | None = None, n_in: int = 1, rows_first: bool = False
+) -> QuantWeight:
     """Splits a GGUF tensor's raw blocks (uint8 [N, nb*block_bytes]) into a QuantWeight.
 
-    ``shape`` is the logical float shape ([*in, *out], default ``(K, N)``). No value changes.
+    ``shape`` is the float leaf's shape ([*in, *out], or [*out, *in] with ``rows_first``;
+    default ``(K, N)`` / ``(N, K)``). No value changes.
     """
     fmt = _check_fmt(fmt)
     if fmt not in GGUF_FORMATS:
@@ -193,18 +221,22 @@ def from_gguf_blocks(raw: np.ndarray, fmt: str, shape: tuple[int, ...] | None = 
     blk = raw.reshape(n, nb, bb)
     d = np.ascontiguousarray(blk[..., 0:2]).view(np.float16)[..., 0]
     k = nb * BLOCK
-    shape = tuple(shape) if shape is not None else (k, n)
-    if math.prod(shape[:n_in]) != k or math.prod(shape[n_in:]) != n:
+    if shape is None:
+        shape = (n, k) if rows_first else (k, n)
+    shape = tuple(int(s) for s in shape)
+    meta = {"fmt": fmt, "shape": shape, "n_in": n_in, "rows_first": rows_first}
+    probe = QuantWeight(qs=None, d=None, **meta)
+    if probe.K != k or probe.N != n:
         raise QuantError(f"logical shape {shape} (n_in={n_in}) does not match {n} rows of {k} values.")
     if fmt == "q8_0":
         qs = np.ascontiguousarray(blk[..., 2:]).view(np.int8).reshape(n, k)
-        return QuantWeight(qs=qs, d=d, fmt=fmt, shape=shape, n_in=n_in)
+        return QuantWeight(qs=qs, d=d, **meta)
     if fmt == "q4_0":
         qs = np.ascontiguousarray(blk[..., 2:]).reshape(n, k // 2)
-        return QuantWeight(qs=qs, d=d, fmt=fmt, shape=shape, n_in=n_in)
+        return QuantWeight(qs=qs, d=d, **meta)
     m = np.ascontiguousarray(blk[..., 2:4]).view(np.float16)[..., 0]
     qs = np.ascontiguousarray(blk[..., 4:]).reshape(n, k // 2)
-    return QuantWeight(qs=qs, d=d, m=m, fmt=fmt, shape=shape, n_in=n_in)
+    return QuantWeight(qs=qs, d=d, m=m, **meta)
 
 
 def to_gguf_blocks(w: QuantWeight) -> np.ndarray:
@@ -245,8 +277,9 @@ def dequantize_rows_np(w: QuantWeight) -> np.ndarray:
 
 
 def dequantize_np(w: QuantWeight) -> np.ndarray:
-    """Exact float32 weight in its logical shape [*in, *out] (numpy reference)."""
-    return np.ascontiguousarray(dequantize_rows_np(w).T).reshape(w.shape)
+    """Exact float32 weight in the leaf's shape (numpy reference)."""
+    rows = dequantize_rows_np(w)
+    return rows.reshape(w.shape) if w.rows_first else np.ascontiguousarray(rows.T).reshape(w.shape)
 
 
 def dequantize_rows(w: QuantWeight, dtype=jnp.float32) -> jax.Array:
@@ -269,19 +302,21 @@ def dequantize_rows(w: QuantWeight, dtype=jnp.float32) -> jax.Array:
 
 
 def dequantize(w: QuantWeight, dtype=jnp.float32) -> jax.Array:
-    """jnp float weight in its logical shape [*in, *out] (traceable)."""
-    return dequantize_rows(w, dtype).T.reshape(w.shape)
+    """jnp float weight in the leaf's shape (traceable)."""
+    rows = dequantize_rows(w, dtype)
+    return rows.reshape(w.shape) if w.rows_first else rows.T.reshape(w.shape)
 
 
 def take_rows(w: QuantWeight, ids: Any, dtype=jnp.float32) -> jax.Array:
-    """Dequantized storage rows ``W_rows[ids]`` ([..., K]): an embedding lookup on a quantized
-    table stored as [vocab, d] rows (a tied embedding's logical matmul shape is (d, vocab))."""
+    """Dequantized storage rows ``W_rows[ids]`` ([..., K]): the embedding lookup
+    ``embed[ids]`` of a quantized table (``rows_first=True``, leaf [vocab, d])."""
     sub = QuantWeight(
         qs=jnp.take(w.qs, ids.reshape(-1), axis=0),
         d=jnp.take(w.d, ids.reshape(-1), axis=0),
         m=None if w.m is None else jnp.take(w.m, ids.reshape(-1), axis=0),
         fmt=w.fmt,
-        shape=(w.K, int(np.prod(ids.shape))),
+        shape=(int(np.prod(ids.shape)), w.K),
         n_in=1,
+        rows_first=True,
     )
     return dequantize_rows(sub, dtype).reshape(*ids.shape, w.K)

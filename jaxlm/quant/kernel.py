@@ -146,8 +146,10 @@ def _value(a):
 def _kernel_mm_bwd(fmt, n, num_threads, shape_nin, av, g):
     from jaxlm.quant.formats import dequantize_rows
 
-    shape, n_in = shape_nin
-    w = QuantWeight(qs=av[0], d=av[1], m=av[2] if len(av) > 2 else None, fmt=fmt, shape=shape, n_in=n_in)
+    shape, n_in, rows_first = shape_nin
+    w = QuantWeight(
+        qs=av[0], d=av[1], m=av[2] if len(av) > 2 else None, fmt=fmt, shape=shape, n_in=n_in, rows_first=rows_first
+    )
     gx = g.astype(jnp.float32) @ dequantize_rows(w)  # [M, N] @ [N, K]
     return gx, tuple(None for _ in av)
 
@@ -156,7 +158,7 @@ _kernel_mm.defvjp(_kernel_mm_fwd, _kernel_mm_bwd, symbolic_zeros=True)
 
 
 def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0) -> jax.Array:
-    """``x @ W`` with the C++ kernel: x [..., *shape[:n_in]] -> float32 [..., *shape[n_in:]].
+    """``x @ W`` with the C++ kernel: x [..., *w.in_shape] -> float32 [..., *w.out_shape].
 
     ``num_threads=0`` uses the default (``JAXLM_KERNEL_THREADS`` or the number of cores).
     Any number of rows works; the kernel is meant for M <= 16 (decode), XLA's dot wins above.
@@ -164,12 +166,15 @@ def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0) -> jax.Arr
     if not kernel_supports(w):
         raise QuantError(f"the kernel needs K % {BLOCK} == 0 and a known format; got {w.fmt} K={w.K}.")
     lead = x.shape[: x.ndim - w.n_in]
-    if tuple(x.shape[x.ndim - w.n_in :]) != tuple(w.shape[: w.n_in]):
-        raise QuantError(f"x of shape {x.shape} does not contract with a weight of logical shape {w.shape}.")
+    if tuple(x.shape[x.ndim - w.n_in :]) != w.in_shape:
+        raise QuantError(
+            f"x of shape {x.shape} does not contract with a weight of shape {w.shape} "
+            f"(contracted axes {w.in_shape})."
+        )
     x2 = jnp.asarray(x, jnp.float32).reshape(-1, w.K)
     arrays = w.arrays()
-    y = _kernel_mm(x2, arrays, w.fmt, w.N, int(num_threads), (tuple(w.shape), w.n_in))
-    return y.reshape(*lead, *w.shape[w.n_in :])
+    y = _kernel_mm(x2, arrays, w.fmt, w.N, int(num_threads), (tuple(w.shape), w.n_in, w.rows_first))
+    return y.reshape(*lead, *w.out_shape)
 
 
 # ------------------------------------------------------------------------------------------

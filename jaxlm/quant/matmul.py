@@ -22,13 +22,16 @@ IMPLS = ("auto", "xla", "kernel")
 
 def matmul_xla(x: jax.Array, w: QuantWeight, dtype=jnp.float32) -> jax.Array:
     """Pure-XLA ``x @ W``: the weight is dequantized (in ``dtype``) inside the traced function."""
-    if tuple(x.shape[x.ndim - w.n_in :]) != tuple(w.shape[: w.n_in]):
-        raise QuantError(f"x of shape {x.shape} does not contract with a weight of logical shape {w.shape}.")
+    if tuple(x.shape[x.ndim - w.n_in :]) != w.in_shape:
+        raise QuantError(
+            f"x of shape {x.shape} does not contract with a weight of shape {w.shape} "
+            f"(contracted axes {w.in_shape})."
+        )
     lead = x.shape[: x.ndim - w.n_in]
     x2 = x.reshape(-1, w.K).astype(dtype)
     rows = dequantize_rows(w, dtype)  # [N, K]
     y = jax.lax.dot_general(x2, rows, (((1,), (1,)), ((), ())), preferred_element_type=dtype)
-    return y.reshape(*lead, *w.shape[w.n_in :])
+    return y.reshape(*lead, *w.out_shape)
 
 
 def _on_cpu(x) -> bool:

@@ -14,11 +14,16 @@ mlp.w_gate    (d, f)             1
 mlp.w_up      (d, f)             1
 mlp.w_down    (f, d)             1
 lm_head       (d, vocab)         1
-embed         (d, vocab)         1      rows = vocab entries; float ``embed`` is (vocab, d)
+embed         (vocab, d)         1      ``rows_first=True``: contracted on its last axis
 ============  =================  =====  ===============================================
 
 A quantized ``embed`` is used by core as ``take_rows(embed, tokens)`` for the lookup and
 ``matmul(h, embed)`` for a tied head. Norms and biases stay float32.
+
+Every QuantWeight also has ``astype(dtype)`` (the dequantized float leaf), so code written
+for float leaves (``dense``'s ``w.astype(ct)``, ``params["embed"].astype(ct)[tokens]``) runs
+a quantized tree unchanged through the pure-XLA path; ``jaxlm.quant.matmul`` /
+``take_rows`` are the fast paths (kernel at decode, no full-table dequantization).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from jaxlm.quant.formats import (
     GGUF_FORMATS,
     QuantError,
     QuantWeight,
-    dequantize_rows_np,
+    dequantize_np,
     from_gguf_blocks,
     quantize_weight,
 )
@@ -44,21 +49,21 @@ from jaxlm.quant.formats import (
 MATMUL_WEIGHTS = {"wq": 1, "wk": 1, "wv": 1, "wo": 2, "w_gate": 1, "w_up": 1, "w_down": 1, "lm_head": 1}
 
 
-def abstract_weight(shape: tuple[int, ...], fmt: str, n_in: int = 1) -> QuantWeight:
-    """The ``jax.ShapeDtypeStruct`` pytree a quantized leaf of logical ``shape`` must match
+def abstract_weight(shape: tuple[int, ...], fmt: str, n_in: int = 1, rows_first: bool = False) -> QuantWeight:
+    """The ``jax.ShapeDtypeStruct`` pytree a quantized leaf of ``shape`` must match
     (what a ``ParamInfo`` subclass for quantized weights returns from ``abstract()``)."""
-    import math
-
-    k, n = math.prod(shape[:n_in]), math.prod(shape[n_in:])
+    meta = {"fmt": fmt, "shape": tuple(shape), "n_in": n_in, "rows_first": rows_first}
+    probe = QuantWeight(qs=None, d=None, **meta)
+    k, n = probe.K, probe.N
     sds = jax.ShapeDtypeStruct
     if fmt == "int8":
-        return QuantWeight(qs=sds((n, k), np.int8), d=sds((n,), np.float32), fmt=fmt, shape=tuple(shape), n_in=n_in)
+        return QuantWeight(qs=sds((n, k), np.int8), d=sds((n,), np.float32), **meta)
     if fmt not in GGUF_FORMATS:
         raise QuantError(f"unknown quantized format {fmt!r}; use one of {FORMATS}.")
     nb = k // 32
     qs = sds((n, k), np.int8) if fmt == "q8_0" else sds((n, k // 2), np.uint8)
     m = sds((n, nb), np.float16) if fmt == "q4_1" else None
-    return QuantWeight(qs=qs, d=sds((n, nb), np.float16), m=m, fmt=fmt, shape=tuple(shape), n_in=n_in)
+    return QuantWeight(qs=qs, d=sds((n, nb), np.float16), m=m, **meta)
 
 
 def quantize_params(params: dict[str, Any], cfg: Any = None, fmt: str = "int8", *, embed: bool = True) -> dict[str, Any]:
@@ -82,7 +87,7 @@ def quantize_params(params: dict[str, Any], cfg: Any = None, fmt: str = "int8", 
         if name in MATMUL_WEIGHTS:
             return quantize_weight(np.asarray(tree, np.float32), fmt, n_in=MATMUL_WEIGHTS[name])
         if name == "embed" and embed:
-            return quantize_weight(np.asarray(tree, np.float32).T, fmt, n_in=1)
+            return quantize_weight(np.asarray(tree, np.float32), fmt, n_in=1, rows_first=True)
         return tree
 
     return walk(params)
@@ -97,10 +102,7 @@ def dequantize_params(params: dict[str, Any]) -> dict[str, Any]:
         if isinstance(tree, list):
             return [walk(v, name) for v in tree]
         if isinstance(tree, QuantWeight):
-            rows = dequantize_rows_np(tree)
-            if name == "embed":
-                return rows  # [vocab, d]
-            return np.ascontiguousarray(rows.T).reshape(tree.shape)
+            return dequantize_np(tree)
         return tree
 
     return walk(params)
@@ -143,15 +145,16 @@ def load_gguf_quantized(
             raise WeightsError(f"{path}: tensor {name} is missing; the file is incomplete.")
         return tensors[name]
 
-    def quant(name, shape, n_in, want):
+    def quant(name, shape, n_in, want, rows_first=False):
         t = tensor(name)
         stored = t.tensor_type.name.lower()
         if stored in GGUF_FORMATS and (want == "keep" or want == stored):
             raw = np.asarray(t.data)
-            return from_gguf_blocks(raw, stored, shape=shape, n_in=n_in)
+            return from_gguf_blocks(raw, stored, shape=shape, n_in=n_in, rows_first=rows_first)
         rows = gguf_io._dequant(t, path)  # [out, in] float32
         target = "int8" if want == "keep" else want
-        return quantize_weight(np.ascontiguousarray(rows.T).reshape(shape), target, n_in=n_in)
+        leaf = rows.reshape(shape) if rows_first else np.ascontiguousarray(rows.T).reshape(shape)
+        return quantize_weight(leaf, target, n_in=n_in, rows_first=rows_first)
 
     def vec(name):
         return gguf_io._dequant(tensor(name), path)
@@ -161,7 +164,7 @@ def load_gguf_quantized(
         raise QuantError(f"embed_fmt must be 'keep' or one of {FORMATS}, got {embed_fmt!r}.")
     e_stored = tensor("token_embd.weight").tensor_type.name.lower()
     efmt = embed_fmt if embed_fmt != "keep" else ("keep" if e_stored in GGUF_FORMATS else fmt)
-    params: dict[str, Any] = {"embed": quant("token_embd.weight", (d, v), 1, efmt)}
+    params: dict[str, Any] = {"embed": quant("token_embd.weight", (v, d), 1, efmt, rows_first=True)}
     layers = []
     for i in range(cfg.n_layers):
         b = f"blk.{i}."

@@ -105,11 +105,17 @@ def test_xla_matmul_equals_f32_matmul_of_dequantized(fmt, xs, ws, n_in):
 def test_quant_weight_is_a_pytree_and_takes_rows():
     rng = np.random.default_rng(4)
     table = rng.standard_normal((50, 64)).astype(np.float32)  # [vocab, d] rows
-    w = Q.quantize_weight(table.T, "q4_1")  # logical (d, vocab): rows are the vocab entries
+    w = Q.quantize_weight(table, "q4_1", rows_first=True)  # leaf [vocab, d], contracted on d
     leaves = jax.tree.leaves(w)
     assert len(leaves) == 3 and w.nbytes == 50 * 2 * 20
     moved = jax.tree.map(jnp.asarray, w)
-    assert isinstance(moved, Q.QuantWeight) and moved.fmt == "q4_1" and moved.shape == (64, 50)
+    assert isinstance(moved, Q.QuantWeight) and moved.fmt == "q4_1" and moved.shape == (50, 64)
+    # a tied head: x @ embed.T, and the float-leaf view used by code written for arrays
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    want = x.astype(np.float64) @ Q.dequantize_np(w).astype(np.float64).T
+    got = np.asarray(Q.matmul(x, moved, impl="xla"))
+    assert got.shape == (2, 50) and np.abs(got - want).max() < 1e-5 * np.abs(want).max()
+    np.testing.assert_array_equal(np.asarray(jax.jit(lambda w: w.astype(jnp.float32))(moved)), Q.dequantize_np(w))
     ids = jnp.array([[3, 0, 49]])
     emb = jax.jit(Q.take_rows)(moved, ids)
     np.testing.assert_array_equal(np.asarray(emb), Q.dequantize_rows_np(w)[np.asarray(ids)])

@@ -138,3 +138,14 @@ def test_vmap_over_x():
     y = jax.vmap(lambda x: Q.kernel_matmul(x, w))(xs)
     for i in range(3):
         np.testing.assert_array_equal(np.asarray(y[i]), np.asarray(Q.kernel_matmul(xs[i], w)))
+
+
+@needs_kernel
+def test_kernel_tied_head_rows_first():
+    rng = np.random.default_rng(10)
+    table = rng.standard_normal((70, 96)).astype(np.float32)  # [vocab, d]
+    w = Q.quantize_weight(table, "q8_0", rows_first=True)
+    x = rng.standard_normal((2, 96)).astype(np.float32)
+    y = Q.kernel_matmul(x, w)
+    assert y.shape == (2, 70)
+    _check_against_reference(np.asarray(y), x, w)

@@ -45,7 +45,7 @@ def test_quantize_params_of_a_float_model(fmt, max_ratio):
     qp = Q.quantize_params(params, cfg, fmt)
     assert isinstance(qp["layers"][0]["attn"]["wo"], Q.QuantWeight)
     assert qp["layers"][0]["attn"]["wo"].n_in == 2
-    assert qp["embed"].shape == (cfg.d_model, cfg.vocab_size)
+    assert qp["embed"].shape == (cfg.vocab_size, cfg.d_model) and qp["embed"].rows_first
     deq = Q.dequantize_params(qp)
     assert jax.tree.structure(deq) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(deq), jax.tree.leaves(params), strict=True):
