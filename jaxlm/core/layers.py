@@ -18,13 +18,6 @@ Array = jax.Array
 
 
 # --------------------------------------------------------------------------- norms
-def init_norm(cfg: ModelConfig) -> dict[str, Array]:
-    p = {"scale": jnp.ones((cfg.d_model,), cfg.pdtype)}
-    if cfg.norm == "layer":
-        p["bias"] = jnp.zeros((cfg.d_model,), cfg.pdtype)
-    return p
-
-
 def norm(p: dict[str, Array], cfg: ModelConfig, x: Array) -> Array:
     """RMSNorm or LayerNorm over the last axis, computed in float32."""
     dtype = x.dtype
@@ -87,25 +80,6 @@ def alibi_slopes(n_heads: int) -> Array:
 
 
 # --------------------------------------------------------------------------- MLP
-def init_mlp(key: Array, cfg: ModelConfig) -> dict[str, Array]:
-    k1, k2, k3 = jax.random.split(key, 3)
-    d, f, std = cfg.d_model, cfg.d_ff, cfg.init_std
-    p = {
-        "w_up": (std * jax.random.normal(k1, (d, f))).astype(cfg.pdtype),
-        "w_down": (std / math.sqrt(2 * cfg.n_layers) * jax.random.normal(k2, (f, d))).astype(
-            cfg.pdtype
-        ),
-    }
-    if cfg.mlp == "swiglu":
-        p["w_gate"] = (std * jax.random.normal(k3, (d, f))).astype(cfg.pdtype)
-    if cfg.use_bias:
-        p["b_up"] = jnp.zeros((f,), cfg.pdtype)
-        p["b_down"] = jnp.zeros((d,), cfg.pdtype)
-        if cfg.mlp == "swiglu":
-            p["b_gate"] = jnp.zeros((f,), cfg.pdtype)
-    return p
-
-
 def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: int = 0) -> Array:
     """SwiGLU (silu(x Wg) * x Wu) Wd or GELU (gelu(x Wu)) Wd; x [B, T, D]."""
     ct = cfg.cdtype

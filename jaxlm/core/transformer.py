@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxlm.core import layers
+from jaxlm.core import params as params_lib
 from jaxlm.core.cache import KVCache
 from jaxlm.core.config import ModelConfig
 
@@ -59,48 +60,7 @@ class ModelOutput:
 
 
 # --------------------------------------------------------------------------- init
-def init(key: Array, cfg: ModelConfig) -> Params:
-    """Random params for ``cfg`` (normal(init_std), output projections scaled by depth)."""
-    keys = jax.random.split(key, cfg.n_layers + 3)
-    std = cfg.init_std
-    d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    params: Params = {
-        "embed": (std * jax.random.normal(keys[0], (cfg.vocab_size, d))).astype(cfg.pdtype)
-    }
-    if cfg.pos == "learned":
-        params["pos_embed"] = (std * jax.random.normal(keys[1], (cfg.max_seq_len, d))).astype(
-            cfg.pdtype
-        )
-    out_std = std / math.sqrt(2 * cfg.n_layers)
-    layer_list = []
-    for i in range(cfg.n_layers):
-        kq, kk, kvv, ko, km = jax.random.split(keys[3 + i], 5)
-        attn = {
-            "wq": (std * jax.random.normal(kq, (d, h, hd))).astype(cfg.pdtype),
-            "wk": (std * jax.random.normal(kk, (d, kv, hd))).astype(cfg.pdtype),
-            "wv": (std * jax.random.normal(kvv, (d, kv, hd))).astype(cfg.pdtype),
-            "wo": (out_std * jax.random.normal(ko, (h, hd, d))).astype(cfg.pdtype),
-        }
-        if cfg.use_bias:
-            attn.update(
-                bq=jnp.zeros((h, hd), cfg.pdtype),
-                bk=jnp.zeros((kv, hd), cfg.pdtype),
-                bv=jnp.zeros((kv, hd), cfg.pdtype),
-                bo=jnp.zeros((d,), cfg.pdtype),
-            )
-        layer = {"attn_norm": layers.init_norm(cfg), "attn": attn, "mlp": layers.init_mlp(km, cfg)}
-        if not cfg.parallel_block:
-            layer["mlp_norm"] = layers.init_norm(cfg)
-        layer_list.append(layer)
-    params["layers"] = layer_list
-    params["final_norm"] = layers.init_norm(cfg)
-    if not cfg.tie_embeddings:
-        params["lm_head"] = (std * jax.random.normal(keys[2], (d, cfg.vocab_size))).astype(
-            cfg.pdtype
-        )
-        if cfg.use_bias:
-            params["lm_head_bias"] = jnp.zeros((cfg.vocab_size,), cfg.pdtype)
-    return params
+init = params_lib.init  # random params from ``param_spec(cfg)`` (see ``jaxlm.core.params``)
 
 
 # --------------------------------------------------------------------------- attention
