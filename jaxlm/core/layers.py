@@ -17,6 +17,23 @@ from jaxlm.core.config import ModelConfig
 Array = jax.Array
 
 
+# --------------------------------------------------------------------------- matmul
+def dense(x: Array, w: Array, spec: str, cfg: ModelConfig) -> Array:
+    """The one weight product of the model: ``einsum(spec, x, w)`` under the precision policy.
+
+    ``cfg.matmul_dtype`` None: both operands in the compute dtype (``cfg.cdtype``).
+    Otherwise (e.g. "bfloat16"): operands cast to it, float32 accumulation, result in
+    the compute dtype. Weights already stored in that dtype (``transformer.cast_params``)
+    are not cast again per call. Every weight product in ``jaxlm.core`` goes through
+    here, so a new weight format (e.g. quantized) plugs in at this one place.
+    """
+    if cfg.matmul_dtype is None:
+        return jnp.einsum(spec, x, w.astype(cfg.cdtype))
+    mm = jnp.dtype(cfg.matmul_dtype)
+    y = jnp.einsum(spec, x.astype(mm), w.astype(mm), preferred_element_type=jnp.float32)
+    return y.astype(cfg.cdtype)
+
+
 # --------------------------------------------------------------------------- norms
 def norm(p: dict[str, Array], cfg: ModelConfig, x: Array) -> Array:
     """RMSNorm or LayerNorm over the last axis, computed in float32."""
@@ -83,11 +100,11 @@ def alibi_slopes(n_heads: int) -> Array:
 def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: int = 0) -> Array:
     """SwiGLU (silu(x Wg) * x Wu) Wd or GELU (gelu(x Wu)) Wd; x [B, T, D]."""
     ct = cfg.cdtype
-    up = x @ p["w_up"].astype(ct)
+    up = dense(x, p["w_up"], "...d,df->...f", cfg)
     if "b_up" in p:
         up = up + p["b_up"].astype(ct)
     if cfg.mlp == "swiglu":
-        gate = x @ p["w_gate"].astype(ct)
+        gate = dense(x, p["w_gate"], "...d,df->...f", cfg)
         if "b_gate" in p:
             gate = gate + p["b_gate"].astype(ct)
         h = jax.nn.silu(gate) * up
@@ -95,7 +112,7 @@ def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: 
         h = jax.nn.gelu(up, approximate=True)
     if intervene is not None:
         h = intervene("mlp_hidden", layer, h)
-    out = h @ p["w_down"].astype(ct)
+    out = dense(h, p["w_down"], "...f,fd->...d", cfg)
     if "b_down" in p:
         out = out + p["b_down"].astype(ct)
     return out
