@@ -47,6 +47,12 @@ class ModelConfig:
         param_dtype: dtype params are stored in.
         compute_dtype: dtype activations/matmuls run in (bfloat16 on GPU/TPU).
         init_std: normal init scale of weight matrices.
+        matmul_dtype: precision policy of the weight products (``layers.dense``): None
+            = operands in ``compute_dtype``; e.g. "bfloat16" = bf16 operands with
+            float32 accumulation (residual stream, norms, softmax stay in
+            ``compute_dtype``). ~2x faster on CPUs with AVX512-BF16.
+        attn_dtype: the same for the two attention matmuls (q.k and probs.v): None =
+            ``compute_dtype``; "bfloat16" = bf16 operands, float32 accumulation.
     """
 
     vocab_size: int = 256
@@ -70,6 +76,8 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "float32"
     init_std: float = 0.02
+    matmul_dtype: str | None = None
+    attn_dtype: str | None = None
 
     def __post_init__(self):
         self.validate()
@@ -101,7 +109,9 @@ class ModelConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"ModelConfig: {msg}")
-        for name in ("param_dtype", "compute_dtype"):
+        for name in ("param_dtype", "compute_dtype", "matmul_dtype", "attn_dtype"):
+            if getattr(self, name) is None and name in ("matmul_dtype", "attn_dtype"):
+                continue
             try:
                 jnp.dtype(getattr(self, name))
             except TypeError:

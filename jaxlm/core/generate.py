@@ -7,6 +7,10 @@ call, cache donated) used by the chat entrypoint to print as it goes.
 
 Prompts of different lengths are left-padded; pads get position -1 and are
 never attended to, so every sequence sees exactly its own prompt.
+
+Logits processors (constrained decoding, per-row biases) plug into the loop
+through the ``LogitsProcessor`` protocol below; the processor is a traced
+argument, so a new processor with the same array shapes reuses the compiled loop.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -58,6 +63,73 @@ class GenerateOutput:
     tokens: Array
     lengths: Array
     cache: KVCache
+
+
+class LogitsProcessor(Protocol):
+    """What ``generate(..., processor=...)`` calls inside the jitted decode loop.
+
+    A processor is a pytree (a ``flax.struct.dataclass``: arrays are traced leaves,
+    Python-level settings are ``struct.field(pytree_node=False)`` and part of the
+    compile key). It is passed to the loop as a traced argument, so a new processor
+    with the same array shapes and static fields does not recompile. Rows are
+    independent; every state leaf has the batch as its leading axis.
+
+    Per step, with ``state`` starting at ``init(B)``:
+        logits = apply(state, logits)     # [B, V] -> [B, V], e.g. -inf on disallowed ids
+        token  = sample(logits)           # greedy, temperature, top-k, top-p all see it
+        state  = advance(state, token)    # [B] int32; rows already stopped are not advanced
+        stop  |= finished(state)          # bool [B]: the row stops after this token
+
+    A token that makes ``finished`` True is kept in the output (unlike a stop
+    token, which is dropped); if ``finished(init(B))`` is already True that row
+    generates nothing. If ``apply`` leaves a row with no finite logit the sampled
+    token is undefined (greedy picks id 0): the processor must always allow
+    something (e.g. a stop token).
+    """
+
+    def init(self, batch: int) -> Any: ...
+
+    def apply(self, state: Any, logits: Array) -> Array: ...
+
+    def advance(self, state: Any, tokens: Array) -> Any: ...
+
+    def finished(self, state: Any) -> Array: ...
+
+
+@struct.dataclass
+class LogitBias:
+    """Per-row additive bias [B, V] on the logits (``-inf`` forbids a token); never finishes.
+
+    The state is unused (a per-row zero), so the same bias applies at every step.
+    """
+
+    bias: Array
+
+    def init(self, batch: int) -> Array:
+        if batch != self.bias.shape[0]:
+            raise ValueError(
+                f"LogitBias: bias has {self.bias.shape[0]} rows but the batch has {batch}; "
+                "give one bias row per prompt."
+            )
+        return jnp.zeros((batch,), jnp.int32)
+
+    def apply(self, state: Array, logits: Array) -> Array:
+        return logits + self.bias.astype(logits.dtype)
+
+    def advance(self, state: Array, tokens: Array) -> Array:
+        return state
+
+    def finished(self, state: Array) -> Array:
+        return jnp.zeros(state.shape, bool)
+
+
+def _select_rows(keep: Array, old: Any, new: Any) -> Any:
+    """Per-row select over a state pytree: ``old`` where ``keep`` [B] is True."""
+
+    def sel(o, n):
+        return jnp.where(keep.reshape(keep.shape + (1,) * (n.ndim - 1)), o, n)
+
+    return jax.tree.map(sel, old, new)
 
 
 def sample_logits(logits: Array, key: Array, sampling: SamplingConfig) -> Array:
@@ -119,7 +191,8 @@ def decode_step(params: Params, cfg: ModelConfig, token: Array, cache: KVCache):
 @functools.partial(
     jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id"),
 )
-def _generate(params, tokens, mask, key, *, cfg, max_new_tokens, sampling, stop_ids, pad_id):
+def _generate(params, tokens, mask, key, processor=None, *, cfg, max_new_tokens, sampling,
+              stop_ids, pad_id):
     b, t = tokens.shape
     cache = init_cache(cfg, b, t + max_new_tokens)
     logits, cache = prefill(params, cfg, tokens, mask, cache)
@@ -128,27 +201,44 @@ def _generate(params, tokens, mask, key, *, cfg, max_new_tokens, sampling, stop_
     def pick(logits, step):
         return sample_logits(logits, jax.random.fold_in(key, step), sampling)
 
-    first = pick(logits, 0)
-    out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
-    done = jnp.isin(first, stops)
-    lengths = jnp.where(done, 0, 1).astype(jnp.int32)
+    if processor is None:
+        first = pick(logits, 0)
+        out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+        done = jnp.isin(first, stops)
+        lengths = jnp.where(done, 0, 1).astype(jnp.int32)
+        pstate = None
+    else:
+        pstate = processor.init(b)
+        done0 = processor.finished(pstate)
+        first = pick(processor.apply(pstate, logits), 0)
+        first = jnp.where(done0, pad_id, first)
+        out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+        stop = jnp.isin(first, stops)
+        pstate = _select_rows(done0 | stop, pstate, processor.advance(pstate, first))
+        lengths = jnp.where(done0 | stop, 0, 1).astype(jnp.int32)
+        done = done0 | stop | processor.finished(pstate)
 
     def cond(state):
-        step, _, _, done, _, _ = state
+        step, _, _, done, _, _, _ = state
         return (step < max_new_tokens) & ~jnp.all(done)
 
     def body(state):
-        step, cache, last, done, out, lengths = state
+        step, cache, last, done, out, lengths, pstate = state
         logits, cache = decode_step(params, cfg, last, cache)
+        if processor is not None:
+            logits = processor.apply(pstate, logits)
         nxt = pick(logits, step)
         nxt = jnp.where(done, pad_id, nxt)
         out = jax.lax.dynamic_update_slice(out, nxt[:, None], (0, step))
         stop = jnp.isin(nxt, stops)
         lengths = lengths + jnp.where(done | stop, 0, 1)
-        return step + 1, cache, nxt, done | stop, out, lengths
+        if processor is not None:
+            pstate = _select_rows(done | stop, pstate, processor.advance(pstate, nxt))
+            stop = stop | processor.finished(pstate)
+        return step + 1, cache, nxt, done | stop, out, lengths, pstate
 
-    state = (jnp.int32(1), cache, first, done, out, lengths)
-    _, cache, _, _, out, lengths = jax.lax.while_loop(cond, body, state)
+    state = (jnp.int32(1), cache, first, done, out, lengths, pstate)
+    _, cache, _, _, out, lengths, _ = jax.lax.while_loop(cond, body, state)
     out = jnp.where(jnp.arange(max_new_tokens)[None] < lengths[:, None], out, pad_id)
     return GenerateOutput(tokens=out, lengths=lengths, cache=cache)
 
@@ -180,10 +270,13 @@ def generate(
     stop_ids: Sequence[int] = (),
     pad_id: int = 0,
     bucket: int = 16,
+    processor: LogitsProcessor | None = None,
 ) -> GenerateOutput:
     """Generates up to ``max_new_tokens`` for each prompt (token-id lists).
 
-    Compiled once per (batch, padded prompt length, max_new_tokens, sampling).
+    Compiled once per (batch, padded prompt length, max_new_tokens, sampling) and,
+    with a ``processor`` (see ``LogitsProcessor``), per processor structure: its
+    arrays are traced, so new values of the same shapes reuse the compiled loop.
 
     Returns:
         GenerateOutput with tokens [B, max_new_tokens] and lengths [B].
@@ -192,7 +285,7 @@ def generate(
     check_fits(cfg, toks.shape[1], max_new_tokens)
     key = jax.random.PRNGKey(0) if key is None else key
     return _generate(
-        params, jnp.asarray(toks), jnp.asarray(mask), key, cfg=cfg,
+        params, jnp.asarray(toks), jnp.asarray(mask), key, processor, cfg=cfg,
         max_new_tokens=max_new_tokens, sampling=sampling,
         stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id),
     )

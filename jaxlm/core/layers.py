@@ -17,14 +17,24 @@ from jaxlm.core.config import ModelConfig
 Array = jax.Array
 
 
+# --------------------------------------------------------------------------- matmul
+def dense(x: Array, w: Array, spec: str, cfg: ModelConfig) -> Array:
+    """The one weight product of the model: ``einsum(spec, x, w)`` under the precision policy.
+
+    ``cfg.matmul_dtype`` None: both operands in the compute dtype (``cfg.cdtype``).
+    Otherwise (e.g. "bfloat16"): operands cast to it, float32 accumulation, result in
+    the compute dtype. Weights already stored in that dtype (``transformer.cast_params``)
+    are not cast again per call. Every weight product in ``jaxlm.core`` goes through
+    here, so a new weight format (e.g. quantized) plugs in at this one place.
+    """
+    if cfg.matmul_dtype is None:
+        return jnp.einsum(spec, x, w.astype(cfg.cdtype))
+    mm = jnp.dtype(cfg.matmul_dtype)
+    y = jnp.einsum(spec, x.astype(mm), w.astype(mm), preferred_element_type=jnp.float32)
+    return y.astype(cfg.cdtype)
+
+
 # --------------------------------------------------------------------------- norms
-def init_norm(cfg: ModelConfig) -> dict[str, Array]:
-    p = {"scale": jnp.ones((cfg.d_model,), cfg.pdtype)}
-    if cfg.norm == "layer":
-        p["bias"] = jnp.zeros((cfg.d_model,), cfg.pdtype)
-    return p
-
-
 def norm(p: dict[str, Array], cfg: ModelConfig, x: Array) -> Array:
     """RMSNorm or LayerNorm over the last axis, computed in float32."""
     dtype = x.dtype
@@ -87,33 +97,14 @@ def alibi_slopes(n_heads: int) -> Array:
 
 
 # --------------------------------------------------------------------------- MLP
-def init_mlp(key: Array, cfg: ModelConfig) -> dict[str, Array]:
-    k1, k2, k3 = jax.random.split(key, 3)
-    d, f, std = cfg.d_model, cfg.d_ff, cfg.init_std
-    p = {
-        "w_up": (std * jax.random.normal(k1, (d, f))).astype(cfg.pdtype),
-        "w_down": (std / math.sqrt(2 * cfg.n_layers) * jax.random.normal(k2, (f, d))).astype(
-            cfg.pdtype
-        ),
-    }
-    if cfg.mlp == "swiglu":
-        p["w_gate"] = (std * jax.random.normal(k3, (d, f))).astype(cfg.pdtype)
-    if cfg.use_bias:
-        p["b_up"] = jnp.zeros((f,), cfg.pdtype)
-        p["b_down"] = jnp.zeros((d,), cfg.pdtype)
-        if cfg.mlp == "swiglu":
-            p["b_gate"] = jnp.zeros((f,), cfg.pdtype)
-    return p
-
-
 def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: int = 0) -> Array:
     """SwiGLU (silu(x Wg) * x Wu) Wd or GELU (gelu(x Wu)) Wd; x [B, T, D]."""
     ct = cfg.cdtype
-    up = x @ p["w_up"].astype(ct)
+    up = dense(x, p["w_up"], "...d,df->...f", cfg)
     if "b_up" in p:
         up = up + p["b_up"].astype(ct)
     if cfg.mlp == "swiglu":
-        gate = x @ p["w_gate"].astype(ct)
+        gate = dense(x, p["w_gate"], "...d,df->...f", cfg)
         if "b_gate" in p:
             gate = gate + p["b_gate"].astype(ct)
         h = jax.nn.silu(gate) * up
@@ -121,7 +112,7 @@ def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: 
         h = jax.nn.gelu(up, approximate=True)
     if intervene is not None:
         h = intervene("mlp_hidden", layer, h)
-    out = h @ p["w_down"].astype(ct)
+    out = dense(h, p["w_down"], "...f,fd->...d", cfg)
     if "b_down" in p:
         out = out + p["b_down"].astype(ct)
     return out

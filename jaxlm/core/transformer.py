@@ -13,13 +13,25 @@ surgery, per-layer offload and weight edits stay trivial)::
 Attention is position-based: a query at position p attends to every slot whose
 stored position q satisfies 0 <= q <= p. That single rule gives causal masking,
 left padding (pad tokens get position -1) and arbitrary slot orders in an
-evicting KV cache.
+evicting KV cache. With ``segment_ids`` a query of segment s > 0 additionally sees
+only keys of segment s or of the shared segment 0 (packed rows: a prompt in
+segment 0 followed by candidates 1, 2, ...; or documents 1, 2, ... with nothing
+shared); positions restart or continue per segment as the caller chooses.
+
+The forward is composable: ``embed`` -> ``run_blocks`` (any layer range, Python loop
+or ``lax.scan``, KV cache, segments, attention bias, ``capture`` of activations as
+outputs, ``intervene`` hooks) -> ``unembed`` (optionally only at chosen slots);
+``apply`` is those three. Every weight product goes through ``dense`` (the one
+matmul, where ``cfg.matmul_dtype`` sets the precision policy). ``stack_layers`` /
+``unstack_layers`` convert between the list-of-layers layout and one stacked dict
+with a leading layer axis (what ``scan`` runs on); whoever owns the params keeps
+the stacked copy (there is no module-level cache).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -27,6 +39,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from jaxlm.core import layers
+from jaxlm.core import params as params_lib
 from jaxlm.core.cache import KVCache
 from jaxlm.core.config import ModelConfig
 
@@ -34,7 +47,12 @@ Array = jax.Array
 Params = dict[str, Any]
 # intervene(site, layer, activation) -> activation; sites: "embed", "attn_out",
 # "mlp_hidden", "mlp_out", "resid_post". Used by interpretability and editing.
+# Under ``run_blocks(scan=True)`` ``layer`` is a traced int32 scalar.
 Intervene = Callable[[str, int, Array], Array]
+# Sites ``run_blocks(capture=...)`` can return (per layer): the block input, the
+# attention output (after W_o), the MLP hidden (after the nonlinearity), the MLP
+# output, the block output, and the attention probabilities [B, H, T, S].
+SITES = ("resid_pre", "attn_out", "mlp_hidden", "mlp_out", "resid_post", "attn_probs")
 
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 
@@ -59,48 +77,54 @@ class ModelOutput:
 
 
 # --------------------------------------------------------------------------- init
-def init(key: Array, cfg: ModelConfig) -> Params:
-    """Random params for ``cfg`` (normal(init_std), output projections scaled by depth)."""
-    keys = jax.random.split(key, cfg.n_layers + 3)
-    std = cfg.init_std
-    d, h, kv, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    params: Params = {
-        "embed": (std * jax.random.normal(keys[0], (cfg.vocab_size, d))).astype(cfg.pdtype)
-    }
-    if cfg.pos == "learned":
-        params["pos_embed"] = (std * jax.random.normal(keys[1], (cfg.max_seq_len, d))).astype(
-            cfg.pdtype
-        )
-    out_std = std / math.sqrt(2 * cfg.n_layers)
-    layer_list = []
-    for i in range(cfg.n_layers):
-        kq, kk, kvv, ko, km = jax.random.split(keys[3 + i], 5)
-        attn = {
-            "wq": (std * jax.random.normal(kq, (d, h, hd))).astype(cfg.pdtype),
-            "wk": (std * jax.random.normal(kk, (d, kv, hd))).astype(cfg.pdtype),
-            "wv": (std * jax.random.normal(kvv, (d, kv, hd))).astype(cfg.pdtype),
-            "wo": (out_std * jax.random.normal(ko, (h, hd, d))).astype(cfg.pdtype),
-        }
-        if cfg.use_bias:
-            attn.update(
-                bq=jnp.zeros((h, hd), cfg.pdtype),
-                bk=jnp.zeros((kv, hd), cfg.pdtype),
-                bv=jnp.zeros((kv, hd), cfg.pdtype),
-                bo=jnp.zeros((d,), cfg.pdtype),
-            )
-        layer = {"attn_norm": layers.init_norm(cfg), "attn": attn, "mlp": layers.init_mlp(km, cfg)}
-        if not cfg.parallel_block:
-            layer["mlp_norm"] = layers.init_norm(cfg)
-        layer_list.append(layer)
-    params["layers"] = layer_list
-    params["final_norm"] = layers.init_norm(cfg)
-    if not cfg.tie_embeddings:
-        params["lm_head"] = (std * jax.random.normal(keys[2], (d, cfg.vocab_size))).astype(
-            cfg.pdtype
-        )
-        if cfg.use_bias:
-            params["lm_head_bias"] = jnp.zeros((cfg.vocab_size,), cfg.pdtype)
-    return params
+init = params_lib.init  # random params from ``param_spec(cfg)`` (see ``jaxlm.core.params``)
+
+
+# --------------------------------------------------------------------------- matmul
+dense = layers.dense  # the one weight product (precision policy: ``cfg.matmul_dtype``)
+
+
+def cast_params(params: Params, cfg: ModelConfig) -> Params:
+    """Params with every matrix (ndim >= 2) stored in ``cfg.matmul_dtype`` (vectors and
+    norms float32), so ``dense`` does not cast them on every call. Identity when the
+    policy is off."""
+    if cfg.matmul_dtype is None:
+        return params
+    mm = jnp.dtype(cfg.matmul_dtype)
+    return jax.tree.map(
+        lambda x: jnp.asarray(x).astype(mm) if jnp.ndim(x) >= 2 else jnp.asarray(x, jnp.float32),
+        params)
+
+
+def _attn_mm(spec: str, a: Array, b: Array, cfg: ModelConfig) -> Array:
+    if cfg.attn_dtype is None:
+        return jnp.einsum(spec, a, b)
+    dt = jnp.dtype(cfg.attn_dtype)
+    return jnp.einsum(spec, a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
+
+
+# --------------------------------------------------------------------------- stacking
+def stack_layers(params: Params) -> Params:
+    """Params whose ``layers`` list becomes one dict of arrays with a leading layer axis
+    (what ``run_blocks(scan=True)`` runs without restacking). Idempotent."""
+    lay = params["layers"]
+    if isinstance(lay, dict):
+        return params
+    return {**params, "layers": jax.tree.map(lambda *xs: jnp.stack(xs), *lay)}
+
+
+def unstack_layers(params: Params) -> Params:
+    """Inverse of ``stack_layers``: ``layers`` back to a list of per-layer dicts."""
+    lay = params["layers"]
+    if not isinstance(lay, dict):
+        return params
+    n = jax.tree.leaves(lay)[0].shape[0]
+    return {**params, "layers": [jax.tree.map(lambda x, i=i: x[i], lay) for i in range(n)]}
+
+
+def num_layers(params: Params) -> int:
+    lay = params["layers"]
+    return jax.tree.leaves(lay)[0].shape[0] if isinstance(lay, dict) else len(lay)
 
 
 # --------------------------------------------------------------------------- attention
@@ -127,6 +151,37 @@ def _write_cache(kc, vc, pc, layer, k, v, q_pos, cursor, slots):
     return kc, vc, pc
 
 
+def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias):
+    """Softmax attention of q [B, T, H, Dh] over keys/vals [B, S, K, Dh].
+
+    k_pos [B, K, S]; q_seg [B, T] / k_seg [B, S] or None; attn_bias broadcastable to
+    [B, H, T, S] or None. Returns (out [B, T, H, Dh], probs [B, K, G, T, S]).
+    """
+    ct = cfg.cdtype
+    b, t = q.shape[:2]
+    nk, g, hd = cfg.n_kv_heads, cfg.q_per_kv, cfg.head_dim
+    qg = q.reshape(b, t, nk, g, hd)
+    scores = _attn_mm("btkgd,bskd->bkgts", qg, keys.astype(ct), cfg).astype(jnp.float32)
+    scores = scores * (1.0 / math.sqrt(hd))
+    qp = q_pos[:, None, None, :, None]  # [B, 1, 1, T, 1]
+    kp = k_pos[:, :, None, None, :]  # [B, K, 1, 1, S]
+    if cfg.pos == "alibi":
+        slopes = layers.alibi_slopes(cfg.n_heads).reshape(1, nk, g, 1, 1)
+        scores = scores - slopes * (qp - kp).astype(jnp.float32)
+    if attn_bias is not None:
+        s = scores.shape[-1]
+        bias = jnp.broadcast_to(attn_bias, (b, cfg.n_heads, t, s)).reshape(b, nk, g, t, s)
+        scores = scores + bias.astype(jnp.float32)
+    allowed = (kp <= qp) & (kp >= 0)
+    if q_seg is not None:
+        ks = k_seg[:, None, None, None, :]
+        allowed = allowed & ((ks == 0) | (ks == q_seg[:, None, None, :, None]))
+    scores = jnp.where(allowed, scores, NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1)
+    out = _attn_mm("bkgts,bskd->btkgd", probs.astype(ct), vals.astype(ct), cfg)
+    return out.reshape(b, t, cfg.n_heads, hd).astype(ct), probs
+
+
 def attention(
     p: Params,
     cfg: ModelConfig,
@@ -137,7 +192,9 @@ def attention(
     cursor: Array | None = None,
     slots: Array | None = None,
     attn_bias: Array | None = None,
-) -> tuple[Array, tuple[Array, Array, Array] | None, Array]:
+    segments: tuple[Array, Array] | None = None,
+    chunk: int | None = None,
+) -> tuple[Array, tuple[Array, Array, Array] | None, Array | None]:
     """Multi-head / grouped-query / multi-query attention.
 
     Args:
@@ -149,16 +206,21 @@ def attention(
             whole stacked cache, or None to attend within ``x`` only.
         cursor, slots: where to write the new keys (see ``_write_cache``).
         attn_bias: additive bias broadcastable to [B, H, T, S] (S = T without cache).
+        segments: (query segment ids [B, T], key segment ids [B, S]) or None.
+        chunk: block-causal evaluation: queries in chunks of ``chunk``; chunk [lo, hi)
+            sees only the first S - T + hi slots. Valid when every key a query may see
+            sits at a slot <= the query's own (no cache, or new tokens appended); about
+            half of the score matrix is then never computed. Probs are not returned.
 
     Returns:
-        (output [B, T, D], updated (k, v, pos) stacks or None, probs [B, H, T, S]).
+        (output [B, T, D], updated (k, v, pos) stacks or None, probs [B, H, T, S] or None).
     """
-    ct = cfg.cdtype
     b, t, _ = x.shape
-    nk, g, hd = cfg.n_kv_heads, cfg.q_per_kv, cfg.head_dim
-    q = jnp.einsum("btd,dhe->bthe", x, p["wq"].astype(ct))
-    k = jnp.einsum("btd,dke->btke", x, p["wk"].astype(ct))
-    v = jnp.einsum("btd,dke->btke", x, p["wv"].astype(ct))
+    nk = cfg.n_kv_heads
+    q = dense(x, p["wq"], "btd,dhe->bthe", cfg)
+    k = dense(x, p["wk"], "btd,dke->btke", cfg)
+    v = dense(x, p["wv"], "btd,dke->btke", cfg)
+    ct = cfg.cdtype
     if "bq" in p:
         q, k, v = q + p["bq"].astype(ct), k + p["bk"].astype(ct), v + p["bv"].astype(ct)
     if rope is not None:
@@ -172,27 +234,28 @@ def attention(
         kc, vc, pc, li = kv
         new_kv = _write_cache(kc, vc, pc, li, k, v, q_pos, cursor, slots)
         keys, vals, k_pos = new_kv[0][li], new_kv[1][li], new_kv[2][li]
-    qg = q.reshape(b, t, nk, g, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, keys.astype(ct)).astype(jnp.float32)
-    scores = scores * (1.0 / math.sqrt(hd))
-    qp = q_pos[:, None, None, :, None]  # [B, 1, 1, T, 1]
-    kp = k_pos[:, :, None, None, :]  # [B, K, 1, 1, S]
-    if cfg.pos == "alibi":
-        slopes = layers.alibi_slopes(cfg.n_heads).reshape(1, nk, g, 1, 1)
-        scores = scores - slopes * (qp - kp).astype(jnp.float32)
-    if attn_bias is not None:
-        s = scores.shape[-1]
-        bias = jnp.broadcast_to(attn_bias, (b, cfg.n_heads, t, s)).reshape(b, nk, g, t, s)
-        scores = scores + bias.astype(jnp.float32)
-    allowed = (kp <= qp) & (kp >= 0)
-    scores = jnp.where(allowed, scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(ct), vals.astype(ct))
-    out = out.reshape(b, t, cfg.n_heads, hd)
-    y = jnp.einsum("bthe,hed->btd", out, p["wo"].astype(ct))
+    q_seg, k_seg = segments if segments is not None else (None, None)
+    s = keys.shape[1]
+    if chunk is None or chunk >= t:
+        out, probs = _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias)
+        probs = probs.reshape(b, cfg.n_heads, t, s)
+    else:
+        bias = (None if attn_bias is None
+                else jnp.broadcast_to(attn_bias, (b, cfg.n_heads, t, s)))
+        outs = []
+        for lo in range(0, t, chunk):
+            hi = min(lo + chunk, t)
+            lim = s - t + hi
+            outs.append(_attend(
+                cfg, q[:, lo:hi], keys[:, :lim], vals[:, :lim], q_pos[:, lo:hi],
+                k_pos[..., :lim], None if q_seg is None else q_seg[:, lo:hi],
+                None if k_seg is None else k_seg[:, :lim],
+                None if bias is None else bias[:, :, lo:hi, :lim])[0])
+        out, probs = jnp.concatenate(outs, axis=1), None
+    y = dense(out, p["wo"], "bthe,hed->btd", cfg)
     if "bo" in p:
         y = y + p["bo"].astype(ct)
-    return y, new_kv, probs.reshape(b, cfg.n_heads, t, -1)
+    return y, new_kv, probs
 
 
 # --------------------------------------------------------------------------- model
@@ -212,7 +275,19 @@ def positions_from_mask(mask: Array, offset: Array | None = None) -> Array:
     return jnp.where(mask > 0, pos, -1)
 
 
+def segment_positions(segment_ids: Array) -> Array:
+    """Positions restarting at 0 in every segment (documents packed into one row);
+    segment ids < 0 (padding) get -1. segment_ids [B, T] -> [B, T] int32."""
+    seg = jnp.asarray(segment_ids)
+    t = seg.shape[-1]
+    idx = jnp.arange(t, dtype=jnp.int32)
+    start = jnp.concatenate([jnp.ones_like(seg[..., :1], bool), seg[..., 1:] != seg[..., :-1]], -1)
+    first = jax.lax.cummax(jnp.where(start, idx, 0), axis=seg.ndim - 1)
+    return jnp.where(seg >= 0, idx - first, -1).astype(jnp.int32)
+
+
 def embed(params: Params, cfg: ModelConfig, tokens: Array, positions: Array) -> Array:
+    """Token (and learned position) embeddings [B, T, D] in the compute dtype."""
     x = params["embed"].astype(cfg.cdtype)[tokens]
     if cfg.pos == "learned":
         pe = params["pos_embed"].astype(cfg.cdtype)
@@ -220,13 +295,21 @@ def embed(params: Params, cfg: ModelConfig, tokens: Array, positions: Array) -> 
     return x
 
 
-def unembed(params: Params, cfg: ModelConfig, x: Array) -> Array:
-    """Final norm + LM head; float32 logits."""
+def unembed(params: Params, cfg: ModelConfig, x: Array, at: Array | None = None) -> Array:
+    """Final norm + LM head; float32 logits.
+
+    Args:
+        x: [..., D] residual stream (usually [B, T, D]).
+        at: optional [B, N] slot indices into T: only those slots reach the norm and
+            the vocabulary projection (-> [B, N, V]).
+    """
+    if at is not None:
+        x = jnp.take_along_axis(x, at[..., None], axis=1)
     x = layers.norm(params["final_norm"], cfg, x)
     if cfg.tie_embeddings:
-        logits = jnp.einsum("btd,vd->btv", x, params["embed"].astype(cfg.cdtype))
+        logits = dense(x, params["embed"], "...d,vd->...v", cfg)
     else:
-        logits = x @ params["lm_head"].astype(cfg.cdtype)
+        logits = dense(x, params["lm_head"], "...d,dv->...v", cfg)
         if "lm_head_bias" in params:
             logits = logits + params["lm_head_bias"].astype(cfg.cdtype)
     return logits.astype(jnp.float32)
@@ -245,10 +328,17 @@ def block(
     slots=None,
     attn_bias=None,
     intervene: Intervene | None = None,
+    segments=None,
+    chunk: int | None = None,
 ):
-    """One Transformer block (sequential pre-norm, or GPT-J parallel)."""
+    """One Transformer block (sequential pre-norm, or GPT-J parallel).
+
+    Returns:
+        (x [B, T, D], updated cache stacks or None, attention probs or None).
+    """
     h = layers.norm(lp["attn_norm"], cfg, x)
-    a, new_kv, probs = attention(lp["attn"], cfg, h, q_pos, rope, kv, cursor, slots, attn_bias)
+    a, new_kv, probs = attention(lp["attn"], cfg, h, q_pos, rope, kv, cursor, slots, attn_bias,
+                                 segments, chunk)
     if intervene is not None:
         a = intervene("attn_out", layer, a)
     if cfg.parallel_block:
@@ -267,6 +357,184 @@ def block(
     return x, new_kv, probs
 
 
+@struct.dataclass
+class BlocksOutput:
+    """What ``run_blocks`` returns.
+
+    Attributes:
+        x: [B, T, D] residual stream after the last block run.
+        cache: the updated KVCache when one was passed, else None.
+        captured: {site: [Lc, B, T, ...]} activations of the captured layers (in the
+            order asked), or None without ``capture``.
+    """
+
+    x: Array
+    cache: KVCache | None = None
+    captured: dict[str, Array] | None = None
+
+
+def _layer_range(arg, n: int) -> range:
+    if arg is None:
+        return range(n)
+    if isinstance(arg, (slice, range)):
+        r = range(n)[arg] if isinstance(arg, slice) else arg
+        if r.step == 1 and 0 <= r.start <= r.stop <= n and len(r):
+            return r
+    raise ValueError(f"run_blocks: layers must be a non-empty contiguous slice or range within "
+                     f"the {n} layers, got {arg!r}")
+
+
+def _key_segments(segment_ids, cache, write_slots, cursor):
+    """Segment id of every cache slot: 0 (shared) except the slots written now."""
+    b, t = segment_ids.shape
+    s = cache.k.shape[2]
+    kseg = jnp.zeros((b, s), jnp.int32)
+    seg = segment_ids.astype(jnp.int32)
+    if write_slots is None:
+        return jax.lax.dynamic_update_slice(kseg, seg, (0, cursor))
+    sl = write_slots[0] if write_slots.ndim == 4 else write_slots  # [B, K, T]
+    return kseg.at[jnp.arange(b)[:, None], sl[:, 0]].set(seg)
+
+
+def run_blocks(
+    params: Params,
+    cfg: ModelConfig,
+    x: Array,
+    *,
+    positions: Array,
+    layers: slice | range | None = None,
+    scan: bool = False,
+    cache: KVCache | None = None,
+    write_slots: Array | None = None,
+    segment_ids: Array | None = None,
+    attn_bias: Array | None = None,
+    capture: tuple[Sequence[str], Sequence[int] | None] | None = None,
+    intervene: Intervene | None = None,
+    chunk: int | None = None,
+) -> BlocksOutput:
+    """Runs a contiguous range of Transformer blocks on the residual stream ``x``.
+
+    Args:
+        params: model params; ``params["layers"]`` a list (per layer) or a stacked dict
+            (``stack_layers``). Only ``layers`` is read.
+        x: [B, T, D] input of the first block run (``embed`` output or a stored stream).
+        positions: [B, T] positions (-1 = padding, never attended).
+        layers: which blocks (a slice/range of absolute layer indices; default all).
+            Cache writes and hook/capture layer indices are absolute.
+        scan: run the blocks in a ``lax.scan`` (one compiled block body). Stacks a
+            list of layers inside the call (a copy): keep ``stack_layers(params)``
+            around to avoid it. Hooks then see a traced layer index.
+        cache, write_slots: KV cache to write the new keys into and attend over
+            (slots: [B, K, T] or [L, B, K, T]; default append at ``cache.cursor``).
+        segment_ids: [B, T] int; a query of segment s > 0 sees keys of segment s and of
+            segment 0 (shared). Cached slots not written by this call count as 0.
+        attn_bias: additive attention bias broadcastable to [B, H, T, S].
+        capture: (sites, layers or None = every layer run) to return as outputs
+            (``SITES``); "attn_probs" needs ``chunk=None``.
+        intervene: ``f(site, layer, act) -> act`` applied inside the blocks.
+        chunk: block-causal query chunks (see ``attention``).
+
+    Returns:
+        BlocksOutput(x, cache, captured).
+    """
+    n = num_layers(params)
+    rng = _layer_range(layers, n)
+    sites = tuple(capture[0]) if capture else ()
+    bad = set(sites) - set(SITES)
+    if bad:
+        raise ValueError(f"run_blocks: unknown capture sites {sorted(bad)}; use {SITES}")
+    if "attn_probs" in sites and chunk is not None:
+        raise ValueError("run_blocks: capturing 'attn_probs' needs chunk=None")
+    cap_layers = (tuple(rng) if not capture or capture[1] is None
+                  else tuple(int(i) for i in capture[1]))
+    if any(i not in rng for i in cap_layers):
+        raise ValueError(f"run_blocks: capture layers {cap_layers} outside the run {rng}")
+    rope = (layers_rope(cfg, positions))
+    segments = None
+    if segment_ids is not None:
+        kseg = (segment_ids if cache is None
+                else _key_segments(segment_ids, cache, write_slots, cache.cursor))
+        segments = (segment_ids, kseg)
+    kv0 = None if cache is None else (cache.k, cache.v, cache.pos)
+    cursor = None if cache is None else cache.cursor
+
+    def one(lp, li, x, kv, slots):
+        rec = {}
+
+        def hook(site, layer, act):
+            if intervene is not None:
+                act = intervene(site, layer, act)
+            if site in sites:
+                rec[site] = act
+            return act
+
+        use_hook = intervene is not None or bool(sites)
+        if "resid_pre" in sites:
+            rec["resid_pre"] = x
+        kvarg = None if kv is None else (*kv, li)
+        x, new_kv, probs = block(lp, cfg, x, positions, rope, layer=li, kv=kvarg,
+                                 cursor=cursor, slots=slots, attn_bias=attn_bias,
+                                 intervene=hook if use_hook else None, segments=segments,
+                                 chunk=chunk)
+        if "attn_probs" in sites:
+            rec["attn_probs"] = probs
+        return x, new_kv, rec
+
+    def slots_of(li):
+        if write_slots is None:
+            return None
+        return write_slots[li] if write_slots.ndim == 4 else write_slots
+
+    lay = params["layers"]
+    captured = None
+    if scan:
+        stacked = lay if isinstance(lay, dict) else jax.tree.map(lambda *xs: jnp.stack(xs), *lay)
+        sub = jax.tree.map(lambda a: a[rng.start:rng.stop], stacked)
+        idx = jnp.arange(rng.start, rng.stop, dtype=jnp.int32)
+
+        def body(carry, xs):
+            x, kv = carry
+            lp, li = xs
+            slots = None if write_slots is None else (
+                write_slots[li] if write_slots.ndim == 4 else write_slots)
+            x, new_kv, rec = one(lp, li, x, kv, slots)
+            return (x, new_kv), rec
+
+        (x, kv), recs = jax.lax.scan(body, (x, kv0), (sub, idx))
+        if sites:
+            sel = jnp.asarray([i - rng.start for i in cap_layers], jnp.int32)
+            captured = {site: jnp.take(recs[site], sel, axis=0) for site in sites}
+    else:
+        kv = kv0
+        store: dict[str, list[Array]] = {site: [] for site in sites}
+        for li in rng:
+            lp = lay[li] if not isinstance(lay, dict) else jax.tree.map(lambda a, i=li: a[i], lay)
+            x, kv_i, rec = one(lp, li, x, kv, slots_of(li))
+            if cache is not None:
+                kv = kv_i
+            if li in cap_layers:
+                for site in sites:
+                    store[site].append(rec[site])
+        if sites:
+            order = [cap_layers.index(i) for i in sorted(cap_layers)]
+            captured = {site: jnp.stack([store[site][order.index(j)] for j in range(len(order))])
+                        for site in sites}
+    new_cache = None
+    if cache is not None:
+        t = x.shape[1]
+        new_cache = KVCache(
+            k=kv[0], v=kv[1], pos=kv[2],
+            next_pos=jnp.maximum(cache.next_pos, jnp.max(positions, axis=-1) + 1),
+            cursor=cache.cursor + (t if write_slots is None else 0),
+        )
+    return BlocksOutput(x=x, cache=new_cache, captured=captured)
+
+
+def layers_rope(cfg: ModelConfig, positions: Array):
+    """RoPE (cos, sin) for ``positions`` (pads clamped to 0), or None for other schemes."""
+    return layers.rope_angles(cfg, jnp.maximum(positions, 0)) if cfg.pos == "rope" else None
+
+
 def apply(
     params: Params,
     cfg: ModelConfig,
@@ -276,15 +544,17 @@ def apply(
     cache: KVCache | None = None,
     write_slots: Array | None = None,
     attn_bias: Array | None = None,
+    segment_ids: Array | None = None,
     return_hidden: bool = False,
     return_attn: bool = False,
     last_logits_only: bool = False,
     intervene: Intervene | None = None,
+    scan: bool = False,
 ) -> ModelOutput:
-    """Runs the model on ``tokens`` [B, T].
+    """Runs the model on ``tokens`` [B, T]: ``embed`` -> ``run_blocks`` -> ``unembed``.
 
     Args:
-        params: from ``init`` or a weight loader.
+        params: from ``init`` or a weight loader (layers listed or stacked).
         cfg: the model config (static under jit).
         tokens: [B, T] int token ids.
         positions: [B, T] int positions (-1 marks padding). Default: consecutive,
@@ -293,9 +563,11 @@ def apply(
         write_slots: with a cache, [B, K, T] (same for all layers) or [L, B, K, T]
             slot indices to write; default appends at ``cache.cursor``.
         attn_bias: additive attention bias broadcastable to [B, H, T, S].
+        segment_ids: [B, T] packed-row segments (see ``run_blocks``).
         return_hidden, return_attn: also return residual streams / attention probs.
         last_logits_only: compute logits for the last position only (prefill).
         intervene: optional activation hook ``f(site, layer, act) -> act``.
+        scan: run the blocks in a ``lax.scan``.
 
     Returns:
         ModelOutput.
@@ -307,43 +579,17 @@ def apply(
     x = embed(params, cfg, tokens, positions)
     if intervene is not None:
         x = intervene("embed", -1, x)
-    rope = layers.rope_angles(cfg, jnp.maximum(positions, 0)) if cfg.pos == "rope" else None
-    hidden = [x] if return_hidden else None
-    attn = [] if return_attn else None
-    kc = vc = pc = None
-    if cache is not None:
-        kc, vc, pc = cache.k, cache.v, cache.pos
-    for i, lp in enumerate(params["layers"]):
-        kv = None if cache is None else (kc, vc, pc, i)
-        slots = None
-        if write_slots is not None:
-            slots = write_slots[i] if write_slots.ndim == 4 else write_slots
-        x, kv_i, probs = block(
-            lp, cfg, x, positions, rope, layer=i, kv=kv,
-            cursor=None if cache is None else cache.cursor, slots=slots,
-            attn_bias=attn_bias, intervene=intervene,
-        )
-        if cache is not None:
-            kc, vc, pc = kv_i
-        if return_hidden:
-            hidden.append(x)
-        if return_attn:
-            attn.append(probs)
-    if last_logits_only:
-        x = x[:, -1:]
-    logits = unembed(params, cfg, x)
-    new_cache = None
-    if cache is not None:
-        new_cache = KVCache(
-            k=kc,
-            v=vc,
-            pos=pc,
-            next_pos=jnp.maximum(cache.next_pos, jnp.max(positions, axis=-1) + 1),
-            cursor=cache.cursor + (tokens.shape[1] if write_slots is None else 0),
-        )
-    return ModelOutput(
-        logits=logits,
-        cache=new_cache,
-        hidden=tuple(hidden) if return_hidden else None,
-        attn=tuple(attn) if return_attn else None,
-    )
+    sites = (("resid_post",) if return_hidden else ()) + (("attn_probs",) if return_attn else ())
+    out = run_blocks(params, cfg, x, positions=positions, scan=scan, cache=cache,
+                     write_slots=write_slots, segment_ids=segment_ids, attn_bias=attn_bias,
+                     capture=(sites, None) if sites else None, intervene=intervene)
+    y = out.x[:, -1:] if last_logits_only else out.x
+    logits = unembed(params, cfg, y)
+    hidden = attn = None
+    if return_hidden:
+        rp = out.captured["resid_post"]
+        hidden = (x,) + tuple(rp[i] for i in range(rp.shape[0]))
+    if return_attn:
+        ap = out.captured["attn_probs"]
+        attn = tuple(ap[i] for i in range(ap.shape[0]))
+    return ModelOutput(logits=logits, cache=out.cache, hidden=hidden, attn=attn)

@@ -2,7 +2,8 @@
 
 * GSPMD (primary): ``gspmd_step`` = ``jax.jit(step, in_shardings, out_shardings,
   donate_argnums=0)``. Parameter (and optimizer-moment) shardings come from
-  logical axis names per parameter and a rules table mapping them to mesh axes;
+  the logical axis names ``jaxlm.core.params.param_spec`` declares per weight and a
+  rules table mapping them to mesh axes;
   with ``mesh_fsdp > 1`` the ``embed`` (d_model) dimension is sharded over
   ``fsdp`` (ZeRO-3 style), the batch always over ``("data", "fsdp")``.
 * Explicit collectives: ``shard_map_step`` = ``jax.jit(jax.shard_map(step))``
@@ -23,24 +24,11 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from jaxlm.core.config import ModelConfig
+from jaxlm.core.params import infer_config, logical_axes
 from jaxlm.train.state import TrainState
 
 BATCH_AXES = ("data", "fsdp")
-
-# Logical axes of each parameter, by leaf name (the jaxlm.core layout).
-LOGICAL_AXES: dict[str, tuple[str | None, ...]] = {
-    "embed": ("vocab", "embed"),
-    "pos_embed": (None, "embed"),
-    "lm_head": ("embed", "vocab"),
-    "lm_head_bias": ("vocab",),
-    "wq": ("embed", "heads", "head_dim"),
-    "wk": ("embed", "kv_heads", "head_dim"),
-    "wv": ("embed", "kv_heads", "head_dim"),
-    "wo": ("heads", "head_dim", "embed"),
-    "w_gate": ("embed", "mlp"),
-    "w_up": ("embed", "mlp"),
-    "w_down": ("mlp", "embed"),
-}
 
 # Logical axis -> mesh axis. FSDP shards the model width; everything else replicated.
 DP_RULES: dict[str, str | None] = {}
@@ -68,21 +56,46 @@ def make_mesh(data: int = -1, fsdp: int = 1, devices: Sequence[jax.Device] | Non
                          devices=devices)
 
 
-def _leaf_name(path) -> str | None:
-    for k in reversed(path):
+def _keys(path) -> tuple:
+    out = []
+    for k in path:
         if isinstance(k, jax.tree_util.DictKey):
-            return str(k.key)
+            out.append(k.key)
+        elif isinstance(k, jax.tree_util.SequenceKey):
+            out.append(k.idx)
+        elif isinstance(k, jax.tree_util.GetAttrKey):
+            out.append(k.name)
+        else:
+            out.append(str(k))
+    return tuple(out)
+
+
+def axes_by_path(model: ModelConfig) -> dict[tuple, tuple[str | None, ...]]:
+    """{weight path (keys): logical axes} from ``param_spec(model)``."""
+    flat = jax.tree_util.tree_flatten_with_path(
+        logical_axes(model), is_leaf=lambda x: isinstance(x, tuple))[0]
+    return {_keys(p): ax for p, ax in flat}
+
+
+def _axes_of(path, table: dict[tuple, tuple]) -> tuple | None:
+    """Logical axes of a leaf whose path ends with a weight's path (a parameter, or an
+    optimizer moment mirroring the params tree), else None."""
+    keys = _keys(path)
+    for start in range(len(keys)):
+        hit = table.get(keys[start:])
+        if hit is not None:
+            return hit
     return None
 
 
-def logical_spec(path, shape: tuple[int, ...], mesh, rules: dict[str, str | None]) -> P:
-    """PartitionSpec of one leaf: logical axes by leaf name, mapped through ``rules``.
+def logical_spec(axes: tuple[str | None, ...] | None, shape: tuple[int, ...], mesh,
+                 rules: dict[str, str | None]) -> P:
+    """PartitionSpec of one leaf from its logical ``axes``, mapped through ``rules``.
 
-    Leaves whose rank does not match their logical axes (scalars, Adafactor's
-    factored moments) or whose dimension the mesh axis does not divide stay
-    replicated along that dimension.
+    Leaves without axes, whose rank does not match them (scalars, Adafactor's factored
+    moments) or whose dimension the mesh axis does not divide stay replicated along
+    that dimension.
     """
-    axes = LOGICAL_AXES.get(_leaf_name(path) or "")
     if axes is None or len(axes) != len(shape):
         return P()
     spec = []
@@ -95,17 +108,32 @@ def logical_spec(path, shape: tuple[int, ...], mesh, rules: dict[str, str | None
     return P(*spec)
 
 
-def tree_shardings(tree: Any, mesh, rules: dict[str, str | None]) -> Any:
-    """NamedShardings for every leaf of ``tree`` (arrays or ShapeDtypeStructs)."""
+def tree_shardings(tree: Any, mesh, rules: dict[str, str | None],
+                   model: ModelConfig) -> Any:
+    """NamedShardings for every leaf of ``tree`` (arrays or ShapeDtypeStructs) holding
+    ``model``'s params (at any depth, e.g. a train state's params and moments)."""
+    table = axes_by_path(model)
     return jax.tree_util.tree_map_with_path(
-        lambda path, x: NamedSharding(mesh, logical_spec(path, tuple(x.shape), mesh, rules)),
+        lambda path, x: NamedSharding(
+            mesh, logical_spec(_axes_of(path, table), tuple(x.shape), mesh, rules)),
         tree,
     )
 
 
-def state_shardings(abstract: TrainState, mesh, fsdp: bool) -> TrainState:
-    """Shardings of the whole train state; optimizer moments follow their parameters."""
-    return tree_shardings(abstract, mesh, FSDP_RULES if fsdp else DP_RULES)
+def state_shardings(abstract: TrainState, mesh, fsdp: bool,
+                    model: ModelConfig | None = None) -> TrainState:
+    """Shardings of the whole train state; optimizer moments follow their parameters.
+
+    Logical axes come from ``param_spec(model)``; without ``model`` the config is read
+    from the params' shapes (``jaxlm.core.params.infer_config``). A params tree that is
+    no ``jaxlm.core`` model is replicated.
+    """
+    if model is None:
+        try:
+            model = infer_config(abstract.params)
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+            return jax.tree.map(lambda _: replicated(mesh), abstract)
+    return tree_shardings(abstract, mesh, FSDP_RULES if fsdp else DP_RULES, model)
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -36,7 +36,7 @@ def _run(kind, fsdp=1):
     cfg, tx, lr_fn, loss_fn, params, batches = _setup()
     mesh = parallel.make_mesh(-1, fsdp)
     abstract = jax.eval_shape(lambda p: create_state(p, tx), params)
-    sh = parallel.state_shardings(abstract, mesh, fsdp=fsdp > 1)
+    sh = parallel.state_shardings(abstract, mesh, fsdp=fsdp > 1, model=cfg.model)
     state = jax.jit(lambda p: create_state(p, tx), out_shardings=sh)(params)
     if kind == "gspmd":
         step = parallel.gspmd_step(make_train_step(loss_fn, tx, lr_fn=lr_fn, grad_accum=2),
@@ -103,3 +103,20 @@ def test_mesh_and_batch_errors():
         parallel.make_mesh(2, 1)
     with pytest.raises(ValueError, match="not divisible by 4 devices x grad_accum 2"):
         parallel.check_batch(12, parallel.make_mesh(), 2)
+
+
+def test_every_weight_is_sharded_by_its_declared_logical_axes():
+    from jaxlm.core.params import ParamInfo, param_spec
+
+    cfg = get_config("tiny_test", ["optim.name=sgd"])
+    mesh = parallel.make_mesh(-1, 2)
+    abstract = jax.eval_shape(lambda: init(jax.random.key(0), cfg.model))
+    sh = parallel.tree_shardings(abstract, mesh, parallel.FSDP_RULES, cfg.model)
+    infos = jax.tree.leaves(param_spec(cfg.model), is_leaf=lambda x: isinstance(x, ParamInfo))
+    for info, s in zip(infos, jax.tree.leaves(sh), strict=True):
+        want = tuple("fsdp" if (a == "embed" and d % 2 == 0) else None
+                     for a, d in zip(info.logical_axes, info.shape))
+        assert tuple(s.spec) + (None,) * (len(want) - len(s.spec)) == want, info
+    other = {"w": jax.ShapeDtypeStruct((4, 4), np.float32)}  # not a jaxlm.core model
+    st = parallel.state_shardings(type("S", (), {"params": other})(), mesh, fsdp=True)
+    assert all(x.spec == jax.sharding.PartitionSpec() for x in jax.tree.leaves(st))

@@ -1,0 +1,600 @@
+// jaxlm quantized matrix-vector / small-batch matmul for XLA:CPU, called through jax.ffi.
+//
+// out[m, n] = sum_k x[m, k] * W[k, n] for x float32 [M, K] and W stored per output row n in
+// one of these formats (K is a multiple of 32; a "block" is 32 consecutive k of one row n):
+//   q8_0: qs int8 [N, K],   d f16 [N, K/32]              W = d * q
+//   q4_0: qs uint8 [N, K/2], d f16 [N, K/32]             W = d * (q - 8)
+//   q4_1: qs uint8 [N, K/2], d f16 [N, K/32], m f16 [N, K/32]   W = d * q + m
+//   i8:   qs int8 [N, K],   s f32 [N]   (per output channel)    W = s * q
+// 4-bit blocks use GGUF's nibble order: byte j of a block holds element j in its low nibble
+// and element j + 16 in its high nibble.
+//
+// Arithmetic (the same as llama.cpp's q8_0 / q8_1 activation scheme, with the activation
+// scales kept in float32 instead of float16):
+//   1. each row of x is quantized in blocks of 32: amax = max|x|, dx = amax / 127 (float32),
+//      qx = clamp(rint(x * (1 / dx)), -127, 127) (round half to even; qx = 0 when amax = 0),
+//      sx = dx * (float)sum(qx);
+//   2. per block the integer dot product isum = sum_j qw_j * qx_j is exact in int32
+//      (for q4_0, qw_j = q_j - 8);
+//   3. out[m, n] = sum_b (dw_b * dx_b) * isum_b  [+ sum_b mw_b * sx_b for q4_1], the scale
+//      product dw_b * dx_b taken in float32 and the sum accumulated in float32
+//      (i8: dw_b = 1 and the row scale s_n multiplies the sum at the end).
+// The only difference from an exact evaluation of that formula is float32 accumulation order.
+//
+// AVX2/FMA/F16C code is compiled with per-function target attributes and chosen at run time
+// with __builtin_cpu_supports, so the library loads and runs (scalar path) on any x86-64 CPU.
+// Rows n are split in chunks over a small persistent thread pool (caller thread included).
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kBlock = 32;
+
+enum class Fmt { kQ8_0, kQ4_0, kQ4_1, kI8 };
+
+// ---------------------------------------------------------------------------------------
+// float16 -> float32 (portable; the AVX2 path uses F16C instead).
+float HalfToFloat(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu;
+  uint32_t mant = h & 0x3ffu;
+  uint32_t bits;
+  if (exp == 0) {
+    if (mant == 0) {
+      bits = sign;
+    } else {  // subnormal: normalize
+      int e = -1;
+      do {
+        mant <<= 1;
+        ++e;
+      } while ((mant & 0x400u) == 0);
+      mant &= 0x3ffu;
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | (mant << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantization (shared by both paths; the scalar version is the definition).
+struct QuantX {
+  int M = 0, K = 0, nb = 0;
+  std::vector<int8_t> q;   // [M, K]
+  std::vector<float> d;    // [M, nb]
+  std::vector<float> s;    // [M, nb]  d * sum(q)
+};
+
+void QuantizeBlockScalar(const float* x, int8_t* q, float* d_out, float* s_out) {
+  float amax = 0.f;
+  for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
+  const float d = amax / 127.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  int sum = 0;
+  for (int j = 0; j < kBlock; ++j) {
+    float v = std::nearbyint(x[j] * id);  // default rounding mode: half to even
+    v = std::min(127.f, std::max(-127.f, v));
+    q[j] = (int8_t)v;
+    sum += q[j];
+  }
+  *d_out = d;
+  *s_out = d * (float)sum;
+}
+
+__attribute__((target("avx2,fma,f16c"))) void QuantizeBlockAvx2(const float* x, int8_t* q,
+                                                                 float* d_out, float* s_out) {
+  const __m256 sign_mask = _mm256_set1_ps(-0.0f);
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign_mask, v[i]));
+  }
+  __m128 m4 = _mm_max_ps(_mm256_extractf128_ps(amax, 1), _mm256_castps256_ps128(amax));
+  m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+  m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+  const float am = _mm_cvtss_f32(m4);
+  const float d = am / 127.f;
+  const float id = d != 0.f ? 1.f / d : 0.f;
+  const __m256 vid = _mm256_set1_ps(id);
+  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+  __m256i qi[4];
+  for (int i = 0; i < 4; ++i) {
+    __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(hi, _mm256_max_ps(lo, r));
+    qi[i] = _mm256_cvtps_epi32(r);
+  }
+  // int32 sum of the quantized values
+  __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
+  __m128i s4 = _mm_add_epi32(_mm256_extracti128_si256(s32, 1), _mm256_castsi256_si128(s32));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
+  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
+  const int sum = _mm_cvtsi128_si32(s4);
+  // pack int32 -> int8 in order (packs interleave 128-bit lanes: fix with a permute)
+  __m256i p01 = _mm256_packs_epi32(qi[0], qi[1]);
+  __m256i p23 = _mm256_packs_epi32(qi[2], qi[3]);
+  __m256i p = _mm256_packs_epi16(p01, p23);
+  p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256((__m256i*)q, p);
+  *d_out = d;
+  *s_out = d * (float)sum;
+}
+
+void QuantizeX(const float* x, int M, int K, bool avx2, QuantX* out) {
+  out->M = M;
+  out->K = K;
+  out->nb = K / kBlock;
+  out->q.resize((size_t)M * K);
+  out->d.resize((size_t)M * out->nb);
+  out->s.resize((size_t)M * out->nb);
+  for (int m = 0; m < M; ++m) {
+    for (int b = 0; b < out->nb; ++b) {
+      const size_t o = (size_t)m * K + (size_t)b * kBlock;
+      const size_t ob = (size_t)m * out->nb + b;
+      if (avx2) {
+        QuantizeBlockAvx2(x + o, out->q.data() + o, &out->d[ob], &out->s[ob]);
+      } else {
+        QuantizeBlockScalar(x + o, out->q.data() + o, &out->d[ob], &out->s[ob]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Weight views.
+struct Weights {
+  Fmt fmt;
+  int N = 0, K = 0, nb = 0;
+  const uint8_t* qs = nullptr;   // row stride: K (8-bit) or K/2 (4-bit) bytes
+  const uint16_t* d = nullptr;   // f16 [N, nb] (q formats)
+  const uint16_t* m = nullptr;   // f16 [N, nb] (q4_1)
+  const float* s = nullptr;      // f32 [N] (i8)
+  size_t row_bytes() const { return (fmt == Fmt::kQ8_0 || fmt == Fmt::kI8) ? K : K / 2; }
+};
+
+// Scalar rows [n0, n1).
+void RowsScalar(const Weights& w, const QuantX& xq, float* out, int n0, int n1) {
+  const int nb = w.nb, M = xq.M;
+  int32_t qw[kBlock];
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* row = w.qs + (size_t)n * w.row_bytes();
+    for (int mi = 0; mi < M; ++mi) {
+      float acc = 0.f;
+      for (int b = 0; b < nb; ++b) {
+        switch (w.fmt) {
+          case Fmt::kQ8_0:
+          case Fmt::kI8:
+            for (int j = 0; j < kBlock; ++j) qw[j] = (int8_t)row[b * kBlock + j];
+            break;
+          case Fmt::kQ4_0:
+          case Fmt::kQ4_1: {
+            const int off = w.fmt == Fmt::kQ4_0 ? 8 : 0;
+            const uint8_t* p = row + b * (kBlock / 2);
+            for (int j = 0; j < kBlock / 2; ++j) {
+              qw[j] = (p[j] & 0x0f) - off;
+              qw[j + 16] = (p[j] >> 4) - off;
+            }
+            break;
+          }
+        }
+        const int8_t* qx = xq.q.data() + (size_t)mi * xq.K + (size_t)b * kBlock;
+        int32_t isum = 0;
+        for (int j = 0; j < kBlock; ++j) isum += qw[j] * (int32_t)qx[j];
+        const float dx = xq.d[(size_t)mi * nb + b];
+        const float dw = w.fmt == Fmt::kI8 ? 1.f : HalfToFloat(w.d[(size_t)n * nb + b]);
+        acc += (dw * dx) * (float)isum;
+        if (w.fmt == Fmt::kQ4_1) acc += HalfToFloat(w.m[(size_t)n * nb + b]) * xq.s[(size_t)mi * nb + b];
+      }
+      if (w.fmt == Fmt::kI8) acc *= w.s[n];
+      out[(size_t)mi * w.N + n] = acc;
+    }
+  }
+}
+
+// AVX2 helpers ---------------------------------------------------------------------------
+__attribute__((target("avx2,fma,f16c"))) inline __m256i Unpack4(const uint8_t* p) {
+  const __m128i t = _mm_loadu_si128((const __m128i*)p);
+  const __m256i both = _mm256_set_m128i(_mm_srli_epi16(t, 4), t);
+  return _mm256_and_si256(both, _mm256_set1_epi8(0x0f));
+}
+
+// 8 int32 partial sums of sum_j a_j * b_j for signed int8 a, b (|a| <= 128, |b| <= 127).
+__attribute__((target("avx2,fma,f16c"))) inline __m256i DotS8(__m256i a, __m256i b) {
+  const __m256i ua = _mm256_sign_epi8(a, a);
+  const __m256i sb = _mm256_sign_epi8(b, a);
+  const __m256i p16 = _mm256_maddubs_epi16(ua, sb);
+  return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+
+// Same for unsigned a in [0, 15].
+__attribute__((target("avx2,fma,f16c"))) inline __m256i DotU4S8(__m256i a, __m256i b) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1));
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline float HSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_extractf128_ps(v, 1), _mm256_castps256_ps128(v));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+
+// f16 [n] -> f32 [n] (8 at a time with F16C).
+__attribute__((target("avx2,fma,f16c"))) inline void HalfRowToFloat(const uint16_t* h, int n, float* f) {
+  int b = 0;
+  for (; b + 8 <= n; b += 8) _mm256_storeu_ps(f + b, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(h + b))));
+  for (; b < n; ++b) f[b] = _cvtsh_ss(h[b]);
+}
+
+// sum_b a[b] * c[b] in float32 (products fused, 8 lanes then a horizontal sum).
+__attribute__((target("avx2,fma,f16c"))) inline float DotF32(const float* a, const float* c, int n) {
+  __m256 acc = _mm256_setzero_ps();
+  int b = 0;
+  for (; b + 8 <= n; b += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + b), _mm256_loadu_ps(c + b), acc);
+  float r = HSum(acc);
+  for (; b < n; ++b) r += a[b] * c[b];
+  return r;
+}
+
+template <Fmt F>
+__attribute__((target("avx2,fma,f16c"))) inline __m256i LoadW(const uint8_t* row, int b) {
+  if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
+    return _mm256_loadu_si256((const __m256i*)(row + (size_t)b * kBlock));
+  } else {
+    __m256i q = Unpack4(row + (size_t)b * (kBlock / 2));
+    if constexpr (F == Fmt::kQ4_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    return q;
+  }
+}
+
+template <Fmt F>
+__attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(__m256i qw, const int8_t* qx) {
+  const __m256i x = _mm256_loadu_si256((const __m256i*)qx);
+  if constexpr (F == Fmt::kQ4_1) {
+    return DotU4S8(qw, x);
+  } else {
+    return DotS8(qw, x);
+  }
+}
+
+// G rows of x against one weight row n, accumulators in registers (G is a constant).
+template <Fmt F, int G>
+__attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, const QuantX& xq,
+                                                             const uint8_t* row, int n,
+                                                             const float* dwf, const float* mwf,
+                                                             int m0, float* out) {
+  const int nb = w.nb;
+  __m256 acc[G];
+  for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
+  const int8_t* qx0 = xq.q.data() + (size_t)m0 * xq.K;
+  const float* dx0 = xq.d.data() + (size_t)m0 * nb;
+  for (int b = 0; b < nb; ++b) {
+    const __m256i qw = LoadW<F>(row, b);
+    const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
+    for (int g = 0; g < G; ++g) {
+      const __m256i d32 = BlockDot<F>(qw, qx0 + (size_t)g * xq.K + (size_t)b * kBlock);
+      const float scv = dw * dx0[(size_t)g * nb + b];
+      acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(scv), _mm256_cvtepi32_ps(d32), acc[g]);
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    const int mi = m0 + g;
+    float r = HSum(acc[g]);
+    if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data() + (size_t)mi * nb, nb);
+    if constexpr (F == Fmt::kI8) r *= w.s[n];
+    out[(size_t)mi * w.N + n] = r;
+  }
+}
+
+template <Fmt F>
+__attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const QuantX& xq,
+                                                       float* out, int n0, int n1) {
+  const int nb = w.nb, M = xq.M;
+  const size_t rb = w.row_bytes();
+  thread_local std::vector<float> buf;
+  buf.resize((size_t)3 * nb);
+  float* dwf = buf.data();       // this row's block scales (f32)
+  float* mwf = dwf + nb;         // this row's block mins (q4_1)
+  float* sc = mwf + nb;          // dw * dx for M == 1
+  for (int n = n0; n < n1; ++n) {
+    const uint8_t* row = w.qs + (size_t)n * rb;
+    if (n + 1 < n1) {
+      // the next row streams from memory while this one is computed
+      const char* nx = (const char*)(row + rb);
+      for (size_t o = 0; o < rb; o += 64) _mm_prefetch(nx + o, _MM_HINT_T0);
+    }
+    if constexpr (F != Fmt::kI8) HalfRowToFloat(w.d + (size_t)n * nb, nb, dwf);
+    if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);
+    if (M == 1) {
+      // decode: two independent accumulator chains, scales precomputed 8 at a time
+      const float* scp = xq.d.data();
+      if constexpr (F != Fmt::kI8) {
+        int b = 0;
+        for (; b + 8 <= nb; b += 8)
+          _mm256_storeu_ps(sc + b, _mm256_mul_ps(_mm256_loadu_ps(dwf + b), _mm256_loadu_ps(xq.d.data() + b)));
+        for (; b < nb; ++b) sc[b] = dwf[b] * xq.d[b];
+        scp = sc;
+      }
+      const int8_t* qx = xq.q.data();
+      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+      int b = 0;
+      for (; b + 2 <= nb; b += 2) {
+        const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
+        const __m256i d1 = BlockDot<F>(LoadW<F>(row, b + 1), qx + (size_t)(b + 1) * kBlock);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b + 1), _mm256_cvtepi32_ps(d1), a1);
+      }
+      if (b < nb) {
+        const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
+        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+      }
+      float r = HSum(_mm256_add_ps(a0, a1));
+      if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data(), nb);
+      if constexpr (F == Fmt::kI8) r *= w.s[n];
+      out[n] = r;
+      continue;
+    }
+    int m0 = 0;
+    for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4>(w, xq, row, n, dwf, mwf, m0, out);
+    for (; m0 < M; ++m0) RowGroup<F, 1>(w, xq, row, n, dwf, mwf, m0, out);
+  }
+}
+
+void Rows(const Weights& w, const QuantX& xq, float* out, int n0, int n1, bool avx2) {
+  if (!avx2) return RowsScalar(w, xq, out, n0, n1);
+  switch (w.fmt) {
+    case Fmt::kQ8_0: return RowsAvx2<Fmt::kQ8_0>(w, xq, out, n0, n1);
+    case Fmt::kQ4_0: return RowsAvx2<Fmt::kQ4_0>(w, xq, out, n0, n1);
+    case Fmt::kQ4_1: return RowsAvx2<Fmt::kQ4_1>(w, xq, out, n0, n1);
+    case Fmt::kI8: return RowsAvx2<Fmt::kI8>(w, xq, out, n0, n1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Capability: 0 = scalar, 1 = AVX2+FMA+F16C. JAXLM_KERNEL_SCALAR=1 forces the scalar path.
+int DetectIsa() {
+  const char* force = std::getenv("JAXLM_KERNEL_SCALAR");
+  if (force != nullptr && force[0] != '\0' && force[0] != '0') return 0;
+  __builtin_cpu_init();
+  return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+          __builtin_cpu_supports("f16c")) ? 1 : 0;
+}
+
+int Isa() {
+  static const int isa = DetectIsa();
+  return isa;
+}
+
+// ---------------------------------------------------------------------------------------
+// A small persistent pool. Run(fn) posts fn; the caller runs it too. fn pulls chunks of rows
+// from a shared counter until none are left, so the caller finishes the job by itself when
+// workers are slow to wake (a busy machine); Run returns once no worker is inside fn.
+// Workers spin briefly on a generation counter (decode issues calls every few microseconds),
+// then sleep on a condition variable.
+class Pool {
+ public:
+  explicit Pool(int n_workers) {
+    for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this] { Loop(); });
+  }
+  ~Pool() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+      gen_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& t : workers_) t.join();
+  }
+  int size() const { return (int)workers_.size(); }
+
+  void Run(const std::function<void()>& fn) {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      job_ = &fn;
+      gen_.fetch_add(1, std::memory_order_release);
+    }
+    cv_.notify_all();
+    fn();
+    std::unique_lock<std::mutex> lk(mu_);
+    job_ = nullptr;  // late workers skip this job
+    done_cv_.wait(lk, [this] { return active_ == 0; });
+  }
+
+ private:
+  static constexpr int kSpin = 4000;
+
+  void Loop() {
+    uint64_t seen = 0;  // the generation at construction: a job posted before this thread runs is not missed
+    for (;;) {
+      for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin) {
+        if (spin < kSpin) {
+          _mm_pause();
+        } else {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return gen_.load() != seen; });
+        }
+      }
+      const std::function<void()>* job;
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        seen = gen_.load();
+        if (stop_) return;
+        job = job_;
+        if (job != nullptr) ++active_;
+      }
+      if (job == nullptr) continue;
+      (*job)();
+      std::lock_guard<std::mutex> lk(mu_);
+      if (--active_ == 0) done_cv_.notify_all();
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::atomic<uint64_t> gen_{0};
+  int active_ = 0;  // workers inside the current job (guarded by mu_)
+  const std::function<void()>* job_ = nullptr;
+  bool stop_ = false;
+};
+
+std::mutex g_pool_mu;  // one multithreaded call at a time; concurrent calls run single-threaded
+Pool* g_pool = nullptr;
+
+int DefaultThreads() {
+  const char* env = std::getenv("JAXLM_KERNEL_THREADS");
+  if (env != nullptr && std::atoi(env) > 0) return std::atoi(env);
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw > 0 ? (int)hw : 1;
+}
+
+void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
+  const bool avx2 = Isa() == 1;
+  thread_local QuantX scratch;  // reused: no allocation per call once warm
+  QuantX& xq = scratch;  // a plain reference, so the pool's lambda reads this thread's copy
+  QuantizeX(x, M, w.K, avx2, &xq);
+  if (threads <= 0) threads = DefaultThreads();
+  // chunks of rows: several per thread so uneven progress balances out
+  const int chunk = std::max(8, w.N / (threads * 8));
+  const int n_chunks = (w.N + chunk - 1) / chunk;
+  threads = std::min(threads, n_chunks);
+  std::unique_lock<std::mutex> lk(g_pool_mu, std::defer_lock);
+  if (threads <= 1 || !lk.try_lock()) {
+    Rows(w, xq, out, 0, w.N, avx2);
+    return;
+  }
+  if (g_pool == nullptr || g_pool->size() != threads - 1) {
+    delete g_pool;
+    g_pool = new Pool(threads - 1);
+  }
+  std::atomic<int> next{0};
+  const std::function<void()> work = [&] {
+    for (int c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
+      const int n0 = c * chunk;
+      Rows(w, xq, out, n0, std::min(w.N, n0 + chunk), avx2);
+    }
+  };
+  g_pool->Run(work);
+}
+
+// ---------------------------------------------------------------------------------------
+// FFI handlers.
+template <class QB, class DB, class MB>
+ffi::Error QmmImpl(Fmt fmt, ffi::Buffer<ffi::F32> x, const QB& qs, const DB& d, const MB& mins,
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+  int64_t M, K;
+  auto dx = x.dimensions();
+  if (dx.size() != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: x must be 2-D [M, K]");
+  M = dx[0];
+  K = dx[1];
+  if (K % kBlock != 0) return ffi::Error::InvalidArgument("jaxlm quant kernel: K must be a multiple of 32");
+  auto dq = qs.dimensions();
+  if (dq.size() != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: qs must be 2-D [N, bytes]");
+  const int64_t N = dq[0];
+  const int64_t want = (fmt == Fmt::kQ8_0 || fmt == Fmt::kI8) ? K : K / 2;
+  if (dq[1] != want) return ffi::Error::InvalidArgument("jaxlm quant kernel: qs row length does not match K");
+  const int64_t n_scales = fmt == Fmt::kI8 ? N : N * (K / kBlock);
+  if ((int64_t)d.element_count() != n_scales)
+    return ffi::Error::InvalidArgument("jaxlm quant kernel: scale array has the wrong size");
+  if (fmt == Fmt::kQ4_1 && (int64_t)mins.element_count() != n_scales)
+    return ffi::Error::InvalidArgument("jaxlm quant kernel: min array has the wrong size");
+  auto dout = out->dimensions();
+  if (dout.size() != 2 || dout[0] != M || dout[1] != N)
+    return ffi::Error::InvalidArgument("jaxlm quant kernel: output must be [M, N]");
+  Weights w;
+  w.fmt = fmt;
+  w.N = (int)N;
+  w.K = (int)K;
+  w.nb = (int)(K / kBlock);
+  w.qs = (const uint8_t*)qs.untyped_data();
+  if (fmt == Fmt::kI8) {
+    w.s = (const float*)d.untyped_data();
+  } else {
+    w.d = (const uint16_t*)d.untyped_data();
+  }
+  if (fmt == Fmt::kQ4_1) w.m = (const uint16_t*)mins.untyped_data();
+  if (M == 0 || N == 0) return ffi::Error::Success();
+  Compute(w, x.typed_data(), (int)M, out->typed_data(), (int)threads);
+  return ffi::Error::Success();
+}
+
+ffi::Error QmmQ8_0(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> qs, ffi::Buffer<ffi::F16> d,
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+  return QmmImpl(Fmt::kQ8_0, x, qs, d, d, out, threads);
+}
+ffi::Error QmmQ4_0(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+  return QmmImpl(Fmt::kQ4_0, x, qs, d, d, out, threads);
+}
+ffi::Error QmmQ4_1(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
+                   ffi::Buffer<ffi::F16> m, ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+  return QmmImpl(Fmt::kQ4_1, x, qs, d, m, out, threads);
+}
+ffi::Error QmmI8(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> qs, ffi::Buffer<ffi::F32> s,
+                 ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+  return QmmImpl(Fmt::kI8, x, qs, s, s, out, threads);
+}
+
+}  // namespace
+
+#define JAXLM_EXPORT extern "C" __attribute__((visibility("default")))
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ8_0, QmmQ8_0,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("num_threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_0, QmmQ4_0,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("num_threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_1, QmmQ4_1,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U8>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Arg<ffi::Buffer<ffi::F16>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("num_threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmI8, QmmI8,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::S8>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("num_threads"));
+
+// 1 when the AVX2/FMA/F16C path is in use, 0 for the scalar path.
+JAXLM_EXPORT int jaxlm_quant_isa() { return Isa(); }
+// Threads used when a call passes num_threads = 0.
+JAXLM_EXPORT int jaxlm_quant_default_threads() { return DefaultThreads(); }
+// ABI version of this library, checked by the Python wrapper.
+JAXLM_EXPORT int jaxlm_quant_abi_version() { return 1; }

@@ -1,0 +1,230 @@
+"""The C++ quantized matmul (csrc/quant_matmul.cc) behind ``jax.ffi``, and its numpy reference.
+
+Arithmetic (llama.cpp's q8_0 / q8_1 activation scheme, activation scales kept in float32):
+
+1. Each row of ``x`` [M, K] is quantized in blocks of 32 values:
+   ``amax = max|x_j|``, ``dx = amax / 127`` (float32), ``qx_j = clip(rint(x_j * (1/dx)), -127, 127)``
+   (round half to even; all zero when ``amax == 0``) and ``sx = dx * sum_j qx_j``.
+2. For output channel ``n`` and block ``b`` the integer dot product
+   ``isum = sum_j qw_j * qx_j`` is exact in int32 (``qw = q - 8`` for q4_0).
+3. ``out[m, n] = sum_b (dw_b * dx_b) * isum_b`` (plus ``sum_b mw_b * sx_b`` for q4_1), the scale
+   product taken in float32 and the sum accumulated in float32; int8-per-channel weights use
+   ``dw_b = 1`` and multiply the sum by the channel scale.
+
+:func:`reference_matmul_np` evaluates the same formula in float64 from the same integers and
+float32 scale products, so the kernel differs from it only by float32 accumulation rounding
+(bounded by ``(nb + 8) * 2**-23 * scale``, see :func:`reference_matmul_np`). Against the float32 product with the
+dequantized weight the error is the activation rounding: per block at most ``dx / 2`` per value,
+so ``|err| <= sum_b dw_b-scaled |W| * dx_b / 2``; in practice ~0.3-1% of the output's RMS for
+random data (tests check ``rel_rms <= 2e-2``).
+
+Differentiation: ``kernel_matmul`` has a custom VJP. The gradient with respect to ``x`` is
+``g @ W.T`` with the *dequantized float32* weight (the straight-through transpose of the
+quantized forward); asking for a gradient with respect to the quantized weight raises
+:class:`QuantError` (quantized weights are not trainable; dequantize them first).
+
+Under ``jax.vmap`` the call runs once per batch element (``vmap_method="sequential"``); fold
+batch axes into the rows of ``x`` instead (``kernel_matmul`` accepts any leading axes).
+
+Loading: the extension is ``jaxlm/quant/_kernel*.so`` built by ``setup.py`` (``pip install -e .``
+or ``python setup.py build_ext --inplace``); it is loaded with ``ctypes`` and its four handlers
+are registered for the CPU platform. ``JAXLM_DISABLE_KERNEL=1`` skips it (the pure-XLA path is
+used); ``JAXLM_KERNEL_SCALAR=1`` forces its portable scalar path; ``JAXLM_KERNEL_THREADS=n`` or
+``num_threads=n`` sets the thread count (default: the number of cores).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import importlib.machinery
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxlm.quant.formats import BLOCK, QuantError, QuantWeight, _values_np
+
+_TARGETS = {
+    "q8_0": "jaxlm_qmm_q8_0",
+    "q4_0": "jaxlm_qmm_q4_0",
+    "q4_1": "jaxlm_qmm_q4_1",
+    "int8": "jaxlm_qmm_i8",
+}
+_SYMBOLS = {"q8_0": "JaxlmQmmQ8_0", "q4_0": "JaxlmQmmQ4_0", "q4_1": "JaxlmQmmQ4_1", "int8": "JaxlmQmmI8"}
+_ABI_VERSION = 1
+MAX_KERNEL_ROWS = 16  # matmul(impl="auto") uses the kernel for at most this many rows of x
+
+
+def _library_path() -> pathlib.Path | None:
+    here = pathlib.Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        p = here / f"_kernel{suffix}"
+        if p.exists():
+            return p
+    return None
+
+
+@functools.cache
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(library, reason). The library is None when the kernel cannot be used; reason says why."""
+    if os.environ.get("JAXLM_DISABLE_KERNEL", "") not in ("", "0"):
+        return None, "disabled by JAXLM_DISABLE_KERNEL"
+    path = _library_path()
+    if path is None:
+        return None, (
+            "extension not built (run `pip install -e .` or `python setup.py build_ext --inplace` "
+            "with a C++17 compiler)"
+        )
+    try:
+        lib = ctypes.CDLL(str(path))
+        if lib.jaxlm_quant_abi_version() != _ABI_VERSION:
+            return None, f"{path.name} is stale (ABI {lib.jaxlm_quant_abi_version()}); rebuild it"
+        for fmt, sym in _SYMBOLS.items():
+            jax.ffi.register_ffi_target(_TARGETS[fmt], jax.ffi.pycapsule(getattr(lib, sym)), platform="cpu")
+    except (OSError, AttributeError) as e:
+        return None, f"{path.name} could not be loaded ({e}); rebuild it"
+    return lib, "loaded"
+
+
+def kernel_available() -> bool:
+    """True when the C++ kernel is built, loadable and not disabled."""
+    return _load()[0] is not None
+
+
+def kernel_status() -> dict:
+    """What the kernel path will do: loaded or not (and why), ISA, default thread count."""
+    lib, reason = _load()
+    out = {"available": lib is not None, "reason": reason, "path": str(_library_path() or "")}
+    if lib is not None:
+        out["isa"] = "avx2+fma+f16c" if lib.jaxlm_quant_isa() == 1 else "scalar"
+        out["default_threads"] = int(lib.jaxlm_quant_default_threads())
+    return out
+
+
+def kernel_supports(w: QuantWeight) -> bool:
+    """Whether the kernel handles this weight (any format with K a multiple of 32)."""
+    return w.fmt in _TARGETS and w.K % BLOCK == 0
+
+
+# ------------------------------------------------------------------------------------------
+def _ffi_apply(x2: jax.Array, arrays: tuple, fmt: str, n: int, num_threads: int) -> jax.Array:
+    if not kernel_available():
+        raise QuantError(f"the quantized-matmul kernel is not available: {_load()[1]}.")
+    call = jax.ffi.ffi_call(
+        _TARGETS[fmt], jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32), vmap_method="sequential"
+    )
+    return call(x2, *arrays, num_threads=np.int64(num_threads))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _kernel_mm(x2, arrays, fmt, n, num_threads, shape_nin):
+    return _ffi_apply(x2, arrays, fmt, n, num_threads)
+
+
+def _kernel_mm_fwd(x2, arrays, fmt, n, num_threads, shape_nin):
+    if any(getattr(a, "perturbed", False) for a in jax.tree.leaves(arrays, is_leaf=_is_cvjp)):
+        raise QuantError(
+            "gradients with respect to a quantized weight are not defined (the kernel is "
+            "inference only); dequantize the weight (jaxlm.quant.dequantize) to train it."
+        )
+    xv = _value(x2)
+    av = tuple(_value(a) for a in arrays)
+    return _ffi_apply(xv, av, fmt, n, num_threads), av
+
+
+def _is_cvjp(a) -> bool:
+    return hasattr(a, "perturbed") and hasattr(a, "value")
+
+
+def _value(a):
+    return a.value if _is_cvjp(a) else a
+
+
+def _kernel_mm_bwd(fmt, n, num_threads, shape_nin, av, g):
+    from jaxlm.quant.formats import dequantize_rows
+
+    shape, n_in, rows_first = shape_nin
+    w = QuantWeight(
+        qs=av[0], d=av[1], m=av[2] if len(av) > 2 else None, fmt=fmt, shape=shape, n_in=n_in, rows_first=rows_first
+    )
+    gx = g.astype(jnp.float32) @ dequantize_rows(w)  # [M, N] @ [N, K]
+    return gx, tuple(None for _ in av)
+
+
+_kernel_mm.defvjp(_kernel_mm_fwd, _kernel_mm_bwd, symbolic_zeros=True)
+
+
+def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0) -> jax.Array:
+    """``x @ W`` with the C++ kernel: x [..., *w.in_shape] -> float32 [..., *w.out_shape].
+
+    ``num_threads=0`` uses the default (``JAXLM_KERNEL_THREADS`` or the number of cores).
+    Any number of rows works; the kernel is meant for M <= 16 (decode), XLA's dot wins above.
+    """
+    if not kernel_supports(w):
+        raise QuantError(f"the kernel needs K % {BLOCK} == 0 and a known format; got {w.fmt} K={w.K}.")
+    lead = x.shape[: x.ndim - w.n_in]
+    if tuple(x.shape[x.ndim - w.n_in :]) != w.in_shape:
+        raise QuantError(
+            f"x of shape {x.shape} does not contract with a weight of shape {w.shape} "
+            f"(contracted axes {w.in_shape})."
+        )
+    x2 = jnp.asarray(x, jnp.float32).reshape(-1, w.K)
+    arrays = w.arrays()
+    y = _kernel_mm(x2, arrays, w.fmt, w.N, int(num_threads), (tuple(w.shape), w.n_in, w.rows_first))
+    return y.reshape(*lead, *w.out_shape)
+
+
+# ------------------------------------------------------------------------------------------
+def quantize_activations_np(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step 1 of the module docstring: (qx int8 [M, K], dx float32 [M, nb], sx float32 [M, nb])."""
+    x = np.asarray(x, np.float32)
+    m, k = x.shape
+    if k % BLOCK:
+        raise QuantError(f"activations need K % {BLOCK} == 0, got K={k}.")
+    blk = x.reshape(m, k // BLOCK, BLOCK)
+    amax = np.abs(blk).max(axis=-1)
+    dx = (amax / np.float32(127)).astype(np.float32)
+    inv = np.divide(np.float32(1), dx, out=np.zeros_like(dx), where=dx != 0).astype(np.float32)
+    prod = (blk * inv[..., None]).astype(np.float32)
+    qx = np.clip(np.rint(prod), -127, 127).astype(np.int8)
+    sx = (dx * qx.astype(np.int32).sum(-1).astype(np.float32)).astype(np.float32)
+    return qx.reshape(m, k), dx, sx
+
+
+def reference_matmul_np(x: np.ndarray, w: QuantWeight) -> tuple[np.ndarray, np.ndarray]:
+    """The kernel's arithmetic in numpy: (out float64 [M, N], magnitude scale [M, N]).
+
+    ``x`` is [M, K] float32. Integer block dot products are exact (int64), the scale products are
+    float32 as in the kernel, and the sum over blocks is float64. The kernel sums the same
+    terms in float32 in its own order (partial integer sums per SIMD lane), so its result lies
+    within ``(nb + 8) * 2**-23 * scale`` of ``out``, with
+    ``scale = sum_b |dw_b dx_b| * sum_j |qw_j qx_j|  (+ sum_b |mw_b sx_b|)``, the standard
+    float32 summation bound for any order.
+    """
+    x = np.asarray(x, np.float32)
+    qx, dx, sx = quantize_activations_np(x)
+    m, n, nb = x.shape[0], w.N, w.K // BLOCK
+    qw = _values_np(w).reshape(n, nb, BLOCK).astype(np.int64)
+    qxb = qx.reshape(m, nb, BLOCK).astype(np.int64)
+    isum = np.einsum("mbj,nbj->mnb", qxb, qw)
+    iabs = np.einsum("mbj,nbj->mnb", np.abs(qxb), np.abs(qw))
+    if w.fmt == "int8":
+        dw = np.ones((n, nb), np.float32)
+    else:
+        dw = np.asarray(w.d, np.float32)
+    sc = (dw[None, :, :] * dx[:, None, :]).astype(np.float32)
+    terms = sc.astype(np.float64) * isum
+    abs_terms = (np.abs(sc).astype(np.float64) * iabs).sum(-1)
+    if w.fmt == "q4_1":
+        mterm = (np.asarray(w.m, np.float32)[None, :, :] * sx[:, None, :]).astype(np.float32)
+        terms = terms + mterm.astype(np.float64)
+        abs_terms = abs_terms + np.abs(mterm).astype(np.float64).sum(-1)
+    out = terms.sum(-1)
+    if w.fmt == "int8":
+        s = np.asarray(w.d, np.float32).astype(np.float64)
+        out = out * s[None, :]
+        abs_terms = abs_terms * np.abs(s)[None, :]
+    return out, abs_terms

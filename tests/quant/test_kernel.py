@@ -1,0 +1,151 @@
+"""The C++ kernel (jax.ffi): same numerics as the numpy reference of its quantized arithmetic,
+close to the f32 product, gradients, dispatch, and the fallback when the extension is absent."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxlm import quant as Q
+
+ROOT = pathlib.Path(__file__).parents[2]
+needs_kernel = pytest.mark.skipif(
+    not Q.kernel_available(), reason=f"kernel extension: {Q.kernel_status()['reason']}"
+)
+
+# (M, K, N): decode shapes, small batch, M above the 16-row register block, N not a multiple
+# of the 8-row thread chunk
+SHAPES = [(1, 576, 1536), (3, 1536, 576), (16, 64, 40), (5, 96, 13), (19, 128, 33)]
+
+
+def _check_against_reference(y, x, w):
+    ref, scale = Q.reference_matmul_np(x, w)
+    nb = w.K // Q.BLOCK
+    err = np.abs(np.asarray(y, np.float64) - ref)
+    assert np.all(err <= (nb + 8) * 2.0**-23 * scale), (err / np.maximum(scale, 1e-30)).max()
+    f32 = x.astype(np.float64) @ Q.dequantize_rows_np(w).astype(np.float64).T
+    rel_rms = np.sqrt(np.mean((np.asarray(y) - f32) ** 2) / np.mean(f32**2))
+    assert rel_rms < 2e-2, rel_rms  # activation rounding to 8 bits per block of 32
+
+
+@needs_kernel
+@pytest.mark.parametrize("fmt", Q.FORMATS)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_kernel_equals_reference_arithmetic(fmt, m, k, n):
+    rng = np.random.default_rng(m * 1000 + n)
+    w = Q.quantize_weight(rng.standard_normal((k, n)).astype(np.float32), fmt)
+    x = rng.standard_normal((m, k)).astype(np.float32) * 3.0
+    x[0, :32] = 0.0  # an all-zero activation block (scale 0)
+    for threads in (1, 2, 3):
+        y = jax.jit(lambda a, b, t=threads: Q.kernel_matmul(a, b, num_threads=t))(x, w)
+        assert y.shape == (m, n) and y.dtype == jnp.float32
+        _check_against_reference(y, x, w)
+
+
+@needs_kernel
+def test_kernel_rank3_weight_and_zero_input():
+    rng = np.random.default_rng(5)
+    w = Q.quantize_weight(rng.standard_normal((3, 64, 96)).astype(np.float32), "q4_1", n_in=2)
+    x = rng.standard_normal((2, 3, 64)).astype(np.float32)
+    y = Q.kernel_matmul(x, w)
+    assert y.shape == (2, 96)
+    _check_against_reference(np.asarray(y), x.reshape(2, -1), w)
+    np.testing.assert_array_equal(np.asarray(Q.kernel_matmul(np.zeros_like(x), w)), 0.0)
+
+
+@needs_kernel
+def test_gradient_uses_dequantized_transpose_and_weights_refuse():
+    rng = np.random.default_rng(6)
+    w = Q.quantize_weight(rng.standard_normal((64, 48)).astype(np.float32), "q8_0")
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    g = rng.standard_normal((2, 48)).astype(np.float32)
+    gx = jax.grad(lambda a: jnp.sum(Q.kernel_matmul(a, w) * g))(x)
+    np.testing.assert_allclose(np.asarray(gx), g @ Q.dequantize_rows_np(w), rtol=1e-5, atol=1e-5)
+    wj = jax.tree.map(jnp.asarray, w)
+    with pytest.raises(Q.QuantError, match="not defined"):
+        jax.grad(lambda d: jnp.sum(Q.kernel_matmul(x, wj.replace(d=d))))(wj.d.astype(jnp.float32).astype(jnp.float16))
+
+
+@needs_kernel
+def test_auto_dispatch_kernel_for_decode_xla_for_prefill():
+    rng = np.random.default_rng(7)
+    w = Q.quantize_weight(rng.standard_normal((64, 40)).astype(np.float32), "q4_0")
+    x1 = jnp.asarray(rng.standard_normal((1, 4, 64)), jnp.float32)
+    x2 = jnp.asarray(rng.standard_normal((2, 20, 64)), jnp.float32)
+    assert Q.choose_impl(x1, w) == "kernel" and Q.choose_impl(x2, w) == "xla"
+    np.testing.assert_array_equal(np.asarray(jax.jit(Q.matmul)(x1, w)), np.asarray(Q.kernel_matmul(x1, w)))
+    assert "jaxlm_qmm" not in jax.jit(Q.matmul).lower(x2, w).as_text()
+    assert "jaxlm_qmm_q4_0" in jax.jit(Q.matmul).lower(x1, w).as_text()
+
+
+_CHILD = r"""
+import json, numpy as np, jax
+from jaxlm import quant as Q
+rng = np.random.default_rng(8)
+w = Q.quantize_weight(rng.standard_normal((96, 37)).astype(np.float32), "q4_1")
+x = rng.standard_normal((3, 96)).astype(np.float32)
+st = Q.kernel_status()
+out = {"status": st, "impl": Q.choose_impl(x, w)}
+y = np.asarray(jax.jit(Q.matmul)(x, w))
+out["y"] = y.tolist()
+if st["available"]:
+    ref, scale = Q.reference_matmul_np(x, w)
+    out["ok"] = bool(np.all(np.abs(y - ref) <= (3 + 8) * 2.0**-23 * scale))
+else:
+    want = x.astype(np.float64) @ Q.dequantize_rows_np(w).astype(np.float64).T
+    out["ok"] = bool(np.abs(y - want).max() <= 1e-5 * np.abs(want).max())
+    try:
+        Q.kernel_matmul(x, w)
+        out["raised"] = ""
+    except Q.QuantError as e:
+        out["raised"] = str(e)
+print(json.dumps(out))
+"""
+
+
+def _child(**env):
+    e = dict(os.environ, JAX_PLATFORMS="cpu", **env)
+    r = subprocess.run([sys.executable, "-c", _CHILD], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_fallback_when_kernel_disabled():
+    out = _child(JAXLM_DISABLE_KERNEL="1")
+    assert out["status"]["available"] is False and "JAXLM_DISABLE_KERNEL" in out["status"]["reason"]
+    assert out["impl"] == "xla" and out["ok"]
+    assert "not available" in out["raised"] and "JAXLM_DISABLE_KERNEL" in out["raised"]
+
+
+@needs_kernel
+def test_scalar_path_matches_reference():
+    out = _child(JAXLM_KERNEL_SCALAR="1", JAXLM_KERNEL_THREADS="3")
+    assert out["status"]["isa"] == "scalar" and out["status"]["default_threads"] == 3
+    assert out["impl"] == "kernel" and out["ok"]
+
+
+@needs_kernel
+def test_vmap_over_x():
+    rng = np.random.default_rng(9)
+    w = Q.quantize_weight(rng.standard_normal((64, 24)).astype(np.float32), "q4_1")
+    xs = rng.standard_normal((3, 2, 64)).astype(np.float32)
+    y = jax.vmap(lambda x: Q.kernel_matmul(x, w))(xs)
+    for i in range(3):
+        np.testing.assert_array_equal(np.asarray(y[i]), np.asarray(Q.kernel_matmul(xs[i], w)))
+
+
+@needs_kernel
+def test_kernel_tied_head_rows_first():
+    rng = np.random.default_rng(10)
+    table = rng.standard_normal((70, 96)).astype(np.float32)  # [vocab, d]
+    w = Q.quantize_weight(table, "q8_0", rows_first=True)
+    x = rng.standard_normal((2, 96)).astype(np.float32)
+    y = Q.kernel_matmul(x, w)
+    assert y.shape == (2, 70)
+    _check_against_reference(np.asarray(y), x, w)
