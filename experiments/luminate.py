@@ -13,10 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 
 from absl import app, flags
 
-from jaxlm.utils.config import apply_overrides
+from jaxlm.utils.config import ConfigError, apply_overrides
 
 _CONFIG = flags.DEFINE_string("config", "quick", "Preset: default, quick or *_test.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "LuminateConfig field=value overrides.")
@@ -43,8 +44,11 @@ def main(argv):
     del argv
     from jaxlm.agents.luminate import find_chromium, run_luminate, screenshot
 
-    cfg = apply_overrides(presets().get(_CONFIG.value), _OVERRIDE.value)
-    cfg = dataclasses.replace(cfg, seed=_SEED.value)
+    try:  # every setting is checked here, before a model is loaded or a file written
+        cfg = apply_overrides(presets().get(_CONFIG.value), _OVERRIDE.value)
+        cfg = dataclasses.replace(cfg, seed=_SEED.value)
+    except (ConfigError, ValueError) as e:
+        sys.exit(f"error: {e}")
     if _BACKEND.value == "local":
         from jaxlm.llm import LocalBackend
 

@@ -749,6 +749,39 @@ class LuminateConfig:
     word_limit: int = 20
     seed: int = 0
 
+    def __post_init__(self):
+        """Refuses settings that would run and write an empty or meaningless page."""
+        for f in ("n", "dim_retries", "dim_max_tokens", "abstract_max_tokens", "max_tokens",
+                  "word_limit"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LuminateConfig.{f} must be an integer >= 1, got {v!r} "
+                                 f"(e.g. --override={f}=8)")
+        if isinstance(self.n_abstract, bool) or not isinstance(self.n_abstract, int) \
+                or self.n_abstract < 0:
+            raise ValueError(f"LuminateConfig.n_abstract must be an integer >= 0, got "
+                             f"{self.n_abstract!r}")
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise ValueError(f"LuminateConfig.temperature must be a finite number >= 0, got "
+                             f"{self.temperature!r}")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("LuminateConfig.prompt must be a non-empty string")
+        if self.sampler not in ("cover", "random"):
+            raise ValueError(f"LuminateConfig.sampler must be cover|random, got "
+                             f"{self.sampler!r}")
+        if self.dim_style not in DIM_STYLES:
+            raise ValueError(f"LuminateConfig.dim_style must be one of {DIM_STYLES}, got "
+                             f"{self.dim_style!r}")
+        unknown = [d for d in self.dims if d not in LIBRARY]
+        if unknown:
+            raise DimensionError(f"LuminateConfig.dims: unknown dimensions {unknown}; the library "
+                             f"has {sorted(LIBRARY)}")
+        for a in ("x_dim", "y_dim"):
+            if getattr(self, a) not in self.dims:
+                raise DimensionError(f"LuminateConfig.{a}={getattr(self, a)!r} is not among dims "
+                                 f"{self.dims}")
+
 
 def presets():
     """Named ``LuminateConfig`` presets (a ``jaxlm.utils.config.Registry``): default, quick
