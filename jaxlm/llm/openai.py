@@ -305,7 +305,7 @@ class OpenAIBackend:
             except ReplyError as e:
                 self.stats["failures"] += 1
                 raise self._fail(f"{url}: {e} (not retried)") from None
-            except (TimeoutError, socket.timeout) as e:
+            except TimeoutError as e:
                 last = f"timeout: {e}"
             except (ConnectionError, http.client.HTTPException, OSError) as e:
                 last = f"connection error: {type(e).__name__}: {e}"
