@@ -9,15 +9,18 @@ no credential in any message.
 
 from __future__ import annotations
 
+import datetime
 import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jaxlm.llm import BackendError, GenConfig, OpenAIBackend
-from jaxlm.llm.openai import loads_strict, parse_retry_after, redact
+from jaxlm.llm.openai import ReplyError, loads_strict, parse_retry_after, redact
 
 MSGS = [{"role": "user", "content": "Say hi"}]
 GOOD = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"},
@@ -338,3 +341,48 @@ def test_strict_json_loader():
     for bad in ('{"a": NaN}', '{"a": Infinity}', '[-Infinity]', "[" * 50_000):
         with pytest.raises(ValueError):
             loads_strict(bad)
+
+
+# ------------------------------------------------------------------ fuzzed reply parsers
+FUZZ = settings(max_examples=80, deadline=datetime.timedelta(seconds=2), derandomize=True,
+                database=None, suppress_health_check=[HealthCheck.too_slow])
+_scalars = (st.none() | st.booleans() | st.integers(-5, 10 ** 12) | st.text(max_size=6)
+            | st.floats(allow_nan=True, allow_infinity=True))
+_json = st.recursive(_scalars, lambda ch: st.lists(ch, max_size=3)
+                     | st.dictionaries(st.sampled_from(
+                         ["choices", "usage", "message", "content", "text", "index", "logprobs",
+                          "token_logprobs", "text_offset", "finish_reason", "logprob",
+                          "prompt_tokens", "completion_tokens", "x"]), ch, max_size=4),
+                     max_leaves=16)
+_replies = st.dictionaries(st.sampled_from(["choices", "usage", "id"]), _json, max_size=3)
+
+
+@FUZZ
+@given(_replies, st.booleans())
+def test_parse_choices_fuzzed(obj, chat):
+    try:
+        out = OpenAIBackend.parse_choices(obj, chat)
+    except ReplyError:
+        return
+    assert out and all(isinstance(c.text, str) and c.prompt_tokens >= 0 for c in out)
+    for c in out:
+        assert c.token_logprobs is None or all(
+            isinstance(v, float) and v == v and v <= 1e-3 for v in c.token_logprobs)
+
+
+@FUZZ
+@given(_replies, st.integers(0, 5))
+def test_parse_echo_logprobs_fuzzed(obj, start):
+    try:
+        r = OpenAIBackend.parse_echo_logprobs(obj, start)
+    except ReplyError:
+        return
+    assert r.n_tokens >= 0 and r.sum_logprob == r.sum_logprob and r.sum_logprob <= 1e-3 * max(
+        r.n_tokens, 1)
+
+
+@FUZZ
+@given(st.text(max_size=40), st.floats(0, 100))
+def test_parse_retry_after_fuzzed(value, cap):
+    v = parse_retry_after(value, cap)
+    assert v is None or 0 <= v <= cap
