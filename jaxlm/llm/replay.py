@@ -26,8 +26,10 @@ Nothing recorded is ever lost:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import pathlib
 import re
@@ -63,6 +65,36 @@ def request_key(method: str, request: dict[str, Any]) -> str:
     canon = json.dumps({"method": method, "request": request}, sort_keys=True,
                        separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+
+_COMPLETION_FIELDS = {f.name for f in dataclasses.fields(Completion)}
+
+
+def check_response(method: str, resp: Any) -> None:
+    """Checks a cassette response (cassettes are untrusted input); ValueError says what is
+    wrong."""
+    if not isinstance(resp, list) or not resp or not all(isinstance(d, dict) for d in resp):
+        raise ValueError("the response must be a non-empty list of objects")
+    for d in resp:
+        if method == "score":
+            v, n = d.get("sum_logprob"), d.get("n_tokens")
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise ValueError(f"sum_logprob must be a finite number, got {v!r}")
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"n_tokens must be an integer >= 0, got {n!r}")
+            continue
+        if set(d) - _COMPLETION_FIELDS:
+            raise ValueError(f"unknown completion fields {sorted(set(d) - _COMPLETION_FIELDS)}")
+        if not isinstance(d.get("text"), str) or not isinstance(d.get("finish_reason"), str):
+            raise ValueError("a completion needs string 'text' and 'finish_reason'")
+        for k in ("prompt_tokens", "completion_tokens"):
+            if isinstance(d.get(k, 0), bool) or not isinstance(d.get(k, 0), int):
+                raise ValueError(f"{k} must be an integer, got {d.get(k)!r}")
+        lp = d.get("token_logprobs")
+        if lp is not None and (not isinstance(lp, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+                for x in lp)):
+            raise ValueError("token_logprobs must be a list of finite numbers")
 
 
 def _prefix_json(prefix: str | Sequence[Message]) -> Any:
@@ -203,7 +235,13 @@ class ReplayBackend:
         q = self._entries.get(key)
         if self.mode != "record" and q:
             self.stats["hits"] += 1
-            return q.popleft()
+            resp = q.popleft()
+            try:
+                check_response(method, resp)
+            except ValueError as e:
+                raise BackendError(f"{self.path}: the cassette entry for this {method} request "
+                                   f"(key {key[:12]}) is malformed: {e}") from None
+            return resp
         if self.mode == "replay":
             snippet = json.dumps(request, ensure_ascii=False)[:240]
             raise CassetteMiss(

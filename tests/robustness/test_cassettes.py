@@ -163,3 +163,34 @@ class warnings_ok:  # noqa: N801 - the kill may or may not have cut a line
 
     def __exit__(self, *exc):
         self._cm.__exit__(*exc)
+
+
+@pytest.mark.parametrize("response,msg", [
+    ("abc", "non-empty list of objects"),
+    ([], "non-empty list of objects"),
+    ([{"text": 5, "finish_reason": "stop"}], "string 'text'"),
+    ([{"text": "x", "finish_reason": "stop", "evil": 1}], "unknown completion fields"),
+    ([{"text": "x", "finish_reason": "stop", "token_logprobs": ["NaN"]}], "finite numbers"),
+])
+def test_malformed_replayed_entries_are_clear_errors(tmp_path, response, msg):
+    path = tmp_path / "c.jsonl"
+    _record(path, ["q1"])
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["response"] = response
+    path.write_text(lines[0] + "\n" + json.dumps(entry) + "\n")
+    with pytest.raises(BackendError, match=rf"c.jsonl: the cassette entry for this chat "
+                                           rf"request .* is malformed: .*{msg}"):
+        _replay(path, ["q1"])
+
+
+def test_malformed_score_entry(tmp_path):
+    path = tmp_path / "c.jsonl"
+    rec = ReplayBackend(path, inner=_inner())
+    rec.score("prefix", ["a", "b"])
+    lines = path.read_text().splitlines()
+    entry = json.loads(lines[1])
+    entry["response"][0]["sum_logprob"] = "NaN"
+    path.write_text(lines[0] + "\n" + json.dumps(entry) + "\n")
+    with pytest.raises(BackendError, match="sum_logprob must be a finite number"):
+        ReplayBackend(path).score("prefix", ["a", "b"])
