@@ -451,7 +451,8 @@ def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig,
                     raw: bool = False) -> list[str]:
     """One chat turn per prompt (``raw``: plain text completion, no chat template). Local
     white-box backends run all prompts as one left-padded batch (``generate_ids`` with pad
-    positions -1); others loop over ``chat`` / ``complete``."""
+    positions -1); text backends with ``chat_many`` / ``complete_many`` (a ``ReplayBackend``
+    recording a local model) get one batched call; others loop over ``chat`` / ``complete``."""
     caps = getattr(backend, "capabilities", frozenset())
     if "masked_generate" in caps and hasattr(backend, "generate_ids") and len(users) > 1:
         ids = [backend.encode(u if raw else backend.apply_chat_template(
@@ -471,6 +472,10 @@ def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig,
                 text = text.split(s)[0]
             res.append(text.strip())
         return res
+    many = "complete_many" if raw else "chat_many"
+    if len(users) > 1 and hasattr(backend, many):  # e.g. a recording ReplayBackend: batched
+        reqs = list(users) if raw else [[{"role": "user", "content": u}] for u in users]
+        return [c[0].text.strip() for c in getattr(backend, many)(reqs, cfg)]
     if raw:
         return [backend.complete(u, cfg)[0].text.strip() for u in users]
     return [backend.chat([{"role": "user", "content": u}], cfg)[0].text.strip() for u in users]

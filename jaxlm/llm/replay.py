@@ -282,6 +282,21 @@ class ReplayBackend:
                           lambda: [c.to_dict() for c in self.inner.complete(prompt, cfg)])
         return [Completion.from_dict(d) for d in resp]
 
+    def complete_many(self, prompts: Sequence[str], cfg: GenConfig = GenConfig()
+                      ) -> list[list[Completion]]:
+        """Batched completion: when recording, one batched inner call (if the inner backend
+        has ``complete_many``), then one cassette entry per prompt, as ``complete`` writes."""
+        prompts = list(prompts)
+        if self.mode != "record" or not hasattr(self.inner, "complete_many"):
+            return [self.complete(p, cfg) for p in prompts]
+        live = self.inner.complete_many(prompts, cfg)
+        out = []
+        for p, res in zip(prompts, live, strict=True):
+            d = self._call("complete", {"prompt": p, "cfg": cfg.to_dict()},
+                           lambda r=res: [c.to_dict() for c in r])
+            out.append([Completion.from_dict(x) for x in d])
+        return out
+
     def score(
         self, prefix: str | Sequence[Message], continuations: Sequence[str]
     ) -> list[ScoreResult]:

@@ -194,3 +194,29 @@ def test_malformed_score_entry(tmp_path):
     path.write_text(lines[0] + "\n" + json.dumps(entry) + "\n")
     with pytest.raises(BackendError, match="sum_logprob must be a finite number"):
         ReplayBackend(path).score("prefix", ["a", "b"])
+
+
+class _Batched(ScriptedBackend):
+    """A scripted backend with a batched ``complete_many`` that counts its calls."""
+
+    def __init__(self):
+        super().__init__(rules=[(r"(\d+)", lambda t: f"reply to {t}")])
+        self.batches = 0
+
+    def complete_many(self, prompts, cfg):
+        self.batches += 1
+        return [self.complete(p, cfg) for p in prompts]
+
+
+def test_complete_many_records_one_batch_and_replays(tmp_path):
+    path = tmp_path / "c.jsonl"
+    inner = _Batched()
+    rec = ReplayBackend(path, inner=inner)
+    prompts = ["p1", "p2", "p1"]
+    live = [c[0].text for c in rec.complete_many(prompts, CFG)]
+    assert inner.batches == 1 and live == ["reply to p1", "reply to p2", "reply to p1"]
+    assert len(path.read_text().splitlines()) == 1 + 3  # one entry per prompt
+    rep = ReplayBackend(path)
+    assert [c[0].text for c in rep.complete_many(prompts, CFG)] == live
+    with pytest.raises(BackendError, match="no cassette entry"):
+        rep.complete("p1", CFG)  # both recorded copies were consumed
