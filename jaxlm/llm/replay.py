@@ -196,7 +196,10 @@ class ReplayBackend:
                 bad = (i + 1, str(e)[:200])
                 continue
             if "cassette" in obj:
-                if obj.get("cassette") != 1:
+                caps_i, cw = obj.get("capabilities", []), obj.get("context_window", 0)
+                if (obj.get("cassette") != 1 or not isinstance(caps_i, list)
+                        or not set(caps_i) <= {"chat", "complete", "score"}
+                        or isinstance(cw, bool) or not isinstance(cw, int) or cw < 0):
                     raise BackendError(f"{self.path}:{i + 1}: not a jaxlm cassette (bad header "
                                        f"{json.dumps(obj)[:120]})")
                 if bad is not None:

@@ -99,6 +99,11 @@ def test_corrupt_middle_line_is_an_error_naming_the_line(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(BackendError, match=r"c.jsonl:3: corrupt cassette line.*followed by"):
         ReplayBackend(path)
+    for head in ('{"cassette": 1, "capabilities": "chat"}', '{"cassette": 1, "capabilities": '
+                 '["chat"], "context_window": "big"}', '{"cassette": 2}'):
+        path.write_text(head + "\n")
+        with pytest.raises(BackendError, match=":1: not a jaxlm cassette"):
+            ReplayBackend(path)
     path.write_text('{"not": "a header"}\n')
     with pytest.raises(BackendError, match="first line is not a header"):
         ReplayBackend(path)
