@@ -1,60 +1,159 @@
 """Introspective Tips on TextWorld with a pluggable LLM backend.
 
-    python -m experiments.introspective_tips --backend=local --game_set=coin_easy \
-        --n_games=20 --trials=3 --methods=random,walkthrough,none,tips
-    python -m experiments.introspective_tips --backend=openai --base_url=http://host:8000/v1 \
-        --model=my-model --actor_mode=generate
-    python -m experiments.introspective_tips --backend=replay --cassette=runs/it/cassette.jsonl
+    python -m experiments.introspective_tips --config=default
+    python -m experiments.introspective_tips --config=default --override=n_games=10 \
+        --override=methods=random,none,tips
+    python -m experiments.introspective_tips --config=default_test --backend=scripted
+    OPENAI_API_KEY=... python -m experiments.introspective_tips --backend=openai \
+        --base_url=http://host:8000/v1 --model=NAME --override=actor_mode=generate \
+        --record=runs/it/cassette.jsonl
+    python -m experiments.introspective_tips --backend=replay --cassette=runs/it/cassette.jsonl \
+        --override=actor_mode=generate
+
+Presets (``--config``, with ``--override=field=value``): ``default`` (20 coin games x 3
+trials), ``quick`` and their seconds-long ``*_test`` twins. The older single-field flags
+(``--n_games``, ``--trials``, ``--methods``, ...) still work and override the preset.
+Backend flags come from ``jaxlm.llm.cli``: ``--backend=local|openai|replay|scripted``,
+``--record=PATH`` records every request of the run, ``--backend=replay --cassette=PATH``
+replays it exactly with no model. The log-prob actor (``actor_mode=score``) needs a
+scoring tier: over HTTP that is ``--echo_logprobs`` (a server that echoes prompt
+log-probs), else use ``--override=actor_mode=generate``.
 
 Writes <workdir>/episodes.jsonl (every episode, as it finishes), results.json
 (summaries with 95% bootstrap CIs, trials to first win, tip provenance, timings) and
-score_vs_trial.png. ``--record`` with local/openai writes the cassette that
-``--backend=replay`` replays exactly, with no model loaded.
+score_vs_trial.png.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
+import sys
 import time
 
 from absl import app, flags
 
-_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "openai", "replay"], "LLM backend.")
-_MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "Local model name or server model.")
-_BASE_URL = flags.DEFINE_string("base_url", None, "OpenAI-compatible base URL (openai backend).")
-_CASSETTE = flags.DEFINE_string("cassette", None, "JSONL cassette (replay, or --record).")
-_RECORD = flags.DEFINE_bool("record", False, "Record the backend traffic to --cassette.")
-_GAME_SET = flags.DEFINE_string("game_set", "coin_easy", "coin_easy|coin_distractor|"
-                                "treasure_easy|cooking_l1|cooking_l2|mixed_easy")
-_N_GAMES = flags.DEFINE_integer("n_games", 20, "Games in the set.")
-_TRIALS = flags.DEFINE_integer("trials", 3, "Trials per game.")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 15, "env.step calls per episode.")
-_SCENARIOS = flags.DEFINE_list("scenarios", ["S1"], "S1 (own experience), S2 (expert), "
-                               "S3 (zero-shot to unseen games).")
-_METHODS = flags.DEFINE_list("methods", ["random", "walkthrough", "none", "tips"],
-                             "S1 methods: none,tips,raw,reflexion,oracle_tips,random,walkthrough")
-_ACTOR = flags.DEFINE_enum("actor_mode", "score", ["score", "generate"], "Action selection.")
-_NORM = flags.DEFINE_enum("norm", "pmi", ["mean", "sum", "pmi"],
-                          "Score ranking for actor_mode=score (pmi: minus an action-only prompt).")
-_PROMPT = flags.DEFINE_enum("prompt", "append", ["append", "window"],
-                            "Actor prompt: append (multi-turn, prefix-cacheable) or window.")
-_HISTORY = flags.DEFINE_integer("history", 3, "Steps kept after the history is cut.")
-_HISTORY_MAX = flags.DEFINE_integer("history_max", 14, "append prompts: cut the history "
-                                    "to --history steps when longer than this.")
-_PREFIX_SLOTS = flags.DEFINE_integer("prefix_slots", -1, "Local backend: cached prompts for "
-                                     "prefix KV reuse (-1: one per game; 0: off).")
-_PREFIX_CAP = flags.DEFINE_integer("prefix_capacity", 1280, "Local backend: KV slots per "
-                                   "cached prompt.")
-_HIDE = flags.DEFINE_bool("hide_objective", True, "Hide route-revealing objectives.")
+from jaxlm.llm.cli import BackendFlagError, backend_spec_from_flags, define_backend_flags
+from jaxlm.utils.config import ConfigError, Registry, apply_overrides
+
+GAME_SETS = ("coin_easy", "coin_distractor", "treasure_easy", "cooking_l1", "cooking_l2",
+             "mixed_easy")
+METHODS = ("none", "tips", "raw", "reflexion", "oracle_tips", "random", "walkthrough")
+SCENARIOS = ("S1", "S2", "S3")
+
+
+@dataclasses.dataclass(frozen=True)
+class TipsExpConfig:
+    """One Introspective Tips run.
+
+    Attributes:
+        game_set, n_games: the seeded TextWorld game set (``textworld_env.game_set``).
+        trials, max_steps: trials per game; env.step calls per episode.
+        scenarios: S1 (own experience), S2 (expert), S3 (zero-shot to unseen games).
+        methods: S1 methods (none, tips, raw, reflexion, oracle_tips, random, walkthrough).
+        actor_mode: "score" (log-prob ranking of admissible commands) or "generate".
+        norm: score ranking (pmi: minus an action-only prompt; mean; sum).
+        prompt, history, history_max: actor prompt layout (see ``ActorConfig``).
+        prefix_slots, prefix_capacity: local backend prefix KV reuse (-1: one per game).
+        hide_objective: hide route-revealing objectives.
+    """
+
+    game_set: str = "coin_easy"
+    n_games: int = 20
+    trials: int = 3
+    max_steps: int = 15
+    scenarios: tuple[str, ...] = ("S1",)
+    methods: tuple[str, ...] = ("random", "walkthrough", "none", "tips")
+    actor_mode: str = "score"
+    norm: str = "pmi"
+    prompt: str = "append"
+    history: int = 3
+    history_max: int = 14
+    prefix_slots: int = -1
+    prefix_capacity: int = 1280
+    hide_objective: bool = True
+
+    def __post_init__(self):
+        for f in ("n_games", "trials", "max_steps", "prefix_capacity"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"TipsExpConfig.{f} must be an integer >= 1, got {v!r}")
+        if self.game_set not in GAME_SETS:
+            raise ValueError(f"TipsExpConfig.game_set={self.game_set!r}: choose one of "
+                             f"{'|'.join(GAME_SETS)}")
+        bad = [m for m in self.methods if m not in METHODS]
+        if bad or not self.methods:
+            raise ValueError(f"TipsExpConfig.methods: unknown {bad}; choose from "
+                             f"{','.join(METHODS)}")
+        bad = [s for s in self.scenarios if s not in SCENARIOS]
+        if bad or not self.scenarios:
+            raise ValueError(f"TipsExpConfig.scenarios: unknown {bad}; choose from "
+                             f"{','.join(SCENARIOS)}")
+        if "S3" in self.scenarios and self.n_games < 2:
+            raise ValueError("TipsExpConfig: scenario S3 needs n_games >= 2 (train and test "
+                             "games)")
+        if self.prefix_slots < -1:
+            raise ValueError(f"TipsExpConfig.prefix_slots must be >= -1, got "
+                             f"{self.prefix_slots}")
+        self.actor()  # ActorConfig checks mode, norm, prompt and history
+
+    def actor(self):
+        from jaxlm.agents.tips import ActorConfig
+
+        return ActorConfig(mode=self.actor_mode, norm=self.norm, prompt=self.prompt,
+                           history=self.history, history_max=self.history_max)
+
+
+def presets() -> Registry:
+    reg: Registry = Registry("introspective_tips")
+    reg.add("default", TipsExpConfig())
+    reg.add("quick", TipsExpConfig(n_games=5, trials=2, max_steps=8,
+                                   methods=("random", "walkthrough", "none", "tips")))
+    tiny = TipsExpConfig(n_games=2, trials=1, max_steps=3, methods=("random", "none", "tips"))
+    reg.add("default_test", tiny)
+    reg.add("quick_test", tiny)
+    return reg
+
+
+_CONFIG = flags.DEFINE_string("config", "default", "Preset: default, quick or *_test.")
+_OVERRIDE = flags.DEFINE_multi_string("override", [], "TipsExpConfig field=value overrides.")
 _CACHE = flags.DEFINE_string("cache_dir", None, "Game cache (default ~/.cache/jaxlm/textworld).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/introspective_tips", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Game-set and policy seed.")
+define_backend_flags("local")  # --backend, --model, --base_url, --record, --cassette, ...
+# single-field shortcuts kept from before the presets: each overrides the preset when given
+_SHORTCUTS = {
+    "game_set": flags.DEFINE_string("game_set", None, "Shortcut for --override=game_set=."),
+    "n_games": flags.DEFINE_integer("n_games", None, "Shortcut for --override=n_games=."),
+    "trials": flags.DEFINE_integer("trials", None, "Shortcut for --override=trials=."),
+    "max_steps": flags.DEFINE_integer("max_steps", None, "Shortcut for --override=max_steps=."),
+    "scenarios": flags.DEFINE_list("scenarios", None, "Shortcut for --override=scenarios=."),
+    "methods": flags.DEFINE_list("methods", None, "Shortcut for --override=methods=."),
+    "actor_mode": flags.DEFINE_string("actor_mode", None, "Shortcut: score|generate."),
+    "norm": flags.DEFINE_string("norm", None, "Shortcut: mean|sum|pmi."),
+    "prompt": flags.DEFINE_string("prompt", None, "Shortcut: append|window."),
+    "history": flags.DEFINE_integer("history", None, "Shortcut for --override=history=."),
+    "history_max": flags.DEFINE_integer("history_max", None, "Shortcut for history_max."),
+    "prefix_slots": flags.DEFINE_integer("prefix_slots", None, "Shortcut for prefix_slots."),
+    "prefix_capacity": flags.DEFINE_integer("prefix_capacity", None, "Shortcut."),
+    "hide_objective": flags.DEFINE_bool("hide_objective", None, "Shortcut."),
+}
 
 
 def read_rows(path):
     """The rows of a JSONL file (the episode log)."""
     return [json.loads(x) for x in pathlib.Path(path).read_text().splitlines() if x.strip()]
+
+
+def get_config() -> TipsExpConfig:
+    """The preset with the shortcut flags and ``--override`` applied (ConfigError/ValueError)."""
+    overrides = []
+    for name, fl in _SHORTCUTS.items():
+        if fl.value is not None:
+            v = fl.value
+            overrides.append(f"{name}={','.join(v) if isinstance(v, list) else v}")
+    return apply_overrides(presets().get(_CONFIG.value), overrides + list(_OVERRIDE.value))
 
 
 def main(argv):
@@ -63,44 +162,62 @@ def main(argv):
 
     from experiments.tips.plots import plot_score_vs_trial
     from jaxlm.agents.textworld_env import TextWorldEnv, game_set, make_games
-    from jaxlm.agents.tips import ActorConfig, EpisodeLog, TipGenerator, run_suite
-    from jaxlm.llm import make_backend
+    from jaxlm.agents.tips import EpisodeLog, TipGenerator, run_suite
+    from jaxlm.llm import BackendError, ScriptedBackend
+    from jaxlm.llm.cli import build_backend
 
+    try:  # flags and settings are checked before games are made or a model loaded
+        cfg = get_config()
+        spec = backend_spec_from_flags()
+        if cfg.actor_mode == "score" and spec.kind == "openai" and not spec.echo_logprobs:
+            raise BackendFlagError(
+                "--backend=openai cannot rank commands by log-probs (chat/completions return "
+                "no prompt log-probs): pass --override=actor_mode=generate, or --echo_logprobs "
+                "if the server echoes prompt log-probs")
+    except (ConfigError, BackendFlagError, ValueError) as e:
+        sys.exit(f"error: {e}")
     work = pathlib.Path(_WORKDIR.value)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    specs = game_set(_GAME_SET.value, _N_GAMES.value, _SEED.value)
+    specs = game_set(cfg.game_set, cfg.n_games, _SEED.value)
     with tqdm(total=len(specs), desc="games") as bar:
         paths = make_games(specs, _CACHE.value, bar)
     t_games = time.time() - t0
-    slots = len(paths) if _PREFIX_SLOTS.value < 0 else _PREFIX_SLOTS.value
-    if _PROMPT.value == "window":
+    slots = len(paths) if cfg.prefix_slots < 0 else cfg.prefix_slots
+    if cfg.prompt == "window":
         slots = 0  # window prompts are rebuilt every step: nothing to reuse
-    local_kw = {"prefix_slots": slots, "prefix_capacity": _PREFIX_CAP.value}
-    backend = make_backend(_BACKEND.value, model=_MODEL.value, base_url=_BASE_URL.value,
-                           cassette=_CASSETTE.value, record=_RECORD.value, local_kw=local_kw)
-    envs = [TextWorldEnv(p, max_steps=_MAX_STEPS.value, hide_objective=_HIDE.value)
-            for p in paths]
-    actor = ActorConfig(mode=_ACTOR.value, norm=_NORM.value, prompt=_PROMPT.value,
-                        history=_HISTORY.value, history_max=_HISTORY_MAX.value)
-    log_path = work / "episodes.jsonl"
-    log_path.unlink(missing_ok=True)
-    t1 = time.time()
-    with tqdm(desc="env steps") as bar:
-        res = run_suite(envs, backend, methods=tuple(_METHODS.value), trials=_TRIALS.value,
-                        scenarios=tuple(_SCENARIOS.value), actor=actor,
-                        tipgen=TipGenerator(backend), seed=_SEED.value,
-                        log=EpisodeLog(log_path), progress=bar.update)
+
+    def local():
+        from jaxlm.llm.local import LocalBackend
+
+        return LocalBackend(spec.model, prefix_slots=slots, prefix_capacity=cfg.prefix_capacity)
+
+    try:
+        backend = build_backend(spec, local=local,
+                                scripted=lambda: ScriptedBackend(default="look"))
+        if cfg.actor_mode == "score" and "score" not in backend.capabilities:
+            sys.exit(f"error: backend {backend.name!r} has no log-prob scoring tier: pass "
+                     "--override=actor_mode=generate")
+        envs = [TextWorldEnv(p, max_steps=cfg.max_steps, hide_objective=cfg.hide_objective)
+                for p in paths]
+        log_path = work / "episodes.jsonl"
+        log_path.unlink(missing_ok=True)
+        t1 = time.time()
+        with tqdm(desc="env steps") as bar:
+            res = run_suite(envs, backend, methods=cfg.methods, trials=cfg.trials,
+                            scenarios=cfg.scenarios, actor=cfg.actor(),
+                            tipgen=TipGenerator(backend), seed=_SEED.value,
+                            log=EpisodeLog(log_path), progress=bar.update)
+    except BackendError as e:
+        sys.exit(f"error: backend: {e} (episodes finished so far are in {work})")
     res["timing"].update(games_s=t_games, agent_s=time.time() - t1, total_s=time.time() - t0)
-    res["config"] = {f: flags.FLAGS[f].value for f in (
-        "backend", "model", "game_set", "n_games", "trials", "max_steps", "scenarios", "methods",
-        "actor_mode", "norm", "prompt", "history", "history_max", "prefix_slots",
-        "prefix_capacity", "hide_objective", "seed")}
+    res["config"] = dict(dataclasses.asdict(cfg), config=_CONFIG.value, backend=spec.kind,
+                         model=spec.model, seed=_SEED.value)
     res["backend_stats"] = dict(getattr(backend, "stats", {}))
-    local = getattr(backend, "inner", None) or backend
-    if getattr(local, "prefix", None) is not None:
-        res["backend_stats"]["prefix"] = dict(local.prefix.stats)
-        print("prefix cache:", local.prefix.stats)
+    inner = getattr(backend, "inner", None) or backend
+    if getattr(inner, "prefix", None) is not None:
+        res["backend_stats"]["prefix"] = dict(inner.prefix.stats)
+        print("prefix cache:", inner.prefix.stats)
     res["prompt_cuts"] = sum(r.get("prompt_cuts", 0) for r in read_rows(log_path))
     (work / "results.json").write_text(json.dumps(res, indent=1, default=str))
     plot_score_vs_trial(res["summary"], work / "score_vs_trial.png")

@@ -6,6 +6,16 @@
     python -m experiments.llmsrec_syn --config=demos_k --workdir=runs/llmsrec_demos
     python -m experiments.llmsrec_syn --config=default --data_dir=/path/to/ml-1m  # real ML-1M
     python -m experiments.llmsrec_syn --config=default_test --backend=scripted    # no model
+    OPENAI_API_KEY=... python -m experiments.llmsrec_syn --config=quick --backend=openai \
+        --base_url=http://host:8000/v1 --model=NAME --override=mode=generate --record=r.jsonl
+    python -m experiments.llmsrec_syn --config=quick --backend=replay --cassette=r.jsonl \
+        --override=mode=generate
+
+Log-prob scoring (mode=score, the default) needs prompt log-probs: a chat/completions
+server does not return them, so --backend=openai needs --override=mode=generate (the
+model writes a ranked list, read by parse_ranking) or --echo_logprobs when the server
+echoes prompt log-probs on /completions (vLLM, llama.cpp); otherwise it stops with one
+line saying so.
 
 Writes llmsrec_syn.json, table.md and llmsrec_ndcg10.png under --workdir.
 """
@@ -14,17 +24,18 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import sys
 
 from absl import app, flags
 
-from jaxlm.utils.config import Registry, apply_overrides
+from jaxlm.llm.cli import BackendFlagError, backend_spec_from_flags, define_backend_flags
+from jaxlm.utils.config import ConfigError, Registry, apply_overrides
 
 _CONFIG = flags.DEFINE_string("config", "quick", "Preset: default, quick or *_test.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "RecExpConfig field=value overrides.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/llmsrec_syn", "Output folder.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for candidates, demos and bootstraps.")
-_BACKEND = flags.DEFINE_enum("backend", "local", ["local", "scripted"],
-                             "local = SmolLM2-135M-Instruct scoring; scripted = no model.")
+define_backend_flags("local")  # --backend, --model, --base_url, --record, --cassette, ...
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with ML-1M movies.dat/ratings.dat.")
 
 
@@ -69,16 +80,33 @@ def main(argv):
     del argv
     from jaxlm.agents.recsys.data import load_ml1m
     from jaxlm.agents.recsys.experiment import run_experiment
-    from jaxlm.llm import LocalBackend, ScriptedBackend
+    from jaxlm.llm import BackendError
+    from jaxlm.llm.cli import build_backend
     from jaxlm.utils.report import markdown_table
 
-    cfg = apply_overrides(_presets().get(_CONFIG.value), _OVERRIDE.value)
-    cfg = dataclasses.replace(cfg, seed=_SEED.value)
-    backend = LocalBackend() if _BACKEND.value == "local" else ScriptedBackend()
-    data = load_ml1m(_DATA_DIR.value) if _DATA_DIR.value else None
-    out = pathlib.Path(_WORKDIR.value)
-    res = run_experiment(backend, cfg, out, data=data,
-                         bar=lambda total, desc: __import__("tqdm").tqdm(total=total, desc=desc))
+    try:  # flags and settings are checked before any data or model is loaded
+        cfg = apply_overrides(_presets().get(_CONFIG.value), _OVERRIDE.value)
+        cfg = dataclasses.replace(cfg, seed=_SEED.value)
+        spec = backend_spec_from_flags()
+        if cfg.mode == "score" and spec.kind == "openai" and not spec.echo_logprobs:
+            raise BackendFlagError(
+                "--backend=openai cannot score candidates by log-probs (chat/completions "
+                "return no prompt log-probs): pass --override=mode=generate (the model writes "
+                "a ranking), or --echo_logprobs if the server echoes prompt log-probs")
+    except (ConfigError, BackendFlagError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    try:
+        backend = build_backend(spec)
+        if cfg.mode == "score" and "score" not in backend.capabilities:
+            sys.exit(f"error: backend {backend.name!r} has no log-prob scoring tier: pass "
+                     "--override=mode=generate (or replay a cassette recorded in score mode)")
+        data = load_ml1m(_DATA_DIR.value) if _DATA_DIR.value else None
+        out = pathlib.Path(_WORKDIR.value)
+        res = run_experiment(backend, cfg, out, data=data,
+                             bar=lambda total, desc: __import__("tqdm").tqdm(total=total,
+                                                                             desc=desc))
+    except BackendError as e:
+        sys.exit(f"error: backend: {e}")
     (out / "table.md").write_text(markdown_table(res["table"]))
     print(markdown_table(res["table"]))
     for k, (m, lo, hi) in res["paired"].items():

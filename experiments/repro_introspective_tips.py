@@ -56,7 +56,7 @@ def run(ctx: RunContext) -> Section:
 
     t1 = time.time()
     bar = ctx.bar(0, "env steps")
-    res = suite(ReplayBackend(cassette, inner=local), "episodes.jsonl", bar)
+    res = suite(ReplayBackend(cassette, inner=local, record_mode="overwrite"), "episodes.jsonl", bar)
     bar.close()
     t_agent = time.time() - t1
     backend = local

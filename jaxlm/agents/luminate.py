@@ -451,7 +451,8 @@ def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig,
                     raw: bool = False) -> list[str]:
     """One chat turn per prompt (``raw``: plain text completion, no chat template). Local
     white-box backends run all prompts as one left-padded batch (``generate_ids`` with pad
-    positions -1); others loop over ``chat`` / ``complete``."""
+    positions -1); text backends with ``chat_many`` / ``complete_many`` (a ``ReplayBackend``
+    recording a local model) get one batched call; others loop over ``chat`` / ``complete``."""
     caps = getattr(backend, "capabilities", frozenset())
     if "masked_generate" in caps and hasattr(backend, "generate_ids") and len(users) > 1:
         ids = [backend.encode(u if raw else backend.apply_chat_template(
@@ -471,6 +472,10 @@ def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig,
                 text = text.split(s)[0]
             res.append(text.strip())
         return res
+    many = "complete_many" if raw else "chat_many"
+    if len(users) > 1 and hasattr(backend, many):  # e.g. a recording ReplayBackend: batched
+        reqs = list(users) if raw else [[{"role": "user", "content": u}] for u in users]
+        return [c[0].text.strip() for c in getattr(backend, many)(reqs, cfg)]
     if raw:
         return [backend.complete(u, cfg)[0].text.strip() for u in users]
     return [backend.chat([{"role": "user", "content": u}], cfg)[0].text.strip() for u in users]
@@ -748,6 +753,39 @@ class LuminateConfig:
     temperature: float = 0.7
     word_limit: int = 20
     seed: int = 0
+
+    def __post_init__(self):
+        """Refuses settings that would run and write an empty or meaningless page."""
+        for f in ("n", "dim_retries", "dim_max_tokens", "abstract_max_tokens", "max_tokens",
+                  "word_limit"):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"LuminateConfig.{f} must be an integer >= 1, got {v!r} "
+                                 f"(e.g. --override={f}=8)")
+        if isinstance(self.n_abstract, bool) or not isinstance(self.n_abstract, int) \
+                or self.n_abstract < 0:
+            raise ValueError(f"LuminateConfig.n_abstract must be an integer >= 0, got "
+                             f"{self.n_abstract!r}")
+        if not (isinstance(self.temperature, int | float) and math.isfinite(self.temperature)
+                and self.temperature >= 0):
+            raise ValueError(f"LuminateConfig.temperature must be a finite number >= 0, got "
+                             f"{self.temperature!r}")
+        if not isinstance(self.prompt, str) or not self.prompt.strip():
+            raise ValueError("LuminateConfig.prompt must be a non-empty string")
+        if self.sampler not in ("cover", "random"):
+            raise ValueError(f"LuminateConfig.sampler must be cover|random, got "
+                             f"{self.sampler!r}")
+        if self.dim_style not in DIM_STYLES:
+            raise ValueError(f"LuminateConfig.dim_style must be one of {DIM_STYLES}, got "
+                             f"{self.dim_style!r}")
+        unknown = [d for d in self.dims if d not in LIBRARY]
+        if unknown:
+            raise DimensionError(f"LuminateConfig.dims: unknown dimensions {unknown}; the library "
+                             f"has {sorted(LIBRARY)}")
+        for a in ("x_dim", "y_dim"):
+            if getattr(self, a) not in self.dims:
+                raise DimensionError(f"LuminateConfig.{a}={getattr(self, a)!r} is not among dims "
+                                 f"{self.dims}")
 
 
 def presets():

@@ -53,6 +53,21 @@ function clearMore(){document.querySelectorAll('.card').forEach(e=>{
 """
 
 
+_SCRIPT_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028",
+                   "\u2029": "\\u2029"}
+
+
+def script_json(obj: Any) -> str:
+    """JSON safe inside a ``<script>`` element: no ``<``, ``>`` or ``&`` appear literally
+    (they are ``\\u`` escapes, which JSON.parse restores), so model text such as
+    ``</script>`` or ``<!--<script>`` cannot end the element or switch the HTML parser
+    into its script-escape states."""
+    text = json.dumps(obj, default=str)
+    for ch, rep in _SCRIPT_ESCAPES.items():
+        text = text.replace(ch, rep)
+    return text
+
+
 def render_html(prompt: str, responses: Sequence[Response], dims: Sequence[Dimension],
                 x_dim: str, y_dim: str, title: str = "Luminate design space",
                 zoom: int = 1, metrics: dict[str, Any] | None = None) -> str:
@@ -99,7 +114,7 @@ def render_html(prompt: str, responses: Sequence[Response], dims: Sequence[Dimen
     data = {"prompt": prompt, "dims": [{"name": d.name, "kind": d.kind, "values": d.values}
                                        for d in dims],
             "responses": [dataclasses.asdict(r) for r in responses], "metrics": metrics or {}}
-    blob = json.dumps(data).replace("</", "<\\/")
+    blob = script_json(data)
     met = ""
     if metrics:
         met = "<details><summary>metrics</summary><pre>" + e(

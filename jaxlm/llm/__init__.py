@@ -36,20 +36,24 @@ def __getattr__(name):
 
 
 def make_backend(kind: str, *, model: str = "smollm2-135m-instruct", base_url: str | None = None,
-                 cassette: str | None = None, record: bool = False,
+                 cassette: str | None = None, record: bool = False, record_mode: str = "new",
                  local_kw: dict | None = None, **kw):
-    """Builds a backend by kind: "local", "openai" or "replay" (record=True wraps "local").
+    """Builds a backend by kind: "local", "openai" or "replay" (``record=True`` wraps
+    "local"/"openai" in a recording ``ReplayBackend``; ``record_mode`` new|append|overwrite
+    says what to do when the cassette exists).
 
     ``local_kw`` goes to ``LocalBackend`` (e.g. ``prefix_slots``); ``kw`` to
-    ``OpenAIBackend``."""
+    ``OpenAIBackend``. Command-line entrypoints use ``jaxlm.llm.cli`` instead."""
     if kind == "local":
         from jaxlm.llm.local import LocalBackend
 
         b = LocalBackend(model, **(local_kw or {}))
-        return ReplayBackend(cassette, inner=b) if (record and cassette) else b
+        return (ReplayBackend(cassette, inner=b, record_mode=record_mode)
+                if (record and cassette) else b)
     if kind == "openai":
         b = OpenAIBackend(base_url=base_url, model=model, **kw)
-        return ReplayBackend(cassette, inner=b) if (record and cassette) else b
+        return (ReplayBackend(cassette, inner=b, record_mode=record_mode)
+                if (record and cassette) else b)
     if kind == "replay":
         if not cassette:
             raise ValueError("make_backend('replay') needs cassette=<path to a .jsonl>")

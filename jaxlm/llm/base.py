@@ -14,6 +14,7 @@ Loops ask for capabilities, not classes: ``require(backend, {"score"})`` raises
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -64,8 +65,12 @@ class GenConfig:
                                else tuple(self.stop))
         if self.max_tokens < 1:
             raise ValueError(f"GenConfig.max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"GenConfig.temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"GenConfig.temperature must be a finite number >= 0, got "
+                             f"{self.temperature}")
+        if self.frequency_penalty is not None and not math.isfinite(self.frequency_penalty):
+            raise ValueError(f"GenConfig.frequency_penalty must be finite, got "
+                             f"{self.frequency_penalty}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"GenConfig.top_p must be in (0, 1], got {self.top_p}")
         if self.n < 1:

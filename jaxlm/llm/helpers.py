@@ -66,12 +66,58 @@ def choose(backend: Any, prefix: str | Sequence[Message], options: Sequence[str]
     return int(np.argmax(vals)), vals
 
 
-def extract_json(text: str) -> Any:
-    """The JSON object between the first '{' and the last '}' of ``text`` (ValueError if none)."""
+MAX_JSON_CHARS = 200_000  # model replies longer than this are not parsed as JSON
+MAX_JSON_DEPTH = 32  # nesting deeper than this is refused before json.loads sees it
+
+
+def json_depth(text: str) -> int:
+    """Deepest ``{``/``[`` nesting of ``text`` (brackets inside JSON strings ignored)."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "{[":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "}]":
+            depth = max(depth - 1, 0)
+    return best
+
+
+def extract_json(text: str, max_chars: int = MAX_JSON_CHARS,
+                 max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """The JSON object between the first '{' and the last '}' of ``text``.
+
+    Model output is untrusted: a span longer than ``max_chars`` or nested deeper than
+    ``max_depth`` is refused before parsing, so a hostile reply cannot exhaust memory or
+    the recursion limit.
+
+    Raises:
+        ValueError: no object, invalid JSON, too long or too deep (callers fall back).
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"extract_json: expected text, got {type(text).__name__}")
     a, b = text.find("{"), text.rfind("}")
     if a == -1 or b <= a:
         raise ValueError("no JSON object in the text")
-    return json.loads(text[a: b + 1])
+    span = text[a: b + 1]
+    if len(span) > max_chars:
+        raise ValueError(f"JSON span of {len(span)} characters exceeds max_chars={max_chars}")
+    depth = json_depth(span)
+    if depth > max_depth:
+        raise ValueError(f"JSON nested {depth} deep exceeds max_depth={max_depth}")
+    try:
+        return json.loads(span)
+    except RecursionError:  # unreachable with a sane max_depth; never escapes as-is
+        raise ValueError("JSON nested too deeply") from None
 
 
 _CMD_PREFIX = re.compile(r"^\s*(?:>|action\s*:|command\s*:|answer\s*:|\d+[.)]|[-*])\s*", re.I)

@@ -127,6 +127,8 @@ def test_bad_inputs_are_clear_errors(backend):
         backend.chat([{"role": "wizard", "content": "hi"}], GREEDY)
     with pytest.raises(ValueError):
         GenConfig(max_tokens=0)
+    with pytest.raises(ValueError, match="finite"):
+        GenConfig(temperature=float("nan"))
 
 
 def test_missing_tier_is_named(backend):
