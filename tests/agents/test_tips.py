@@ -131,8 +131,22 @@ def games(tmp_path_factory):
             make_game(GameSpec("cooking", 1, 5), cache)]
 
 
+_OPEN_ENVS: list = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _close_envs():
+    """Closes every TextWorld env this module opened while the interpreter is alive (jericho's
+    close during interpreter-exit garbage collection can crash the process)."""
+    yield
+    while _OPEN_ENVS:
+        _OPEN_ENVS.pop().close()
+
+
 def _envs(games, steps=8):
-    return [TextWorldEnv(p, max_steps=steps, hide_objective=True) for p in games]
+    envs = [TextWorldEnv(p, max_steps=steps, hide_objective=True) for p in games]
+    _OPEN_ENVS.extend(envs)
+    return envs
 
 
 def _oracle_scorer(prefix, cont):
