@@ -305,4 +305,8 @@ class TextWorldEnv:
         return self._obs(text, info, done or self.steps >= self.max_steps, valid)
 
     def close(self) -> None:
+        """Closes the game (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         self._env.close()
