@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,19 +14,21 @@ from jaxlm.structured.automaton import TokenVocab
 from jaxlm.structured.processor import StructuredProcessor, make_processor
 
 
-@functools.lru_cache(maxsize=8)
-def _vocab_of(tok: Any) -> TokenVocab:
-    return TokenVocab.from_tokenizer(tok)
+_VOCABS: dict[int, tuple[Any, TokenVocab]] = {}
 
 
 def vocab_of(tokenizer: Any) -> TokenVocab:
     """The ``TokenVocab`` of a ``jaxlm.weights`` tokenizer (memoised per tokenizer object)."""
     if isinstance(tokenizer, TokenVocab):
         return tokenizer
-    try:
-        return _vocab_of(tokenizer)
-    except TypeError:  # unhashable tokenizer object
-        return TokenVocab.from_tokenizer(tokenizer)
+    hit = _VOCABS.get(id(tokenizer))
+    if hit is not None and hit[0] is tokenizer:
+        return hit[1]
+    v = TokenVocab.from_tokenizer(tokenizer)
+    if len(_VOCABS) >= 8:
+        _VOCABS.pop(next(iter(_VOCABS)))
+    _VOCABS[id(tokenizer)] = (tokenizer, v)  # holds the object, so its id stays unique
+    return v
 
 
 def processor_for(constraint: Any, n_rows: int, tokenizer: Any, vocab_size: int,

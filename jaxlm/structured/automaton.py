@@ -313,6 +313,25 @@ def compile_constraint(constraint: Constraint, vocab: TokenVocab,
             validated on load (a bad file is recompiled and replaced).
     """
     key = cache_key(constraint, vocab)
+    if key in _MEMO:
+        return _MEMO[key]
+    dfa = _compile_or_load(constraint, vocab, key, cache_dir)
+    if len(_MEMO) >= 64:
+        _MEMO.pop(next(iter(_MEMO)))
+    _MEMO[key] = dfa
+    return dfa
+
+
+_MEMO: dict[str, TokenDFA] = {}
+
+
+def clear_memo() -> None:
+    """Forgets the in-process automata (the disk cache stays)."""
+    _MEMO.clear()
+
+
+def _compile_or_load(constraint: Constraint, vocab: TokenVocab, key: str, cache_dir: Any
+                     ) -> TokenDFA:
     path = None
     if cache_dir is not False:
         path = pathlib.Path(cache_dir or default_cache_dir()) / f"{key}.npz"

@@ -254,3 +254,40 @@ def as_constraint(c: Any) -> Constraint | None:
         return JsonSchema(c)
     raise ConstraintError(f"expected Regex(...), JsonSchema(...), Choice([...]) or None, "
                           f"got {type(c).__name__}")
+
+
+RESPONSE_FORMATS = ("text", "json_object", "json_schema", "regex", "choice")
+
+
+def from_response_format(rf: Mapping[str, Any] | None) -> Constraint | None:
+    """The local constraint of an OpenAI-style ``response_format``.
+
+    ``{"type": "json_schema", "json_schema": {"schema": {...}, "name": ...}}`` -> JsonSchema;
+    ``{"type": "json_object"}`` -> any JSON object; ``{"type": "text"}`` / None -> None;
+    extensions: ``{"type": "regex", "regex": "..."}`` -> Regex,
+    ``{"type": "choice", "choice": ["a", "b"]}`` -> Choice.
+    """
+    if rf is None:
+        return None
+    if not isinstance(rf, Mapping) or rf.get("type") not in RESPONSE_FORMATS:
+        raise ConstraintError(
+            f"response_format must be a dict with type in {RESPONSE_FORMATS}, got {rf!r}")
+    kind = rf["type"]
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return JsonSchema({"type": "object"})
+    if kind == "json_schema":
+        js = rf.get("json_schema")
+        if not isinstance(js, Mapping) or "schema" not in js:
+            raise ConstraintError('response_format json_schema needs {"json_schema": '
+                                  '{"schema": {...}}}')
+        return JsonSchema(js["schema"])
+    if kind == "regex":
+        if not isinstance(rf.get("regex"), str):
+            raise ConstraintError('response_format regex needs {"type": "regex", "regex": "..."}')
+        return Regex(rf["regex"])
+    opts = rf.get("choice")
+    if not isinstance(opts, list | tuple):
+        raise ConstraintError('response_format choice needs {"type": "choice", "choice": [...]}')
+    return Choice(opts)
