@@ -89,6 +89,7 @@ class StructuredProcessor:
     tables: Tables
     row_group: Array  # [B] int32 automaton of each row, -1 = unconstrained
     row_init: Array  # [B] int32 initial global state, -1 = unconstrained
+    row_class: Array  # [B, V] int32 token classes of each row's automaton (gathered once)
 
     def init(self, batch: int) -> Array:
         if batch != self.row_init.shape[0]:
@@ -102,8 +103,7 @@ class StructuredProcessor:
         on = state >= 0
         s = jnp.maximum(state, 0)
         rows = tb.next_state[s]  # [B, C]
-        cls = tb.class_of[jnp.maximum(self.row_group, 0)]  # [B, V]
-        ok = jnp.take_along_axis(rows, cls, axis=1) >= 0
+        ok = jnp.take_along_axis(rows, self.row_class, axis=1) >= 0
         stuck = ~(rows >= 0).any(axis=1)
         stop_ok = tb.accepting[s] | stuck
         ok = jnp.where(tb.is_stop[None], stop_ok[:, None], ok)
@@ -117,7 +117,7 @@ class StructuredProcessor:
     def advance(self, state: Array, tokens: Array) -> Array:
         tb = self.tables
         s = jnp.maximum(state, 0)
-        c = tb.class_of[jnp.maximum(self.row_group, 0), tokens]
+        c = jnp.take_along_axis(self.row_class, tokens[:, None], axis=1)[:, 0]
         nxt = tb.next_state[s, c]
         nxt = jnp.where(nxt >= 0, nxt, state)  # stop tokens (and pads) keep the state
         return jnp.where(state >= 0, nxt, state)
@@ -154,4 +154,6 @@ def make_processor(constraints: Sequence[Any], vocab: TokenVocab, vocab_size: in
     group = np.array([-1 if c is None else uniq[c] for c in cons], np.int32)
     init = np.array([-1 if g < 0 else inits[g] for g in group], np.int32)
     tables = Tables(**{k: jnp.asarray(v) for k, v in arrays.items()})
-    return StructuredProcessor(tables, jnp.asarray(group), jnp.asarray(init))
+    row_class = arrays["class_of"][np.maximum(group, 0)]
+    return StructuredProcessor(tables, jnp.asarray(group), jnp.asarray(init),
+                               jnp.asarray(row_class))
