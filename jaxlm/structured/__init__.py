@@ -15,6 +15,7 @@ from jaxlm.structured.processor import StructuredProcessor, Tables, make_process
 __all__ = [
     "Choice", "Constraint", "ConstraintError", "JsonSchema", "Regex", "StructuredProcessor",
     "Tables", "TokenDFA", "TokenVocab", "as_constraint", "check_schema", "compile_constraint",
-    "compile_regex", "default_cache_dir", "from_response_format", "generate", "make_processor", "processor_for",
+    "compile_regex", "default_cache_dir", "from_response_format", "generate", "make_processor",
+    "processor_for",
     "schema_from_type", "stack_tables", "vocab_of",
 ]
