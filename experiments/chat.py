@@ -2,6 +2,11 @@
 
     python -m experiments.chat --prompt="What is the capital of France?"
     python -m experiments.chat --prompt="Write a haiku about JAX" --temperature=0.7 --seed=3
+    python -m experiments.chat --prompt="Name a colour" --regex="(red|green|blue)"
+    python -m experiments.chat --prompt="Describe a cat" --json_schema=cat.schema.json
+
+With --json_schema/--regex the answer is generated under that constraint inside the jitted
+decode loop (jaxlm.structured) and printed when complete.
 
 The answer goes to stdout as it is generated; load/compile/timing lines go to stderr.
 """
@@ -21,6 +26,35 @@ _TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = off).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed for sampling.")
+_JSON_SCHEMA = flags.DEFINE_string("json_schema", None,
+                                   "Path of a JSON schema file: the answer is JSON valid under it.")
+_REGEX = flags.DEFINE_string("regex", None, "The answer must match this regular expression.")
+
+
+def _constraint():
+    """The --json_schema / --regex constraint (checked before the model loads), or None."""
+    import json
+    import pathlib
+
+    from jaxlm.structured import ConstraintError, JsonSchema, Regex
+
+    if _JSON_SCHEMA.value and _REGEX.value:
+        sys.exit("error: give --json_schema or --regex, not both")
+    try:
+        if _REGEX.value:
+            return Regex(_REGEX.value)
+        if _JSON_SCHEMA.value:
+            path = pathlib.Path(_JSON_SCHEMA.value)
+            if not path.is_file():
+                sys.exit(f"error: --json_schema={path}: no such file")
+            try:
+                schema = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                sys.exit(f"error: --json_schema={path}: not JSON ({e})")
+            return JsonSchema(schema)
+    except ConstraintError as e:
+        sys.exit(f"error: {e}")
+    return None
 
 
 def _utf8_problem(flag: str, text: str | None) -> str | None:
@@ -81,6 +115,7 @@ def main(argv):
         sampling = SamplingConfig(_TEMP.value, _TOP_K.value, _TOP_P.value)
     except ValueError as e:
         sys.exit(f"error: {e}")
+    constraint = _constraint()
     t0 = time.perf_counter()
     try:
         m = load(_MODEL.value)
@@ -101,6 +136,22 @@ def main(argv):
     print(f"[loaded {m.path.name} in {time.perf_counter() - t0:.1f}s]", file=sys.stderr)
     params = jax.device_put(m.params)
     t0 = time.perf_counter()
+    if constraint is not None:
+        from jaxlm.structured import ConstraintError, generate
+
+        try:
+            res = generate(params, m.cfg, [ids], constraint=constraint, tokenizer=tok,
+                           max_new_tokens=_MAX_NEW.value, key=jax.random.PRNGKey(_SEED.value),
+                           sampling=sampling)
+        except (ConstraintError, ValueError) as e:
+            sys.exit(f"error: {e}")
+        n = int(res.lengths[0])
+        print(tok.decode(res.tokens[0, :n].tolist()))
+        print(f"[{len(ids)} prompt tokens; {n} constrained tokens in "
+              f"{time.perf_counter() - t0:.1f}s (includes compile)"
+              + ("; hit --max_new_tokens before the constraint was complete" if
+                 n >= _MAX_NEW.value else "") + "]", file=sys.stderr)
+        return
     out: list[int] = []
     printed = ""
     first_at = None

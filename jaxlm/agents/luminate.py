@@ -151,7 +151,7 @@ def dimension_prompt(prompt: str, n_dims: int, kind: str, context: str = "") -> 
             "(5 ordered levels).\nJSON:")
 
 
-DIM_STYLES = ("constrained", "fewshot", "instruction")
+DIM_STYLES = ("schema", "constrained", "fewshot", "instruction")
 # one worked example per kind (a different task), shown before the real task; the reply is
 # then forced to start inside the JSON object ('{"') and cut at the first '}'
 _EXAMPLE_TASK = "Write a short review of wireless headphones."
@@ -183,6 +183,19 @@ def fewshot_dimension_prompt(prompt: str, n_dims: int, kind: str, context: str =
     ex = dict(list(_EXAMPLES[kind].items())[:n_dims])
     return (f"{head}\n\nTask: {_EXAMPLE_TASK}\nJSON: {json.dumps(ex)}\n\n{ctx}Task: {prompt}"
             f"\nJSON: {FORCED_PREFIX}")
+
+
+_DIM_NAME = r"[A-Z][A-Za-z]{2,15}( [A-Za-z]{2,12})?"
+_DIM_VALUE = r"[a-z]{3,15}( [a-z]{2,12})?"
+
+
+def dimension_format(n_dims: int, kind: str) -> dict[str, Any]:
+    """``GenConfig.response_format`` of a dimension reply: exactly ``n_dims`` entries
+    ``"Name": ["value", ...]`` with 6 values (categorical) or 5 levels (ordinal), in the
+    few-shot example's JSON layout; names and values are one or two words."""
+    nv = 5 if kind == "ordinal" else 6
+    entry = f'"{_DIM_NAME}": \\["{_DIM_VALUE}"(, "{_DIM_VALUE}"){{{nv - 1}}}\\]'
+    return {"type": "regex", "regex": f"\\{{{entry}(, {entry}){{{n_dims - 1}}}\\}}"}
 
 
 _PLACEHOLDER = re.compile(r"^(dimension|value|name|level|category|key|dim)\s*[_-]?\s*\d*$", re.I)
@@ -399,7 +412,14 @@ def generate_dimensions(backend: Any, prompt: str, n_dims: int = 3,
         # the retries are sampled as one batch (distinct seeds per row); the first valid reply
         # in order is used and attempts count as if they had run one after another
         llm: list[Dimension] = []
-        if style == "constrained":
+        if style == "schema":
+            # the few-shot prompt ends at "JSON: "; the reply is decoded under the
+            # dimension grammar (enforced in the decode loop by local backends)
+            scfg = dataclasses.replace(cfg, max_tokens=max(cfg.max_tokens, 48 * n_dims + 16),
+                                       response_format=dimension_format(n_dims, kind))
+            base = fewshot_dimension_prompt(prompt, n_dims, kind)[: -len(FORCED_PREFIX)]
+            texts = _complete_batch(backend, [base] * retries, scfg, raw=True)
+        elif style == "constrained":
             texts, llm = _constrained_dimensions(backend, prompt, n_dims, kind, retries, cfg,
                                                  stats)
             texts = [t[: t.index("}") + 1] if "}" in t else t for t in texts]
@@ -454,7 +474,13 @@ def _complete_batch(backend: Any, users: Sequence[str], cfg: GenConfig,
     positions -1); text backends with ``chat_many`` / ``complete_many`` (a ``ReplayBackend``
     recording a local model) get one batched call; others loop over ``chat`` / ``complete``."""
     caps = getattr(backend, "capabilities", frozenset())
-    if "masked_generate" in caps and hasattr(backend, "generate_ids") and len(users) > 1:
+    if cfg.response_format is not None:  # constrained: the backend's own batched text tier
+        if raw and hasattr(backend, "complete_many"):
+            return [c[0].text.strip() for c in backend.complete_many(list(users), cfg)]
+        if not raw and hasattr(backend, "chat_many"):
+            return [c[0].text.strip() for c in backend.chat_many(
+                [[{"role": "user", "content": u}] for u in users], cfg)]
+    elif "masked_generate" in caps and hasattr(backend, "generate_ids") and len(users) > 1:
         ids = [backend.encode(u if raw else backend.apply_chat_template(
             [{"role": "user", "content": u}])) for u in users]
         t = max(len(x) for x in ids)
@@ -726,8 +752,9 @@ class LuminateConfig:
         x_dim, y_dim: grid axes of the page.
         sampler: "cover" (factorial coverage) or "random" (released behaviour).
         llm_dims: also ask the LLM for dimensions (measures JSON validity / fallback).
-        dim_style: "constrained" (few-shot prompt + entry-level grammar-constrained
-            decoding), "fewshot" (example + forced JSON start, free decoding) or
+        dim_style: "schema" (few-shot prompt, reply decoded under ``dimension_format``:
+            exact JSON layout enforced token by token in the decode loop), "constrained"
+            (few-shot prompt + entry-level grammar emulation by cutting free replies), "fewshot" (example + forced JSON start, free decoding) or
             "instruction" (the released request paraphrase).
         dim_retries: attempts per dimension kind.
         dim_max_tokens: token budget of a dimension-JSON reply.
@@ -735,6 +762,10 @@ class LuminateConfig:
         abstract_max_tokens: token budget of an abstraction-JSON reply.
         max_tokens, temperature, word_limit: response decoding (same for the baseline).
         seed: sampling seed.
+        use_llm_dims: build the design space from the LLM's own dimensions (the first 3
+            it generated, the first two as page axes; labels checked by ``classify``) when
+            it produced at least 2; else the library dimensions ``dims``.
+        n_label: responses per set whose labels ``classify`` checks (LLM dimensions).
     """
 
     prompt: str = "Write a one-sentence slogan for a reusable water bottle."
@@ -753,6 +784,8 @@ class LuminateConfig:
     temperature: float = 0.7
     word_limit: int = 20
     seed: int = 0
+    use_llm_dims: bool = False
+    n_label: int = 16
 
     def __post_init__(self):
         """Refuses settings that would run and write an empty or meaningless page."""
@@ -794,10 +827,11 @@ def presets():
     from jaxlm.utils.config import Registry
 
     reg: Registry = Registry("luminate")
-    reg.add("default", LuminateConfig())
-    # 64-token dimension replies leave room for a name and a 6-value list (~40-50 tokens)
+    own = dict(dim_style="schema", use_llm_dims=True)  # the model's dimensions, schema-decoded
+    reg.add("default", LuminateConfig(**own))
+    # schema-decoded dimension replies get 48 tokens per dimension (+16) whatever the budget
     reg.add("quick", LuminateConfig(n=40, dim_retries=2, dim_max_tokens=64, n_abstract=8,
-                                    abstract_max_tokens=64, max_tokens=24))
+                                    abstract_max_tokens=64, max_tokens=24, **own))
     tiny = LuminateConfig(n=8, dim_retries=2, n_abstract=4, max_tokens=8)
     reg.add("default_test", tiny)
     reg.add("quick_test", tiny)
@@ -853,6 +887,18 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
                                      "fallback_rate": st.fallback_rate,
                                      "dims": [(d.name, d.kind, list(d.values)) for d in llm_dims]}
         timing["dimensions_s"] = time.time() - t0
+    x_dim, y_dim, n_label, source = cfg.x_dim, cfg.y_dim, cfg.n, "library"
+    own = [d for d in llm_dims if d.check is None][:3] if cfg.llm_dims else []
+    if cfg.use_llm_dims and len(own) >= 2:
+        import functools
+
+        # the model's own dimensions; their labels are checked by the LLM (PMI choice)
+        dims = [dataclasses.replace(d, check=functools.partial(classify, backend, dim=d))
+                for d in own]
+        x_dim, y_dim, n_label = dims[0].name, dims[1].name, min(cfg.n_label, cfg.n)
+        source = "llm"
+    metrics["dims_source"] = source
+    metrics["dims_used"] = [(d.name, d.kind, list(d.values)) for d in dims]
     combos = sample_combinations(dims, cfg.n, cfg.seed, cfg.sampler)
     gcfg = GenConfig(max_tokens=cfg.max_tokens, temperature=cfg.temperature, seed=cfg.seed,
                      stop=("\n\n",))
@@ -871,11 +917,11 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
     timing["abstraction_s"] = time.time() - t1
     add_neighbours(resp)
     metrics["abstraction_json"] = ast | {"n_llm": k}
-    metrics["label_fidelity"] = label_fidelity(resp, dims)
+    metrics["label_fidelity"] = label_fidelity(resp[:n_label], dims)
     # the baseline's "fidelity" to the same combinations: how often the checks agree by chance
     for r, c in zip(base, combos, strict=True):
         r.labels = dict(c)
-    metrics["baseline_fidelity"] = label_fidelity(base, dims)
+    metrics["baseline_fidelity"] = label_fidelity(base[:n_label], dims)
     metrics["diversity_structured"] = diversity([r.text for r in resp])
     metrics["diversity_unstructured"] = diversity([r.text for r in base])
     metrics["coverage"] = coverage(combos, dims)
@@ -890,7 +936,7 @@ def run_luminate(backend: Any, cfg: LuminateConfig, outdir: Any = None) -> dict[
         outdir = pathlib.Path(outdir)
         outdir.mkdir(parents=True, exist_ok=True)
         path = outdir / "luminate.html"
-        path.write_text(render_html(cfg.prompt, resp, dims, cfg.x_dim, cfg.y_dim,
+        path.write_text(render_html(cfg.prompt, resp, dims, x_dim, y_dim,
                                     metrics=metrics), encoding="utf-8")
         (outdir / "luminate.json").write_text(json.dumps(
             {"metrics": metrics, "responses": [dataclasses.asdict(r) for r in resp],

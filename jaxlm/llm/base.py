@@ -49,6 +49,11 @@ class GenConfig:
         seed: sampling seed (local backends derive the PRNG key from it).
         n: completions per request.
         frequency_penalty: passed to HTTP servers; local backends ignore it.
+        response_format: OpenAI-style output constraint, e.g. ``{"type": "json_schema",
+            "json_schema": {"schema": {...}}}``, ``{"type": "json_object"}``; extensions
+            ``{"type": "regex", "regex": "..."}`` and ``{"type": "choice", "choice": [...]}``.
+            Local backends enforce it in the decode loop (``jaxlm.structured``); HTTP backends
+            pass it to the server. None = free text.
     """
 
     max_tokens: int = 64
@@ -58,8 +63,14 @@ class GenConfig:
     seed: int = 0
     n: int = 1
     frequency_penalty: float | None = None
+    response_format: dict[str, Any] | None = None
 
     def __post_init__(self):
+        rf = self.response_format
+        if rf is not None and (not isinstance(rf, dict) or not isinstance(rf.get("type"), str)):
+            raise ValueError(f"GenConfig.response_format must be a dict with a 'type', e.g. "
+                             f'{{"type": "json_schema", "json_schema": {{"schema": ...}}}}; '
+                             f"got {rf!r}")
         if isinstance(self.stop, str | list):
             object.__setattr__(self, "stop", (self.stop,) if isinstance(self.stop, str)
                                else tuple(self.stop))
@@ -81,6 +92,8 @@ class GenConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stop"] = list(self.stop)
+        if d["response_format"] is None:  # keeps request keys (cassettes) of free text stable
+            del d["response_format"]
         return d
 
     @classmethod

@@ -410,10 +410,18 @@ class LocalBackend:
                     f"({cfg.max_tokens}) exceeds the model context {self.cfg.max_seq_len}"
                 )
         sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
+        processor = None
+        if cfg.response_format is not None:  # enforced in the decode loop (jaxlm.structured)
+            from jaxlm.structured import from_response_format, processor_for
+
+            con = from_response_format(cfg.response_format)
+            if con is not None:
+                processor = processor_for(con, len(prompts), self.tokenizer, self.cfg.vocab_size)
         out = generate(
             self.params, self.cfg, prompts, max_new_tokens=new,
             key=jax.random.PRNGKey(cfg.seed), sampling=sampling,
             stop_ids=tuple(self.tokenizer.stop_ids), pad_id=self.tokenizer.pad_id, bucket=p,
+            processor=processor,
         )
         self.stats["gen_calls"] += 1
         toks, lens = np.asarray(out.tokens), np.asarray(out.lengths)

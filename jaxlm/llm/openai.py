@@ -346,6 +346,8 @@ class OpenAIBackend:
             d["stop"] = list(cfg.stop)
         if cfg.frequency_penalty is not None:
             d["frequency_penalty"] = cfg.frequency_penalty
+        if cfg.response_format is not None:  # passed through; the server enforces it
+            d["response_format"] = cfg.response_format
         return d
 
     @staticmethod
