@@ -66,7 +66,7 @@ def test_train_lm_missing_workdir_and_bad_steps(tmp_path):
 
 @pytest.mark.parametrize(
     "module, kind",
-    [("train_lm", "train"), ("atom_train", "model"), ("refresh_knowledge", "refresh_knowledge"),
+    [("train_lm", "train"), ("atom_train", "atom_train"), ("refresh_knowledge", "refresh_knowledge"),
      ("luminate", "luminate"), ("llmsrec_syn", "llmsrec_syn")],
 )
 def test_unknown_config_lists_the_choices(module, kind, tmp_path):
