@@ -34,6 +34,8 @@ import time
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 from jaxlm.llm.cli import BackendFlagError, backend_spec_from_flags, define_backend_flags
 from jaxlm.utils.config import ConfigError, Registry, apply_overrides
 
@@ -175,7 +177,7 @@ def main(argv):
                 "no prompt log-probs): pass --override=actor_mode=generate, or --echo_logprobs "
                 "if the server echoes prompt log-probs")
     except (ConfigError, BackendFlagError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise cli.UserError(str(e)) from None  # one line, exit 2 (jaxlm.utils.cli)
     work = pathlib.Path(_WORKDIR.value)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -28,6 +28,8 @@ import sys
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 from jaxlm.llm.cli import BackendFlagError, backend_spec_from_flags, define_backend_flags
 from jaxlm.utils.config import ConfigError, Registry, apply_overrides
 
@@ -94,7 +96,7 @@ def main(argv):
                 "return no prompt log-probs): pass --override=mode=generate (the model writes "
                 "a ranking), or --echo_logprobs if the server echoes prompt log-probs")
     except (ConfigError, BackendFlagError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise cli.UserError(str(e)) from None  # one line, exit 2 (jaxlm.utils.cli)
     try:
         backend = build_backend(spec)
         if cfg.mode == "score" and "score" not in backend.capabilities:

@@ -20,6 +20,8 @@ import sys
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 from jaxlm.llm.cli import BackendFlagError, backend_spec_from_flags, define_backend_flags
 from jaxlm.utils.config import ConfigError, apply_overrides
 
@@ -54,7 +56,7 @@ def main(argv):
         cfg = dataclasses.replace(cfg, seed=_SEED.value)
         spec = backend_spec_from_flags()
     except (ConfigError, BackendFlagError, ValueError) as e:
-        sys.exit(f"error: {e}")
+        raise cli.UserError(str(e)) from None  # one line, exit 2 (jaxlm.utils.cli)
     out = pathlib.Path(_WORKDIR.value)
     try:
         backend = build_backend(spec, scripted=scripted_backend)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -37,7 +38,7 @@ def ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 def one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert len(lines) == 1 and re.match(r"^([\w.]+: )?error: ", lines[0]), proc.stderr[-2000:]
     for n in needles:
         assert n in lines[0], lines[0]
     return lines[0]
