@@ -1,4 +1,4 @@
-"""Report sections and the one verdict rule of the reproduction suite (``experiments/reproduce.py``).
+"""Report sections and the one verdict rule of the reproduction suite (experiments/reproduce).
 
 A reproduction entry is a function ``run(ctx: RunContext) -> Section``. It
 writes its plots under ``ctx.outdir`` and returns the section text; the suite
@@ -68,8 +68,9 @@ class Claim:
         ci_or_exact: True when the measurement carries a confidence interval (or a
             seed spread) that decides it, or is an exact check (equality, a bound proved
             by enumeration, a tolerance set by the dtype).
-        own_paper: True for the seed paper's own claim; False for an earlier paper's
-            result (shown for context, never counted).
+        own_paper: True for the seed paper's own claim; False for anything else (an
+            earlier paper's result, our own substitute target or control): shown for
+            context, never counted.
         circular: True when "agreement" is with tables derived from the same model or
             code (a simulator reproducing its own spec tables).
         holds: True / False as measured; None when it cannot be tested at our scale.
@@ -129,7 +130,7 @@ class Ruling:
 
 
 def _quote(cs: Sequence[Claim]) -> str:
-    return "; ".join(f"'{c.text}'" for c in cs)
+    return " and ".join(f"'{c.text}'" for c in cs)
 
 
 def judge(claims: Sequence[Claim]) -> Ruling:
@@ -184,10 +185,11 @@ def judge(claims: Sequence[Claim]) -> Ruling:
             f"the headline claim holds with a CI or exact check, but {_quote(o_ref)} was "
             "measured and does not hold")
     elif o_pos:
-        missing = [c for c in head if c not in h_sup]
+        missing = "; ".join(f"'{c.text}': {_STATUS_WORDS[st[c]]}" for c in head
+                            if c not in h_sup)
         v, why = Verdict.PARTIAL, (
             f"measured support for {_quote(o_pos)}, but not for the whole headline claim with a "
-            f"CI or exact check ({'; '.join(f'{c.text!r}: {_STATUS_WORDS[st[c]]}' for c in missing)})")
+            f"CI or exact check ({missing})")
     elif o_sim:
         v, why = Verdict.SIMULATED, (
             f"the paper's claims appear only in a model or in tables derived from the same model "
@@ -197,7 +199,7 @@ def judge(claims: Sequence[Claim]) -> Ruling:
             f"the headline claim {_quote(head)} cannot be tested at our scale")
     prior = [c for c in claims if not c.own_paper]
     if prior:
-        why += f". Not counted (earlier papers' results): {_quote(prior)}"
+        why += f". Not counted (not the seed paper's claims): {_quote(prior)}"
     return Ruling(v, why[0].upper() + why[1:] + ".")
 
 
@@ -228,36 +230,63 @@ class RunContext:
 
 @dataclasses.dataclass
 class Section:
-    """One paper's section of the report (transitional: the next commit derives ``verdict``
-    from ``claims`` with :func:`judge` and drops the free-text ``verdict`` argument).
+    """One paper's section of the report. The verdict is derived, never passed.
 
     Attributes:
         title: heading, e.g. "Keyformer: 50% KV cache".
-        claim: the paper's headline claim, in our words, with its numbers.
+        claim: the paper's headline claim in one line, with its numbers.
+        measured: what we measured, in one line, with our numbers.
         setup: what we ran (model, data, sizes, seeds).
         table: rows (dicts with the same keys) rendered as a markdown table.
-        plots: image paths relative to the report folder (or absolute).
-        verdict: one of VERDICTS.
-        verdict_note: one or two sentences on why.
+        claims: the declared evidence (:class:`Claim`); :func:`judge` turns it into
+            ``verdict`` and ``why``.
         command: the command that reruns this entry.
+        plots: image paths relative to the report folder (or absolute).
         metrics: numbers for metrics.json.
         extra: further markdown (more tables, notes).
+        note: context for the verdict (scale, caveats); it cannot change the verdict.
+        failure: set only by :meth:`failed` (the entry raised): verdict 'not run'.
+        verdict: derived (read-only).
+        why: derived: the sentence saying why the verdict follows from the claims.
     """
 
     title: str
     claim: str
     setup: str
     table: Sequence[dict[str, Any]]
-    verdict: str
-    verdict_note: str
     command: str
+    claims: Sequence[Claim] = ()
+    measured: str = ""
     plots: Sequence[str] = ()
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: str = ""
+    note: str = ""
+    failure: str = ""
+    verdict: Verdict = dataclasses.field(init=False)
+    why: str = dataclasses.field(init=False)
 
     def __post_init__(self):
-        if self.verdict not in VERDICTS:
-            raise ValueError(f"verdict must be one of {VERDICTS}, got {self.verdict!r}")
+        if self.failure:
+            self.verdict, self.why = Verdict.NOT_RUN, self.failure
+            return
+        for field in ("claim", "measured"):
+            text = getattr(self, field)
+            if not text.strip() or "\n" in text.strip():
+                raise ValueError(f"Section {self.title!r}: {field} must be one non-empty line "
+                                 f"(got {text!r})")
+        for c in self.claims:
+            if not isinstance(c, Claim):
+                raise TypeError(f"Section {self.title!r}: claims must be Claim objects, "
+                                f"got {c!r}")
+        ruling = judge(self.claims)
+        self.verdict, self.why = ruling.verdict, ruling.why
+
+    @classmethod
+    def failed(cls, name: str, error: BaseException, command: str) -> Section:
+        """The section of an entry that raised before producing results."""
+        return cls(title=f"{name}: failed", claim="(entry failed before producing results)",
+                   setup="", table=[], command=command,
+                   failure=f"`{type(error).__name__}: {error}`")
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -281,21 +310,53 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def anchor(name: str) -> str:
+    """The section anchor of entry ``name`` in report.md (``#entry-<name>``)."""
+    return "entry-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def plot_link(name: str, plot: str | pathlib.Path, report_dir: pathlib.Path) -> pathlib.Path:
+    """The link to ``plot`` relative to ``report_dir`` (where report.md lives).
+
+    Entries give plots as absolute paths, paths relative to the working directory (under
+    ``report_dir``) or bare names inside their own folder ``report_dir / name``.
+    """
+    path = pathlib.Path(plot)
+    root = report_dir.resolve()
+    if not path.is_absolute():
+        for cand in (report_dir / name / path, report_dir / path, path):
+            if cand.exists():
+                path = cand.resolve()
+                break
+        else:
+            return path
+    try:
+        return path.resolve().relative_to(root)
+    except ValueError:
+        return path
+
+
 def render_section(name: str, sec: Section, report_dir: pathlib.Path) -> str:
-    parts = [f"## {sec.title}\n", f"*entry:* `{name}`\n"]
+    parts = [f'<a id="{anchor(name)}"></a>\n', f"## {sec.title}\n", f"*entry:* `{name}`\n"]
     parts.append(f"**Claim.** {sec.claim}\n")
+    if sec.measured:
+        parts.append(f"**Measured.** {sec.measured}\n")
     parts.append(f"**Our setup.** {sec.setup}\n")
     parts.append(markdown_table(sec.table))
     for p in sec.plots:
-        path = pathlib.Path(p)
-        if path.is_absolute():
-            try:
-                path = path.relative_to(report_dir)
-            except ValueError:
-                pass
+        path = plot_link(name, p, report_dir)
         parts.append(f"![{path.stem}]({path.as_posix()})\n")
     if sec.extra:
         parts.append(sec.extra.rstrip() + "\n")
-    parts.append(f"**Verdict: {sec.verdict}.** {sec.verdict_note}\n")
+    if sec.claims:
+        parts.append("**Evidence.**\n")
+        for c in sec.claims:
+            who = "headline" if c.own_paper and c.headline else (
+                "secondary" if c.own_paper else "not the seed paper's claim, not counted")
+            parts.append(f"- {c.text} ({who}): *{_STATUS_WORDS[c.status]}*"
+                         + (f". {c.result}" if c.result else ""))
+        parts.append("")
+    parts.append(f"**Verdict: {sec.verdict.value}.** {sec.why}"
+                 + (f" {sec.note}" if sec.note else "") + "\n")
     parts.append(f"Rerun: `{sec.command}`\n")
     return "\n".join(parts)

@@ -60,3 +60,27 @@ def test_claim_validation_and_vocabulary():
                                           "not reproduced", "not testable at this scale",
                                           "simulated only"}
     assert "simulated only" in RULE and "earlier paper" in RULE
+
+
+def test_section_derives_the_verdict_and_refuses_a_free_text_one(tmp_path):
+    from jaxlm.utils.report import Section, render_section
+
+    kw = dict(title="T", claim="the paper says X", measured="we saw Y", setup="s", table=[],
+              command="python -m experiments.reproduce --only=t")
+    with pytest.raises(TypeError):
+        Section(**kw, verdict="reproduced")
+    with pytest.raises(ValueError, match="headline"):
+        Section(**kw, claims=[])
+    with pytest.raises(ValueError, match="one non-empty line"):
+        Section(**{**kw, "claim": "two\nlines"}, claims=[_c(True)])
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "p.png").write_bytes(b"png")
+    sec = Section(**kw, claims=[_c(False, text="X holds"),
+                                _c(True, circular=True, headline=False, text="tables")],
+                  plots=[str(tmp_path / "t" / "p.png"), "p.png"])
+    assert sec.verdict is Verdict.NOT_REPRODUCED and "X holds" in sec.why
+    md = render_section("t", sec, tmp_path)
+    assert '<a id="entry-t"></a>' in md and md.count("](t/p.png)") == 2
+    assert "**Verdict: not reproduced.**" in md and "simulated only" in md
+    failed = Section.failed("t", RuntimeError("boom"), "cmd")
+    assert failed.verdict is Verdict.NOT_RUN and "boom" in failed.why
