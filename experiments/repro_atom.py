@@ -63,8 +63,9 @@ def _plot_sweep(ctx: RunContext) -> str:
 def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
     """Atom vs pipeline measured over tc-shaped links (network namespaces), where supported.
 
-    Runs ``experiments.atom_netns`` at 50 and 1000 Mbit/s in a subprocess (it needs root, ``ip``
-    and ``tc``); otherwise returns one line saying why it was skipped.
+    Runs ``experiments.atom_netns`` in a subprocess (it needs root, ``ip`` and ``tc``) at 50 and
+    1000 Mbit/s (quick) or at 10..1000 Mbit/s (full); otherwise returns one line saying why it
+    was skipped. One model size (gptj-tiny_test, 2 blocks): atom_netns has no size flag yet.
 
     Returns:
         (metrics, markdown lines for the extra section, plot file names under ctx.outdir).
@@ -77,10 +78,12 @@ def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
     except netns.NetnsUnavailable as e:
         return {"skipped": str(e)}, [head, f"skipped: {e}"], []
     out = ctx.outdir / "netns"
-    cmd = [sys.executable, "-m", "experiments.atom_netns", "--rates_mbit=50,1000",
+    # quick: two rates (the budget); full: the 10..1000 Mbit/s sweep, looking for a crossover
+    rates = "50,1000" if ctx.quick else "10,25,50,100,200,500,1000"
+    cmd = [sys.executable, "-m", "experiments.atom_netns", f"--rates_mbit={rates}",
            f"--workdir={out}"] + (["--quick"] if ctx.quick else [])
     try:
-        subprocess.run(cmd, check=True, timeout=400, capture_output=True)
+        subprocess.run(cmd, check=True, timeout=400 if ctx.quick else 1800, capture_output=True)
         res = json.loads((out / "atom_netns.json").read_text())
     except (subprocess.SubprocessError, OSError, ValueError) as e:
         netns.cleanup()

@@ -133,6 +133,10 @@ def _quote(cs: Sequence[Claim]) -> str:
     return " and ".join(f"'{c.text}'" for c in cs)
 
 
+def _neg(cs: Sequence[Claim]) -> str:
+    return "does not hold" if len(cs) == 1 else "do not hold"
+
+
 def judge(claims: Sequence[Claim]) -> Ruling:
     """Derives the verdict from declared evidence by the rule in ``RULE``.
 
@@ -171,19 +175,20 @@ def judge(claims: Sequence[Claim]) -> Ruling:
     o_sim = [c for c in own if st[c] == "simulated"]
     if h_ref and not h_pos:
         v, why = Verdict.NOT_REPRODUCED, (
-            f"the headline claim {_quote(h_ref)} was measured here and does not hold")
+            f"the headline claim {_quote(h_ref)} {'was' if len(h_ref) == 1 else 'were'} "
+            f"measured here and {_neg(h_ref)}")
     elif h_ref:
         v, why = Verdict.PARTIAL, (
-            f"part of the headline claim holds ({_quote(h_pos)}) but {_quote(h_ref)} was "
-            "measured and does not hold")
+            f"part of the headline claim holds ({_quote(h_pos)}) but {_quote(h_ref)} "
+            f"{'was' if len(h_ref) == 1 else 'were'} measured and {_neg(h_ref)}")
     elif len(h_sup) == len(head) and not o_ref:
         v, why = Verdict.REPRODUCED, (
             f"the headline claim {_quote(head)} was measured here with a CI or an exact check "
             "and holds")
     elif len(h_sup) == len(head):
         v, why = Verdict.PARTIAL, (
-            f"the headline claim holds with a CI or exact check, but {_quote(o_ref)} was "
-            "measured and does not hold")
+            f"the headline claim holds with a CI or exact check, but {_quote(o_ref)} "
+            f"{'was' if len(o_ref) == 1 else 'were'} measured and {_neg(o_ref)}")
     elif o_pos:
         missing = "; ".join(f"'{c.text}': {_STATUS_WORDS[st[c]]}" for c in head
                             if c not in h_sup)
