@@ -60,11 +60,13 @@ H200_BENCH = pathlib.Path(__file__).parents[1] / "docs" / "bench_kvcache_h200.js
 # How the eviction overhead (score bookkeeping + slot choice per decode step) is to be cut
 # below the 5% target; stated in the report next to the measured overhead.
 OVERHEAD_PLAN = (
-    "Plan to cut it below 5%: (1) evict in blocks, choosing k slots every k steps instead of "
-    "one per step, so the arg-min over the cache and the slot writes are amortised; (2) draw "
-    "the Gumbel noise for a block of steps at once instead of one threefry call per step; "
-    "(3) accumulate the attention-score increments from the probabilities the attention "
-    "already computes (no second [B, H, S] pass per layer), then re-measure with "
+    "Most of it is common to every policy (the sliding window, which scores nothing, costs "
+    "nearly as much), so it is the evicting loop, not Keyformer's scoring. Plan to cut it "
+    "below 5%: (1) evict in blocks: append new tokens contiguously and choose k victims every "
+    "k steps, so the per-step work is the core step's and the arg-min and slot scatter are "
+    "amortised; (2) for Keyformer, draw the Gumbel noise for a block of steps at once and "
+    "accumulate the score increments from the probabilities attention already computes (no "
+    "second [B, H, S] pass per layer); then re-measure with "
     "`python -m experiments.bench_kvcache --gpu_sizes`."
 )
 
@@ -74,9 +76,11 @@ def _h200_overhead() -> dict | None:
     if not H200_BENCH.exists():
         return None
     res = json.loads(H200_BENCH.read_text())["results"]
+    kf, win = "keyformer-paper@50%", "window@50%"
     pts = [{"prompt": p["prompt_len"], "batch": p["batch"],
-            "overhead": p["policies"]["keyformer"]["overhead"]}
-           for p in res["points"] if "keyformer" in p.get("policies", {})]
+            "overhead": p["policies"][kf]["overhead"],
+            "window_overhead": p["policies"].get(win, {}).get("overhead")}
+           for p in res["points"] if kf in p.get("policies", {})]
     if not pts:
         return None
     return {"points": pts, "min": min(p["overhead"] for p in pts),
@@ -142,23 +146,32 @@ def run(ctx: RunContext) -> Section:
     speed_txt = ", ".join(f"P={r['prompt']} B={r['batch']}: {r['speedup']:.2f}x (model "
                           f"{r['bandwidth model']:.2f}x)" for r in thr["rows"])
     pk_kf = kf.get("passkey", float("nan")) if kf else float("nan")
+    have_pk = pk is not None and kf is not None and pk_kf == pk_kf  # not NaN
     claims = [
-        Claim("at 50% KV Keyformer's output stays close to the full cache's (ROUGE-L vs full "
-              ">= 0.9)", measured=kf is not None,
+        Claim("at 50% KV Keyformer keeps the full cache's accuracy against reference answers "
+              "(passkey retrieval here)", measured=have_pk, ci_or_exact=False, own_paper=True,
+              circular=False, holds=bool(pk_kf >= pk) if have_pk else None,
+              result=(f"passkey accuracy {pk_kf:.2f} vs full cache {pk:.2f} over "
+                      f"{s['tasks'].get('passkey', '?')} prompts (no CI at this n)" if have_pk else
+                      "no passkey prompts in this preset")),
+        Claim("our proxy: Keyformer's output stays close to the full cache's (ROUGE-L vs the "
+              "full-cache output >= 0.9)", measured=kf is not None,
               ci_or_exact=bool(kf_lo >= 0.9) if kf_close else bool(kf_hi < 0.9),
-              own_paper=True, circular=False, holds=kf_close if kf else None,
-              result=(f"ROUGE-L vs full {kf['rougeL']:.3f} {kf['rougeL_ci']}; passkey vs the "
-                      f"reference answer {pk_kf:.2f} (full cache {pk if pk is not None else 'n/a'})"
+              own_paper=False, circular=False, holds=kf_close if kf else None,
+              result=(f"ROUGE-L vs full {kf['rougeL']:.3f} {kf['rougeL_ci']} (greedy outputs "
+                      "diverge and the difference compounds; not the paper's metric)"
                       if kf else "keyformer-paper not in the policies")),
-        Claim("at 50% KV Keyformer is above H2O and StreamingLLM", measured=bool(comps),
+        Claim("at 50% KV Keyformer is above H2O and StreamingLLM (ROUGE-L vs the full-cache "
+              "output, paired bootstrap)", measured=bool(comps),
               ci_or_exact=decided, own_paper=True, circular=False,
               holds=bool(kf_wins) if comps else None,
               result="; ".join(f"{c['comparison']} {c['mean_diff']:+.3f} {c['ci95']}"
                                for c in comps) or "no comparison"),
         Claim("2.1x lower latency / 2.4x higher throughput at 50% KV (6-7B models, A100)",
               measured=False, ci_or_exact=False, own_paper=True, circular=False, holds=None,
-              result=(f"not testable at 135M: weights dominate the bytes read per step, so the "
-                      f"bandwidth model itself predicts {speed_txt}")),
+              result=("not testable at 135M on CPU: the weights dominate the bytes read per "
+                      f"step, so the bandwidth model caps the gain well below 2x; measured "
+                      f"{speed_txt}")),
         Claim("our substitute: the measured 50% speedup reaches >= 90% of the bandwidth "
               "model's prediction", measured=True, ci_or_exact=False, own_paper=False,
               circular=False, holds=bool(thr_ok), result=speed_txt),
@@ -171,8 +184,11 @@ def run(ctx: RunContext) -> Section:
             result=f"{ovh['min']:.0%}-{ovh['max']:.0%} of a step"))
         extra.append("**Eviction overhead (H200, `docs/bench_kvcache_h200.json`).** "
                      + ", ".join(f"P={p['prompt']} B={p['batch']}: {p['overhead']:.1%}"
+                                 + (f" (window, no scoring: {p['window_overhead']:.1%})"
+                                    if p["window_overhead"] is not None else "")
                                  for p in ovh["points"])
-                     + f" of a decode step for Keyformer (target < 5%: "
+                     + " of a decode step for Keyformer over the core step at the same width "
+                     "(target < 5%: "
                      + ("met" if ovh["max"] < ovh["target"] else "not met") + "). "
                      + OVERHEAD_PLAN + "\n")
     note = ("Accuracy here is ROUGE-L against the full-cache greedy output of the same model "
