@@ -111,20 +111,29 @@ def _readme(workdir: pathlib.Path, metrics: dict, registry: Sequence[str]) -> st
     partial = bool(missing) or len(modes) > 1
     lines = [
         "# Published reproduction report\n",
-        "**PARTIAL: not one fresh run of every entry.** " if partial else "",
+        ("**PARTIAL: not one fresh run of every entry** (the entries below ran one at a time; "
+         "the rest are listed at the end).\n") if partial else "",
         f"Copied from `{workdir}` on {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC by "
         "`python -m experiments.reproduce --quick --publish_only`. Read "
         "[report.md](report.md); the numbers are in [metrics.json](metrics.json), and the "
         "README's status table is checked against them by `tests/test_readme_numbers.py` "
         "(`python scripts/readme_numbers.py --write` rewrites it).\n",
-        "| entry | verdict | mode | wall seconds | finished (UTC) |", "|---|---|---|---|---|",
+        "| entry | verdict | mode | wall seconds | finished (UTC) | load (1 min) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, m in metrics.items():
+        load = m.get("loadavg_1m")
         lines.append(f"| [{name}](report.md#{anchor(name)}) | {m['verdict']} | "
                      f"{'quick' if m.get('quick') else 'full'} | {m.get('seconds', 0):.0f} | "
-                     f"{m.get('finished_utc', 'unknown')} |")
+                     f"{m.get('finished_utc', 'unknown')} | "
+                     f"{'' if load is None else f'{load:.1f}'} |")
     if missing:
         lines.append(f"\nNot in this report (not run): {', '.join(missing)}.")
-    lines.append("\nTimings were taken on a shared 2-core machine unless the report says "
-                 "otherwise.\n")
+    lines.append("\nTimings (wall seconds, tok/s, speedups) were taken on the machine named in "
+                 "each section; a 1-minute load average above its core count means other jobs "
+                 "shared it, and those timings are slower and noisier than on a quiet machine.")
+    if "re-rendered from the run's saved results" in (workdir / "report.md").read_text():
+        lines.append("\nA section marked *re-rendered* was rebuilt from that run's saved "
+                     "results after a change to verdict code only; its numbers are the run's.")
+    lines.append("")
     return "\n".join(x for x in lines if x != "") + "\n"

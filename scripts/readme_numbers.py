@@ -63,7 +63,10 @@ def _train_lm(m: dict) -> str:
 
 def _keyformer(m: dict) -> str:
     r = _get(m, "rougeL_50")
-    s = (f"ROUGE-L vs full at 50% KV: Keyformer {_get(r, 'keyformer-paper'):.2f}, H2O "
+    pk = m.get("passkey_50", {}).get("keyformer-paper")
+    s = (f"passkey at 50% KV: Keyformer {pk:.2f} vs full {_get(m, 'passkey_full_acc'):.2f}; "
+         if pk is not None and pk == pk else "")
+    s += (f"ROUGE-L vs full at 50% KV: Keyformer {_get(r, 'keyformer-paper'):.2f}, H2O "
          f"{_get(r, 'h2o'):.2f}, StreamingLLM {_get(r, 'streaming'):.2f}; CPU decode speedup "
          + ", ".join(f"{t['speedup']:.2f}x (model {t['bandwidth model']:.2f}x)"
                      for t in _get(m, "throughput")))
