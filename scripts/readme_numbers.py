@@ -136,6 +136,14 @@ def _atom(m: dict) -> str:
                           for r in rows))
     else:
         s += "; no shaped-link measurement in this run"
+    ext = (m.get("netns") or {}).get("extrapolation") or {}
+    if ext.get("atom_ahead_everywhere"):
+        s += "; the calibrated model puts Atom ahead everywhere (contradicted by the points)"
+    elif ext.get("atom_ahead_below_mbit"):
+        s += (f"; calibrated model: Atom ahead only below {ext['atom_ahead_below_mbit']:.3g} "
+              "Mbit/s (simulated)")
+    elif "max_ratio" in ext:
+        s += "; calibrated model: no crossover in 1..10000 Mbit/s (simulated)"
     return s + "; 20x simulated only"
 
 
