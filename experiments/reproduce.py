@@ -101,7 +101,6 @@ def main(argv):
         return _publish(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     metrics_path = workdir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     sections_dir = workdir / "sections"
     sections_dir.mkdir(exist_ok=True)
 
@@ -137,6 +136,9 @@ def main(argv):
         text = render_section(name, sec, workdir)
         text += f"\n_ran in {elapsed:.0f} s ({'quick' if _QUICK.value else 'full'})_\n"
         (sections_dir / f"{name}.md").write_text(text)
+        # re-read just before writing: another run (or a re-render) may have updated other
+        # entries since this one started
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
         metrics[name] = {
             **sec.metrics,
             "verdict": sec.verdict.value,
@@ -147,7 +149,9 @@ def main(argv):
             "loadavg_1m": os.getloadavg()[0],  # > CPU count: timings were taken under load
         }
         _write_report(workdir, metrics)
-        metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
+        tmp = metrics_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, default=str))
+        tmp.replace(metrics_path)
         outer.write(f"{name}: {sec.verdict.value} ({elapsed:.0f} s)")
     outer.close()
     rc = 0
