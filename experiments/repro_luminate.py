@@ -73,7 +73,7 @@ def run(ctx: RunContext) -> Section:
               headline=False, result="a user study; not testable by a script"),
     ]
     note = ("Luminate is an HCI paper with no benchmark number; this checks its mechanism at "
-            "135M with single-sample statistics (no CIs), so at best it is partial.")
+            "135M with single-sample statistics (no CIs), so it cannot earn 'reproduced'.")
     return Section(
         title=TITLE,
         claim=("Generating responses from combinations of dimension values (structured "
