@@ -59,8 +59,13 @@ def test_published_report_links_and_size():
     missing = [x for x in links if not (REPORT / x).is_file()]
     assert not missing, f"report.md links to missing images: {missing}"
     anchors = set(re.findall(r'<a id="([^"]+)"></a>', text))
-    for name in _metrics():
-        assert "entry-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") in anchors, name
+    for name, m in _metrics().items():
+        anchor = "entry-" + re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+        assert anchor in anchors, name
+        # the section's verdict and the summary row agree with metrics.json
+        section = text.split(f'<a id="{anchor}"></a>')[1].split('<a id="entry-')[0]
+        assert f"**Verdict: {m['verdict']}.**" in section, name
+        assert f"| [{name}](#{anchor}) | {m['verdict']} |" in text, name
     size = sum(p.stat().st_size for p in REPORT.rglob("*") if p.is_file())
     assert size < 5 * 2**20, f"docs/report is {size / 2**20:.1f} MB (cap 5 MB)"
 
