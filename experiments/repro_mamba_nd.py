@@ -99,7 +99,8 @@ def run(ctx: RunContext) -> Section:
                "1D-raster, bi-layer and in-layer multi-direction variants."),
         setup=scale,
         table=[{k: v for k, v in r.items() if k != "test_mean"} for r in E.result_rows(res)],
-        measured=("; ".join(c.result for c in claims[1:]) + ".") if len(claims) > 1
+        measured=("; ".join(f"{c.text.split(':')[0]}: {c.result}" for c in claims[1:]) + ".")
+        if len(claims) > 1
         else "no task had a baseline.",
         claims=claims,
         note=("The paper's absolute numbers are at a scale we cannot run, so this tests the "
