@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import pathlib
 
-from jaxlm.utils.report import RunContext, Section, markdown_table
+from jaxlm.utils.report import Claim, RunContext, Section, markdown_table
 
 NAME = "keyformer"
 TITLE = "Keyformer: 50% cache, accuracy vs full and vs baselines; throughput gain"
@@ -53,6 +53,43 @@ def _throughput(ctx: RunContext, quick: bool) -> dict:
                      "keyformer@50% ms/token": 1e3 * t["kf"]["median_s"],
                      "speedup": meas, "bandwidth model": pred, "measured/model": meas / pred})
     return {"rows": rows, "steps": steps, "repeats": repeats}
+
+
+H200_BENCH = pathlib.Path(__file__).parents[1] / "docs" / "bench_kvcache_h200.json"
+
+# How the eviction overhead (score bookkeeping + slot choice per decode step) is to be cut
+# below the 5% target; stated in the report next to the measured overhead.
+OVERHEAD_PLAN = (
+    "Most of it is common to every policy (the sliding window, which scores nothing, costs "
+    "nearly as much), so it is the evicting loop, not Keyformer's scoring. Plan to cut it "
+    "below 5%: (1) evict in blocks: append new tokens contiguously and choose k victims every "
+    "k steps, so the per-step work is the core step's and the arg-min and slot scatter are "
+    "amortised; (2) for Keyformer, draw the Gumbel noise for a block of steps at once and "
+    "accumulate the score increments from the probabilities attention already computes (no "
+    "second [B, H, S] pass per layer); then re-measure with "
+    "`python -m experiments.bench_kvcache --gpu_sizes`."
+)
+
+
+def _h200_overhead() -> dict | None:
+    """Keyformer's measured eviction overhead on the H200 (committed benchmark JSON)."""
+    if not H200_BENCH.exists():
+        return None
+    res = json.loads(H200_BENCH.read_text())["results"]
+    kf, win = "keyformer-paper@50%", "window@50%"
+    pts = [{"prompt": p["prompt_len"], "batch": p["batch"],
+            "overhead": p["policies"][kf]["overhead"],
+            "window_overhead": p["policies"].get(win, {}).get("overhead")}
+           for p in res["points"] if kf in p.get("policies", {})]
+    if not pts:
+        return None
+    return {"points": pts, "min": min(p["overhead"] for p in pts),
+            "max": max(p["overhead"] for p in pts), "target": 0.05}
+
+
+def _ci(text: str) -> tuple[float, float]:
+    lo, hi = (float(x) for x in text.strip("[] ").split(","))
+    return lo, hi
 
 
 def run(ctx: RunContext) -> Section:
@@ -100,22 +137,63 @@ def run(ctx: RunContext) -> Section:
     if pk is not None:
         extra.append(f"Full-cache passkey accuracy: {pk:.2f} (policies are scored as raw "
                      f"accuracy; compare against this).\n")
-    if kf_wins and thr_ok:
-        verdict = "partially reproduced"
-        note = ("Keyformer (paper mode) >= H2O and StreamingLLM on ROUGE-L vs full at 50% and "
-                "the measured speedup is >= 90% of the bandwidth model; the paper's 2.1x/2.4x "
-                "are out of reach by construction at 135M parameters, where weights dominate "
-                "the bytes read per token.")
-    elif kf_wins or thr_ok:
-        verdict = "partially reproduced"
-        note = ("Accuracy ordering " + ("holds" if kf_wins else "does NOT hold") +
-                " and the speedup " + ("matches" if thr_ok else "falls short of") +
-                " the bandwidth model; see the CIs (overlapping CIs mean no significant "
-                "difference at this scale).")
-    else:
-        verdict = "not reproduced"
-        note = ("Keyformer is not >= H2O and StreamingLLM at 50% here and the speedup is below "
-                "the bandwidth model; see the CIs.")
+    kf = next((r for r in table if r["policy"] == "keyformer-paper"), None)
+    kf_lo, kf_hi = _ci(kf["rougeL_ci"]) if kf else (float("nan"), float("nan"))
+    kf_close = bool(kf and kf["rougeL"] >= 0.9)
+    decided = bool(comps) and all(_ci(c["ci95"])[0] > 0 or _ci(c["ci95"])[1] < 0
+                                  for c in comps)
+    ovh = _h200_overhead()
+    speed_txt = ", ".join(f"P={r['prompt']} B={r['batch']}: {r['speedup']:.2f}x (model "
+                          f"{r['bandwidth model']:.2f}x)" for r in thr["rows"])
+    pk_kf = kf.get("passkey", float("nan")) if kf else float("nan")
+    have_pk = pk is not None and kf is not None and pk_kf == pk_kf  # not NaN
+    claims = [
+        Claim("at 50% KV Keyformer keeps the full cache's accuracy against reference answers "
+              "(passkey retrieval here)", measured=have_pk, ci_or_exact=False, own_paper=True,
+              circular=False, holds=bool(pk_kf >= pk) if have_pk else None,
+              result=(f"passkey accuracy {pk_kf:.2f} vs full cache {pk:.2f} over "
+                      f"{s['tasks'].get('passkey', '?')} prompts (no CI at this n)" if have_pk else
+                      "no passkey prompts in this preset")),
+        Claim("our proxy: Keyformer's output stays close to the full cache's (ROUGE-L vs the "
+              "full-cache output >= 0.9)", measured=kf is not None,
+              ci_or_exact=bool(kf_lo >= 0.9) if kf_close else bool(kf_hi < 0.9),
+              own_paper=False, circular=False, holds=kf_close if kf else None,
+              result=(f"ROUGE-L vs full {kf['rougeL']:.3f} {kf['rougeL_ci']} (greedy outputs "
+                      "diverge and the difference compounds; not the paper's metric)"
+                      if kf else "keyformer-paper not in the policies")),
+        Claim("at 50% KV Keyformer is above H2O and StreamingLLM (ROUGE-L vs the full-cache "
+              "output, paired bootstrap)", measured=bool(comps),
+              ci_or_exact=decided, own_paper=True, circular=False,
+              holds=bool(kf_wins) if comps else None,
+              result="; ".join(f"{c['comparison']} {c['mean_diff']:+.3f} {c['ci95']}"
+                               for c in comps) or "no comparison"),
+        Claim("2.1x lower latency / 2.4x higher throughput at 50% KV (6-7B models, A100)",
+              measured=False, ci_or_exact=False, own_paper=True, circular=False, holds=None,
+              result=("not testable at 135M on CPU: the weights dominate the bytes read per "
+                      f"step, so the bandwidth model caps the gain well below 2x; measured "
+                      f"{speed_txt}")),
+        Claim("our substitute: the measured 50% speedup reaches >= 90% of the bandwidth "
+              "model's prediction", measured=True, ci_or_exact=False, own_paper=False,
+              circular=False, holds=bool(thr_ok), result=speed_txt),
+    ]
+    if ovh:
+        claims.append(Claim(
+            "project target: eviction overhead < 5% of a decode step (H200, bench_kvcache)",
+            measured=True, ci_or_exact=False, own_paper=False, circular=False,
+            holds=bool(ovh["max"] < ovh["target"]),
+            result=f"{ovh['min']:.0%}-{ovh['max']:.0%} of a step"))
+        extra.append("**Eviction overhead (H200, `docs/bench_kvcache_h200.json`).** "
+                     + ", ".join(f"P={p['prompt']} B={p['batch']}: {p['overhead']:.1%}"
+                                 + (f" (window, no scoring: {p['window_overhead']:.1%})"
+                                    if p["window_overhead"] is not None else "")
+                                 for p in ovh["points"])
+                     + " of a decode step for Keyformer over the core step at the same width "
+                     "(target < 5%: "
+                     + ("met" if ovh["max"] < ovh["target"] else "not met") + "). "
+                     + OVERHEAD_PLAN + "\n")
+    note = ("Accuracy here is ROUGE-L against the full-cache greedy output of the same model "
+            "plus passkey retrieval against its reference answer"
+            + (" (quick: a handful of prompts, wide CIs)" if ctx.quick else "") + ".")
     metrics = {
         "rougeL_50": {r["policy"]: r["rougeL"] for r in table},
         "tf_agree_50": {r["policy"]: r["tf_agree"] for r in table},
@@ -123,12 +201,19 @@ def run(ctx: RunContext) -> Section:
         "comparisons_50": comps,
         "throughput": thr["rows"],
         "passkey_full_acc": pk,
+        "passkey_50": {r["policy"]: r.get("passkey") for r in table},
+        "h200_eviction_overhead": ovh,
     }
     rows = [{k: v for k, v in r.items() if k in ("policy", "budget", "rougeL", "rougeL_ci",
                                                   "rouge1", "rouge2", "tf_agree", "kl",
                                                   "passkey")} for r in table]
     return Section(
-        title=TITLE, claim=CLAIM, setup=setup, table=rows, verdict=verdict, verdict_note=note,
+        title=TITLE, claim=CLAIM, setup=setup, table=rows, claims=claims, note=note,
+        measured=(f"at 50% KV: ROUGE-L vs full " + ", ".join(f"{r['policy']} {r['rougeL']:.3f}"
+                                                          for r in table)
+                  + f"; decode speedup {speed_txt}"
+                  + (f"; H200 eviction overhead {ovh['min']:.0%}-{ovh['max']:.0%} of a step "
+                     "(target < 5%)" if ovh else "") + "."),
         command=f"python -m experiments.reproduce --only={NAME}" + (" --quick" if ctx.quick
                                                                     else ""),
         plots=[plot], metrics=metrics, extra="\n".join(extra))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from jaxlm.utils.report import RunContext, Section, markdown_table
+from jaxlm.utils.report import Claim, RunContext, Section, markdown_table
 
 NAME = "mamba_nd"
 TITLE = "Mamba-ND: alternating flatten orders over 1D Mamba layers"
@@ -17,11 +17,16 @@ def _beats(a: dict, b: dict, higher: bool) -> bool:
     return diff > spread if spread > 0 else False
 
 
-def _verdict(res: dict, quick: bool) -> tuple[str, str]:
-    """Mamba-ND vs the best width-matched baseline per task, and the orderings ablation."""
+def _claims(res: dict) -> list[Claim]:
+    """Mamba-ND vs the best width-matched baseline per task, the orderings ablation, and the
+    paper's absolute numbers (not testable at this scale). A difference counts as decided
+    only beyond the seeds' combined std."""
     from experiments.mamba_nd import experiment as E
 
-    notes, wins, n = [], 0, 0
+    claims = [Claim("81.7% (24M) / 83.0% (92M) ImageNet-1K top-1, 60.9% HMDB-51, better ERA5 "
+                    "forecasts than ViT-style baselines", measured=False, ci_or_exact=False,
+                    own_paper=True, circular=False, holds=None,
+                    result="ImageNet/HMDB/ERA5 scale is out of reach on 2 CPU cores")]
     for tname, rows in res["tasks"].items():
         m = next(r for r in rows if r["name"] == "mamba_nd")
         others = [r for r in rows if r["name"] != "mamba_nd"]
@@ -29,28 +34,29 @@ def _verdict(res: dict, quick: bool) -> tuple[str, str]:
             continue
         higher = not E.is_forecast(tname)
         best = (max if higher else min)(others, key=lambda r: r["test"]["mean"])
-        won = _beats(m["test"], best["test"], higher)
-        n += 1
-        wins += won
-        notes.append(f"{tname}: Mamba-ND {m['test']['mean']:.3g} vs best baseline "
-                     f"{best['name']} {best['test']['mean']:.3g}"
-                     + (" (beyond seed spread)" if won else " (within seed spread)"))
-    abl_ok = True
+        diff = m["test"]["mean"] - best["test"]["mean"]
+        better = diff > 0 if higher else diff < 0
+        decided = _beats(m["test"], best["test"], higher) or _beats(best["test"], m["test"],
+                                                                     higher)
+        claims.append(Claim(
+            f"{tname}: Mamba-ND beats the best width-matched baseline", measured=True,
+            ci_or_exact=decided, own_paper=True, circular=False, holds=bool(better),
+            result=(f"Mamba-ND {m['test']['mean']:.3g} ± {m['test']['std']:.2g} vs "
+                    f"{best['name']} {best['test']['mean']:.3g} ± {best['test']['std']:.2g} "
+                    f"({'beyond' if decided else 'within'} the seed spread)")))
     if res["ablation"]:
         alt = res["ablation"][0]
         higher = not E.is_forecast(alt["task"])
         rest = res["ablation"][1:]
-        abl_ok = all(_beats(alt["test"], r["test"], higher) for r in rest)
-        notes.append(f"ablation ({alt['task']}): alternating {alt['test']['mean']:.3g} vs "
-                     + ", ".join(f"{r['name']} {r['test']['mean']:.3g}" for r in rest))
-    if n and wins == n and abl_ok and not quick:
-        verdict = "reproduced"
-    elif wins or (res["ablation"] and abl_ok):
-        verdict = "partially reproduced"
-    else:
-        verdict = "not reproduced"
-    scale = " Quick scale never earns 'reproduced'." if quick else ""
-    return verdict, "; ".join(notes) + "." + scale
+        beats_all = all(_beats(alt["test"], r["test"], higher) for r in rest)
+        mean_best = all((alt["test"]["mean"] > r["test"]["mean"]) == higher for r in rest)
+        claims.append(Claim(
+            f"alternating flatten orders beat the other orderings ({alt['task']})",
+            measured=True, ci_or_exact=beats_all, own_paper=True, circular=False,
+            holds=bool(mean_best), headline=False,
+            result=(f"alternating {alt['test']['mean']:.3g} vs "
+                    + ", ".join(f"{r['name']} {r['test']['mean']:.3g}" for r in rest))))
+    return claims
 
 
 def run(ctx: RunContext) -> Section:
@@ -60,7 +66,7 @@ def run(ctx: RunContext) -> Section:
     cfg = E.PRESETS.get(preset)
     res = E.run_experiment(cfg, ctx.outdir, seed=ctx.seed, progress=ctx.progress,
                            log=lambda *a: None)
-    verdict, note = _verdict(res, ctx.quick)
+    claims = _claims(res)
     abl = [{k: v for k, v in r.items() if k != "test_mean"} for r in E.ablation_rows(res)]
     extra = (f"**Orderings ablation** ({cfg.ablation_task}):\n\n" + markdown_table(abl)
              if abl else "")
@@ -93,8 +99,13 @@ def run(ctx: RunContext) -> Section:
                "1D-raster, bi-layer and in-layer multi-direction variants."),
         setup=scale,
         table=[{k: v for k, v in r.items() if k != "test_mean"} for r in E.result_rows(res)],
-        verdict=verdict,
-        verdict_note=note,
+        measured=("; ".join(f"{c.text.split(':')[0]}: {c.result}" for c in claims[1:]) + ".")
+        if len(claims) > 1
+        else "no task had a baseline.",
+        claims=claims,
+        note=("The paper's absolute numbers are at a scale we cannot run, so this tests the "
+              "design (alternating orders over 1D Mamba) on tiny tasks; 'reproduced' is out of "
+              "reach by construction."),
         command=f"python -m experiments.reproduce --only={NAME}" + (" --quick" if ctx.quick
                                                                    else ""),
         plots=[str(p) for p in (ctx.outdir / "learning_curves.png",
@@ -102,7 +113,8 @@ def run(ctx: RunContext) -> Section:
                                 ctx.outdir / "video_forecast.png") if p.exists()],
         metrics={"tasks": {t: {r["name"]: r["test"]["mean"] for r in rows}
                            for t, rows in res["tasks"].items()},
+                 "higher_is_better": {t: not E.is_forecast(t) for t in res["tasks"]},
                  "ablation": {r["name"]: r["test"]["mean"] for r in res["ablation"]},
-                 "seconds": res["seconds"]},
+                 "experiment_seconds": res["seconds"]},
         extra=extra,
     )

@@ -8,10 +8,33 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from jaxlm.utils.report import RunContext, Section
+from jaxlm.utils.report import Claim, RunContext, Section
 
 NAME = "meanfield_icl"
 TITLE = "Kim & Suzuki 2024: mean-field MLP + linear attention learns features in context"
+
+
+# C1 (benign landscape), C2 (saddle avoidance) and C6 (features improve ICL) are the paper's
+# headline; C3-C5 are its secondary results.
+_HEADLINE = ("C1", "C2", "C6")
+_CLAIM_TEXT = {
+    "C1": "non-global critical points of the two-timescale landscape are strict saddles",
+    "C2": "the Wasserstein gradient flow avoids saddles",
+    "C3": "loss improves at rates both away from and near critical points",
+    "C4": "the two-timescale limit behaves like jointly trained attention",
+    "C5": "training with finite prompts keeps working",
+    "C6": "the learned features greatly improve ICL over linear attention alone",
+}
+
+
+def _claim(name: str, check: str, note: str) -> Claim:
+    """Maps a per-claim check of experiments.meanfield_icl.report (its thresholds met / partly / not)
+    to declared evidence: met -> holds with an exact check of the stated target; partly ->
+    holds without one; not -> does not hold."""
+    return Claim(f"{name}: {_CLAIM_TEXT.get(name, name)}", measured=True,
+                 ci_or_exact=check == "reproduced", own_paper=True, circular=False,
+                 holds=check != "not reproduced", headline=name in _HEADLINE,
+                 result=note.replace("\n", " "))
 
 
 def run(ctx: RunContext) -> Section:
@@ -46,15 +69,10 @@ def run(ctx: RunContext) -> Section:
     summ = rep.summarize(e1, e3, e4, e5, e6, e7)
     claims = summ["claims"]
     rows = summ["rows"] + [
-        {"exp": c, "setting": "verdict", "result": f"**{v}**: {note}"} for c, (v, note) in claims.items()
+        {"exp": c, "setting": "per-claim check", "result": f"**{v}**: {note}"}
+        for c, (v, note) in claims.items()
     ]
-    verdicts = [v for v, _ in claims.values()]
-    if all(v == "reproduced" for v in verdicts):
-        overall = "reproduced"
-    elif any(v in ("reproduced", "partially reproduced") for v in verdicts):
-        overall = "partially reproduced"
-    else:
-        overall = "not reproduced"
+    evidence = [_claim(c, v, note) for c, (v, note) in claims.items()]
     mode = "quick" if ctx.quick else "full"
     setup = (
         f"{mode} preset: d={cfg.d}, k={cfg.k}, teachers {list(cfg.teachers)} (T2 = even bump, no "
@@ -86,9 +104,12 @@ def run(ctx: RunContext) -> Section:
         ),
         setup=setup,
         table=rows,
-        verdict=overall,
-        verdict_note="Per-claim verdicts are in the table (from the numbers of this run). "
-        + "; ".join(f"{c}: {v}" for c, (v, _) in claims.items()),
+        measured=("per-claim checks of this run: "
+                  + ", ".join(f"{c} {v}" for c, (v, _) in claims.items()) + "."),
+        claims=evidence,
+        note=("A theory paper: the checks are numerical (one constructed saddle for C1, one "
+              "seed set, finite N), so 'held' means the run's numbers meet the stated target, "
+              "not that the theorem is verified."),
         command="python -m experiments.reproduce --only=meanfield_icl" + (" --quick" if ctx.quick else ""),
         plots=paths,
         metrics={**summ["metrics"], "seconds_by_experiment": secs},

@@ -1,9 +1,11 @@
 """Reproduction entry: SmolLM2-135M-Instruct in pure JAX from its GGUF file.
 
 Claims checked: (1) our float32 forward of the Q4_1 GGUF matches HF transformers loading the
-same file (relative logit error < 1e-3); (2) greedy chat answers are sensible; (3) batch-1
-decode reaches >= 60% of the memory-bandwidth floor and >= 3x HF transformers, and batch-16
-decode >= 100 tok/s on 2 CPU cores.
+same file (relative logit error < 1e-3), against logits transformers produced offline
+(tests/data/smollm2_golden.npz; no live transformers forward here); (2) greedy chat answers
+are sensible; (3) batch-1 decode reaches >= 60% of the memory-bandwidth floor and >= 3x HF
+transformers (measured live, quick run included: one transformers load + a short greedy
+decode), and batch-16 decode >= 100 tok/s on 2 CPU cores.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import pathlib
 
 import numpy as np
 
-from jaxlm.utils.report import RunContext, Section
+from jaxlm.utils.report import Claim, RunContext, Section
 
 NAME = "smollm2"
 TITLE = "SmolLM2-135M-Instruct in pure JAX: parity and generation speed"
@@ -43,7 +45,8 @@ def run(ctx: RunContext) -> Section:
     tok = m.tokenizer
     bar.update()
 
-    # (1) parity against the committed transformers logits (live HF in the full run)
+    # (1) parity against logits HF transformers produced offline from the same GGUF
+    # (tests/data/smollm2_golden.npz); this entry runs no live transformers forward
     g = np.load(GOLDEN)
     errs = []
     for i, n in enumerate(g["lengths"]):
@@ -60,7 +63,8 @@ def run(ctx: RunContext) -> Section:
     correct = [bool(re.search(pat, a, re.I)) for (_, pat), a in zip(QUESTIONS, answers)]
     bar.update()
 
-    # (3) speed against the bandwidth floor (and HF, full run only: loading it takes ~1 min)
+    # (3) speed against the bandwidth floor and the HF transformers anchor (measured live in
+    # both runs; the quick run decodes fewer HF tokens)
     reps = 3 if ctx.quick else 5
     new = 64 if ctx.quick else 128
     bw = perf.device_bandwidth_gbs()
@@ -68,12 +72,11 @@ def run(ctx: RunContext) -> Section:
     d1 = perf.measure_decode(params, m.cfg, batch=1, new_tokens=new, repeats=reps)
     d16 = perf.measure_decode(params, m.cfg, batch=16, new_tokens=new, repeats=reps)
     bar.update()
-    hf = None
-    if not ctx.quick:
-        try:
-            hf = hf_anchor.hf_decode_tok_s(m.path, 33)
-        except ImportError:
-            hf = None
+    hf, hf_why = None, ""
+    try:
+        hf = hf_anchor.hf_decode_tok_s(m.path, 17 if ctx.quick else 33)
+    except ImportError as e:  # transformers/torch are optional at run time
+        hf_why = f"not measured: {e}"
     bar.update()
     bar.close()
 
@@ -89,30 +92,56 @@ def run(ctx: RunContext) -> Section:
         {"check": "decode batch 16 (tok/s, total)", "ours": d16["tok_s"], "target": ">= 100",
          "met": d16["tok_s"] >= 100},
     ]
-    if hf:
-        table.append({"check": "decode batch 1 vs HF transformers", "ours": d1["tok_s"] / hf,
-                      "target": ">= 3x", "met": d1["tok_s"] / hf >= 3})
-    met = all(r["met"] for r in table)
+    ratio = d1["tok_s"] / hf if hf else None
+    table.append({"check": "decode batch 1 vs HF transformers (same machine, same run)",
+                  "ours": ratio if hf else hf_why, "target": ">= 3x",
+                  "met": bool(hf) and ratio >= 3})
+    claims = [
+        Claim("our forward matches HF transformers on the same GGUF (relative logit error "
+              "< 1e-3)", measured=True, ci_or_exact=True, own_paper=True, circular=False,
+              holds=bool(parity < 1e-3),
+              result=f"max relative error {parity:.2e} over 4 prompts (offline HF logits)"),
+        Claim("batch-1 decode >= 3x HF transformers", measured=hf is not None,
+              ci_or_exact=False, own_paper=True, circular=False,
+              holds=None if hf is None else bool(ratio >= 3),
+              result=(f"{d1['tok_s']:.1f} vs {hf:.1f} tok/s = {ratio:.2f}x (medians, no CI)"
+                      if hf else hf_why)),
+        Claim("batch-1 decode >= 60% of the memory-bandwidth floor", measured=True,
+              ci_or_exact=False, own_paper=True, circular=False,
+              holds=bool(d1["tok_s"] >= 0.6 * floor),
+              result=f"{d1['tok_s']:.1f} tok/s vs floor {floor:.1f} ({d1['tok_s'] / floor:.0%})"),
+        Claim("batch-16 decode >= 100 tok/s", measured=True, ci_or_exact=False, own_paper=True,
+              circular=False, holds=bool(d16["tok_s"] >= 100),
+              result=f"{d16['tok_s']:.1f} tok/s"),
+        Claim("greedy chat answers contain the expected fact", measured=True, ci_or_exact=True,
+              own_paper=True, circular=False, holds=all(correct), headline=False,
+              result=f"{sum(correct)}/{len(correct)} questions"),
+    ]
     qa = "\n".join(f"- *{q}* -> {a!r}" for (q, _), a in zip(QUESTIONS, answers))
+    hf_txt = f"{ratio:.2f}x HF" if hf else "HF anchor not measured"
     return Section(
         title=TITLE,
         claim=("A pure-JAX Llama forward of SmolLM2-135M-Instruct's Q4_1 GGUF matches HF "
                "transformers (relative logit error < 1e-3), answers simple questions sensibly, and "
                "decodes at >= 60% of the memory-bandwidth floor at batch 1 (>= 3x HF) and >= 100 "
                "tok/s at batch 16 on 2 CPU cores."),
+        measured=(f"logit error {parity:.1e}; batch 1 {d1['tok_s']:.1f} tok/s "
+                  f"({d1['tok_s'] / floor:.0%} of the floor, {hf_txt}); batch 16 "
+                  f"{d16['tok_s']:.1f} tok/s; {sum(correct)}/{len(correct)} chat answers."),
         setup=(f"float32 weights dequantized from the GGUF ({perf.weight_bytes(params) / 1e6:.0f} MB), "
                f"backend {jax.default_backend()}; measured copy bandwidth {bw:.1f} GB/s gives a batch-1 "
                f"floor of {floor:.1f} tok/s; decode = {new} greedy steps after a 128-token prompt, "
-               f"median of {reps}. HF anchor measured only in the full run."),
+               f"median of {reps}. HF anchor: transformers loading the same GGUF in float32, "
+               f"greedy decode rate ({17 if ctx.quick else 33} new tokens, prefill excluded)."),
         table=table,
+        claims=claims,
         plots=[str(plot)],
-        verdict="reproduced" if met else "partially reproduced",
-        verdict_note=("All checks met." if met else "Some speed checks fell short on this machine "
-                      "(the full benchmark `python -m experiments.bench_generate` has the details)."),
+        note=("Speeds are medians of a few repeats on a shared CPU (no CI), so at best they "
+              "indicate; `python -m experiments.bench_generate` has the full benchmark."),
         command="python -m experiments.reproduce --only=smollm2" + (" --quick" if ctx.quick else ""),
         metrics={"parity_rel_err": parity, "chat_correct": sum(correct),
                  "decode_b1_tok_s": d1["tok_s"], "decode_b16_tok_s": d16["tok_s"],
-                 "floor_tok_s": floor, "hf_tok_s": hf},
+                 "floor_tok_s": floor, "hf_tok_s": hf, "b1_over_hf": ratio},
         extra="Greedy answers:\n" + qa,
     )
 

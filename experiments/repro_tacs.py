@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxlm.utils.report import RunContext, Section
+from jaxlm.utils.report import Claim, RunContext, Section
 
 NAME = "tacs"
 TITLE = "TACS: truth-aware context selection (Yu, Zhang, Feng 2024)"
@@ -40,19 +40,27 @@ def run(ctx: RunContext) -> Section:
         su = la["sentence_unknown"]
         probe_note += (f" On facts the model does not know the same probe reaches "
                        f"{su['acc'].max():.2f} at best (chance {su['chance']:.2f}).")
-    if tacs_best > base["DA"] and wins:
-        verdict = "reproduced"
-        note = (f"TACS DA {tacs_best:.2f} > no-selection DA {base['DA']:.2f} on held-out "
-                f"countries with non-overlapping CIs ({', '.join(wins)}). ")
-    elif tacs_best > base["DA"]:
-        verdict = "partially reproduced"
-        note = (f"TACS DA {tacs_best:.2f} > no-selection {base['DA']:.2f}, but the 95% CIs "
-                "overlap at this size. ")
-    else:
-        verdict = "not reproduced"
-        note = f"TACS DA {tacs_best:.2f} <= no-selection {base['DA']:.2f}. "
-    note += (f"Oracle mask DA {by['oracle']['DA']:.2f}, drop-everything "
-             f"{by['drop_all']['DA']:.2f}. " + probe_note)
+    best_m = max(("tacs_token", "tacs_sentence"), key=lambda k: by[k]["DA"])
+    sk_lo = float(sk["lo"][best])
+    claims = [
+        Claim("masking the context positions the probe vote judges untruthful raises DA over "
+              "no selection", measured=True, ci_or_exact=bool(wins), own_paper=True,
+              circular=False, holds=bool(tacs_best > base["DA"]),
+              result=(f"{best_m} DA {tacs_best:.2f} [{by[best_m]['DA_lo']:.2f}, "
+                      f"{by[best_m]['DA_hi']:.2f}] vs no selection {base['DA']:.2f} "
+                      f"[{base['DA_lo']:.2f}, {base['DA_hi']:.2f}] on held-out countries"
+                      + (f"; CIs separate for {', '.join(wins)}" if wins else
+                         "; the 95% CIs overlap"))),
+        Claim("truthfulness is linearly readable from per-layer attention outputs (probe above "
+              "chance)", measured=True, ci_or_exact=True, own_paper=True, circular=False,
+              holds=bool(sk_lo > sk["chance"]), headline=False,
+              result=(f"layer {best}: {sk['acc'][best]:.2f} [{sk_lo:.2f}, {sk['hi'][best]:.2f}] "
+                      f"vs chance {sk['chance']:.2f}")),
+    ]
+    note = (f"Oracle mask DA {by['oracle']['DA']:.2f}, drop-everything "
+            f"{by['drop_all']['DA']:.2f}. " + probe_note + " The paper's numbers (Llama-2-Chat "
+            "7B, ConflictQA/TruthfulQA) are not comparable at 135M on capital facts; the "
+            "direction of the effect is what is tested.")
     sp = res["splits"]
     return Section(
         title=TITLE,
@@ -71,8 +79,10 @@ def run(ctx: RunContext) -> Section:
                "next token vs the capital's first token. 95% bootstrap CIs."),
         table=rows,
         plots=res["plots"],
-        verdict=verdict,
-        verdict_note=note,
+        measured=(f"DA {tacs_best:.2f} with TACS ({best_m}) vs {base['DA']:.2f} without, on "
+                  f"{sp['test_known']} + {sp['test_unknown']} held-out facts."),
+        claims=claims,
+        note=note,
         command="python -m experiments.reproduce --only=tacs" + (" --quick" if ctx.quick else ""),
         metrics={"table": res["table"], "splits": sp, "layers": res["layers"],
                  "bow_sentence_acc": res["bow_sentence_acc"],

@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 
-from jaxlm.utils.report import RunContext, Section
+from jaxlm.utils.report import Claim, RunContext, Section
 
 NAME = "train_lm"
 TITLE = "Training substrate: tiny Llama on the bundled Python docs"
@@ -78,11 +78,17 @@ def run(ctx: RunContext) -> Section:
         {"quantity": "MFU vs measured matmul peak", "value": float(np.median(mfu)) if mfu
          else float("nan")},
     ]
-    falling = last < first - 1.0 and final["loss"] < uni
-    verdict = "reproduced" if falling else "not reproduced"
-    note = (f"The loss falls from {first:.2f} to {last:.2f} nats/byte in {steps} steps and the "
-            f"held-out loss ({final['loss']:.2f}) ends "
-            f"{'below' if final['loss'] < uni else 'above'} the unigram entropy ({uni:.2f}).")
+    claims = [
+        Claim("the training loss falls (by > 1 nat/byte over the run)", measured=True,
+              ci_or_exact=True, own_paper=True, circular=False,
+              holds=bool(last < first - 1.0),
+              result=f"{first:.2f} -> {last:.2f} nats/byte in {steps} steps (fixed seed)"),
+        Claim("held-out loss ends below the unigram entropy", measured=True, ci_or_exact=True,
+              own_paper=True, circular=False, holds=bool(final["loss"] < uni),
+              result=(f"held-out {final['loss']:.3f} vs unigram {uni:.3f} nats/byte "
+                      f"(margin {uni - final['loss']:.2f}; the held-out set is "
+                      f"{len(stream.eval) / 1e3:.0f}k bytes)")),
+    ]
     return Section(
         title=TITLE,
         claim=("The training substrate (pure jitted train step, AdamW with warm-up + cosine, "
@@ -94,8 +100,11 @@ def run(ctx: RunContext) -> Section:
                f"steps, lr {cfg.optim.lr}; held-out = last 5% of the token stream; "
                f"{len(stream.train) / 1e3:.0f}k train bytes."),
         table=table,
-        verdict=verdict,
-        verdict_note=note,
+        measured=(f"train loss {first:.2f} -> {last:.2f} nats/byte in {steps} steps; held-out "
+                  f"{final['loss']:.2f} vs unigram entropy {uni:.2f}."),
+        claims=claims,
+        note=("Both checks are deterministic comparisons on a fixed-seed run (exact checks of "
+              "this code, not a statistical effect)."),
         command=("python -m experiments.train_lm --config=tiny --workdir=runs/tiny "
                  f"--override=steps={steps}"),
         plots=[str(plot)],
@@ -110,4 +119,4 @@ if __name__ == "__main__":
 
     out = pathlib.Path(tempfile.mkdtemp(prefix="repro_train_lm_"))
     sec = run(RunContext(quick=True, outdir=out))
-    print(sec.verdict, sec.verdict_note, out)
+    print(sec.verdict, sec.why, out)

@@ -3,9 +3,14 @@
     python -m experiments.reproduce --quick              # all entries, small
     python -m experiments.reproduce --only=smollm2 --quick
     python -m experiments.reproduce --list
+    python -m experiments.reproduce --quick --publish    # run all, then copy to docs/report/
+    python -m experiments.reproduce --quick --publish_only   # copy the last quick run
 
-Writes ``<workdir>/report.md`` (one section per entry: claim, setup, table,
-plots, verdict, rerun command) and ``<workdir>/metrics.json``.
+Writes ``<workdir>/report.md`` (one section per entry: claim, what was measured,
+setup, table, plots, evidence, the derived verdict and why, rerun command) and
+``<workdir>/metrics.json`` (per entry: verdict, why, wall seconds, finish time, numbers).
+``--publish`` copies the report to ``docs/report/`` (see ``experiments.publish_report``).
+Stdout is progress bars and one line per entry, ending with the report's path.
 Each entry lives in its own module named in ``REGISTRY`` and exposes
 ``NAME``, ``TITLE`` and ``run(ctx: RunContext) -> Section``.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import pathlib
 import sys
 import time
@@ -46,6 +52,31 @@ _SEED = flags.DEFINE_integer("seed", 0, "Root seed passed to every entry.")
 _KEEP_GOING = flags.DEFINE_bool(
     "keep_going", True, "Record a failing entry in the report and continue with the next."
 )
+_PUBLISH = flags.DEFINE_bool(
+    "publish", False, "After the run, copy the report (report.md, metrics.json, downscaled "
+    "PNGs) to --publish_dir."
+)
+_PUBLISH_ONLY = flags.DEFINE_bool(
+    "publish_only", False, "Run nothing; copy the last run in --workdir to --publish_dir."
+)
+_PUBLISH_DIR = flags.DEFINE_string("publish_dir", "docs/report", "Where --publish copies to.")
+
+
+def _quiet_logs() -> None:
+    """Keeps stdout/stderr to progress bars and one line per entry (libraries log at INFO:
+    rouge_score's "Using default tokenizer." once per scorer, jax, absl)."""
+    import logging as py_logging
+    import os
+    import warnings
+
+    logging.set_verbosity(logging.WARNING)
+    for name in ("absl", "jax", "jax._src", "rouge_scorer", "matplotlib", "PIL", "urllib3",
+                 "transformers", "hivemind", "h5py", "orbax", "tensorflow"):
+        py_logging.getLogger(name).setLevel(py_logging.WARNING)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def main(argv):
@@ -58,6 +89,7 @@ def main(argv):
         for name in REGISTRY:
             print(name)
         return 0
+    _quiet_logs()
     names = _ONLY.value or list(REGISTRY)
     unknown = [n for n in names if n not in REGISTRY]
     if unknown:
@@ -65,9 +97,10 @@ def main(argv):
     workdir = pathlib.Path(
         _WORKDIR.value or ("runs/reproduce_quick" if _QUICK.value else "runs/reproduce")
     )
+    if _PUBLISH_ONLY.value:
+        return _publish(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     metrics_path = workdir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     sections_dir = workdir / "sections"
     sections_dir.mkdir(exist_ok=True)
 
@@ -92,43 +125,65 @@ def main(argv):
         except Exception as e:  # one failing entry must not hide the others
             if not _KEEP_GOING.value:
                 raise
-            logging.error("entry %s failed:\n%s", name, traceback.format_exc())
+            (outdir / "traceback.txt").write_text(traceback.format_exc())
+            logging.error("entry %s failed: %s: %s (traceback in %s)", name,
+                          type(e).__name__, e, outdir / "traceback.txt")
             failed.append(name)
-            sec = Section(
-                title=f"{name}: failed",
-                claim="(entry failed before producing results)",
-                setup="",
-                table=[],
-                verdict="not run",
-                verdict_note=f"`{type(e).__name__}: {e}`",
-                command=f"python -m experiments.reproduce --only={name}"
-                + (" --quick" if _QUICK.value else ""),
-            )
+            sec = Section.failed(
+                name, e, f"python -m experiments.reproduce --only={name}"
+                + (" --quick" if _QUICK.value else ""))
         elapsed = time.time() - t0
         text = render_section(name, sec, workdir)
         text += f"\n_ran in {elapsed:.0f} s ({'quick' if _QUICK.value else 'full'})_\n"
         (sections_dir / f"{name}.md").write_text(text)
+        # re-read just before writing: another run (or a re-render) may have updated other
+        # entries since this one started
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
         metrics[name] = {
-            "verdict": sec.verdict,
+            **sec.metrics,
+            "verdict": sec.verdict.value,
+            "why": sec.why,
             "seconds": elapsed,
             "quick": _QUICK.value,
-            **sec.metrics,
+            "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+            "loadavg_1m": os.getloadavg()[0],  # > CPU count: timings were taken under load
         }
         _write_report(workdir, metrics)
-        metrics_path.write_text(json.dumps(metrics, indent=2, default=str))
-    print(f"report: {workdir / 'report.md'}")
+        tmp = metrics_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2, default=str))
+        tmp.replace(metrics_path)
+        outer.write(f"{name}: {sec.verdict.value} ({elapsed:.0f} s)")
+    outer.close()
+    rc = 0
     if failed:
         print(f"failed entries: {', '.join(failed)}", file=sys.stderr)
-        return 1
+        rc = 1
+    if _PUBLISH.value:
+        _publish(workdir)
+    print(f"report: {workdir / 'report.md'}")
+    return rc
+
+
+def _publish(workdir: pathlib.Path) -> int:
+    from experiments.publish_report import publish
+
+    out = publish(workdir, pathlib.Path(_PUBLISH_DIR.value), registry=list(REGISTRY))
+    print(f"published: {out / 'report.md'}")
     return 0
 
 
 def _write_report(workdir: pathlib.Path, metrics: dict) -> None:
-    lines = ["# jaxlm reproduction report\n", "| entry | verdict | seconds |", "|---|---|---|"]
+    from jaxlm.utils.report import RULE, anchor
+
+    lines = ["# jaxlm reproduction report\n",
+             f"Verdict rule (computed by `jaxlm.utils.report.judge`, never written by hand): "
+             f"{RULE}\n",
+             "| entry | verdict | seconds | finished (UTC) |", "|---|---|---|---|"]
     for name in REGISTRY:
         if name in metrics:
             m = metrics[name]
-            lines.append(f"| [{name}](#) | {m['verdict']} | {m['seconds']:.0f} |")
+            lines.append(f"| [{name}](#{anchor(name)}) | {m['verdict']} | {m['seconds']:.0f} | "
+                         f"{m.get('finished_utc', '')} |")
     lines.append("")
     for name in REGISTRY:
         p = workdir / "sections" / f"{name}.md"
