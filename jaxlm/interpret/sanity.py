@@ -116,6 +116,7 @@ def cascading_randomization(
     *,
     absolute: bool = True,
     stages: int | None = None,
+    points=None,
 ) -> list[RandomizationStage]:
     """Attributions of the trained model vs the model randomized from the top down.
 
@@ -126,14 +127,20 @@ def cascading_randomization(
         key: PRNG key of the re-initialization.
         absolute: correlate |scores| (the usual choice: sign flips count as agreement).
         stages: randomize only the top ``stages`` stages (default: all).
+        points: evaluate only after these numbers of randomized stages (each in
+            1..stages; default every stage); the cascade itself is unchanged.
 
     Returns:
-        ``[trained, top 1 randomized, top 2, ...]``; the first has spearman 1.
+        ``[trained, top 1 randomized, top 2, ...]`` (or the ``points``); the first has
+        spearman 1.
     """
     names = stage_names(params, cfg)
     n = len(names) if stages is None else stages
     if not 1 <= n <= len(names):
         raise ValueError(f"stages must be in 1..{len(names)}, got {stages}")
+    ks = list(range(1, n + 1)) if points is None else sorted(set(int(k) for k in points))
+    if not ks or ks[0] < 1 or ks[-1] > n:
+        raise ValueError(f"points must lie in 1..{n}, got {points}")
     fresh = init(key, cfg)
 
     def prep(s):
@@ -142,7 +149,7 @@ def cascading_randomization(
 
     base = np.asarray(attribute(params))
     out = [RandomizationStage("trained", 0, 1.0, base)]
-    for k in range(1, n + 1):
+    for k in ks:
         s = np.asarray(attribute(randomize_top(params, fresh, cfg, k)))
         out.append(RandomizationStage(names[k - 1], k, spearman(prep(base), prep(s)), s))
     return out

@@ -66,3 +66,16 @@ def test_randomization_changes_attributions(tiny, method):
     assert np.all(np.isfinite(rhos)) and np.all(rhos <= 1.0 + 1e-12)
     assert rhos[-1] < 0.9  # the fully randomized model's attributions are not the trained ones
     assert not np.allclose(res[-1].scores, res[0].scores, rtol=1e-3)
+
+
+def test_points_evaluate_a_subset_of_the_same_cascade(tiny):
+    cfg, params = tiny
+    tokens = jax.random.randint(jax.random.PRNGKey(6), (8,), 1, cfg.vocab_size)
+    attr = functools.partial(gradient_x_input, cfg=cfg, tokens=tokens, target_id=3)
+    full = sanity.cascading_randomization(params, cfg, attr, jax.random.PRNGKey(2))
+    sub = sanity.cascading_randomization(params, cfg, attr, jax.random.PRNGKey(2), points=[3, 1])
+    assert [r.n_randomized for r in sub] == [0, 1, 3]
+    for r in sub:
+        np.testing.assert_allclose(r.scores, full[r.n_randomized].scores, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="points"):
+        sanity.cascading_randomization(params, cfg, attr, jax.random.PRNGKey(2), points=[9])
