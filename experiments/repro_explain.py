@@ -37,7 +37,10 @@ def run(ctx: RunContext) -> Section:
                                      for t in tr),
               result="max IE on subject tokens / gap: "
               + ", ".join(f"{t['country']} {t['max_ie_subject']:.2f} / "
-                          f"{t['p_clean'] - t['p_corrupt']:.2f}" for t in tr)),
+                          f"{t['p_clean'] - t['p_corrupt']:.2f}" for t in tr)
+              + ("; the peak is at block 0, whose restored output undoes the embedding noise "
+                 "of a one-token subject, so this check is nearly automatic"
+                 if any(t.get("best_layer_last_subject_token") == 0 for t in tr) else "")),
     ]
     rand = res["randomization"]
     last = rand[-1]
