@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jaxlm.utils.report import RunContext, Section, markdown_table
+from jaxlm.utils.report import Claim, RunContext, Section, markdown_table
 
 NAME = "refresh_knowledge"
 TITLE = "Refreshing knowledge: ROME / MEMIT edits vs fine-tuning and retrieval (SmolLM2-135M)"
@@ -42,18 +42,55 @@ def run(ctx: RunContext) -> Section:
                              "fluency": round(r.get("fluency", float("nan")), 3)})
     r = out["single"].get("rome", {})
     t_rome = out["edit_seconds"].get("rome", {}).get("median", float("inf"))
-    ok = {"ES>=0.9": r.get("es", 0) >= 0.9, "PS>=0.5": r.get("ps", 0) >= 0.5,
-          "NS>=0.9": r.get("ns", 0) >= 0.9, "<=30s/edit": t_rome <= 30}
-    n = int(out["single"].get("rome", {}).get("n", 0))
-    verdict = "reproduced" if all(ok.values()) and n >= 10 else (
-        "partially reproduced" if any(ok.values()) else "not reproduced")
-    note = (f"ROME (C = I) on {n} known facts: " + ", ".join(
-        f"{k} {'met' if v else 'missed'}" for k, v in ok.items())
-        + f" (median {t_rome:.1f} s/edit, edit only, evaluation excluded, on a shared 2-core "
-        "CPU; the first edit includes "
-        "XLA compilation)." + (" Quick run: too few edits for a verdict beyond 'partial'."
-                               if ctx.quick else ""))
+    n = int(r.get("n", 0))
     tr = out["trace"]
+    targets = {"es": 0.9, "ps": 0.5, "ns": 0.9}
+    rome_ok = bool(r) and all(r.get(k, 0) >= v for k, v in targets.items())
+    ft = out["single"].get("ft", {})
+    seq = out["sequential"]
+    memit_last = (seq.get("memit") or [{}])[-1]
+    rome_last = (seq.get("rome") or [{}])[-1]
+    if ecfg.layer < 0:
+        same_facts = (f"the edit layer {tr['layer_used']} is the causal-tracing argmax over "
+                      "capital facts that are also edited and evaluated, so the CIs do not "
+                      "account for that selection")
+    else:
+        same_facts = (f"the edit layer {tr['layer_used']} is fixed by the config; the published "
+                      "layer 4 was picked from a layer sweep on the same facts it is evaluated "
+                      "on (NS 0.97 there vs 0.76 at the traced layer 7), so the CIs do not "
+                      "account for that selection")
+    claims = [
+        Claim("locate-and-edit (ROME) rewrites single known facts: efficacy >= 0.9, "
+              "paraphrase >= 0.5, neighbourhood specificity >= 0.9",
+              measured=bool(r), ci_or_exact=False, own_paper=True, circular=False,
+              holds=rome_ok if r else None,
+              result=f"{n} edits at layer {tr['layer_used']}: ES {_ci(r, 'es')}, PS "
+              f"{_ci(r, 'ps')}, NS {_ci(r, 'ns')} (Wilson 95%); {same_facts}"),
+        Claim("constrained fine-tuning (FT-L) generalises and localises worse than ROME "
+              "(lower PS and NS)", measured=bool(ft and r), ci_or_exact=False, own_paper=True,
+              circular=False, headline=False,
+              holds=(bool(ft["ps"] < r["ps"] and ft["ns"] < r["ns"]) if ft and r else None),
+              result=(f"FT-L PS {_ci(ft, 'ps')}, NS {_ci(ft, 'ns')}" if ft else "not run")),
+        Claim("MEMIT scales to batches where sequential ROME degrades earlier edits "
+              "(retained known facts after the last checkpoint: MEMIT batch > sequential ROME)",
+              measured=bool("retain" in memit_last and "retain" in rome_last),
+              ci_or_exact=False, own_paper=True, circular=False, headline=False,
+              holds=(bool(memit_last["retain"] > rome_last["retain"])
+                     if "retain" in memit_last and "retain" in rome_last else None),
+              result=(f"after {rome_last.get('edits')} edits retain: sequential ROME "
+                      f"{rome_last.get('retain', float('nan')):.2f}, MEMIT batch "
+                      f"{memit_last.get('retain', float('nan')):.2f} (no CI)")),
+        Claim("our target: one ROME edit <= 30 s on 2 shared CPU cores", measured=bool(r),
+              ci_or_exact=False, own_paper=False, circular=False,
+              holds=bool(t_rome <= 30) if r else None,
+              result=f"median {t_rome:.1f} s/edit, edit only, first includes XLA compilation"),
+    ]
+    measured = (f"ROME (C = I) on {n} known facts at layer {tr['layer_used']}: ES "
+                f"{r.get('es', float('nan')):.2f}, PS {r.get('ps', float('nan')):.2f}, NS "
+                f"{r.get('ns', float('nan')):.2f}; median {t_rome:.1f} s/edit")
+    note = ("Verdict capped below 'reproduced' because " + same_facts + "; a calibration / "
+            "evaluation split of the facts is not implemented yet."
+            + (" Quick run: very few edits." if ctx.quick else ""))
     extra = (
         "**Facts the model knows** (measured, top-1 correct): "
         + ", ".join(f"{k}: {v['known']}/{v['candidates']}" for k, v in out["facts"].items())
@@ -96,8 +133,9 @@ def run(ctx: RunContext) -> Section:
                f"{list(ecfg.memit_layers) or 'layer-1..layer+1'}, lambda {ecfg.memit_lambda}. "
                "ES/PS/NS with 95% Wilson CIs over edits (PS/NS per edit are means over prompts)."),
         table=rows,
-        verdict=verdict,
-        verdict_note=note,
+        claims=claims,
+        measured=measured,
+        note=note,
         command=("python -m experiments.reproduce --only=refresh_knowledge"
                  + (" --quick" if ctx.quick else "")),
         plots=plots,

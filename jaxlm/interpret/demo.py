@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from jaxlm.interpret import attention, attribution, faithfulness, lens, tracing
+from jaxlm.interpret import attention, attribution, faithfulness, lens, sanity, tracing
 
 COUNTRIES = ("France", "Germany", "Japan", "Greece", "England", "China", "Portugal", "Italy",
              "Spain", "Russia", "Canada", "Austria", "Norway", "Ireland")
@@ -91,6 +91,43 @@ def attributions(params, cfg, item, *, filler_id: int, ig_steps: int, key) -> di
     }
 
 
+RANDOMIZED_METHODS = ("grad_x_input", "integrated_gradients", "occlusion")
+
+
+def randomization_table(params, cfg, items, *, filler_id: int, points, key,
+                        ig_steps: int = 16) -> list[dict]:
+    """Cascading model-parameter randomization (``sanity.cascading_randomization``) per
+    method: mean and min/max Spearman of |scores| (trained vs randomized) over ``items``
+    after each number of randomized stages in ``points``."""
+    import functools
+
+    rhos: dict[str, list[list[float]]] = {m: [] for m in RANDOMIZED_METHODS}
+    stage_at: dict[int, str] = {}
+    for it in items:
+        ids, y = it["ids"], it["target"]
+        fns = {
+            "grad_x_input": functools.partial(attribution.gradient_x_input, cfg=cfg,
+                                              tokens=ids, target_id=y),
+            "integrated_gradients": lambda p, ids=ids, y=y: attribution.integrated_gradients(
+                p, cfg, ids, y, steps=ig_steps, keep_mask=sink_mask(len(ids))).scores,
+            "occlusion": functools.partial(attribution.occlusion, cfg=cfg, tokens=ids,
+                                           target_id=y, filler_id=filler_id),
+        }
+        for m, f in fns.items():
+            res = sanity.cascading_randomization(params, cfg, f, key, points=points)
+            rhos[m].append([r.spearman for r in res[1:]])
+            stage_at.update({r.n_randomized: r.stage for r in res[1:]})
+    rows = []
+    for j, k in enumerate(sorted(set(points))):
+        row = {"randomized": f"top {k} (down to {stage_at[k]})"}
+        for m in RANDOMIZED_METHODS:
+            v = np.array([r[j] for r in rhos[m]])
+            row[m] = f"{np.nanmean(v):.2f} [{np.nanmin(v):.2f}, {np.nanmax(v):.2f}]"
+            row["_" + m] = float(np.nanmean(v))
+        rows.append(row)
+    return rows
+
+
 def run(params, cfg, tok, *, quick: bool, seed: int = 0, outdir: pathlib.Path,
         progress: Callable | None = None) -> dict:
     """Runs the demonstration; writes PNGs into ``outdir``; returns tables and metrics."""
@@ -132,6 +169,12 @@ def run(params, cfg, tok, *, quick: bool, seed: int = 0, outdir: pathlib.Path,
             if k in ("aopc_comp", "aopc_suff"):
                 r[k + "_std"] = float(v.std())
         table.append(r)
+    n_stages = len(sanity.stage_names(params, cfg))
+    points = sorted({k for k in (1, 4, 16) if k < n_stages} | {n_stages})
+    if not quick:
+        points = sorted(set(points) | {k for k in (2, 8) if k < n_stages})
+    rand = randomization_table(params, cfg, items_a[: 2 if quick else 5], filler_id=filler,
+                               points=points, key=jax.random.fold_in(key, 2000))
     traces = []
     for j, it in enumerate(items[:n_trace]):
         ks = np.nonzero(it["key"])[0]
@@ -165,7 +208,8 @@ def run(params, cfg, tok, *, quick: bool, seed: int = 0, outdir: pathlib.Path,
         "p": [it["p"] for it in items], "table": table,
         "completeness": {m: (float(np.mean(v)), float(np.max(v))) for m, v in completeness.items()
                          if v},
-        "traces": trace_summary, "plots": plots,
+        "traces": trace_summary, "plots": plots, "randomization": rand,
+        "n_randomization_prompts": min(len(items_a), 2 if quick else 5),
     }
 
 

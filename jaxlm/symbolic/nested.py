@@ -18,6 +18,9 @@ module gives two executable pictures:
   iff bounded second-order matching instantiates it to both inputs; the generality
   order among them, the maximal classes at bound k, and those that stop being
   maximal at k+1.
+* :func:`nullarity_check`: the bounded part of the theorem's premise: every
+  generalization with a body of <= k symbols has a strictly less general one of
+  <= k' symbols, so none of them can be in a minimal complete set.
 """
 
 from __future__ import annotations
@@ -329,6 +332,82 @@ def enumerate_generalizations(
     above = [{j for j in range(n) if leq[i][j] and not leq[j][i]} for i in range(n)]
     maximal = [c for c, members in enumerate(classes) if not above[members[0]]]
     return EnumerationResult(size_bound, gens, sizes, classes, above, maximal)
+
+
+@dataclasses.dataclass
+class NullarityCheck:
+    """The bounded nullarity check of :func:`nullarity_check`.
+
+    Attributes:
+        k: every generalization with a body of at most ``k`` symbols was checked.
+        k_witness: witnesses were searched among bodies of at most ``k_witness`` symbols.
+        checked: the generalizations of size <= k (canonical variable names).
+        witness: ``witness[g]``: a generalization of size <= k_witness strictly less
+            general than ``g`` (absent when none was found within the bound).
+        unwitnessed: the checked generalizations without a witness.
+        holds: every checked generalization has a witness (none of them is maximal).
+    """
+
+    k: int
+    k_witness: int
+    checked: list[Term]
+    witness: dict[Term, Term]
+    unwitnessed: list[Term]
+    holds: bool
+
+    def statement(self) -> str:
+        """What was checked, in one sentence (the bound and the term language)."""
+        return (f"each of the {len(self.checked)} generalizations with a body of <= {self.k} "
+                f"symbols has a strictly less general generalization with a body of <= "
+                f"{self.k_witness} symbols ({len(self.unwitnessed)} without one)")
+
+
+def nullarity_check(s: Term, t: Term, k: int, k_witness: int, **kw) -> NullarityCheck:
+    """Checks, within a bound, that no generalization of (s, t) is maximal.
+
+    Every element of a minimal complete set of generalizations is maximal (were ``c``
+    not maximal, some ``h > c`` would be covered by another member ``c' >= h > c``,
+    against minimality). So if no generalization is maximal, no minimal complete set
+    exists and the problem is nullary (Cerna & Buran's theorem, for their witness
+    problems). This function checks the finite part of that premise it can: for every
+    generalization ``g`` with a body of at most ``k`` symbols (in the term language of
+    :func:`enumerate_generalizations` with ``kw``: generalization variables of arity
+    ``<= max_arity``, at most ``max_vars`` per arity, nesting allowed) it looks for a
+    generalization ``h`` with a body of at most ``k_witness`` symbols with ``g < h``
+    strictly (``g <= h`` by a matching substitution, and no substitution for ``h <= g``
+    by exhaustive bounded matching). A witness proves ``g`` is not maximal among *all*
+    generalizations; it does not cover generalizations larger than ``k`` or outside the
+    term language, which is what the theorem adds.
+
+    Args:
+        s, t: as for :func:`enumerate_generalizations`.
+        k: size bound of the generalizations checked.
+        k_witness: size bound of the witnesses searched (>= k).
+        **kw: passed to :func:`enumerate_generalizations` (``max_vars``, ``max_arity``,
+            ``max_candidates``).
+
+    Returns:
+        :class:`NullarityCheck`.
+
+    Raises:
+        ValueError: ``k < 1`` or ``k_witness < k``.
+    """
+    if k < 1 or k_witness < k:
+        raise ValueError(f"need 1 <= k <= k_witness, got k={k}, k_witness={k_witness}; "
+                         "pass a witness bound at least the checked bound (e.g. 2k - 1)")
+    res = enumerate_generalizations(s, t, k_witness, **kw)
+    checked, witness, missing = [], {}, []
+    for i, g in enumerate(res.generalizations):
+        if res.sizes[i] > k:
+            continue
+        checked.append(g)
+        if res.above[i]:
+            j = min(res.above[i], key=lambda j: (res.sizes[j], j))
+            witness[g] = res.generalizations[j]
+        else:
+            missing.append(g)
+    return NullarityCheck(k, k_witness, checked, witness, missing,
+                          holds=bool(checked) and not missing)
 
 
 def enumeration_table(

@@ -60,3 +60,30 @@ def test_enumeration_pattern_maximum_is_bklv_lgg():
     for i in pats:  # every pattern generalization is below the BKLV lgg
         assert M.more_general(res.generalizations[i], lgg)
     assert any(M.equivalent(res.generalizations[i], lgg) for i in pats)
+
+
+def test_nullarity_check_chain_problem_within_bound():
+    s, t = N.chain_problem()
+    chk = N.nullarity_check(s, t, 3, 5)
+    assert chk.holds and not chk.unwitnessed
+    assert len(chk.checked) == 3  # G_1, G_2 and \x. X(Y(x))
+    for g, h in chk.witness.items():  # each witness is a strictly less general generalization
+        assert M.more_general(g, h) and not M.more_general(h, g)
+        assert M.more_general(h, s) and M.more_general(h, t)
+    g1 = N.nested_chain(1)
+    assert any(M.equivalent(g, g1) for g in chk.checked)
+    assert "<= 3 symbols" in chk.statement() and "<= 5 symbols" in chk.statement()
+
+
+def test_nullarity_check_finds_the_maximal_generalization_of_a_unitary_problem():
+    # control: \x.f(x,a) vs \x.f(x,b) has the lgg \x.f(x,G); the check must report it
+    sig = {"f": "i->i->i", "a": "i", "b": "i"}
+    chk = N.nullarity_check(parse(r"\x.f(x,a)", sig), parse(r"\x.f(x,b)", sig), 3, 5)
+    assert not chk.holds
+    assert [show(g) for g in chk.unwitnessed] == [r"\x. f(x, G0)"]
+
+
+def test_nullarity_check_rejects_bad_bounds():
+    s, t = N.chain_problem()
+    with pytest.raises(ValueError, match="k_witness"):
+        N.nullarity_check(s, t, 4, 3)
