@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import ModelConfig, apply, init_cache
+from jaxlm.core import ModelConfig, apply
+from jaxlm.core.generate import generate
 
 Array = jax.Array
 DROP = -1e9
@@ -92,19 +93,14 @@ def forward(params, cfg: ModelConfig, tokens, positions, bias=None, *, capture: 
                     None if bias is None else jnp.asarray(bias), cfg=cfg, capture=capture)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def _step(params, tokens, positions, bias, cache, *, cfg):
-    out = apply(params, cfg, tokens, positions=positions, cache=cache, attn_bias=bias)
-    return out.logits[:, -1], out.cache
-
-
 def masked_greedy(params, cfg: ModelConfig, ids: Sequence[int], drop: Sequence[bool], *,
                   max_new_tokens: int = 8, mode: str = "keep",
                   stop_ids: Sequence[int] = ()) -> list[int]:
     """Greedy continuation of one prompt whose ``drop`` positions are masked out.
 
-    Uses the KV cache; the bias covers all cache slots (slot i = prompt token i,
-    generated tokens never masked), so generated tokens cannot see dropped context.
+    Runs ``jaxlm.core.generate.generate`` with the prompt's positions and, in "keep"
+    mode, a key mask over the dropped prompt slots (generated tokens are never masked),
+    so generated tokens cannot see dropped context either.
 
     Returns:
         generated ids (stop token excluded).
@@ -113,25 +109,8 @@ def masked_greedy(params, cfg: ModelConfig, ids: Sequence[int], drop: Sequence[b
     drop = np.asarray(drop, bool)
     if drop.shape != ids.shape:
         raise ValueError(f"drop mask {drop.shape} must match the prompt {ids.shape}")
-    t = len(ids)
-    cap = t + max_new_tokens
-    pos, bias = masked_inputs(np.arange(t)[None], drop[None], mode)
-    full_drop = np.zeros((1, cap), bool)
-    full_drop[0, :t] = drop if mode == "keep" else False
-    slot_bias = jnp.asarray(key_bias(full_drop))  # [1, 1, 1, S]
-    cache = init_cache(cfg, 1, cap)
-    logits, cache = _step(params, jnp.asarray(ids[None]), jnp.asarray(pos), slot_bias, cache,
-                          cfg=cfg)
-    nxt_pos = int(pos.max()) + 1
-    out: list[int] = []
-    for k in range(max_new_tokens):
-        tok = int(jnp.argmax(logits[0]))
-        if tok in stop_ids:
-            break
-        out.append(tok)
-        if k == max_new_tokens - 1:
-            break
-        logits, cache = _step(params, jnp.asarray([[tok]], jnp.int32),
-                              jnp.asarray([[nxt_pos]], jnp.int32), slot_bias, cache, cfg=cfg)
-        nxt_pos += 1
-    return out
+    pos, _ = masked_inputs(np.arange(len(ids))[None], drop[None], mode)
+    out = generate(params, cfg, [ids.tolist()], max_new_tokens=max_new_tokens,
+                   stop_ids=tuple(stop_ids), positions=[pos[0].tolist()],
+                   key_mask=[(~drop).tolist()] if mode == "keep" else None)
+    return np.asarray(out.tokens[0, : int(out.lengths[0])]).tolist()

@@ -30,6 +30,7 @@ from jaxlm.core.config import ModelConfig
 from jaxlm.core.transformer import Params, apply, positions_from_mask
 
 Array = jax.Array
+MASKED = -1e9  # additive key bias of a masked prompt slot
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,31 +172,41 @@ def pad_prompts(
     return toks, mask
 
 
-def prefill(params: Params, cfg: ModelConfig, tokens: Array, mask: Array, cache: KVCache):
+def prefill(params: Params, cfg: ModelConfig, tokens: Array, mask: Array, cache: KVCache,
+            positions: Array | None = None, attn_bias: Array | None = None):
     """Runs the (left-padded) prompt through the model into ``cache``.
+
+    ``positions`` default: consecutive over ``mask`` (pads -1); ``attn_bias``: additive
+    per-slot key bias [B, 1, 1, S] over the whole cache.
 
     Returns:
         (last-position logits [B, V], updated cache).
     """
-    pos = positions_from_mask(mask, cache.next_pos)
-    out = apply(params, cfg, tokens, positions=pos, cache=cache, last_logits_only=True)
+    pos = positions_from_mask(mask, cache.next_pos) if positions is None else positions
+    out = apply(params, cfg, tokens, positions=pos, cache=cache, last_logits_only=True,
+                attn_bias=attn_bias)
     return out.logits[:, -1], out.cache
 
 
-def decode_step(params: Params, cfg: ModelConfig, token: Array, cache: KVCache):
+def decode_step(params: Params, cfg: ModelConfig, token: Array, cache: KVCache,
+                attn_bias: Array | None = None):
     """One token per sequence: token [B] -> (logits [B, V], cache)."""
-    out = apply(params, cfg, token[:, None], cache=cache)
+    out = apply(params, cfg, token[:, None], cache=cache, attn_bias=attn_bias)
     return out.logits[:, 0], out.cache
 
 
 @functools.partial(
     jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id"),
 )
-def _generate(params, tokens, mask, key, processor=None, *, cfg, max_new_tokens, sampling,
-              stop_ids, pad_id):
+def _generate(params, tokens, mask, key, processor=None, positions=None, key_mask=None, *, cfg,
+              max_new_tokens, sampling, stop_ids, pad_id):
     b, t = tokens.shape
     cache = init_cache(cfg, b, t + max_new_tokens)
-    logits, cache = prefill(params, cfg, tokens, mask, cache)
+    bias = None
+    if key_mask is not None:  # additive bias on prompt keys, seen by every later token
+        bias = jnp.concatenate([key_mask, jnp.zeros((b, max_new_tokens), key_mask.dtype)], 1)
+        bias = bias[:, None, None, :]
+    logits, cache = prefill(params, cfg, tokens, mask, cache, positions, bias)
     stops = jnp.asarray(stop_ids if stop_ids else (-1,), jnp.int32)
 
     def pick(logits, step):
@@ -224,7 +235,7 @@ def _generate(params, tokens, mask, key, processor=None, *, cfg, max_new_tokens,
 
     def body(state):
         step, cache, last, done, out, lengths, pstate = state
-        logits, cache = decode_step(params, cfg, last, cache)
+        logits, cache = decode_step(params, cfg, last, cache, bias)
         if processor is not None:
             logits = processor.apply(pstate, logits)
         nxt = pick(logits, step)
@@ -271,6 +282,8 @@ def generate(
     pad_id: int = 0,
     bucket: int = 16,
     processor: LogitsProcessor | None = None,
+    positions: Sequence[Sequence[int]] | None = None,
+    key_mask: Sequence[Sequence[bool]] | None = None,
 ) -> GenerateOutput:
     """Generates up to ``max_new_tokens`` for each prompt (token-id lists).
 
@@ -278,14 +291,37 @@ def generate(
     with a ``processor`` (see ``LogitsProcessor``), per processor structure: its
     arrays are traced, so new values of the same shapes reuse the compiled loop.
 
+    ``positions`` (per prompt, one int per token; -1 = never attended) replaces the
+    default 0, 1, ...; generated tokens continue after each row's largest position.
+    ``key_mask`` (per prompt, one bool per token, False = hidden; or one float, an
+    additive attention bias) removes prompt keys from the view of every later token,
+    generated ones included.
+
     Returns:
         GenerateOutput with tokens [B, max_new_tokens] and lengths [B].
     """
     toks, mask = pad_prompts(prompts, pad_id, bucket)
     check_fits(cfg, toks.shape[1], max_new_tokens)
     key = jax.random.PRNGKey(0) if key is None else key
+    pos = km = None
+    t = toks.shape[1]
+    for name, rows in (("positions", positions), ("key_mask", key_mask)):
+        if rows is not None and (len(rows) != len(prompts) or any(
+                len(r) != len(p) for r, p in zip(rows, prompts))):
+            raise ValueError(f"generate: {name} needs one entry per prompt token")
+    if positions is not None:
+        pos = np.full((len(prompts), t), -1, np.int32)
+        for i, r in enumerate(positions):
+            pos[i, t - len(r):] = r
+        pos = jnp.asarray(pos)
+    if key_mask is not None:
+        km = np.zeros((len(prompts), t), np.float32)
+        for i, r in enumerate(key_mask):
+            r = np.asarray(r)
+            km[i, t - len(r):] = np.where(r, 0.0, MASKED) if r.dtype == bool else r
+        km = jnp.asarray(km)
     return _generate(
-        params, jnp.asarray(toks), jnp.asarray(mask), key, processor, cfg=cfg,
+        params, jnp.asarray(toks), jnp.asarray(mask), key, processor, pos, km, cfg=cfg,
         max_new_tokens=max_new_tokens, sampling=sampling,
         stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id),
     )

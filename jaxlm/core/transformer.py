@@ -151,7 +151,7 @@ def _write_cache(kc, vc, pc, layer, k, v, q_pos, cursor, slots):
     return kc, vc, pc
 
 
-def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias):
+def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias, prescaled=False):
     """Softmax attention of q [B, T, H, Dh] over keys/vals [B, S, K, Dh].
 
     k_pos [B, K, S]; q_seg [B, T] / k_seg [B, S] or None; attn_bias broadcastable to
@@ -162,7 +162,8 @@ def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias):
     nk, g, hd = cfg.n_kv_heads, cfg.q_per_kv, cfg.head_dim
     qg = q.reshape(b, t, nk, g, hd)
     scores = _attn_mm("btkgd,bskd->bkgts", qg, keys.astype(ct), cfg).astype(jnp.float32)
-    scores = scores * (1.0 / math.sqrt(hd))
+    if not prescaled:
+        scores = scores * (1.0 / math.sqrt(hd))
     qp = q_pos[:, None, None, :, None]  # [B, 1, 1, T, 1]
     kp = k_pos[:, :, None, None, :]  # [B, K, 1, 1, S]
     if cfg.pos == "alibi":
@@ -243,6 +244,7 @@ def attention(
         bias = (None if attn_bias is None
                 else jnp.broadcast_to(attn_bias, (b, cfg.n_heads, t, s)))
         outs = []
+        q = q * (1.0 / math.sqrt(cfg.head_dim))  # scale [T, H, Dh] once, not [H, T, S]
         for lo in range(0, t, chunk):
             hi = min(lo + chunk, t)
             lim = s - t + hi
@@ -250,7 +252,7 @@ def attention(
                 cfg, q[:, lo:hi], keys[:, :lim], vals[:, :lim], q_pos[:, lo:hi],
                 k_pos[..., :lim], None if q_seg is None else q_seg[:, lo:hi],
                 None if k_seg is None else k_seg[:, :lim],
-                None if bias is None else bias[:, :, lo:hi, :lim])[0])
+                None if bias is None else bias[:, :, lo:hi, :lim], prescaled=True)[0])
         out, probs = jnp.concatenate(outs, axis=1), None
     y = dense(out, p["wo"], "bthe,hed->btd", cfg)
     if "bo" in p:
@@ -458,7 +460,7 @@ def run_blocks(
     kv0 = None if cache is None else (cache.k, cache.v, cache.pos)
     cursor = None if cache is None else cache.cursor
 
-    def one(lp, li, x, kv, slots):
+    def one(lp, li, x, kv, slots, cache_li=None):
         rec = {}
 
         def hook(site, layer, act):
@@ -471,7 +473,7 @@ def run_blocks(
         use_hook = intervene is not None or bool(sites)
         if "resid_pre" in sites:
             rec["resid_pre"] = x
-        kvarg = None if kv is None else (*kv, li)
+        kvarg = None if kv is None else (*kv, li if cache_li is None else cache_li)
         x, new_kv, probs = block(lp, cfg, x, positions, rope, layer=li, kv=kvarg,
                                  cursor=cursor, slots=slots, attn_bias=attn_bias,
                                  intervene=hook if use_hook else None, segments=segments,
@@ -492,15 +494,24 @@ def run_blocks(
         sub = jax.tree.map(lambda a: a[rng.start:rng.stop], stacked)
         idx = jnp.arange(rng.start, rng.stop, dtype=jnp.int32)
 
-        def body(carry, xs):
-            x, kv = carry
-            lp, li = xs
+        # the cache goes through the scan one layer at a time (inputs -> outputs), so no
+        # iteration carries or copies the whole stacked buffer
+        kv_sub = None if kv0 is None else tuple(a[rng.start:rng.stop] for a in kv0)
+
+        def body(x, xs):
+            lp, li, kv_l = xs
             slots = None if write_slots is None else (
                 write_slots[li] if write_slots.ndim == 4 else write_slots)
-            x, new_kv, rec = one(lp, li, x, kv, slots)
-            return (x, new_kv), rec
+            kv = None if kv_l is None else tuple(a[None] for a in kv_l)
+            x, new_kv, rec = one(lp, li, x, kv, slots, cache_li=0)
+            return x, (rec, None if new_kv is None else tuple(a[0] for a in new_kv))
 
-        (x, kv), recs = jax.lax.scan(body, (x, kv0), (sub, idx))
+        x, (recs, kv_out) = jax.lax.scan(body, x, (sub, idx, kv_sub))
+        kv = None
+        if kv0 is not None:
+            kv = tuple(a if (rng.start, rng.stop) == (0, n) else
+                       jax.lax.dynamic_update_slice_in_dim(full, a, rng.start, axis=0)
+                       for full, a in zip(kv0, kv_out))
         if sites:
             sel = jnp.asarray([i - rng.start for i in cap_layers], jnp.int32)
             captured = {site: jnp.take(recs[site], sel, axis=0) for site in sites}

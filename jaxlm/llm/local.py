@@ -1,9 +1,8 @@
 """``LocalBackend``: a jaxlm model + tokenizer behind the backend protocol (all three tiers).
 
-Scoring is the workhorse of the small-model agents: ``score_many`` takes G prefixes
-with C continuations each and runs **one jitted call**: the prefixes are prefilled
-once into a KV cache (left-padded, batch G), the cache is tiled C times and all
-G*C continuations run through the model against it. Every shape is padded to a
+Scoring is the workhorse of the small-model agents: ``score_many`` packs each
+prefix with all its continuations into one row (segment ids keep continuations
+apart) and scores G rows in **one jitted call** of ``jaxlm.core.score.score_packed``. Every shape is padded to a
 bucket (powers of two, then multiples of 256 for prefixes), so a long agent run
 compiles a handful of programs and then reuses them.
 
@@ -24,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import apply, init_cache
+from jaxlm.core import apply
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.generate import SamplingConfig, generate
-from jaxlm.core.transformer import unembed
+from jaxlm.core.score import bucket_len, score_packed
 from jaxlm.llm.base import (
     Completion,
     GenConfig,
@@ -41,18 +40,6 @@ from jaxlm.llm.packing import empty_packed, pack_candidates
 
 NEG_BIAS = -1e9
 SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
-
-
-def bucket_len(n: int, minimum: int = 8) -> int:
-    """Padded size for ``n``: powers of two up to 256, then multiples of 256."""
-    if n <= 0:
-        raise ValueError(f"bucket_len: n must be > 0, got {n}")
-    b = minimum
-    while b < n and b < 256:
-        b *= 2
-    if b >= n:
-        return b
-    return -(-n // 256) * 256
 
 
 class ByteTokenizer:
@@ -83,32 +70,6 @@ class ByteTokenizer:
 
 
 # ------------------------------------------------------------------------ jitted kernels
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _score_packed(params, toks, pos, seg, pred_idx, tgt, *, cfg: ModelConfig):
-    """Log-probs of packed continuations, one forward pass, no KV cache.
-
-    Each row is ``[prefix][cont 1][cont 2]...[pad]``; continuation tokens get positions
-    continuing the prefix, and an additive bias lets a token see only the prefix and its
-    own continuation (segment ids: 0 prefix, c + 1 continuation c, -1 pad).
-
-    Args:
-        toks, pos, seg: [G, T] tokens, positions (-1 pad) and segment ids.
-        pred_idx, tgt: [G, N] index of the position predicting each target token, and
-            the target token ids.
-
-    Returns:
-        [G, N] log-probs of the targets.
-    """
-    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # [G, Tq, Tk]
-    bias = jnp.where(same, 0.0, NEG_BIAS)[:, None]  # [G, 1, T, T]
-    out = apply(params, cfg, toks, positions=pos, attn_bias=bias, return_hidden=True,
-                last_logits_only=True)
-    h = jnp.take_along_axis(out.hidden[-1], pred_idx[..., None], axis=1)  # [G, N, D]
-    logits = unembed(params, cfg, h)  # [G, N, V]
-    lp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "capture", "layers", "want_attn"))
 def _forward(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
     acts: dict[str, dict[int, jax.Array]] = {s: {} for s in capture}
@@ -123,19 +84,6 @@ def _forward(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
         return_attn=want_attn, intervene=hook if capture else None,
     )
     return out.logits, acts, out.hidden, out.attn
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def _masked_prefill(params, toks, pos, bias, cache, *, cfg):
-    out = apply(params, cfg, toks, positions=pos, cache=cache, attn_bias=bias,
-                last_logits_only=True)
-    return out.logits[:, -1], out.cache
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",), donate_argnames=("cache",))
-def _masked_step(params, tok, bias, cache, *, cfg):
-    out = apply(params, cfg, tok[:, None], cache=cache, attn_bias=bias)
-    return out.logits[:, 0], out.cache
 
 
 class LocalBackend:
@@ -353,7 +301,7 @@ class LocalBackend:
             row_spans, _, _ = pack_candidates(toks, pos, seg, pred, tgt, i, conts, slot=lp,
                                               first_pos=lp, anchor=lp - 1)
             spans.append(row_spans)
-        lp = np.asarray(_score_packed(self.params, toks, pos, seg, pred, tgt, cfg=self.cfg))
+        lp = np.asarray(score_packed(self.params, toks, pos, seg, pred, tgt, cfg=self.cfg))
         self.stats["score_calls"] += 1
         self.stats["score_seqs"] += sum(len(r[1]) for r in reqs)
         return [[lp[i, a:b].astype(np.float64) for a, b in sp] for i, sp in enumerate(spans)]
@@ -503,33 +451,16 @@ class LocalBackend:
         new = cfg.max_tokens
         if t + new > self.cfg.max_seq_len:
             raise ValueError(f"generate_ids: {t} + {new} tokens exceed {self.cfg.max_seq_len}")
-        cap = t + new
-        bias = np.zeros((b, cap), np.float32)
+        km = None
         if key_mask is not None:
-            bias[:, :t] = np.asarray(self._bias(key_mask, b, t))[:, 0, 0, :]
-        bias_j = jnp.asarray(bias)[:, None, None, :]
+            km = np.asarray(self._bias(key_mask, b, t))[:, 0, 0, :]
         pos = (np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)) if position_ids is None
                else np.asarray(position_ids, np.int32).reshape(b, t))
-        cache = init_cache(self.cfg, b, cap)
-        logits, cache = _masked_prefill(self.params, jnp.asarray(toks), jnp.asarray(pos),
-                                        bias_j, cache, cfg=self.cfg)
-        sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p)
-        from jaxlm.core.generate import sample_logits
-
-        key = jax.random.PRNGKey(cfg.seed)
-        outs: list[list[int]] = [[] for _ in range(b)]
-        done = np.zeros(b, bool)
-        stops = set(self.tokenizer.stop_ids)
-        for step in range(new):
-            tok = np.asarray(sample_logits(logits, jax.random.fold_in(key, step), sampling))
-            for i in range(b):
-                if not done[i]:
-                    if int(tok[i]) in stops:
-                        done[i] = True
-                    else:
-                        outs[i].append(int(tok[i]))
-            if done.all() or step + 1 == new:
-                break
-            logits, cache = _masked_step(self.params, jnp.asarray(tok), bias_j, cache,
-                                         cfg=self.cfg)
-        return outs
+        out = generate(
+            self.params, self.cfg, toks.tolist(), max_new_tokens=new,
+            key=jax.random.PRNGKey(cfg.seed),
+            sampling=SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p),
+            stop_ids=tuple(self.tokenizer.stop_ids), pad_id=self.tokenizer.pad_id,
+            positions=pos.tolist(), key_mask=None if km is None else km.tolist())
+        lens = np.asarray(out.lengths)
+        return [np.asarray(out.tokens[i, : int(lens[i])]).tolist() for i in range(b)]

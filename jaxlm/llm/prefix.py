@@ -13,11 +13,12 @@ prefix and scores the candidates against the cache, in **one jitted call per bat
   recently used one). The row is **rewound** to the LCP (slots past it are marked
   empty), the new prefix tokens are written after it, and every candidate is written
   into scratch slots after them. Candidate tokens sit at positions continuing the
-  prefix and an additive bias keeps each candidate from seeing the others, so one
+  prefix and segment ids keep each candidate from seeing the others, so one
   forward pass gives every candidate's log-probs given the full prefix. The scratch
   slots are marked empty again before the call returns.
-* Rows of one call are gathered from the cache, run through ``jaxlm.core.apply``
-  with explicit ``write_slots`` and scattered back (the cache is donated).
+* Rows of one call are gathered from the cache, run through the core scorer
+  (``jaxlm.core.score.score_tokens``) with explicit ``write_slots`` and scattered back
+  (the cache is donated).
 * Shapes are bucketed (rows: 1, 2, 4, then multiples of 4; new tokens: 32, 64, ...;
   candidate tokens: 16, 32, ...) so a long agent run compiles a handful of programs;
   ``stats["compiles"]`` counts the distinct shapes run.
@@ -36,21 +37,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import apply, init_cache
+from jaxlm.core import init_cache
 from jaxlm.core.cache import KVCache
 from jaxlm.core.config import ModelConfig
-from jaxlm.core.transformer import unembed
+from jaxlm.core.score import bucket_len, score_tokens
 from jaxlm.llm.packing import pack_candidates
 
-NEG_BIAS = -1e9
-
-
-def _bucket(n: int, minimum: int) -> int:
-    """Powers of two from ``minimum`` up to 256, then multiples of 256."""
-    b = minimum
-    while b < n and b < 256:
-        b *= 2
-    return b if b >= n else -(-n // 256) * 256
+_bucket = bucket_len  # powers of two from the minimum up to 256, then multiples of 256
 
 
 def _rows_bucket(n: int) -> int:
@@ -90,20 +83,16 @@ def _prefix_step(params, cache, rows, toks, pos, seg, start, keep, pred, tgt, *,
     )
     write = start[:, None] + jnp.arange(t)[None]  # [G, T]
     slots = jnp.broadcast_to(write[:, None, :], (g, cfg.n_kv_heads, t))
-    slot_seg = jnp.zeros((g, s), jnp.int32).at[jnp.arange(g)[:, None], write].set(seg)
-    ok = (slot_seg[:, None, :] <= 0) | (slot_seg[:, None, :] == seg[:, :, None])  # [G, T, S]
-    bias = jnp.where(ok, 0.0, NEG_BIAS)[:, None]  # [G, 1, T, S]
-    out = apply(params, cfg, toks, positions=pos, cache=sub, write_slots=slots,
-                attn_bias=bias, return_hidden=True, last_logits_only=True)
-    h = jnp.take_along_axis(out.hidden[-1], pred[..., None], axis=1)  # [G, N, D]
-    lp = jax.nn.log_softmax(unembed(params, cfg, h), axis=-1)
-    lp = jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
-    new_pos = jnp.where(slot[None, None, None] >= keep[None, :, None, None], -1, out.cache.pos)
+    # segments: the cached prefix (slots not written now) and new prefix tokens are 0,
+    # candidate c is c + 1: each candidate sees the prefix and itself only
+    lp, new_cache = score_tokens(params, cfg, toks, pos, seg, pred, tgt, cache=sub,
+                                 write_slots=slots)
+    new_pos = jnp.where(slot[None, None, None] >= keep[None, :, None, None], -1, new_cache.pos)
     if full:
-        return lp, KVCache(k=out.cache.k, v=out.cache.v, pos=new_pos, next_pos=keep,
+        return lp, KVCache(k=new_cache.k, v=new_cache.v, pos=new_pos, next_pos=keep,
                            cursor=cache.cursor)
     cache = KVCache(
-        k=cache.k.at[:, rows].set(out.cache.k), v=cache.v.at[:, rows].set(out.cache.v),
+        k=cache.k.at[:, rows].set(new_cache.k), v=cache.v.at[:, rows].set(new_cache.v),
         pos=cache.pos.at[:, rows].set(new_pos),
         next_pos=cache.next_pos.at[rows].set(keep), cursor=cache.cursor,
     )

@@ -108,3 +108,27 @@ def test_prompt_longer_than_context_is_a_clear_error(model):
         generate(params, cfg, [[]], max_new_tokens=2)
     with pytest.raises(ValueError, match="temperature"):
         SamplingConfig(temperature=-1)
+
+
+def test_key_mask_and_positions_equal_a_masked_full_recompute(model):
+    """generate(positions, key_mask) == greedy by full forwards with the same positions and
+    a key bias over the masked prompt slots (generated tokens never masked)."""
+    cfg, params = model
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 256, 9).tolist(), rng.integers(1, 256, 6).tolist()]
+    masks = [rng.random(9) > 0.3, rng.random(6) > 0.3]
+    pos = [list(range(2, 11)), list(range(6))]
+    out = generate(params, cfg, prompts, max_new_tokens=5, positions=pos,
+                   key_mask=[m.tolist() for m in masks])
+    for i, (p, m, ps) in enumerate(zip(prompts, masks, pos)):
+        seq, sp, keep = list(p), list(ps), list(m)
+        for _ in range(5):
+            bias = jnp.where(jnp.asarray(keep), 0.0, -1e9)[None, None, None, :]
+            logits = apply(params, cfg, jnp.asarray([seq]), positions=jnp.asarray([sp]),
+                           attn_bias=bias).logits[0, -1]
+            seq.append(int(jnp.argmax(logits)))
+            sp.append(sp[-1] + 1)
+            keep.append(True)
+        assert list(np.asarray(out.tokens[i])) == seq[len(p):]
+    with pytest.raises(ValueError, match="key_mask needs one entry per prompt token"):
+        generate(params, cfg, prompts, max_new_tokens=2, key_mask=[[True], [True]])

@@ -156,7 +156,9 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
             + [(m, True, llm_users) for m in cfg.scrambled_methods])
     sdata = scramble_titles(data, cfg.seed)
     scorer = None
-    if cfg.mode == "score" and all(hasattr(backend, a) for a in ("params", "cfg", "tokenizer")):
+    if cfg.mode == "score" and "forward" in getattr(backend, "capabilities", ()):
+        # white-box tier (params, cfg, tokenizer): the packed scorer; other backends score
+        # through the scoring tier (``score_candidates``)
         from jaxlm.agents.recsys.scoring import RecScorer
 
         scorer = RecScorer.from_backend(

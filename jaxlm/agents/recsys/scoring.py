@@ -19,20 +19,17 @@ strategy's prompts at once:
   rows per jitted call: one compiled program per strategy (plus one prefill when a prefix
   is shared), and strategies whose rows round to the same length share it.
 
-* **Two engines.** ``engine="fast"`` (default where supported) runs ``fastlm``: layers in a
-  ``lax.scan``, block-causal attention chunks (the half of the score matrix above the
-  diagonal is never computed), the LM head only at slots that predict candidate tokens, and
-  optional bf16 matmuls with f32 accumulation. ``engine="core"`` runs ``jaxlm.core.apply``
-  with a dense [T, S] bias. Both equal ``jaxlm.core.generate.score`` to 1e-4 in float32.
-
-This is the recommender's private copy of what a general prefix-reusing scorer in
-``jaxlm.llm`` offers; see the module docstring of ``experiment.py`` for how it is used.
+* **Two layouts of one scorer.** Both run ``jaxlm.core.score.score_packed``:
+  ``engine="fast"`` (default) with the layers in a ``lax.scan`` over a stacked copy of the
+  weights, block-causal attention chunks (the half of the score matrix above the diagonal
+  is never computed) and the model's precision policy (``mm_dtype`` / ``attn_dtype``: bf16
+  operands with f32 accumulation); ``engine="core"`` with a Python layer loop and dense
+  attention. The LM head runs only at slots that predict candidate tokens in both.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
@@ -40,17 +37,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import KVCache, apply, init_cache
 from jaxlm.core.config import ModelConfig
-from jaxlm.core.transformer import unembed
-from jaxlm.agents.recsys import fastlm
+from jaxlm.core.score import bucket_len, prefill_prefix, score_packed
+from jaxlm.core.transformer import cast_params, stack_layers
 from jaxlm.llm.packing import empty_packed, pack_candidates
-
-NEG_BIAS = -1e9
 
 
 def _round_up(n: int, step: int) -> int:
-    return max(step, -(-n // step) * step)
+    return bucket_len(n, step, multiple=step)
 
 
 def _lcp(seqs: Sequence[Sequence[int]]) -> int:
@@ -66,49 +60,6 @@ def _lcp(seqs: Sequence[Sequence[int]]) -> int:
         if n == 0:
             break
     return n
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _prefill(params, toks, *, cfg: ModelConfig) -> KVCache:
-    """KV cache of ``toks`` [1, P] at positions 0..P-1 (capacity exactly P)."""
-    cache = init_cache(cfg, 1, toks.shape[1])
-    pos = jnp.arange(toks.shape[1], dtype=jnp.int32)[None]
-    return apply(params, cfg, toks, positions=pos, cache=cache, last_logits_only=True).cache
-
-
-@functools.partial(jax.jit, static_argnames=("cfg",))
-def _score_rows(params, shared: KVCache | None, toks, pos, seg, pred, tgt, *, cfg: ModelConfig):
-    """Log-probs of packed candidate tokens, optionally after a shared cached prefix.
-
-    Args:
-        shared: cache of the shared prefix (batch 1, capacity P) or None.
-        toks, pos, seg: [G, T] row tokens, absolute positions (-1 pad) and segment ids
-            (0 own prompt tokens, c + 1 candidate c, -1 pad).
-        pred, tgt: [G, N] row index predicting each target token, target ids.
-
-    Returns:
-        [G, N] log-probs of the targets.
-    """
-    g, t = toks.shape
-    same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # [G, Tq, Tk]
-    bias = jnp.where(same, 0.0, NEG_BIAS)[:, None]  # [G, 1, T, T]
-    cache = None
-    if shared is not None:
-        p = shared.k.shape[2]
-        kv_pad = ((0, 0), (0, 0), (0, t), (0, 0), (0, 0))
-        shape = (cfg.n_layers, g, p + t) + shared.k.shape[3:]
-        k = jnp.broadcast_to(jnp.pad(shared.k, kv_pad), shape)
-        v = jnp.broadcast_to(jnp.pad(shared.v, kv_pad), k.shape)
-        kp = jnp.pad(shared.pos, ((0, 0), (0, 0), (0, 0), (0, t)), constant_values=-1)
-        kp = jnp.broadcast_to(kp, (cfg.n_layers, g) + kp.shape[2:])
-        cache = KVCache(k=k, v=v, pos=kp, next_pos=jnp.full((g,), p, jnp.int32),
-                        cursor=jnp.asarray(p, jnp.int32))
-        bias = jnp.concatenate([jnp.zeros((g, 1, t, p), bias.dtype), bias], axis=-1)
-    out = apply(params, cfg, toks, positions=pos, cache=cache, attn_bias=bias,
-                return_hidden=True, last_logits_only=True)
-    h = jnp.take_along_axis(out.hidden[-1], pred[..., None], axis=1)  # [G, N, D]
-    lp = jax.nn.log_softmax(unembed(params, cfg, h), axis=-1)  # [G, N, V]
-    return jnp.take_along_axis(lp, tgt[..., None], axis=-1)[..., 0]
 
 
 @dataclasses.dataclass
@@ -131,14 +82,15 @@ class RecScorer:
         rows: prompts per jitted call (1 is best on CPU; raise on a GPU).
         len_step: row lengths are padded to multiples of this.
         min_shared: a common prefix shorter than this is not cached.
-        engine: "fast" (``fastlm``: layer scan, block-causal attention, LM head only at
-            scored slots), "core" (``jaxlm.core.apply`` with a dense bias) or "auto" (fast
-            where ``fastlm.supports(cfg)``).
-        mm_dtype: matmul dtype of the fast engine ("float32" or "bfloat16": bf16 weights
-            and matmul inputs, float32 accumulation and everything else float32).
+        engine: "fast" (layer scan over stacked weights, block-causal attention chunks),
+            "core" (layer loop, dense attention) or "auto" (= fast); both are
+            ``jaxlm.core.score.score_packed``.
+        mm_dtype: weight-matmul dtype ("float32" or "bfloat16": bf16 weights and matmul
+            inputs, float32 accumulation and everything else float32); sets
+            ``ModelConfig.matmul_dtype``.
         chunk: query-chunk size of the fast engine's block-causal attention.
-        attn_dtype: dtype of the fast engine's attention matmul inputs (scores, softmax
-            and accumulation stay float32).
+        attn_dtype: attention matmul input dtype (scores, softmax and accumulation stay
+            float32); sets ``ModelConfig.attn_dtype``.
         row_buckets: pad each row to its own multiple of ``len_step`` (a few compiled
             shapes, less padding) instead of every row to the group's longest.
     """
@@ -153,14 +105,16 @@ class RecScorer:
         if engine not in ("auto", "fast", "core"):
             raise ValueError(f"RecScorer: engine must be auto|fast|core, got {engine!r}")
         if engine == "auto":
-            engine = "fast" if fastlm.supports(cfg) else "core"
-        if engine == "core" and mm_dtype != "float32":
-            raise ValueError("RecScorer: mm_dtype applies to engine='fast' only")
+            engine = "fast"
         self.engine, self.mm_dtype, self.chunk = engine, mm_dtype, chunk
         self.attn_dtype, self.row_buckets = attn_dtype, row_buckets
-        # one device copy of the weights: the fast engine's stacked layout, or core's pytree
-        self.params = jax.tree.map(jnp.asarray, params) if engine == "core" else None
-        self.sp = fastlm.prepare_params(params, cfg, mm_dtype) if engine == "fast" else None
+        self.base_cfg = cfg
+        cfg = dataclasses.replace(
+            cfg, matmul_dtype=None if mm_dtype == "float32" else mm_dtype,
+            attn_dtype=None if attn_dtype == "float32" else attn_dtype)
+        # this scorer owns its one device copy of the weights (stacked for the scan)
+        params = cast_params(jax.tree.map(jnp.asarray, params), cfg)
+        self.params = stack_layers(params) if engine == "fast" else params
         self.cfg, self.tokenizer = cfg, tokenizer
         self.rows, self.len_step, self.min_shared = rows, len_step, min_shared
         self.stats = ScoreStats()
@@ -168,11 +122,11 @@ class RecScorer:
 
     @classmethod
     def from_backend(cls, backend: Any, **kw) -> RecScorer:
-        """Shares a ``LocalBackend``'s params, config and tokenizer."""
-        for a in ("params", "cfg", "tokenizer"):
-            if not hasattr(backend, a):
-                raise ValueError(f"RecScorer.from_backend: {type(backend).__name__} has no "
-                                 f"{a!r}; use a LocalBackend (or score via the backend protocol)")
+        """Uses a white-box backend's params, config and tokenizer (the white-box tier of
+        the backend protocol: ``require(backend, {"forward"})``)."""
+        from jaxlm.llm.base import require
+
+        require(backend, {"forward"})
         return cls(backend.params, backend.cfg, backend.tokenizer, **kw)
 
     def encode(self, text: str, memo: bool = False) -> list[int]:
@@ -262,23 +216,15 @@ class RecScorer:
         return out
 
     def _prefill_ids(self, ids: Sequence[int]) -> Any:
-        """The shared prefix's cache (a KVCache, or (k, v, pos) for the fast engine)."""
+        """The shared prefix's KV cache (batch 1, capacity ``len(ids)``)."""
         toks = jnp.asarray([list(ids)], jnp.int32)
-        if self.engine == "core":
-            return _prefill(self.params, toks, cfg=self.cfg)
-        pos = jnp.arange(len(ids), dtype=jnp.int32)[None]
-        k, v = fastlm.prefill(self.sp, toks, pos, *fastlm.empty_prefix(self.cfg),
-                              cfg=self.cfg, chunk=self.chunk, attn_dtype=self.attn_dtype)
-        return k, v, np.asarray(pos)
+        return prefill_prefix(self.params, toks, cfg=self.cfg, scan=self.engine == "fast")
 
     def _score_arrays(self, cache, toks, pos, seg, pred, tgt) -> np.ndarray:
-        if self.engine == "core":
-            return np.asarray(_score_rows(self.params, cache, toks, pos, seg, pred, tgt,
-                                          cfg=self.cfg))
-        pre = cache if cache is not None else fastlm.empty_prefix(self.cfg)
-        return np.asarray(fastlm.score_rows(self.sp, toks, pos, seg, pred, tgt, *pre,
-                                            cfg=self.cfg, chunk=self.chunk,
-                                            attn_dtype=self.attn_dtype))
+        fast = self.engine == "fast"
+        return np.asarray(score_packed(self.params, toks, pos, seg, pred, tgt, cache,
+                                       cfg=self.cfg, scan=fast,
+                                       chunk=self.chunk if fast else None))
 
     def _run(self, cache, shared, pids, cids, t, n):
         g = self.rows
