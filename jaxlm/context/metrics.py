@@ -12,16 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-
-def bootstrap_ci(values, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0):
-    """(mean, lo, hi) percentile bootstrap CI of the mean of ``values``."""
-    v = np.asarray(values, np.float64)
-    if v.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
-    lo, hi = np.quantile(means, alpha / 2), np.quantile(means, 1 - alpha / 2)
-    return float(v.mean()), float(lo), float(hi)
+from jaxlm.utils.stats import bootstrap_ci
 
 
 def ta_ur_da(origin_correct: Sequence[bool], correct: Sequence[bool], *, n_boot: int = 2000,

@@ -94,15 +94,9 @@ def ft_edit(
     m = len(tgt)
     b = {"pred_tail": jnp.asarray([[len(e.ids) - 1 + j for j in range(m)]], jnp.int32),
          "tgt": jnp.asarray([tgt], jnp.int32), "tmask": jnp.ones((1, m), jnp.float32)}
-    stacked = hooks.stacked_from(params)
     st = hooks.tail_state(params, cfg, toks, pos, np.zeros((1,), np.int32), start=hp.layer,
-                          tail_len=toks.shape[1], stacked=stacked)
-    batch = {
-        "first": params["layers"][hp.layer],
-        "rest": None if hp.layer == cfg.n_layers - 1
-        else hooks.stacked_from(params, hp.layer + 1),
-        "head": {k: v for k, v in params.items() if k != "layers"}, "st": st, "b": b,
-    }
+                          tail_len=toks.shape[1])
+    batch = {**hooks.tail_params(params, hp.layer), "st": st, "b": b}
     step, create = _ft_step_fn(cfg, hp.layer, hp.lr)
     w0 = jnp.asarray(params["layers"][hp.layer]["mlp"]["w_down"])
     state = create({"w_down": w0})

@@ -1,19 +1,16 @@
-"""Forward-pass helpers built on ``jaxlm.core.apply``'s ``intervene`` hook.
+"""Editing's forward-pass helpers, all on ``jaxlm.core``'s composable forward
+(``embed`` -> ``run_blocks`` -> ``unembed``).
 
 - ``pad_batch``: right-padded token batches with positions (pads at -1).
 - ``capture``: an activation of one (site, layer) for a batch, [B, T, X]
-  (runs only the blocks up to that layer).
-- ``run_from``: runs blocks ``start..L-1`` from a given residual stream
-  (the input of block ``start``), so optimisations that only change layer
-  ``start`` onwards never recompute the frozen prefix. It feeds ``h_in`` by
-  replacing the "embed" site and reads the last block's "resid_post".
-- ``tail_state`` / ``run_tail``: the same with the frozen prefix of every row
-  (everything before the subject's last token) prefilled once into a KV cache,
-  so each optimisation step runs only a few tail tokens.
+  (runs only the blocks up to that layer; ``run_blocks(capture=...)``).
+- ``tail_state`` / ``tail_params`` / ``run_tail``: the frozen prefix of every row
+  (everything before the subject's last token) prefilled once into a KV cache, so each
+  optimisation step runs only a few tail tokens through blocks ``start..L-1``.
 - ``final_logprobs_at``: log-probs at chosen positions from a final residual.
 
-These use only the public ``apply``/``unembed``; ``run_from`` would be a natural
-addition to ``jaxlm.core`` (a ``start_layer``/``inputs_embeds`` argument).
+Layer stacking is core's ``stack_layers``; whoever calls ``tail_params`` owns the
+stacked copy (one per edit call; there is no module-level cache).
 """
 
 from __future__ import annotations
@@ -27,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxlm.core import ModelConfig, apply, init_cache, layers
-from jaxlm.core.transformer import block, embed, unembed
+from jaxlm.core import KVCache, ModelConfig, init_cache
+from jaxlm.core.transformer import embed, run_blocks, stack_layers, unembed
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -73,15 +70,12 @@ def truncate(params: Params, n_layers: int) -> Params:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "site"))
 def _capture(params, tokens, positions, *, cfg, layer, site):
-    store = {}
-
-    def iv(s, l, act):
-        if s == site and l == layer:
-            store["a"] = act
-        return act
-
-    apply(params, cfg, tokens, positions=positions, last_logits_only=True, intervene=iv)
-    return store["a"]
+    x = embed(params, cfg, tokens, positions)
+    if site == "embed":
+        return x
+    out = run_blocks(params, cfg, x, positions=positions, layers=range(layer + 1),
+                     capture=((site,), (layer,)))
+    return out.captured[site][0]
 
 
 def capture(
@@ -92,79 +86,20 @@ def capture(
         layer = -1
     if not -1 <= layer < cfg.n_layers:
         raise ValueError(f"layer {layer} is out of range for a {cfg.n_layers}-layer model")
-    sub = truncate(params, max(layer + 1, 1))
-    return _capture(sub, jnp.asarray(tokens), jnp.asarray(positions), cfg=cfg, layer=layer,
+    return _capture(params, jnp.asarray(tokens), jnp.asarray(positions), cfg=cfg, layer=layer,
                     site=site)
-
-
-def block_input(
-    params: Params, cfg: ModelConfig, tokens: Array, positions: Array, start: int
-) -> Array:
-    """The residual stream entering block ``start`` ([B, T, D])."""
-    if start == 0:
-        return capture(params, cfg, tokens, positions, layer=-1, site="embed")
-    return capture(params, cfg, tokens, positions, layer=start - 1, site="resid_post")
-
-
-def suffix_params(params: Params, start: int) -> Params:
-    """Params with blocks ``start..L-1`` only (embeddings and head kept)."""
-    return {**params, "layers": list(params["layers"][start:])}
-
-
-def run_from(
-    sub: Params,
-    cfg: ModelConfig,
-    start: int,
-    h_in: Array,
-    tokens: Array,
-    positions: Array,
-    extra: Callable[[str, int, Array], Array] | None = None,
-) -> Array:
-    """Runs the blocks in ``sub`` (= ``suffix_params(params, start)``) on ``h_in``.
-
-    Traceable (call it inside your own jitted function). ``extra(site, layer, act)``
-    sees true layer indices (``start + i``).
-
-    Returns:
-        The last block's residual output [B, T, D] (before the final norm).
-    """
-    n = len(sub["layers"])
-    if n == 0:
-        raise ValueError("run_from: no blocks to run (start == n_layers)")
-    store = {}
-
-    def iv(site, layer, act):
-        if site == "embed":
-            return h_in.astype(act.dtype)
-        if extra is not None:
-            act = extra(site, layer + start, act)
-        if site == "resid_post" and layer == n - 1:
-            store["h"] = act
-        return act
-
-    apply(sub, cfg, tokens, positions=positions, last_logits_only=True, intervene=iv)
-    return store["h"]
 
 
 def final_logprobs_at(params: Params, cfg: ModelConfig, h: Array, idx: Array) -> Array:
     """Log-softmax of the LM head at positions ``idx`` [B, M] of ``h`` [B, T, D] -> [B, M, V]."""
-    rows = jnp.arange(h.shape[0])[:, None]
-    sel = h[rows, idx]  # [B, M, D]
-    return jax.nn.log_softmax(unembed(params, cfg, sel), axis=-1)
+    return jax.nn.log_softmax(unembed(params, cfg, h, at=idx), axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _last_logprobs(params, tokens, positions, last, *, cfg):
-    store = {}
-    n = len(params["layers"])
-
-    def iv(site, layer, act):
-        if site == "resid_post" and layer == n - 1:
-            store["h"] = act
-        return act
-
-    apply(params, cfg, tokens, positions=positions, last_logits_only=True, intervene=iv)
-    return final_logprobs_at(params, cfg, store["h"], last[:, None])[:, 0]
+    x = embed(params, cfg, tokens, positions)
+    h = run_blocks(params, cfg, x, positions=positions).x
+    return final_logprobs_at(params, cfg, h, last[:, None])[:, 0]
 
 
 def next_token_logprobs(
@@ -182,68 +117,6 @@ def next_token_logprobs(
     return np.concatenate(out, axis=0)
 
 
-def stack_layers(layer_list: Sequence[Params]) -> Params:
-    """Stacks per-block param dicts along a new leading axis (for ``lax.scan``)."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *layer_list)
-
-
-_STACK_CACHE: list = []  # [(layers list, start, stacked blocks start..L-1)], a few entries
-
-
-def stacked_from(params: Params, start: int = 0) -> Params:
-    """``stack_layers(params["layers"][start:])``, cached for the last params seen.
-
-    Single edits all start from the same params object, so the ~0.5 GB copy is made once.
-    The cache holds a reference to the layer list, so an identity match is exact (a
-    new list, as every edit returns, misses).
-    """
-    layers_list = params["layers"]
-    for lst, st, stacked in _STACK_CACHE:
-        if lst is layers_list and st == start:
-            return stacked
-    stacked = stack_layers(layers_list[start:])
-    _STACK_CACHE[:] = [e for e in _STACK_CACHE if e[0] is layers_list][-2:]
-    _STACK_CACHE.append((layers_list, start, stacked))
-    return stacked
-
-
-def _rope(cfg: ModelConfig, positions: Array):
-    return layers.rope_angles(cfg, jnp.maximum(positions, 0)) if cfg.pos == "rope" else None
-
-
-def scan_blocks(
-    stacked: Params,
-    cfg: ModelConfig,
-    x: Array,
-    positions: Array,
-    kv: tuple[Array, Array, Array] | None = None,
-    cursor: Array | None = None,
-) -> tuple[Array, tuple[Array, Array, Array] | None, Array]:
-    """Runs stacked blocks with ``lax.scan`` (one compiled block instead of L unrolled ones).
-
-    Args:
-        stacked: ``stack_layers`` of the blocks to run.
-        x: [B, T, D] residual entering the first of them.
-        positions: [B, T] (-1 = padding).
-        kv: optional (k [n, B, S, K, Dh], v, pos [n, B, K, S]) cache of these blocks.
-        cursor: append slot for the new keys when ``kv`` is given.
-
-    Returns:
-        (output residual [B, T, D], updated kv or None, per-block outputs [n, B, T, D]).
-    """
-    rope = _rope(cfg, positions)
-
-    def body(h, inp):
-        lp, kvi = inp
-        kvarg = None if kvi is None else (kvi[0][None], kvi[1][None], kvi[2][None], 0)
-        h, new_kv, _ = block(lp, cfg, h, positions, rope, layer=0, kv=kvarg, cursor=cursor)
-        new_kv = None if new_kv is None else tuple(a[0] for a in new_kv)
-        return h, (new_kv, h)
-
-    x, (new_kv, hs) = jax.lax.scan(body, x, (stacked, kv))
-    return x, new_kv, hs
-
-
 @struct.dataclass
 class TailState:
     """A batch split at a per-row cut: the frozen prefix lives in a KV cache.
@@ -253,46 +126,66 @@ class TailState:
     tail tokens through blocks ``start..L-1`` against the cached prefix.
 
     Attributes:
-        kv: (k [L-start, B, S, K, Dh], v, pos [L-start, B, K, S]): the prefix keys
-            of blocks start..L-1 (slots at or after the cut emptied).
-        cursor: [] first free slot (the tail is appended there).
+        cache: KVCache of blocks start..L-1 (layer axis L - start) holding the prefix
+            keys (slots at or after the cut emptied); ``cursor`` is the first free slot
+            (the tail is appended there).
         h_in: [B, Tt, D] residual entering block ``start`` at the tail positions.
         tokens, positions: [B, Tt] tail tokens and their true positions (-1 pads).
     """
 
-    kv: tuple[Array, Array, Array]
-    cursor: Array
+    cache: KVCache
     h_in: Array
     tokens: Array
     positions: Array
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "start", "tail_len"))
-def _tail_state(stacked, params, tokens, positions, cut, *, cfg, start, tail_len):
+def _tail_state(params, tokens, positions, cut, *, cfg, start, tail_len):
     b, t = tokens.shape
-    c = init_cache(cfg, b, t + tail_len)
     x0 = embed(params, cfg, tokens, positions)
-    _, (k, v, pos), hs = scan_blocks(stacked, cfg, x0, positions, (c.k, c.v, c.pos),
-                                     jnp.asarray(0, jnp.int32))
-    h_in = x0 if start == 0 else hs[start - 1]
+    # one scanned prefill; run_blocks stacks the layer list inside this call (transient)
+    out = run_blocks(params, cfg, x0, positions=positions, scan=True,
+                     cache=init_cache(cfg, b, t + tail_len),
+                     capture=(("resid_pre",), (start,)))
+    c = out.cache
+    h_in = out.captured["resid_pre"][0]
     # forget slots at or after the cut: the tail is re-run (and re-written) later
-    pos = jnp.where(pos >= cut[None, :, None, None], -1, pos)
+    pos = jnp.where(c.pos >= cut[None, :, None, None], -1, c.pos)
+    cache = KVCache(k=c.k[start:], v=c.v[start:], pos=pos[start:], next_pos=cut,
+                    cursor=jnp.asarray(t, jnp.int32))
     j = jnp.arange(tail_len)[None, :]
     idx = jnp.clip(cut[:, None] + j, 0, t - 1)  # [B, Tt]
     rows = jnp.arange(b)[:, None]
     tail_pos = jnp.where(cut[:, None] + j < t, positions[rows, idx], -1)
-    return TailState(kv=(k[start:], v[start:], pos[start:]), cursor=jnp.asarray(t, jnp.int32),
-                     h_in=h_in[rows, idx], tokens=tokens[rows, idx], positions=tail_pos)
+    return TailState(cache=cache, h_in=h_in[rows, idx], tokens=tokens[rows, idx],
+                     positions=tail_pos)
 
 
 def tail_state(
-    params: Params, cfg: ModelConfig, tokens, positions, cut, *, start: int, tail_len: int,
-    stacked: Params | None = None,
+    params: Params, cfg: ModelConfig, tokens, positions, cut, *, start: int, tail_len: int
 ) -> TailState:
     """Splits right-padded rows at ``cut`` [B] and prefills the prefix (see ``TailState``)."""
-    stacked = stack_layers(params["layers"]) if stacked is None else stacked
-    return _tail_state(stacked, params, jnp.asarray(tokens), jnp.asarray(positions),
-                       jnp.asarray(cut), cfg=cfg, start=start, tail_len=tail_len)
+    if not 0 <= start < cfg.n_layers:
+        raise ValueError(f"tail_state: start {start} out of range for {cfg.n_layers} layers")
+    return _tail_state(params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(cut),
+                       cfg=cfg, start=start, tail_len=tail_len)
+
+
+def tail_params(params: Params, start: int) -> Params:
+    """What ``run_tail`` runs: {"first": block ``start`` (a per-layer dict), "rest": blocks
+    start+1..L-1 stacked by ``core.stack_layers`` (None when ``start`` is the last), "head":
+    everything but the layers (embeddings, final norm, LM head)}.
+
+    The stacked "rest" is a copy of those blocks: make it once per edit and pass it to
+    every step (the caller owns it; nothing is cached here).
+    """
+    lay = params["layers"]
+    rest = lay[start + 1 :]
+    return {
+        "first": lay[start],
+        "rest": stack_layers({"layers": rest})["layers"] if rest else None,
+        "head": {k: v for k, v in params.items() if k != "layers"},
+    }
 
 
 def run_tail(
@@ -303,18 +196,21 @@ def run_tail(
     st: TailState,
     extra: Callable[[str, int, Array], Array] | None = None,
 ) -> Array:
-    """Runs the tail through block ``start`` (params ``first``, hooked by ``extra``) and then
-    the stacked blocks ``rest`` (start+1..L-1, or None); traceable.
+    """Runs the tail through block ``start`` (params ``first``, hooked by ``extra``, which
+    sees the true layer index) and then the stacked blocks ``rest`` (start+1..L-1, or
+    None) in a ``lax.scan``; traceable.
 
     Returns:
         The last block's residual output at the tail positions [B, Tt, D].
     """
-    rope = _rope(cfg, st.positions)
-    k, v, pos = st.kv
-    x, _, _ = block(first, cfg, st.h_in, st.positions, rope, layer=start,
-                    kv=(k, v, pos, 0), cursor=st.cursor, intervene=extra)
+    c = st.cache
+    hook = None if extra is None else (lambda s, li, a: extra(s, li + start, a))
+    # both calls append at the same cursor (each writes its own layers of the cache)
+    x = run_blocks({"layers": [first]}, cfg, st.h_in, positions=st.positions,
+                   cache=c.replace(k=c.k[:1], v=c.v[:1], pos=c.pos[:1]), intervene=hook).x
     if rest is not None:
-        x, _, _ = scan_blocks(rest, cfg, x, st.positions, (k[1:], v[1:], pos[1:]), st.cursor)
+        x = run_blocks({"layers": rest}, cfg, x, positions=st.positions, scan=True,
+                       cache=c.replace(k=c.k[1:], v=c.v[1:], pos=c.pos[1:])).x
     return x
 
 

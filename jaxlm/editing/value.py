@@ -321,14 +321,9 @@ def optimize_delta(
     lens = (batch.positions >= 0).sum(1)
     tail_len = int((lens - batch.subj).max())  # 3 for "... {} is" with a one-token target
     b["pred_tail"] = jnp.asarray(batch.pred - batch.subj[:, None])
-    stacked = hooks.stacked_from(params)
     st = hooks.tail_state(params, cfg, batch.tokens, batch.positions, batch.subj, start=layer,
-                          tail_len=tail_len, stacked=stacked)
-    sub = {
-        "first": params["layers"][layer],
-        "rest": None if layer == cfg.n_layers - 1 else hooks.stacked_from(params, layer + 1),
-        "head": {k: v for k, v in params.items() if k != "layers"},
-    }
+                          tail_len=tail_len)
+    sub = hooks.tail_params(params, layer)
     act, key, ref = _site_and_ref(sub, st, b, cfg=cfg, start=layer, site=site)
     rw = batch.is_rw > 0
     v0 = np.asarray(act, np.float64)[rw].mean(0)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from jaxlm.llm.base import Message, ScoreResult, require
+from jaxlm.utils.stats import bootstrap_ci  # noqa: F401  (the one implementation; re-exported)
 
 
 def score_many(backend: Any, requests: Sequence[tuple[Any, Sequence[str]]]
@@ -149,15 +150,3 @@ def match_action(text: str, admissible: Sequence[str], cutoff: float = 0.75
         if best:
             return norm[best[0]], "fuzzy"
     return None, "none"
-
-
-def bootstrap_ci(values: Sequence[float], n_boot: int = 2000, alpha: float = 0.05,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high) percentile bootstrap CI of the mean."""
-    x = np.asarray(values, np.float64)
-    if x.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    return float(x.mean()), float(lo), float(hi)

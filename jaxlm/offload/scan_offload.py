@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import layers as core_layers
 from jaxlm.core import transformer as tfm
 from jaxlm.core.config import ModelConfig
 from jaxlm.offload import engines as eng
@@ -50,16 +49,24 @@ def scan_offload_support(device: jax.Device) -> tuple[bool, str]:
 
 
 def split_stacked(params: Any, cfg: ModelConfig) -> tuple[dict, dict]:
-    """Full params -> (rest: embed/head leaves, stacked blocks with leaves [L, ...])."""
+    """Full params -> (rest: embed/head leaves, stacked blocks with leaves [L, ...]).
+
+    The blocks are stacked by ``core.stack_layers`` on the host CPU device (they go to
+    ``pinned_host`` next, so the stacked copy never passes through accelerator memory)."""
     stg.check_model(cfg)
     rest = {k: v for k, v in params.items() if k != "layers"}
-    stacked = jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *params["layers"])
+    with jax.default_device(jax.devices("cpu")[0]):
+        stacked = tfm.stack_layers({"layers": params["layers"]})["layers"]
     return rest, stacked
 
 
 def unstack(stacked: Any, n_layers: int) -> list[Any]:
-    """Stacked block tree -> list of per-layer trees (host numpy)."""
-    return [jax.tree.map(lambda x: np.asarray(x)[i], stacked) for i in range(n_layers)]
+    """Stacked block tree -> list of per-layer trees (host numpy; ``core.unstack_layers``)."""
+    if jax.tree.leaves(stacked)[0].shape[0] != n_layers:
+        raise ValueError(f"unstack: stacked blocks have {jax.tree.leaves(stacked)[0].shape[0]} "
+                         f"layers, expected n_layers={n_layers}")
+    lay = tfm.unstack_layers({"layers": stacked})["layers"]
+    return [jax.tree.map(np.asarray, lp) for lp in lay]
 
 
 def place(rest: dict, stacked: dict, device: jax.Device) -> tuple[Any, Any]:
@@ -86,7 +93,7 @@ def make_scan_offload_step(cfg: ModelConfig, device: jax.Device):
         tokens = batch["inputs"]
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
-        rope = core_layers.rope_angles(cfg, positions) if cfg.pos == "rope" else None
+        rope = tfm.layers_rope(cfg, positions)
         x = tfm.embed(rest, cfg, tokens, positions)  # [B, T, D]
 
         def body(x, lp):

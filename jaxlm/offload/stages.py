@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import optax
 
 from jaxlm.core import transformer as tfm
-from jaxlm.core import layers as core_layers
 from jaxlm.core.config import ModelConfig
 
 Params = dict[str, Any]
@@ -87,19 +86,18 @@ def cross_entropy(logits: jax.Array, targets: jax.Array) -> jax.Array:
 
 
 def _run_layers(sub: list[Params], cfg: ModelConfig, start: int, n_total: int, x, batch):
+    """Runs layers ``start .. start + len(sub) - 1`` of ``layer_names``: the embedding if
+    included, the blocks through ``core.run_blocks``, and the head (returning the loss)."""
     tokens = batch["inputs"]
     b, t = tokens.shape
     positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
-    rope = core_layers.rope_angles(cfg, positions) if cfg.pos == "rope" else None
-    for j, p in enumerate(sub):
-        idx = start + j
-        if idx == 0:
-            x = tfm.embed(p, cfg, tokens, positions)
-        elif idx == n_total - 1:
-            logits = tfm.unembed(p, cfg, x)
-            return cross_entropy(logits, batch["targets"])
-        else:
-            x, _, _ = tfm.block(p["block"], cfg, x, positions, rope, layer=idx - 1)
+    if start == 0:
+        x = tfm.embed(sub[0], cfg, tokens, positions)
+    blocks = [p["block"] for j, p in enumerate(sub) if 0 < start + j < n_total - 1]
+    if blocks:
+        x = tfm.run_blocks({"layers": blocks}, cfg, x, positions=positions).x
+    if start + len(sub) == n_total:
+        return cross_entropy(tfm.unembed(sub[-1], cfg, x), batch["targets"])
     return x
 
 

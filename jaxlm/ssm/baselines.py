@@ -1,9 +1,8 @@
 """Baseline blocks for grid models (selected by ``NDConfig.kind``), sharing Mamba-ND's trunk.
 
 * ``"vit"``: pre-norm multi-head self-attention + GELU MLP (ratio ``mlp_ratio``).
-  A small self-contained attention written here because jaxlm.core is being
-  written in parallel; it can later switch to ``jaxlm.core`` attention
-  without changing its parameters' meaning.
+  The attention is ``jaxlm.core.transformer.attention`` (non-causal: all tokens at
+  position 0) on the fused torch-layout qkv/proj weights, viewed per head.
 * ``"bilstm"``: x + W_o BiLSTM(LN x), the sequence flattened in the same
   per-layer orders as Mamba-ND (``order_scheme``), hidden ``lstm_hidden`` per
   direction.
@@ -22,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxlm.core import transformer as tfm
+from jaxlm.core.config import ModelConfig
 from jaxlm.ssm.layers import layernorm, layernorm_init, torch_linear_init
 from jaxlm.ssm.mamba_nd import NDConfig, Order, order_perm
 
@@ -45,16 +46,31 @@ def _vit_init(key, cfg: NDConfig) -> dict:
     }
 
 
+def _vit_attn(p, d: int, nh: int) -> tuple[dict, ModelConfig]:
+    """The fused qkv/proj weights as core attention params and a matching config
+    (no positional scheme: the trunk adds its own position embedding)."""
+    dh = d // nh
+    heads = lambda w: w.reshape(w.shape[0], nh, dh) if w.ndim == 2 else w.reshape(nh, dh)
+    wq, wk, wv = jnp.split(p["qkv"], 3, -1)
+    bq, bk, bv = jnp.split(p["qkv_b"], 3, -1)
+    ap = {"wq": heads(wq), "wk": heads(wk), "wv": heads(wv), "bq": heads(bq),
+          "bk": heads(bk), "bv": heads(bv), "wo": p["proj"].reshape(nh, dh, d),
+          "bo": p["proj_b"]}
+    acfg = ModelConfig(d_model=d, n_heads=nh, n_kv_heads=nh, head_dim=dh, pos="none",
+                       norm="layer", use_bias=True)
+    return ap, acfg
+
+
 def _vit_apply(p, cfg: NDConfig, x):
     shape = x.shape
     b, d, nh = shape[0], cfg.d_model, cfg.n_heads
     s = x.reshape(b, -1, d)  # [B, L, D]
-    h = layernorm(p["norm1"], s)
-    q, k, v = jnp.split(h @ p["qkv"] + p["qkv_b"], 3, -1)
-    split = lambda t: t.reshape(b, -1, nh, d // nh)
-    att = jnp.einsum("bqhd,bkhd->bhqk", split(q), split(k)) / math.sqrt(d // nh)
-    o = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(att, -1), split(v)).reshape(b, -1, d)
-    s = s + o @ p["proj"] + p["proj_b"]
+    ap, acfg = _vit_attn(p, d, nh)
+    # full (bidirectional) visibility through core's position rule: a query at position p
+    # sees keys at positions 0..p, so every token at position 0 sees every token
+    pos = jnp.zeros(s.shape[:2], jnp.int32)
+    o, _, _ = tfm.attention(ap, acfg, layernorm(p["norm1"], s), pos, None)
+    s = s + o
     h = layernorm(p["norm2"], s)
     s = s + jax.nn.gelu(h @ p["fc1"] + p["fc1_b"]) @ p["fc2"] + p["fc2_b"]
     return s.reshape(shape)

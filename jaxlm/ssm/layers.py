@@ -1,15 +1,18 @@
 """Small shared pieces for jaxlm.ssm: initialisers, norms, activations.
 
-Self-contained on purpose (jaxlm.core is developed in parallel); pure
-functions over dict pytrees.
+Pure functions over dict pytrees; the norms are ``jaxlm.core.layers.norm``.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
+
+from jaxlm.core import layers as core_layers
+from jaxlm.core.config import ModelConfig
 
 
 def torch_linear_init(key: jax.Array, fan_in: int, shape: tuple[int, ...]) -> jax.Array:
@@ -28,12 +31,8 @@ def layernorm_init(dim: int) -> dict:
 
 
 def layernorm(p: dict, x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    """LayerNorm over the last axis, computed in fp32, cast back."""
-    xf = x.astype(jnp.float32)
-    mu = xf.mean(-1, keepdims=True)
-    var = ((xf - mu) ** 2).mean(-1, keepdims=True)
-    y = (xf - mu) * jax.lax.rsqrt(var + eps) * p["scale"] + p["bias"]
-    return y.astype(x.dtype)
+    """LayerNorm over the last axis, computed in fp32, cast back (``core.layers.norm``)."""
+    return core_layers.norm(p, _norm_cfg("layer", float(eps)), x)
 
 
 def rmsnorm_init(dim: int) -> dict:
@@ -41,9 +40,14 @@ def rmsnorm_init(dim: int) -> dict:
 
 
 def rmsnorm(p: dict, x: jax.Array, eps: float = 1e-5) -> jax.Array:
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt((xf * xf).mean(-1, keepdims=True) + eps) * p["scale"]
-    return y.astype(x.dtype)
+    """RMSNorm over the last axis, computed in fp32, cast back (``core.layers.norm``)."""
+    return core_layers.norm(p, _norm_cfg("rms", float(eps)), x)
+
+
+@functools.lru_cache(maxsize=16)
+def _norm_cfg(kind: str, eps: float) -> ModelConfig:
+    """The two fields of a ModelConfig that ``core.layers.norm`` reads (configs only)."""
+    return ModelConfig(norm=kind, norm_eps=eps)
 
 
 def silu(x: jax.Array) -> jax.Array:

@@ -1,4 +1,4 @@
-"""A minimal optax training loop for grid models (until jaxlm.train lands).
+"""Population training for grid models: ``jaxlm.train.make_train_step``, vmapped.
 
 Trains a *population* of members (learning rates x seeds) in one compiled
 program: parameters are stacked along a leading member axis and the step is
@@ -8,7 +8,8 @@ from its own key) and its own init.
 
 Optimiser for every model: clip(grad_clip) -> Adam -> decoupled weight decay
 (matrices only; not A_log, pos_embed, norms, biases, Dskip) -> warmup + cosine
-schedule, multiplied by the member's peak LR (a traced value, not static).
+schedule, multiplied by the member's peak LR (a traced value in its optimizer state,
+via ``optax.inject_hyperparams``, not static).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import traverse_util
+
+from jaxlm.train import create_state, make_train_step
 
 NO_DECAY = ("A_log", "pos_embed", "log_dt", "D", "dt_b", "scale", "bias")
 
@@ -139,36 +142,39 @@ def train_population(
     k_data = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
     params = jax.jit(jax.vmap(init_fn))(k_init)
     one = jax.tree.map(lambda p: p[0], params)
-    opt = make_optimizer(tcfg, one)
-    opt_state = jax.jit(jax.vmap(opt.init))(params)
+    lr_arr = jnp.asarray(member_lr)
+    # the member's lr lives in its optimizer state, so one vmapped train step serves all
+    tx = optax.inject_hyperparams(
+        lambda learning_rate: optax.chain(make_optimizer(tcfg, one),
+                                          optax.scale(-learning_rate)))(learning_rate=1.0)
+
+    def member_state(p, lr):
+        st = create_state(p, tx)
+        hyper = {**st.opt_state.hyperparams, "learning_rate": lr}
+        return st.replace(opt_state=st.opt_state._replace(hyperparams=hyper))
+
+    state = jax.jit(jax.vmap(member_state))(params, lr_arr)
     xtr, ytr = (jnp.asarray(a) for a in data["train"])
     ntr = xtr.shape[0]
 
-    def member_step(p, o, key, lr, step):
-        kb, ka = jax.random.split(jax.random.fold_in(key, step))
+    def loss_fn(p, batch, rng):
+        del batch  # sampled here from the member's key (folded with the step by the step)
+        kb, ka = jax.random.split(rng)
         idx = jax.random.randint(kb, (tcfg.batch_size,), 0, ntr)
         xb, yb = _augment(ka, xtr[idx], tcfg.shift_aug), ytr[idx]
+        loss = loss_and_metric(tcfg.task, predict_fn(p, xb), yb)[0]
+        return loss, jnp.ones((), jnp.float32)
 
-        def loss_fn(p):
-            return loss_and_metric(tcfg.task, predict_fn(p, xb), yb)[0]
-
-        loss, g = jax.value_and_grad(loss_fn)(p)
-        upd, o = opt.update(g, o, p)
-        p = jax.tree.map(lambda a, u: a - lr * u, p, upd)
-        return p, o, loss
-
-    vstep = jax.vmap(member_step, in_axes=(0, 0, 0, 0, None))
-    lr_arr = jnp.asarray(member_lr)
+    vstep = jax.vmap(make_train_step(loss_fn, tx), in_axes=(0, None, 0))
 
     @jax.jit
-    def run_chunk(p, o, start):
-        def body(carry, i):
-            p, o = carry
-            p, o, loss = vstep(p, o, k_data, lr_arr, start + i)
-            return (p, o), loss
+    def run_chunk(st):
+        def body(st, _):
+            st, metrics = vstep(st, {}, k_data)
+            return st, metrics["loss"]
 
-        (p, o), losses = jax.lax.scan(body, (p, o), jnp.arange(tcfg.eval_every))
-        return p, o, losses.mean(0)
+        st, losses = jax.lax.scan(body, st, None, length=tcfg.eval_every)
+        return st, losses.mean(0)
 
     @jax.jit
     def eval_batch(p, x, y):
@@ -197,7 +203,8 @@ def train_population(
     t_compile = t_train = 0.0
     for c in range(n_chunks):
         t0 = time.perf_counter()
-        params, opt_state, loss = run_chunk(params, opt_state, c * tcfg.eval_every)
+        state, loss = run_chunk(state)
+        params = state.params
         loss = np.asarray(loss)
         dt = time.perf_counter() - t0
         if c == 0:

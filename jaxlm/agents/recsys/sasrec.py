@@ -1,5 +1,5 @@
 """A small SASRec-style baseline: a causal Transformer from ``jaxlm.core`` over item ids
-(vocab = items + 1, id 0 unused), trained with next-item cross-entropy and optax Adam."""
+(vocab = items + 1, id 0 unused), trained with next-item cross-entropy (AdamW) through ``jaxlm.train.make_train_step``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import optax
 
 from jaxlm.agents.recsys.data import Split
 from jaxlm.core import ModelConfig, apply, init
+from jaxlm.train import create_state, make_train_step
+from jaxlm.train.step import jit_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,10 +86,12 @@ def train_sasrec(split: Split, n_items: int, cfg: SASRecConfig = SASRecConfig())
     pos = np.stack([w[1] for w in wins])
     key = jax.random.PRNGKey(cfg.seed)
     params = init(key, mcfg)
-    opt = optax.adamw(cfg.lr, weight_decay=1e-4)
-    state = opt.init(params)
+    tx = optax.adamw(cfg.lr, weight_decay=1e-4)
+    state = create_state(params, tx)
 
-    def loss_fn(p, t, q):
+    def loss_fn(p, batch, rng):
+        del rng
+        t, q = batch["tokens"], batch["positions"]
         x, xp, y = t[:, :-1], q[:, :-1], t[:, 1:]
         # inputs' positions: shift so the first real input item is 0
         mask = (q[:, 1:] >= 1).astype(jnp.float32)  # target real and input real
@@ -95,18 +99,17 @@ def train_sasrec(split: Split, n_items: int, cfg: SASRecConfig = SASRecConfig())
         logits = apply(p, mcfg, x, positions=xp).logits  # [B, T, V]
         lp = jax.nn.log_softmax(logits.at[..., 0].set(-1e9))
         nll = -jnp.take_along_axis(lp, y[..., None], -1)[..., 0]
-        return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        # already the mean over counted targets: weight 1 keeps the plain gradient step
+        return (nll * mask).sum() / jnp.maximum(mask.sum(), 1.0), jnp.ones((), jnp.float32)
 
-    @jax.jit
-    def step(p, s, t, q):
-        loss, g = jax.value_and_grad(loss_fn)(p, t, q)
-        upd, s = opt.update(g, s, p)
-        return optax.apply_updates(p, upd), s, loss
-
+    step = jit_train_step(make_train_step(loss_fn, tx))
+    key = jax.random.PRNGKey(0)  # unused by the loss
     rng = np.random.default_rng(cfg.seed)
     losses = []
     for _ in range(cfg.steps):
         idx = rng.integers(0, len(toks), cfg.batch)
-        params, state, loss = step(params, state, jnp.asarray(toks[idx]), jnp.asarray(pos[idx]))
-        losses.append(float(loss))
+        batch = {"tokens": jnp.asarray(toks[idx]), "positions": jnp.asarray(pos[idx])}
+        state, metrics = step(state, batch, key)
+        losses.append(float(metrics["loss"]))
+    params = state.params
     return SASRec(params, dataclasses.replace(mcfg), cfg, losses)
