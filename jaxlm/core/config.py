@@ -53,6 +53,11 @@ class ModelConfig:
             ``compute_dtype``). ~2x faster on CPUs with AVX512-BF16.
         attn_dtype: the same for the two attention matmuls (q.k and probs.v): None =
             ``compute_dtype``; "bfloat16" = bf16 operands, float32 accumulation.
+        quant_impl: how quantized weight leaves (``jaxlm.quant.QuantWeight``) are
+            multiplied: "auto" (the C++ kernel on CPU for <= 16 activation rows, with
+            activations rounded to int8 blocks; XLA dequantize + dot otherwise), "xla"
+            (always dequantize + dot: exact f32 product of the dequantized weight) or
+            "kernel". Float weights ignore it.
     """
 
     vocab_size: int = 256
@@ -78,6 +83,7 @@ class ModelConfig:
     init_std: float = 0.02
     matmul_dtype: str | None = None
     attn_dtype: str | None = None
+    quant_impl: str = "auto"
 
     def __post_init__(self):
         self.validate()
@@ -106,6 +112,8 @@ class ModelConfig:
             (self.mlp in ("swiglu", "gelu"), f"mlp must be swiglu/gelu, got {self.mlp!r}"),
             (self.max_seq_len > 0, "max_seq_len must be > 0"),
         ]
+        checks.append((self.quant_impl in ("auto", "xla", "kernel"),
+                       f"quant_impl must be auto|xla|kernel, got {self.quant_impl!r}"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"ModelConfig: {msg}")

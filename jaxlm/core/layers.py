@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxlm.core.config import ModelConfig
+from jaxlm.quant.formats import QuantWeight
+from jaxlm.quant.matmul import matmul as quant_matmul
 
 Array = jax.Array
 
@@ -25,8 +27,13 @@ def dense(x: Array, w: Array, spec: str, cfg: ModelConfig) -> Array:
     Otherwise (e.g. "bfloat16"): operands cast to it, float32 accumulation, result in
     the compute dtype. Weights already stored in that dtype (``transformer.cast_params``)
     are not cast again per call. Every weight product in ``jaxlm.core`` goes through
-    here, so a new weight format (e.g. quantized) plugs in at this one place.
+    here, so a new weight format plugs in at this one place: a ``jaxlm.quant.QuantWeight``
+    leaf (int8 / Q8_0 / Q4_0 / Q4_1 blocks) knows its contracted axes and runs through
+    ``jaxlm.quant.matmul`` (the C++ kernel on CPU for <= 16 rows, dequantize + XLA dot
+    otherwise).
     """
+    if isinstance(w, QuantWeight):
+        return quant_matmul(x.astype(jnp.float32), w, impl=cfg.quant_impl).astype(cfg.cdtype)
     if cfg.matmul_dtype is None:
         return jnp.einsum(spec, x, w.astype(cfg.cdtype))
     mm = jnp.dtype(cfg.matmul_dtype)

@@ -42,6 +42,7 @@ from jaxlm.core import layers
 from jaxlm.core import params as params_lib
 from jaxlm.core.cache import KVCache
 from jaxlm.core.config import ModelConfig
+from jaxlm.quant.formats import QuantWeight, take_rows
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -290,7 +291,10 @@ def segment_positions(segment_ids: Array) -> Array:
 
 def embed(params: Params, cfg: ModelConfig, tokens: Array, positions: Array) -> Array:
     """Token (and learned position) embeddings [B, T, D] in the compute dtype."""
-    x = params["embed"].astype(cfg.cdtype)[tokens]
+    if isinstance(params["embed"], QuantWeight):  # rows looked up without dequantizing all
+        x = take_rows(params["embed"], tokens, cfg.cdtype)
+    else:
+        x = params["embed"].astype(cfg.cdtype)[tokens]
     if cfg.pos == "learned":
         pe = params["pos_embed"].astype(cfg.cdtype)
         x = x + pe[jnp.clip(positions, 0, cfg.max_seq_len - 1)]

@@ -1,4 +1,5 @@
-"""Quantized parameter trees through jaxlm.core's forward (pure-XLA path via QuantWeight.astype)."""
+"""Quantized parameter trees through jaxlm.core's forward: ``quant_impl="xla"`` (dequantize +
+dot, exact) and the default ``"auto"`` (the C++ kernel on CPU where it is built)."""
 
 import dataclasses
 import importlib.util
@@ -30,6 +31,7 @@ def test_kept_q4_1_file_forward_equals_f32_forward_of_dequantized_file():
     from jaxlm.weights.registry import locate
 
     cfg, qp = Q.load_gguf_quantized(locate("smollm2-135m-instruct"), "q4_1")
+    cfg = dataclasses.replace(cfg, quant_impl="xla")
     fp = Q.dequantize_params(qp)
     tokens = jnp.asarray([[504, 3458, 282, 4649, 314, 3, 260, 2049, 1171, 28, 11, 59]], jnp.int32)
     lq = _forward(jax.tree.map(jnp.asarray, qp), cfg, tokens)
@@ -44,10 +46,29 @@ def test_quantized_tiny_model_forward_and_quality(fmt):
     params = jax.tree.map(np.asarray, transformer.init(jax.random.PRNGKey(1), cfg))
     qp = Q.quantize_params(params, cfg, fmt)
     tokens = jax.random.randint(jax.random.PRNGKey(2), (2, 24), 0, cfg.vocab_size)
-    lq = _forward(qp, cfg, tokens)
+    lq = _forward(qp, dataclasses.replace(cfg, quant_impl="xla"), tokens)
     ld = _forward(Q.dequantize_params(qp), cfg, tokens)
     assert _rel(lq, ld) < 1e-5
     # and the quantized model stays close to the float one it came from
     lf = _forward(params, cfg, tokens)
     m = Q.compare_logits(lf[:, :-1], lq[:, :-1], tokens[:, 1:])
     assert m["mean_kl"] < (0.05 if fmt.startswith("q4") else 0.005), m
+
+
+@pytest.mark.parametrize("fmt", Q.FORMATS)
+def test_core_dense_dispatches_quantized_leaves_to_the_kernel(fmt):
+    """With quant_impl="auto", a decode-sized forward (<= 16 rows per product) runs the C++
+    kernel on CPU (int8-rounded activations): close to, but not equal to, the exact path;
+    without the kernel it falls back to the exact XLA product."""
+    cfg = dataclasses.replace(MODELS.get("smollm2-135m_test"), n_heads=4, n_kv_heads=2)
+    params = jax.tree.map(np.asarray, transformer.init(jax.random.PRNGKey(3), cfg))
+    qp = Q.quantize_params(params, cfg, fmt)
+    tokens = jax.random.randint(jax.random.PRNGKey(4), (1, 8), 0, cfg.vocab_size)
+    exact = _forward(qp, dataclasses.replace(cfg, quant_impl="xla"), tokens)
+    auto = _forward(qp, cfg, tokens)
+    m = Q.compare_logits(exact[:, :-1], auto[:, :-1], tokens[:, 1:])
+    assert m["mean_kl"] < 0.01, m
+    if Q.kernel_status()["available"]:
+        assert _rel(auto, exact) > 0  # the kernel path really ran (activations rounded)
+    else:
+        assert _rel(auto, exact) < 1e-5
