@@ -21,6 +21,10 @@ from absl import app, flags
 _PROMPT = flags.DEFINE_string("prompt", None, "The user message.", required=True)
 _SYSTEM = flags.DEFINE_string("system", None, "Optional system message (default: the model's).")
 _MODEL = flags.DEFINE_string("model", "smollm2-135m-instruct", "Packaged model name or .gguf path.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32",
+                           ["float32", "bfloat16", "keep", "int8", "q8_0", "q4_0", "q4_1"],
+                           "Weight format: float32/bfloat16 dequantize; keep (the file's own "
+                           "blocks), int8, q8_0, q4_0, q4_1 stay quantized (jaxlm.quant).")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "Most tokens to generate.")
 _TEMP = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
 _TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k sampling (0 = off).")
@@ -118,7 +122,7 @@ def main(argv):
     constraint = _constraint()
     t0 = time.perf_counter()
     try:
-        m = load(_MODEL.value)
+        m = load(_MODEL.value, dtype=_DTYPE.value)
     except WeightsError as e:
         sys.exit(f"error: --model: {e}")
     if m.tokenizer is None:

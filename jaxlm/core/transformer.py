@@ -314,11 +314,37 @@ def unembed(params: Params, cfg: ModelConfig, x: Array, at: Array | None = None)
     x = layers.norm(params["final_norm"], cfg, x)
     if cfg.tie_embeddings:
         logits = dense(x, params["embed"], "...d,vd->...v", cfg)
+        if isinstance(params["embed"], QuantWeight) and cfg.quant_impl != "xla":
+            logits = _refine_top_logits(x, params["embed"], logits)
     else:
         logits = dense(x, params["lm_head"], "...d,dv->...v", cfg)
         if "lm_head_bias" in params:
             logits = logits + params["lm_head_bias"].astype(cfg.cdtype)
     return logits.astype(jnp.float32)
+
+
+REFINE_TOP = 16
+
+
+def _refine_top_logits(x: Array, w: QuantWeight, logits: Array, k: int = REFINE_TOP) -> Array:
+    """Recomputes the ``k`` largest logits exactly (float32 activations against the
+    dequantized rows of a quantized tied head).
+
+    The CPU kernel rounds activations to int8 blocks, which moves logits by ~0.5% of
+    their scale: enough to swap two near-tied candidates (SmolLM2 Q4_1 answering the
+    capital-of-France prompt starts "The" vs "L" 0.08 apart). Only the candidates that
+    greedy, top-k and most of top-p's mass look at are refined; the rest stay approximate.
+    Done only for decode-sized inputs (<= 16 rows), where the kernel runs.
+    """
+    v = logits.shape[-1]
+    rows = logits.reshape(-1, v)
+    if rows.shape[0] > 16 or k >= v:
+        return logits
+    top = jax.lax.top_k(rows, k)[1]  # [N, k]
+    exact = jnp.einsum("nd,nkd->nk", x.reshape(-1, x.shape[-1]).astype(jnp.float32),
+                       take_rows(w, top, jnp.float32))
+    rows = rows.at[jnp.arange(rows.shape[0])[:, None], top].set(exact.astype(rows.dtype))
+    return rows.reshape(logits.shape)
 
 
 def block(

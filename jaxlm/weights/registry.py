@@ -75,10 +75,18 @@ def _load_cached(path: str, dtype: str) -> Pretrained:
     from jaxlm.weights.tokenizer import tokenizer_from_gguf
 
     p = pathlib.Path(path)
-    if p.is_dir():
+    if dtype in QUANT_DTYPES:
+        if p.is_dir():
+            raise WeightsError(f"{p}: dtype={dtype!r} keeps GGUF blocks and needs a .gguf file; "
+                               "load a safetensors folder with dtype='float32'.")
+        from jaxlm.quant import load_gguf_quantized
+
+        cfg, params = load_gguf_quantized(p, dtype)
+    elif p.is_dir():
         cfg, params = load_safetensors(p)
         return Pretrained(cfg, params, None, p)
-    cfg, params = load_gguf(p, dtype=dtype)
+    else:
+        cfg, params = load_gguf(p, dtype=dtype)
     tok = tokenizer_from_gguf(p)
     if tok.vocab_size > cfg.vocab_size:
         raise WeightsError(
@@ -89,10 +97,22 @@ def _load_cached(path: str, dtype: str) -> Pretrained:
     return Pretrained(cfg, params, tok, p)
 
 
+# weight formats kept quantized in memory (jaxlm.quant): "keep" = the file's own blocks
+# (SmolLM2: Q4_1 matrices, Q8_0 embedding), or every matrix in one format
+QUANT_DTYPES = ("keep", "int8", "q8_0", "q4_0", "q4_1")
+DTYPES = ("float32", "bfloat16", "float16") + QUANT_DTYPES
+
+
 def load(name_or_path: str | os.PathLike, dtype: str = "float32") -> Pretrained:
     """Loads a packaged model by name, a .gguf file, or an HF safetensors folder.
 
+    ``dtype``: "float32" / "bfloat16" / "float16" dequantize the weights; "keep", "int8",
+    "q8_0", "q4_0", "q4_1" keep the matrices quantized (``jaxlm.quant.QuantWeight`` leaves,
+    multiplied by ``jaxlm.core.layers.dense``: the C++ kernel on CPU where it is built).
+
     Results are cached per (path, dtype) within the process; treat params as read-only.
     """
+    if dtype not in DTYPES:
+        raise WeightsError(f"unknown weight dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
     path = locate(str(name_or_path))
     return _load_cached(str(path), dtype)

@@ -72,3 +72,36 @@ def test_core_dense_dispatches_quantized_leaves_to_the_kernel(fmt):
         assert _rel(auto, exact) > 0  # the kernel path really ran (activations rounded)
     else:
         assert _rel(auto, exact) < 1e-5
+
+
+def test_kernel_head_refines_the_top_logits_exactly():
+    """With the kernel on the tied quantized head, the REFINE_TOP largest logits of a
+    decode-sized forward are recomputed from float32 activations: they equal the exact
+    product of the same hidden state with the dequantized rows."""
+    from jaxlm.core import layers
+
+    cfg = dataclasses.replace(MODELS.get("smollm2-135m_test"), n_heads=4, n_kv_heads=2)
+    assert cfg.tie_embeddings
+    params = jax.tree.map(np.asarray, transformer.init(jax.random.PRNGKey(5), cfg))
+    qp = Q.quantize_params(params, cfg, "q8_0")
+    x = jax.random.normal(jax.random.PRNGKey(6), (2, 1, cfg.d_model))
+    got = np.asarray(transformer.unembed(qp, cfg, x))
+    hn = layers.norm(qp["final_norm"], cfg, x)
+    exact = np.asarray(Q.matmul(hn, qp["embed"], impl="xla"))
+    k = transformer.REFINE_TOP
+    for b in range(2):
+        top = np.argsort(got[b, 0])[-k:]
+        np.testing.assert_allclose(got[b, 0, top], exact[b, 0, top], rtol=1e-5,
+                                   atol=1e-5 * np.abs(exact).max())
+
+
+@needs_smol
+def test_chat_q4_1_answers_paris():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "experiments.chat", "--dtype=q4_1",
+                        "--prompt=What is the capital of France?", "--max_new_tokens=16"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Paris" in r.stdout, r.stdout
