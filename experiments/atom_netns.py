@@ -25,6 +25,8 @@ import time
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _RATES = flags.DEFINE_list("rates_mbit", ["50", "100", "1000"], "Link rates (Mbit/s); an "
                            "unshaped run is always added as the calibration point.")
 _DELAY = flags.DEFINE_float("delay_ms", 0.0, "One-way netem delay per egress (0: none).")
@@ -171,4 +173,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

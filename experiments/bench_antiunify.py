@@ -16,6 +16,8 @@ import pathlib
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _QUICK = flags.DEFINE_bool("quick", False, "Preset 'quick' (evaluates every target).")
 _CONFIG = flags.DEFINE_string("config", None, "Preset: full, quick, full_test, quick_test.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "Preset overrides field=value.")
@@ -58,4 +60,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

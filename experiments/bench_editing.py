@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from jaxlm.utils import cli
+
 _QUICK = flags.DEFINE_bool("quick", False, "3 timed edits instead of 5.")
 _LAYER = flags.DEFINE_integer("layer", 4, "Edited block.")
 _STEPS = flags.DEFINE_integer("steps", 20, "Max Adam steps of the v* optimisation.")
@@ -138,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from absl import app, flags, logging
 
+from jaxlm.utils import cli
+
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer repeats and a shorter HF run.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Param/compute dtype.")
 _BATCH = flags.DEFINE_integer("big_batch", 16, "The large decode batch.")
@@ -92,4 +94,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -16,7 +16,9 @@ Writes runs/bench/kvcache.json. Device is whatever JAX picks (CPU here, GPU ther
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm.utils import cli
 
 _QUICK = flags.DEFINE_bool("quick", False, "Smaller lengths/batches; every target still checked.")
 _LENGTHS = flags.DEFINE_list("lengths", None, "Prompt lengths (default 1024,2048,4096,8192; "
@@ -158,4 +160,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm.utils import cli
 
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer repeats and steps (every target still runs).")
 _CPU_DEVICES = flags.DEFINE_integer("cpu_devices", 4, "Fake CPU devices for weak scaling.")
@@ -95,4 +97,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -53,6 +53,8 @@ import os
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _CONFIG = flags.DEFINE_string("config", "default", "bench_offload preset: default, quick, "
                               "repro, gpu_large (+ *_test twins); see --list_configs.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset "
@@ -341,4 +343,4 @@ def _time_scan(cfg, batch, seq, dev, reps, measure):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -27,6 +27,8 @@ import os
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _QUICK = flags.DEFINE_bool("quick", False,
                            "Small sweep (L in {256, 1024}); evaluates every target.")
 _LENGTHS = flags.DEFINE_list("lengths", None, "Sequence lengths (default 256,1024,4096).")
@@ -118,4 +120,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

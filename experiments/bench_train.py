@@ -21,7 +21,9 @@ import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm.utils import cli
 
 _QUICK = flags.DEFINE_bool("quick", False, "Fewer timed steps (every target still evaluated).")
 _DEVICES = flags.DEFINE_list("devices", ["1", "2", "4"], "Fake CPU device counts to sweep.")
@@ -164,4 +166,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -16,7 +16,9 @@ from __future__ import annotations
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm.utils import cli
 
 _PROMPT = flags.DEFINE_string("prompt", None, "The user message.", required=True)
 _SYSTEM = flags.DEFINE_string("system", None, "Optional system message (default: the model's).")
@@ -186,4 +188,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

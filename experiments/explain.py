@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import pathlib
 
-from absl import app, flags
+from absl import flags
+
+from jaxlm.utils import cli
 
 _QUICK = flags.DEFINE_bool("quick", False, "Small sizes (~3 minutes on 2 CPU cores).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/explain", "Output folder.")
@@ -33,4 +35,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -32,7 +32,7 @@ import pathlib
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from jaxlm.utils import cli
 
@@ -231,4 +231,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -19,6 +19,8 @@ import pathlib
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _CONFIG = flags.DEFINE_string("config", "keyformer_quick",
                               "Preset: keyformer, keyformer_quick, *_test twins.")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset.")
@@ -52,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

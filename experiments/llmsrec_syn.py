@@ -26,7 +26,7 @@ import dataclasses
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from jaxlm.utils import cli
 
@@ -119,4 +119,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

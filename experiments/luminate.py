@@ -18,7 +18,7 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from jaxlm.utils import cli
 
@@ -73,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

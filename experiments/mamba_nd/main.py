@@ -15,6 +15,8 @@ import pathlib
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _CONFIG = flags.DEFINE_string("config", "quick", "Preset: quick, full, paper (+ *_test twins).")
 _OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/mamba_nd", "Output folder.")
@@ -40,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

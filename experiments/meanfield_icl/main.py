@@ -13,6 +13,8 @@ import pathlib
 
 from absl import app, flags, logging
 
+from jaxlm.utils import cli
+
 _EXPERIMENT = flags.DEFINE_list(
     "experiment", ["e1"], "Comma list of e1,...,e7 or 'all' (e2 is computed from e1; e7 is optional)."
 )
@@ -88,4 +90,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)

@@ -19,6 +19,8 @@ import pathlib
 
 from absl import app, flags
 
+from jaxlm.utils import cli
+
 _CONFIG = flags.DEFINE_string("config", "full", "Preset: full, quick, full_test, quick_test.")
 _QUICK = flags.DEFINE_bool("quick", False, "Shorthand for --config=quick (~3 minutes on 2 "
                            "CPU cores).")
@@ -62,4 +64,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(__import__("jaxlm.utils.cli", fromlist=["guard"]).guard(main))
+    cli.run(main)
