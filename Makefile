@@ -20,7 +20,7 @@ fi; \
 exit 1
 endef
 
-.PHONY: run test venv bench clean
+.PHONY: run test venv bench report publish clean
 
 $(PY):
 	@PYBIN=$$( $(find_python) ) || { echo "error: jaxlm needs Python >= 3.12 (python3.12/python3.13 on PATH or under pyenv); install one and rerun." >&2; exit 1; }; \
@@ -40,6 +40,14 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# run every quick entry, copy the run to docs/report/ and refresh README's status table from it
+report: $(STAMP)
+	$(PY) -m experiments.reproduce --quick --publish && $(PY) scripts/readme_numbers.py --write
+
+# copy the last quick run to docs/report/ and refresh README's status table
+publish: $(STAMP)
+	$(PY) -m experiments.reproduce --quick --publish_only && $(PY) scripts/readme_numbers.py --write
 
 bench: $(STAMP)
 	for b in experiments/bench_*.py; do $(PY) -m experiments.$$(basename $$b .py) --quick || exit 1; done
