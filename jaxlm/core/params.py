@@ -215,7 +215,8 @@ def logical_axes(cfg: ModelConfig) -> Any:
     return jax.tree.map(lambda i: i.logical_axes, param_spec(cfg), is_leaf=_is_info)
 
 
-def _path_str(path) -> str:
+def path_str(path) -> str:
+    """'layers/3/attn/wq' for a jax key path (used in error messages and diffs)."""
     out = []
     for k in path:
         if isinstance(k, jax.tree_util.DictKey):
@@ -235,12 +236,12 @@ def check_params(params: Any, cfg: ModelConfig, source: str = "params") -> None:
         shape/dtype (or the missing / unexpected leaves).
     """
     spec = param_spec(cfg)
-    want = {_path_str(p): i for p, i in
+    want = {path_str(p): i for p, i in
             jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_info)[0]}
     got_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
     got: dict[str, Any] = {}
     for p, x in got_leaves:
-        got[_path_str(p)] = x
+        got[path_str(p)] = x
     missing = [k for k in want if not any(g == k or g.startswith(k + "/") for g in got)]
     extra = [g for g in got if not any(g == k or g.startswith(k + "/") for k in want)]
     if missing or extra:
@@ -255,7 +256,7 @@ def check_params(params: Any, cfg: ModelConfig, source: str = "params") -> None:
             leaves = [(path, got[path])] if path in got else []
             exp_leaves = [(path, expect)]
         else:  # structured leaf: compare its sub-leaves
-            exp_leaves = [(path + "/" + _path_str(p), e) for p, e in
+            exp_leaves = [(path + "/" + path_str(p), e) for p, e in
                           jax.tree_util.tree_flatten_with_path(expect)[0]]
             leaves = [(k, got.get(k)) for k, _ in exp_leaves]
         for (name, x), (_, e) in zip(leaves, exp_leaves, strict=True):

@@ -8,19 +8,11 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxlm.core.params import path_str
+
 Params = dict[str, Any]
 
 
-def _key_str(path) -> str:
-    parts = []
-    for p in path:
-        if isinstance(p, jax.tree_util.DictKey):
-            parts.append(str(p.key))
-        elif isinstance(p, jax.tree_util.SequenceKey):
-            parts.append(str(p.idx))
-        else:
-            parts.append(str(p))
-    return "/".join(parts)
 
 
 def diff_params(a: Params, b: Params, *, atol: float = 0.0) -> list[dict[str, Any]]:
@@ -40,13 +32,13 @@ def diff_params(a: Params, b: Params, *, atol: float = 0.0) -> list[dict[str, An
             continue
         x64, y64 = np.asarray(x, np.float64), np.asarray(y, np.float64)
         if x64.shape != y64.shape:
-            raise ValueError(f"diff_params: {_key_str(path)} changed shape {x64.shape} -> "
+            raise ValueError(f"diff_params: {path_str(path)} changed shape {x64.shape} -> "
                              f"{y64.shape}")
         d = y64 - x64
         m = float(np.abs(d).max()) if d.size else 0.0
         if m <= atol:
             continue
-        row = {"path": _key_str(path), "shape": tuple(x64.shape), "max_abs": m,
+        row = {"path": path_str(path), "shape": tuple(x64.shape), "max_abs": m,
                "rel_fro": float(np.linalg.norm(d) / max(np.linalg.norm(x64), 1e-30))}
         if d.ndim == 2:
             s = np.linalg.svd(d, compute_uv=False)
