@@ -96,6 +96,16 @@ def _reap_leftovers(recorded) -> None:
             pass
 
 
+def _default_signals() -> None:
+    """Runs in the launcher child before exec: SIGHUP/SIGINT back to their defaults.
+
+    A launcher started under ``nohup`` or as a background job inherits SIGHUP/SIGINT
+    ignored, and ``Children`` rightly keeps an inherited "ignore"; the tests model a
+    launcher in a terminal session, where both signals are live."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _env() -> dict[str, str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
@@ -120,6 +130,7 @@ _LAUNCHER = textwrap.dedent("""
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGKILL])
 def test_workers_and_their_children_die_with_the_launcher(sig):
     launcher = subprocess.Popen([sys.executable, "-c", _LAUNCHER], cwd=ROOT, env=_env(),
+                                preexec_fn=_default_signals,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     recorded: dict = {}
     try:
@@ -166,7 +177,8 @@ def test_atom_hive_peers_and_p2pd_die_with_the_launcher(sig, tmp_path):
     launcher = subprocess.Popen(
         [sys.executable, "-m", "experiments.atom_train", "--mode=hive", "--peers=2",
          "--steps=1000", "--batch=2", "--seq=16", f"--workdir={wd}"],
-        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=_default_signals)
     recorded: dict = {}
     try:
         t_end = time.monotonic() + 120
@@ -227,7 +239,8 @@ def test_netns_launcher_kills_workers_and_removes_namespaces(sig):
 
     tag = f"k{os.getpid() % 1000}"
     launcher = subprocess.Popen([sys.executable, "-c", _NETNS_LAUNCHER, tag], cwd=ROOT,
-                                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=_env(), preexec_fn=_default_signals,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     recorded: dict = {}
     try:
