@@ -24,7 +24,7 @@ def main(argv):
     from jaxlm.utils.report import markdown_table
 
     out = pathlib.Path(_WORKDIR.value)
-    from jaxlm.interpret.demo import run_pretrained
+    from experiments.explainability.demo import run_pretrained
 
     res = run_pretrained(_QUICK.value, _SEED.value, out)
     (out / "table.md").write_text(markdown_table(res["table"]))

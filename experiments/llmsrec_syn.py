@@ -43,7 +43,7 @@ _DATA_DIR = flags.DEFINE_string("data_dir", None, "Folder with ML-1M movies.dat/
 
 def _presets() -> Registry:
     from jaxlm.agents.recsys.data import SynthConfig
-    from jaxlm.agents.recsys.experiment import QUICK, RecExpConfig
+    from experiments.llmsrec.experiment import QUICK, RecExpConfig
 
     reg: Registry = Registry("llmsrec_syn")
     reg.add("default", RecExpConfig())
@@ -81,7 +81,7 @@ def _presets() -> Registry:
 def main(argv):
     del argv
     from jaxlm.agents.recsys.data import load_ml1m
-    from jaxlm.agents.recsys.experiment import run_experiment
+    from experiments.llmsrec.experiment import run_experiment
     from jaxlm.llm import BackendError
     from jaxlm.llm.cli import build_backend
     from jaxlm.utils.report import markdown_table

@@ -24,7 +24,7 @@ def main(argv):
 
     from tqdm.auto import tqdm
 
-    from jaxlm.editing import experiment
+    from experiments.knowledge_editing import experiment
 
     ecfg = experiment.EXPERIMENTS.get(_CONFIG.value, _OVERRIDE.value)
     out = experiment.run(ecfg, _WORKDIR.value, seed=_SEED.value,

@@ -9,7 +9,7 @@ TITLE = "Explainability for LLMs (Zhao et al. 2024): attributions, faithfulness,
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.interpret.demo import RANDOMIZED_METHODS, run_pretrained
+    from experiments.explainability.demo import RANDOMIZED_METHODS, run_pretrained
 
     res = run_pretrained(ctx.quick, ctx.seed, ctx.outdir, progress=ctx.progress)
     by = {r["method"]: r for r in res["table"]}

@@ -12,7 +12,7 @@ TITLE = "LLMSRec-Syn: aggregated demonstrations for in-context recommendation (W
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.agents.recsys.experiment import QUICK, RecExpConfig, run_experiment
+    from experiments.llmsrec.experiment import QUICK, RecExpConfig, run_experiment
     from jaxlm.llm import LocalBackend
 
     cfg = QUICK if ctx.quick else dataclasses.replace(RecExpConfig(), n_test=200)

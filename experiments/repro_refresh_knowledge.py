@@ -15,7 +15,7 @@ def _ci(s: dict, k: str) -> str:
 
 
 def run(ctx: RunContext) -> Section:
-    from jaxlm.editing import experiment
+    from experiments.knowledge_editing import experiment
 
     ecfg = experiment.EXPERIMENTS.get("smollm2_test" if ctx.quick else "smollm2")
     out = experiment.run(ecfg, ctx.outdir, seed=ctx.seed, bar=ctx.bar, log=lambda s: None)

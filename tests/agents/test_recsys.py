@@ -202,7 +202,7 @@ def test_classic_baselines_beat_random(data, split):
 
 
 def test_experiment_scripted(tmp_path):
-    from jaxlm.agents.recsys.experiment import QUICK, run_experiment
+    from experiments.llmsrec.experiment import QUICK, run_experiment
 
     cfg = dataclasses.replace(QUICK, synth=SMALL, n_test=6, sasrec_steps=0,
                               methods=("zero", "aggregated:2"), scrambled_methods=("zero",))

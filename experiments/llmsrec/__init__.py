@@ -1,0 +1,1 @@
+"""Driver, report and plots of a reproduction (moved out of the jaxlm library)."""
