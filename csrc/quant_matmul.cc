@@ -34,7 +34,6 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -389,77 +388,120 @@ int Isa() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A small persistent pool. Run(fn) posts fn; the caller runs it too. fn pulls chunks of rows
-// from a shared counter until none are left, so the caller finishes the job by itself when
-// workers are slow to wake (a busy machine); Run returns once no worker is inside fn.
-// Workers spin briefly on a generation counter (decode issues calls every few microseconds),
-// then sleep on a condition variable.
+// A small persistent pool, built for decode: ~200 short calls per token on a machine that
+// may be shared. Run(job) publishes the job in one 64-bit ticket word
+// (job id << 32 | n_chunks << 16 | next chunk); the caller and the workers claim chunks with a
+// compare-and-swap on that word, so a worker that wakes late finds the job id changed or no
+// chunk left and touches nothing: the caller never waits for a worker that holds no chunk,
+// only for chunks actually claimed (counted in done_). A claimed chunk pins the job, so its
+// parameters stay valid while the chunk runs. Workers spin briefly on the ticket, then
+// sleep on a condition variable; the caller takes the mutex and notifies only when a worker
+// sleeps (sleepers_ > 0), so back-to-back calls cost no system call. While it waits for
+// claimed chunks the caller spins, then yields its core (a descheduled worker gets it).
+struct Job {
+  void (*fn)(const void* ctx, int chunk);
+  const void* ctx;
+};
+
 class Pool {
  public:
   explicit Pool(int n_workers) {
     for (int i = 0; i < n_workers; ++i) workers_.emplace_back([this] { Loop(); });
   }
   ~Pool() {
+    stop_.store(true);
+    ticket_.fetch_add(uint64_t{1} << 32);  // a new job id wakes the spinners
     {
       std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-      gen_.fetch_add(1);
     }
     cv_.notify_all();
     for (auto& t : workers_) t.join();
   }
   int size() const { return (int)workers_.size(); }
 
-  void Run(const std::function<void()>& fn) {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      job_ = &fn;
-      gen_.fetch_add(1, std::memory_order_release);
+  // Runs job.fn(ctx, c) for c in [0, n_chunks) on the caller and the workers; returns when all
+  // chunks are done. n_chunks < 65536. Returns true when the caller had to wait long for a
+  // claimed chunk (a worker descheduled mid-chunk: the machine is oversubscribed).
+  bool Run(const Job& job, int n_chunks) {
+    job_ = job;
+    done_.store(0, std::memory_order_relaxed);
+    const uint64_t id = (ticket_.load(std::memory_order_relaxed) >> 32) + 1;
+    ticket_.store((id << 32) | ((uint64_t)n_chunks << 16), std::memory_order_seq_cst);
+    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+      { std::lock_guard<std::mutex> lk(mu_); }
+      cv_.notify_all();
     }
-    cv_.notify_all();
-    fn();
-    std::unique_lock<std::mutex> lk(mu_);
-    job_ = nullptr;  // late workers skip this job
-    done_cv_.wait(lk, [this] { return active_ == 0; });
+    Work(id);
+    bool straggled = false;
+    for (int spin = 0; done_.load(std::memory_order_acquire) != n_chunks; ++spin) {
+      if (spin < kCallerSpin) {
+        _mm_pause();
+      } else {
+        straggled = true;
+        std::this_thread::yield();
+      }
+    }
+    return straggled;
   }
 
  private:
-  static constexpr int kSpin = 4000;
+  static constexpr int kSpin = 20000;       // worker: pauses before sleeping (~1 ms)
+  static constexpr int kCallerSpin = 2000;  // caller: pauses before yielding
+
+  // Claims and runs chunks of job `id` until none are left (or the job changed).
+  void Work(uint64_t id) {
+    uint64_t t = ticket_.load(std::memory_order_acquire);
+    for (;;) {
+      if ((t >> 32) != id) return;
+      const uint64_t n = (t >> 16) & 0xffffu, c = t & 0xffffu;
+      if (c >= n) return;
+      if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire))
+        continue;  // t now holds the current word
+      const Job job = job_;  // stable: chunk c of job id is claimed and not yet done
+      job.fn(job.ctx, (int)c);
+      done_.fetch_add(1, std::memory_order_release);
+      t = ticket_.load(std::memory_order_acquire);
+    }
+  }
 
   void Loop() {
-    uint64_t seen = 0;  // the generation at construction: a job posted before this thread runs is not missed
+    uint64_t seen = ticket_.load() >> 32;
     for (;;) {
-      for (int spin = 0; gen_.load(std::memory_order_acquire) == seen; ++spin) {
+      uint64_t id;
+      for (int spin = 0; (id = ticket_.load(std::memory_order_acquire) >> 32) == seen; ++spin) {
         if (spin < kSpin) {
           _mm_pause();
-        } else {
-          std::unique_lock<std::mutex> lk(mu_);
-          cv_.wait(lk, [&] { return gen_.load() != seen; });
+          continue;
         }
+        sleepers_.fetch_add(1, std::memory_order_seq_cst);
+        {
+          std::unique_lock<std::mutex> lk(mu_);
+          cv_.wait(lk, [&] { return (ticket_.load(std::memory_order_seq_cst) >> 32) != seen; });
+        }
+        sleepers_.fetch_sub(1, std::memory_order_relaxed);
+        spin = 0;
       }
-      const std::function<void()>* job;
-      {
-        std::lock_guard<std::mutex> lk(mu_);
-        seen = gen_.load();
-        if (stop_) return;
-        job = job_;
-        if (job != nullptr) ++active_;
-      }
-      if (job == nullptr) continue;
-      (*job)();
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--active_ == 0) done_cv_.notify_all();
+      if (stop_.load()) return;
+      seen = id;
+      Work(id);
     }
   }
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable cv_, done_cv_;
-  std::atomic<uint64_t> gen_{0};
-  int active_ = 0;  // workers inside the current job (guarded by mu_)
-  const std::function<void()>* job_ = nullptr;
-  bool stop_ = false;
+  std::condition_variable cv_;
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int> done_{0};
+  std::atomic<int> sleepers_{0};
+  std::atomic<bool> stop_{false};
+  Job job_{nullptr, nullptr};
 };
+
+// After a straggling call (see Pool::Run) the next kSoloCalls calls run on the caller alone:
+// on an oversubscribed machine a descheduled worker costs a scheduler time slice per call,
+// far more than the second core gains. Then the pool is tried again.
+constexpr int kSoloCalls = 512;
+std::atomic<int> g_solo_calls{0};
 
 std::mutex g_pool_mu;  // one multithreaded call at a time; concurrent calls run single-threaded
 Pool* g_pool = nullptr;
@@ -482,7 +524,12 @@ void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
   const int n_chunks = (w.N + chunk - 1) / chunk;
   threads = std::min(threads, n_chunks);
   std::unique_lock<std::mutex> lk(g_pool_mu, std::defer_lock);
-  if (threads <= 1 || !lk.try_lock()) {
+  bool solo = threads <= 1;
+  if (!solo && g_solo_calls.load(std::memory_order_relaxed) > 0) {
+    g_solo_calls.fetch_sub(1, std::memory_order_relaxed);
+    solo = true;
+  }
+  if (solo || !lk.try_lock()) {
     Rows(w, xq, out, 0, w.N, avx2);
     return;
   }
@@ -490,14 +537,20 @@ void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
     delete g_pool;
     g_pool = new Pool(threads - 1);
   }
-  std::atomic<int> next{0};
-  const std::function<void()> work = [&] {
-    for (int c = next.fetch_add(1); c < n_chunks; c = next.fetch_add(1)) {
-      const int n0 = c * chunk;
-      Rows(w, xq, out, n0, std::min(w.N, n0 + chunk), avx2);
-    }
-  };
-  g_pool->Run(work);
+  struct Ctx {
+    const Weights* w;
+    const QuantX* xq;
+    float* out;
+    int chunk;
+    bool avx2;
+  } ctx{&w, &xq, out, chunk, avx2};
+  const Job job{[](const void* p, int c) {
+                  const Ctx& k = *static_cast<const Ctx*>(p);
+                  const int n0 = c * k.chunk;
+                  Rows(*k.w, *k.xq, k.out, n0, std::min(k.w->N, n0 + k.chunk), k.avx2);
+                },
+                &ctx};
+  if (g_pool->Run(job, n_chunks)) g_solo_calls.store(kSoloCalls, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------
