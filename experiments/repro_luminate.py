@@ -53,6 +53,9 @@ def run(ctx: RunContext) -> Section:
         except Exception as e:  # noqa: BLE001 - report, do not fail the suite
             shot = f"screenshot failed: {e}"
     fid = m["label_fidelity"]
+    names = [d.name for d in res["dims"]]
+    used = (f"the model's own dimensions {names} (schema-decoded)"
+            if m.get("dims_source") == "llm" else f"library dimensions {names}")
     above = [d for d, v in fid.items()
              if v["fidelity"] > max(v["chance"], m["baseline_fidelity"][d]["fidelity"])]
     more_div = ds["distinct-2"] > du["distinct-2"] and ds["self-BLEU"] < du["self-BLEU"]
@@ -80,7 +83,7 @@ def run(ctx: RunContext) -> Section:
                "multi-output) yields labelled, more diverse responses that can be organised "
                "along dimensions (qualitative study with 14 writers; no numbers)."),
         setup=(f"SmolLM2-135M-Instruct; prompt '{cfg.prompt}'; {cfg.n} structured responses "
-               f"over library dimensions {list(cfg.dims)} ({cfg.sampler} sampler) and {cfg.n} "
+               f"over {used} ({cfg.sampler} sampler) and {cfg.n} "
                f"unstructured responses (same decoding, T={cfg.temperature}); LLM dimension "
                f"generation with {cfg.dim_retries} attempts per kind; {cfg.n_abstract} LLM "
                f"abstractions. Page: {res['html']} ({shot})."),
@@ -94,8 +97,6 @@ def run(ctx: RunContext) -> Section:
             " --quick" if ctx.quick else ""),
         plots=plots,
         metrics=dict(m),
-        extra=(f"Dimensions from the dimension-generation step ({dj.get('style')} decoding: a "
-               "worked example, the reply forced to start inside the JSON object, each entry "
-               "cut where a fixed-length list grammar closes it and validated; missing "
-               f"dimensions filled from the checkable library): {dj.get('dims')}\n"),
+        extra=(f"Dimensions from the dimension-generation step ({dj.get('style')} decoding; "
+               f"used end to end: {m.get('dims_source')}): {dj.get('dims')}\n"),
     )

@@ -35,6 +35,9 @@ class RecExpConfig:
             Default "sum": the context-free PMI ranks below random on this data (the ground
             truth's context-free log-prob is higher than the negatives'; see README).
         mode: "score" (scoring tier) or "generate" (text tier + parser).
+        answer_lines: in generate mode, > 0 decodes the answer under
+            ``answer_format(titles, answer_lines)`` (every line names a candidate; the
+            backend must enforce ``response_format``); 0 = free text.
         n_candidates, max_his_len: task sizes (20, 10).
         sasrec_steps: SASRec training steps (0 = skip).
         score_rows: prompts per jitted scoring call (1 on CPU; more on a GPU).
@@ -60,6 +63,7 @@ class RecExpConfig:
     scrambled_methods: tuple[str, ...] = ("zero", "aggregated:2")
     norm: str = "sum"
     mode: str = "score"
+    answer_lines: int = 0
     n_candidates: int = 20
     max_his_len: int = 10
     sasrec_steps: int = 300
@@ -218,7 +222,9 @@ def run_experiment(backend: Any, cfg: RecExpConfig, outdir: str | pathlib.Path |
         else:
             allvals = []
             for p, ts in zip(prompts, titles, strict=True):
-                s, matched = rank_by_generation(backend, p, ts)
+                s, matched = rank_by_generation(backend, p, ts,
+                                                constrained=cfg.answer_lines > 0,
+                                                lines=max(cfg.answer_lines, 1))
                 allvals.append({"gen": s})
                 extra.setdefault(f"{name}|parsed", []).append({"parsed": float(matched > 0)})
         for u, vals in zip(m_users, allvals, strict=True):

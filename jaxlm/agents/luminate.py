@@ -570,11 +570,30 @@ def generate_responses(backend: Any, prompt: str, combos: Sequence[dict[str, str
     return out
 
 
-def classify(backend: Any, text: str, dim: Dimension) -> str:
-    """LLM labelling for a dimension added later: PMI-calibrated likelihood of each value."""
+def classify(backend: Any, text: str, dim: Dimension, mode: str = "auto") -> str:
+    """LLM labelling for a dimension added later.
+
+    Args:
+        mode: "score": PMI-calibrated likelihood of each value (scoring tier); "choice":
+            greedy decoding under ``Choice(values)`` (the reply is always one of the values;
+            for backends without the scoring tier that enforce ``response_format``);
+            "auto": "score" when the backend can score, else "choice".
+    """
     from jaxlm.llm.helpers import choose
 
+    if mode not in ("auto", "score", "choice"):
+        raise ValueError(f"classify: mode must be auto|score|choice, got {mode!r}")
     prefix = f"Text: {text}\nQuestion: which {dim.name} does the text have?\nAnswer:"
+    if mode == "auto":
+        mode = "score" if "score" in getattr(backend, "capabilities", ()) else "choice"
+    if mode == "choice":
+        rf = {"type": "choice", "choice": list(dim.values)}
+        out = backend.complete(prefix + " ", GenConfig(max_tokens=32, temperature=0.0,
+                                                        response_format=rf))[0].text.strip()
+        if out not in dim.values:
+            raise ValueError(f"classify: the backend ignored the Choice constraint (reply "
+                             f"{out[:60]!r} is not one of {list(dim.values)}); use mode='score'")
+        return out
     j, _ = choose(backend, prefix, [f" {v}" for v in dim.values], norm="pmi",
                   null_prefix=f"Question: which {dim.name}?\nAnswer:")
     return dim.values[j]

@@ -1,5 +1,6 @@
-"""Token-level automata: a constraint's regex -> outlines-core ``Index`` over the model's
-vocabulary -> a dense transition table over *token classes*, cached on disk.
+"""Token-level automata: a constraint's regex -> outlines-core's byte-level automaton -> a
+dense transition table over the model's vocabulary grouped into *token classes*, cached on
+disk.
 
 Tokens that every state treats alike (same next state from every state, or disallowed
 everywhere) form one class, so a table ``next[state, class]`` plus ``class_of[token]``
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import itertools
 import json
 import os
 import pathlib
@@ -25,7 +27,7 @@ import numpy as np
 
 from jaxlm.structured.constraints import Constraint, ConstraintError
 
-FORMAT = 1
+FORMAT = 2
 MAX_STATES = 1 << 20
 
 
@@ -144,38 +146,6 @@ class TokenDFA:
             raise ConstraintError("automaton has a bad initial state or class 0 is allowed")
 
 
-def _classes(s: np.ndarray, t: np.ndarray, n: np.ndarray, n_states: int, vocab: int,
-             seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Groups tokens with identical (state -> next) maps; returns (class_of [V], table)."""
-    rng = np.random.default_rng(seed)
-    a = rng.integers(1, 2**63, size=n_states, dtype=np.uint64) | np.uint64(1)
-    b = rng.integers(1, 2**63, size=n_states, dtype=np.uint64)
-    h = np.zeros(vocab, np.uint64)
-    with np.errstate(over="ignore"):
-        np.add.at(h, t, a[s] * (b[n] + np.uint64(1)))
-    count = np.bincount(t, minlength=vocab)
-    h[count == 0] = 0  # never-allowed tokens share class 0
-    uniq, inv = np.unique(h, return_inverse=True)
-    if uniq[0] != 0:  # no never-allowed token: keep class 0 reserved anyway
-        inv = inv + 1
-    class_of = inv.astype(np.int32)
-    n_classes = int(class_of.max()) + 1
-    rep = np.full(n_classes, -1, np.int64)
-    rep[class_of[::-1]] = np.arange(vocab)[::-1]  # first token of each class
-    table = np.full((n_states, n_classes), -1, np.int32)
-    is_rep = rep[class_of[t]] == t
-    table[s[is_rep], class_of[t[is_rep]]] = n[is_rep]
-    # exactness: every token agrees with its class representative on every entry it has,
-    # and has as many entries (hash collisions would show here)
-    exact = (table[s, class_of[t]] == n).all() and (
-        count == count[rep[class_of]]).all() and (table[:, 0] == -1).all()
-    if not exact:
-        if seed > 4:
-            raise RuntimeError("token-class grouping failed repeatedly")
-        return _classes(s, t, n, n_states, vocab, seed + 1)
-    return class_of, table
-
-
 def _index(regex: str, groups: dict[bytes, list[int]], eos: int):
     from outlines_core import Index, Vocabulary
 
@@ -185,76 +155,184 @@ def _index(regex: str, groups: dict[bytes, list[int]], eos: int):
         raise ConstraintError(f"cannot compile the constraint: {str(e).splitlines()[0]}") from None
 
 
-def _entries(index) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(state, token, next) arrays of an outlines-core index's transitions."""
-    parts_s, parts_t, parts_n = [], [], []
-    for st, d in index.get_transitions().items():
-        parts_s.append(np.full(len(d), st, np.int64))
-        parts_t.append(np.fromiter(d.keys(), np.int64, len(d)))
-        parts_n.append(np.fromiter(d.values(), np.int64, len(d)))
-    if not parts_s:
-        return (np.zeros(0, np.int64),) * 3
-    return np.concatenate(parts_s), np.concatenate(parts_t), np.concatenate(parts_n)
+@dataclasses.dataclass(frozen=True)
+class _VocabBytes:
+    """A vocabulary's token bytes as one padded matrix, longest tokens first (built once per
+    tokenizer digest and reused by every grammar)."""
+
+    order: np.ndarray  # [V] token ids, by decreasing byte length
+    lengths: np.ndarray  # [V] byte length of order[i] (0 for special/empty tokens)
+    matrix: np.ndarray  # [V, Lmax] uint8, row i = bytes of order[i], zero-padded
 
 
-def byte_classes(regex: str) -> np.ndarray:
-    """[256] class id per byte: bytes the regex's byte-level automaton treats alike.
+_VOCAB_BYTES: dict[str, _VocabBytes] = {}
 
-    Built from outlines-core's index over the 256 single-byte tokens (every automaton
-    state is reached byte by byte), so no regex is parsed here."""
-    index = _index(regex, {bytes([b]): [b] for b in range(256)}, 256)
-    s, t, n = _entries(index)
-    keep = t < 256
-    s, t, n = s[keep], t[keep], n[keep]
-    sig: dict[tuple, int] = {}
-    cols: list[list[tuple[int, int]]] = [[] for _ in range(256)]
-    for st, b, nx in zip(s.tolist(), t.tolist(), n.tolist()):
-        cols[b].append((st, nx))
-    out = np.zeros(256, np.int64)
-    for b in range(256):
-        out[b] = sig.setdefault(tuple(sorted(cols[b])), len(sig))
+
+def vocab_bytes(vocab: TokenVocab) -> _VocabBytes:
+    """The padded byte matrix of ``vocab`` (memoised per vocabulary digest)."""
+    hit = _VOCAB_BYTES.get(vocab.digest)
+    if hit is not None:
+        return hit
+    lens = np.fromiter((len(b) if b else 0 for b in vocab.token_bytes), np.int64, vocab.size)
+    order = np.argsort(-lens, kind="stable")
+    slens = lens[order]
+    flat = np.frombuffer(b"".join(vocab.token_bytes[i] or b"" for i in order.tolist()),
+                         np.uint8)
+    width = max(int(slens.max(initial=0)), 1)
+    rows = np.repeat(np.arange(vocab.size), slens)
+    cols = np.arange(flat.size) - np.repeat(np.cumsum(slens) - slens, slens)
+    mat = np.zeros((vocab.size, width), np.uint8)
+    mat[rows, cols] = flat
+    out = _VocabBytes(order, slens, mat)
+    if len(_VOCAB_BYTES) >= 8:
+        _VOCAB_BYTES.pop(next(iter(_VOCAB_BYTES)))
+    _VOCAB_BYTES[vocab.digest] = out
     return out
 
 
-def compile_regex(regex: str, vocab: TokenVocab) -> TokenDFA:
-    """Builds the token automaton of ``regex`` over ``vocab`` with outlines-core.
+# end markers tried in turn: control characters few patterns ever match
+_SENTINELS = (*range(0x00, 0x09), *range(0x0E, 0x20), 0x7F)
 
-    Tokens whose bytes fall in the same sequence of byte classes behave identically, so
-    outlines-core indexes one representative per such group (a few thousand instead of
-    the whole vocabulary); the group automaton is then compressed to token classes."""
-    bcls = byte_classes(regex)
-    table = bytes(int(c) for c in bcls)
-    group_of = np.full(vocab.size, -1, np.int64)
-    reps: dict[bytes, int] = {}
-    rep_bytes: list[bytes] = []
-    for i, b in enumerate(vocab.token_bytes):
-        if not b:
-            continue
-        sig = b.translate(table)
-        g = reps.get(sig)
-        if g is None:
-            g = reps[sig] = len(rep_bytes)
-            rep_bytes.append(b)
-        group_of[i] = g
-    n_groups = len(rep_bytes)
-    index = _index(regex, {b: [g] for g, b in enumerate(rep_bytes)}, n_groups)
-    s, t, n = _entries(index)
-    init = index.get_initial_state()
-    finals = np.fromiter(index.get_final_states(), np.int64)
-    keep = t != n_groups  # end-of-sequence: stops are handled by `accepting`
-    s, t, n = s[keep], t[keep], n[keep]
-    ids = np.unique(np.concatenate([s, n, finals, [init]]))
+
+def byte_dfa(regex: str) -> tuple[np.ndarray, int, np.ndarray]:
+    """The regex's byte-level automaton (the exact language of ``regex``).
+
+    Built from outlines-core's index over the 256 one-byte tokens of ``(?:regex)`` followed
+    by an end marker byte ``m``: outlines-core's index follows regex-automata's leftmost-
+    first, one-byte-delayed matches, so out of an accepting state it drops continuations
+    (``(ab)+`` could not go on after ``ab``; ``go|go north`` could never give ``go north``).
+    With the marker no state of ``regex`` is accepting, so every transition is kept, and a
+    state accepts exactly when ``m`` leads to the marker's final state. ``m`` is the first
+    control byte the pattern cannot consume (checked: one final state, reached only on
+    ``m``, with no way out).
+
+    Returns:
+        (delta [S+1, 256] int32 with the dead state S absorbing, initial, accepting [S+1]).
+    """
+    for m in _SENTINELS:
+        got = _byte_dfa_marked(regex, m)
+        if got is not None:
+            return got
+    raise ConstraintError("cannot compile the constraint: the pattern can consume every "
+                          "control character, so its end cannot be marked; leave one out "
+                          "of it (e.g. [^\\x00] instead of (?s:.))")
+
+
+def _byte_dfa_marked(regex: str, m: int) -> tuple[np.ndarray, int, np.ndarray] | None:
+    index = _index(f"(?:{regex})\\x{m:02X}", {bytes([b]): [b] for b in range(256)}, 256)
+    trans = index.get_transitions()
+    init, finals = index.get_initial_state(), list(index.get_final_states())
+    ids = np.unique(np.fromiter([*trans, *finals, init], np.int64))
     if len(ids) > MAX_STATES:
         raise ConstraintError(f"the constraint needs {len(ids)} automaton states (limit "
                               f"{MAX_STATES}); bound string lengths or simplify it")
-    s, n = np.searchsorted(ids, s), np.searchsorted(ids, n)
-    gclass, table = _classes(s, t, n, len(ids), n_groups + 1)
-    class_of = np.where(group_of >= 0, gclass[np.maximum(group_of, 0)], 0).astype(np.int32)
-    accepting = np.zeros(len(ids), bool)
-    accepting[np.searchsorted(ids, finals)] = True
-    dfa = TokenDFA(table, class_of, accepting, int(np.searchsorted(ids, init)))
-    if not (table[dfa.initial] >= 0).any() and not accepting[dfa.initial]:
-        raise ConstraintError("the constraint accepts no token sequence over this vocabulary")
+    n = len(ids)
+    counts = np.fromiter(map(len, trans.values()), np.int64, len(trans))
+    src = np.repeat(np.fromiter(trans, np.int64, len(trans)), counts)
+    chain = itertools.chain.from_iterable
+    tok = np.fromiter(chain(trans.values()), np.int64, len(src))
+    dst = np.fromiter(chain(d.values() for d in trans.values()), np.int64, len(src))
+    keep = tok < 256  # the end-of-sequence entries
+    delta = np.full((n + 1, 256), n, np.int32)
+    delta[np.searchsorted(ids, src[keep]), tok[keep]] = np.searchsorted(ids, dst[keep])
+    if len(finals) != 1:
+        return None
+    done = int(np.searchsorted(ids, finals[0]))
+    to_m = delta[:n, m]
+    if ((to_m != n) & (to_m != done)).any() or (delta[done] != n).any():
+        return None  # the pattern itself consumes the marker byte: try another
+    accepting = np.append(to_m == done, False)
+    delta[:, m] = n
+    delta[done] = n  # unreachable now; dropped with the other unreachable states
+    return delta, int(np.searchsorted(ids, init)), accepting
+
+
+def _group_rows(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class id per row, first row of each class) of a 2-D int array, rows equal <=> same
+    class. Hashes each row (checked exactly; falls back to a sort on a collision)."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(1, 2**63, size=m.shape[1], dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        h = (m.astype(np.uint64) + np.uint64(1)) @ a
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    if not (m[first[inv]] == m).all():
+        _, first, inv = np.unique(m, axis=0, return_index=True, return_inverse=True)
+    return inv.reshape(-1), first
+
+
+def byte_classes(regex: str) -> np.ndarray:
+    """[256] class id per byte: bytes the regex's byte-level automaton treats alike."""
+    delta, _, _ = byte_dfa(regex)
+    return _group_rows(np.ascontiguousarray(delta.T))[0]
+
+
+def compile_regex(regex: str, vocab: TokenVocab) -> TokenDFA:
+    """Builds the token automaton of ``regex`` over ``vocab``.
+
+    outlines-core gives the byte-level automaton (its index over the 256 one-byte tokens).
+    A token acts on the automaton as a function state -> state (the composition of its
+    bytes' functions); tokens with the same function are one token class. The functions
+    of all tokens are found level by level over the vocabulary's byte matrix, memoising
+    (function, byte class) -> function: a JSON schema the size of Luminate's has ~5000
+    states but only a few hundred distinct prefix functions, so the walk is a few thousand
+    state-vector gathers instead of one per (state, token)."""
+    delta, init, accepting = byte_dfa(regex)
+    dead = delta.shape[0] - 1
+    bcls, brep = _group_rows(np.ascontiguousarray(delta.T))
+    dc = np.ascontiguousarray(delta[:, brep])  # [S+1, byte classes]
+    n_bc = dc.shape[1]
+    vb = vocab_bytes(vocab)
+    funcs: list[np.ndarray] = [np.arange(dead + 1, dtype=np.int32)]  # 0 = identity
+    seen: dict[bytes, int] = {funcs[0].tobytes(): 0}
+    memo: dict[int, int] = {}
+    fid = np.zeros(vocab.size, np.int64)
+    # rows [:active[k]] have a k-th byte (rows are sorted by decreasing length)
+    active = np.searchsorted(-vb.lengths, -np.arange(vb.matrix.shape[1]), side="left")
+    for k, n in enumerate(active.tolist()):
+        if n == 0:
+            break
+        key = fid[:n] * n_bc + bcls[vb.matrix[:n, k]]
+        uniq, inv = np.unique(key, return_inverse=True)
+        out = np.empty(len(uniq), np.int64)
+        for j, kk in enumerate(uniq.tolist()):
+            r = memo.get(kk)
+            if r is None:
+                f, c = divmod(kk, n_bc)
+                vec = dc[funcs[f], c]
+                r = seen.setdefault(vec.tobytes(), len(funcs))
+                if r == len(funcs):
+                    funcs.append(vec)
+                memo[kk] = r
+            out[j] = r
+        fid[:n] = out[inv.reshape(-1)]
+    # token classes: distinct non-dead functions of non-empty tokens; class 0 = never allowed
+    fn = np.stack(funcs)  # [F, S+1]
+    live_f = (fn[:, :dead] != dead).any(axis=1)
+    live_tok = (vb.lengths > 0) & live_f[fid]
+    used, tok_cls = np.unique(fid[live_tok], return_inverse=True)
+    class_sorted = np.zeros(vocab.size, np.int32)
+    class_sorted[live_tok] = tok_cls.reshape(-1) + 1
+    class_of = np.zeros(vocab.size, np.int32)
+    class_of[vb.order] = class_sorted
+    table = np.concatenate([np.full((dead, 1), dead, np.int32), fn[used][:, :dead].T], axis=1)
+    # keep the states reachable from the initial state by tokens, renumbered in BFS order
+    reach = np.zeros(dead + 1, bool)
+    reach[init] = True
+    frontier = np.array([init])
+    while frontier.size:
+        nxt = np.unique(table[frontier])
+        nxt = nxt[(nxt != dead) & ~reach[nxt]]
+        reach[nxt] = True
+        frontier = nxt
+    keep = np.flatnonzero(reach[:dead])
+    new_id = np.full(dead + 1, -1, np.int32)
+    new_id[keep] = np.arange(len(keep), dtype=np.int32)
+    table = new_id[table[keep]]
+    dfa = TokenDFA(np.ascontiguousarray(table, np.int32), class_of,
+                   accepting[keep].copy(), int(new_id[init]))
+    if not (table[dfa.initial] >= 0).any() and not dfa.accepting[dfa.initial]:
+        raise ConstraintError("cannot compile the constraint: it accepts no token sequence "
+                              "over this vocabulary")
     return dfa
 
 

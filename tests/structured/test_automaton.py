@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pytest
+import regex
 from outlines_core import Index, Vocabulary
 
 from jaxlm.structured import (Choice, ConstraintError, JsonSchema, Regex, TokenVocab,
@@ -30,28 +31,74 @@ def _reference_index(regex, vocab):
     return Index(regex, Vocabulary(vocab.eos_id, groups))
 
 
+def _viable(pattern, data):
+    """Independent check with the ``regex`` module: None if ``data`` is not whole UTF-8,
+    else (is a prefix of some match, is a full match)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    return (regex.fullmatch(pattern, text, partial=True) is not None,
+            regex.fullmatch(pattern, text) is not None)
+
+
 @pytest.mark.parametrize("c", CONSTRAINTS, ids=lambda c: type(c).__name__)
-def test_masks_equal_the_reference_library_on_random_walks(c, vocab):
-    """Along random token paths, our allowed sets and acceptance equal outlines-core's
-    index built on the whole vocabulary (independent of our byte/token grouping)."""
+def test_masks_contain_the_reference_library_and_follow_the_language(c, vocab):
+    """Along random token paths: our allowed sets contain outlines-core's (its full-
+    vocabulary index); every extra token and a sample of the refused ones are checked
+    against the language with the ``regex`` module (outlines-core's index drops some
+    continuations out of accepting states, see ``byte_dfa``); acceptance equals the
+    language's."""
     rx = c.to_regex()
     ref = _reference_index(rx, vocab)
     dfa = compile_regex(rx, vocab)
     rng = np.random.default_rng(0)
-    checked = 0
-    for walk in range(12):
-        rs, s = ref.get_initial_state(), dfa.initial
+    checked = extra = 0
+    for walk in range(8):
+        rs, s, text = ref.get_initial_state(), dfa.initial, b""
         for _ in range(40):
-            want = sorted(t for t in ref.get_allowed_tokens(rs) if t != vocab.eos_id)
-            got = dfa.allowed(s).tolist()
-            assert got == want, (walk, len(got), len(want))
-            assert bool(dfa.accepting[s]) == ref.is_final_state(rs)
+            got = dfa.allowed(s)
+            if rs is not None:
+                want = {t for t in ref.get_allowed_tokens(rs) if t != vocab.eos_id}
+                assert want <= set(got.tolist()), walk
+                assert bool(dfa.accepting[s]) == ref.is_final_state(rs) or dfa.accepting[s]
+                more = sorted(set(got.tolist()) - want)
+            else:
+                more = got.tolist()
+            for t in more[:40]:
+                v = _viable(rx, text + vocab.token_bytes[t])
+                assert v is None or v[0], (text, vocab.token_bytes[t])
+                extra += 1
+            refused = np.setdiff1d(np.flatnonzero([b is not None and b != b""
+                                                   for b in vocab.token_bytes]), got)
+            for t in rng.choice(refused, size=min(30, refused.size), replace=False):
+                v = _viable(rx, text + vocab.token_bytes[t])
+                assert v is None or not v[0], (text, vocab.token_bytes[t])
+            v = _viable(rx, text)
+            assert v is None or v[1] == bool(dfa.accepting[s]), text
             checked += 1
-            if not want:
+            if got.size == 0:
                 break
-            tok = int(rng.choice(want))
-            rs, s = ref.get_next_state(rs, tok), dfa.step(s, tok)
+            tok = int(rng.choice(got))
+            if rs is not None:
+                rs = ref.get_next_state(rs, tok) if tok in want else None
+            s, text = dfa.step(s, tok), text + vocab.token_bytes[tok]
     assert checked > 40
+
+
+def test_prefix_options_and_continuations_out_of_accepting_states(vocab):
+    """Where outlines-core's own index stops (``go|go north`` never gives ``go north``;
+    ``[0-9]+(\\.[0-9]+)?`` refuses ``.`` after digits), the automaton follows the language."""
+    dfa = compile_regex(Choice(["go", "go north"]).to_regex(), vocab)
+    s = dfa.step(dfa.initial, vocab.token_bytes.index(b"go"))
+    assert dfa.accepting[s]
+    assert vocab.token_bytes.index(b" north") in dfa.allowed(s)
+    num = compile_regex(r"[0-9]+(\.[0-9]+)?", vocab)
+    s = num.step(num.initial, vocab.token_bytes.index(b"1"))
+    assert num.accepting[s] and vocab.token_bytes.index(b".") in num.allowed(s)
+    ref = _reference_index(r"[0-9]+(\.[0-9]+)?", vocab)
+    rs = ref.get_next_state(ref.get_initial_state(), vocab.token_bytes.index(b"1"))
+    assert vocab.token_bytes.index(b".") not in ref.get_allowed_tokens(rs)  # the quirk
 
 
 def test_byte_classes_group_equivalent_bytes():
@@ -113,3 +160,41 @@ def test_cache_key_depends_on_the_tokenizer():
     v2 = TokenVocab.from_bytes([None, b"b", b"a"], eos_id=0)
     assert v1.digest != v2.digest
     assert cache_key(Regex("a"), v1) != cache_key(Regex("a"), v2)
+
+
+def test_token_functions_on_a_toy_vocabulary_follow_the_language():
+    """Empty tokens, UTF-8 fragments and tokens longer than any path: in every reachable
+    state the allowed tokens are exactly those that keep the bytes a prefix of a word of
+    the (finite, enumerated) language, and acceptance is membership."""
+    import itertools
+
+    toks = [None, b"a", b"b", b"ab", b"ba", b"", b"\xc3", b"\xa9", b"\xc3\xa9", b"abab",
+            b"aaaaaaaaaaaaaaaaaaaa", b"\xc3\xa9b", b"c", b"bc", None]
+    v = TokenVocab.from_bytes(toks, eos_id=0, stop_ids=[14])
+    words = {b"".join(p) + e for n in (1, 2, 3)
+             for p in itertools.product([b"ab", "é".encode()], repeat=n) for e in (b"", b"c")}
+    dfa = compile_regex("(ab|é){1,3}c?", v)
+    seen, todo = {dfa.initial: b""}, [dfa.initial]
+    while todo:
+        s = todo.pop()
+        text = seen[s]
+        want = [t for t, b in enumerate(toks)
+                if b and any(w.startswith(text + b) for w in words)]
+        assert dfa.allowed(s).tolist() == want, text
+        assert bool(dfa.accepting[s]) == (text in words)
+        for t in want:
+            nxt = dfa.step(s, t)
+            if nxt not in seen:
+                seen[nxt] = text + toks[t]
+                todo.append(nxt)
+    assert len(seen) == dfa.n_states  # only reachable states are kept
+    assert dfa.class_of[5] == 0 and dfa.class_of[14] == 0  # empty and stop tokens
+    assert dfa.class_of[1] != dfa.class_of[2]
+    assert dfa.class_of[3] == dfa.class_of[8]  # "ab" and "é" act alike everywhere
+
+
+def test_a_pattern_that_consumes_every_end_marker_is_a_clear_error(vocab):
+    with pytest.raises(ConstraintError, match="leave one out"):
+        compile_regex(r"(?s:.){1,3}", vocab)
+    dfa = compile_regex(r"[^\x00]{1,3}", vocab)  # the pattern leaves \x00 out: it compiles
+    assert dfa.accepting[dfa.step(dfa.initial, vocab.token_bytes.index(b"a"))]

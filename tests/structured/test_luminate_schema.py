@@ -69,3 +69,18 @@ def test_run_uses_the_models_dimensions(tmp_path, monkeypatch):
     # fewer than 2 model dimensions: the library dimensions are used
     lib = L.run_luminate(L.scripted_backend(), cfg)
     assert lib["metrics"]["dims_source"] == "library"
+
+
+def test_classify_under_a_choice_constraint(model, tokenizer):
+    from jaxlm.llm.local import LocalBackend
+
+    cfg, params = model
+    backend = LocalBackend(None, cfg=cfg, params=params, tokenizer=tokenizer)
+    dim = L.Dimension("Mood", "categorical", ("calm", "angry", "very sad", "happy go lucky"))
+    for text in ("I am fine.", "Everything is terrible!"):
+        assert L.classify(backend, text, dim, mode="choice") in dim.values
+    ignores = ScriptedBackend(rules=[(".", lambda t: "no idea")])
+    with pytest.raises(ValueError, match="ignored the Choice"):
+        L.classify(ignores, "x", dim, mode="choice")
+    with pytest.raises(ValueError, match="auto"):
+        L.classify(backend, "x", dim, mode="vote")

@@ -6,12 +6,13 @@ from jaxlm.agents.recsys.data import (
 from jaxlm.agents.recsys.metrics import (
     ItemKNN, Markov, Oracle, Popularity, random_floor, rank_metrics)
 from jaxlm.agents.recsys.prompting import (
-    STRATEGIES, DemoPool, PromptConfig, build_prompt, parse_ranking, rank_by_generation,
-    score_candidates)
+    STRATEGIES, DemoPool, PromptConfig, answer_format, build_prompt, parse_ranking,
+    rank_by_generation, score_candidates)
 
 __all__ = [
     "STRATEGIES", "DataFormatError", "DemoPool", "ItemKNN", "Markov", "Oracle", "Popularity",
-    "PromptConfig", "RecData", "Split", "SynthConfig", "SyntheticWorld", "build_prompt",
+    "PromptConfig", "RecData", "Split", "SynthConfig", "SyntheticWorld", "answer_format",
+    "build_prompt",
     "generate_synthetic", "leave_one_out", "load_ml1m", "load_recbole", "make_candidates",
     "parse_ranking", "random_floor", "rank_by_generation", "rank_metrics", "scramble_titles",
     "score_candidates", "write_ml1m",

@@ -261,13 +261,38 @@ def parse_ranking(text: str, titles: Sequence[str]) -> tuple[np.ndarray, int]:
     return scores, pos
 
 
-def rank_by_generation(backend: Any, prompt: str, titles: Sequence[str], max_tokens: int = 256
-                       ) -> tuple[np.ndarray, int]:
-    """Text tier: greedy generation, then ``parse_ranking``."""
+def answer_format(titles: Sequence[str], lines: int = 1) -> dict[str, Any]:
+    """OpenAI-style ``response_format`` (jaxlm's ``regex`` extension) for the answer list:
+    ``"1. <title>"`` then up to ``lines - 1`` more ``"\\n<k>. <title>"`` lines, every title
+    one of ``titles`` (``jaxlm.structured`` enforces it in the decode loop)."""
+    from jaxlm.structured.constraints import escape
+
+    if not titles:
+        raise ValueError("answer_format: the candidate set is empty")
+    if lines < 1:
+        raise ValueError(f"answer_format: lines must be >= 1, got {lines}")
+    alt = "(" + "|".join(escape(t) for t in dict.fromkeys(titles)) + ")"
+    rx = ""
+    for k in range(min(lines, len(titles)), 1, -1):
+        rx = f"(\\n{k}\\. {alt}{rx})?"
+    return {"type": "regex", "regex": f"1\\. {alt}{rx}"}
+
+
+def rank_by_generation(backend: Any, prompt: str, titles: Sequence[str], max_tokens: int = 256,
+                       constrained: bool = False, lines: int = 1) -> tuple[np.ndarray, int]:
+    """Text tier: greedy generation, then ``parse_ranking``.
+
+    Args:
+        constrained: decode under ``answer_format(titles, lines)``: every answer line names a
+            candidate (the backend must enforce ``response_format``: ``LocalBackend`` does in
+            its jitted loop).
+    """
     from jaxlm.llm.base import GenConfig, require
 
     require(backend, {"complete"})
-    out = backend.complete(prompt, GenConfig(max_tokens=max_tokens, temperature=0.0))[0].text
+    rf = answer_format(titles, lines) if constrained else None
+    out = backend.complete(prompt, GenConfig(max_tokens=max_tokens, temperature=0.0,
+                                             response_format=rf))[0].text
     return parse_ranking(out, titles)
 
 
