@@ -188,3 +188,32 @@ def test_choice_actor_offers_the_admissible_commands(games):
     for s, opts in zip(tr.steps, offered):
         earlier = {(x.room, x.action) for x in tr.steps[: tr.steps.index(s)]}
         assert all((s.room, c) not in earlier for c in opts) or len(opts) == s.n_admissible
+
+
+def test_paired_differences_average_seeds_then_bootstrap_games():
+    from experiments.repro_introspective_tips import paired
+
+    rows = []
+    for seed, (a1, a2) in enumerate([(1.0, 0.5), (0.0, 0.5)]):
+        rows += [{"scenario": "S1", "method": "tips", "trial": 1, "game": "g1", "norm_score": a1},
+                 {"scenario": "S1", "method": "tips", "trial": 1, "game": "g2", "norm_score": a2},
+                 {"scenario": "S1", "method": "none", "trial": 1, "game": "g1", "norm_score": 0.0},
+                 {"scenario": "S1", "method": "none", "trial": 1, "game": "g2",
+                  "norm_score": 0.25 * seed}]
+    m, lo, hi, n, ma, mb = paired(rows, ("S1", "tips", 1), ("S1", "none", 1))
+    # per game over seeds: g1 0.5 - 0.0, g2 0.5 - 0.125 -> mean 0.4375
+    assert n == 2 and m == pytest.approx(0.4375) and lo <= m <= hi
+    assert ma == pytest.approx(0.5) and mb == pytest.approx(0.0625)
+    assert np.isnan(paired(rows, ("S2", "tips", 0), ("S1", "none", 1))[0])
+
+
+def test_heldout_evaluate_reports_paired_ci(games):
+    from experiments.tips.heldout import evaluate
+
+    # a scorer that always prefers the expert's walkthrough command "go east"/"take coin"
+    b = ScriptedBackend(scorer=lambda p, c: 0.0 if c in ("go east", "take coin") else -9.0)
+    res = evaluate(b, _envs(games[:1], 6), {"norm": "sum", "prompt": "window", "history": 0},
+                   random_seeds=range(3))
+    assert res["actor_per_game"] == [1.0] and res["n_games"] == 1
+    assert res["diff"] == pytest.approx(1.0 - res["random_per_game"][0])
+    assert res["actor_stats"]["expert_agreement"] == 1.0
