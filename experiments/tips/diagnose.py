@@ -177,15 +177,15 @@ def diagnose(backend, envs, variants: dict[str, dict[str, Any]], *, workdir: pat
         table.append(r)
         log(f"{name}: score {r['norm_score']:.2f} repeat {r['repeat_rate']:.2f} "
             f"agree {r['expert_agreement']:.2f} ({r['seconds']:.0f}s)")
-    with open(workdir / "diagnosis_steps.jsonl", "w") as f:
-        for name, rows in all_rows.items():
+        # written after every variant, so a killed run keeps what it measured
+        with open(workdir / "diagnosis_steps.jsonl", "a" if len(all_rows) > 1 else "w") as f:
             for row in rows:
                 f.write(json.dumps({"variant": name, **row}) + "\n")
-    res = {"table": table, "random_per_game": rnd_per_game,
-           "games": [e.name for e in envs]}
-    (workdir / "diagnosis.json").write_text(json.dumps(res, indent=1, default=str))
-    (workdir / "diagnosis.md").write_text(markdown(table) + "\n")
-    return res
+        res = {"table": table, "random_per_game": rnd_per_game,
+               "games": [e.name for e in envs]}
+        (workdir / "diagnosis.json").write_text(json.dumps(res, indent=1, default=str))
+        (workdir / "diagnosis.md").write_text(markdown(table) + "\n")
+    return {"table": table, "random_per_game": rnd_per_game, "games": [e.name for e in envs]}
 
 
 def main(argv):
