@@ -35,6 +35,11 @@ def paired(rows, a, b, games=None):
     from jaxlm.utils.stats import bootstrap_ci
 
     def per_game(key):
+        # arms that replay identically (random/none/oracle with a deterministic actor) are
+        # played once and logged at trial 0: use the latest logged trial <= key's trial
+        have = [r["trial"] for r in rows if (r["scenario"], r["method"]) == key[:2]
+                and r["trial"] <= key[2]]
+        key = (*key[:2], max(have)) if have else key
         acc: dict[str, list[float]] = {}
         for r in rows:
             if (r["scenario"], r["method"], r["trial"]) == key:
