@@ -54,9 +54,18 @@ class TipsExpConfig:
         trials, max_steps: trials per game; env.step calls per episode.
         scenarios: S1 (own experience), S2 (expert), S3 (zero-shot to unseen games).
         methods: S1 methods (none, tips, raw, reflexion, oracle_tips, random, walkthrough).
-        actor_mode: "score" (log-prob ranking of admissible commands) or "generate".
-        norm: score ranking (pmi: minus an action-only prompt; mean; sum).
-        prompt, history, history_max: actor prompt layout (see ``ActorConfig``).
+        actor_mode: "score" (log-prob ranking of admissible commands), "generate" (free
+            text matched to a command) or "choice" (generation constrained to the
+            admissible commands).
+        norm: score ranking (sum; mean; pmi: minus an action-only prompt; calib: minus the
+            same prompt with an empty observation). Default from the diagnosis
+            (experiments/tips/diagnose.py): sum.
+        prompt, history, history_max: actor prompt layout (see ``ActorConfig``). Default
+            "window" with no history: the model copies its own earlier answers when they
+            are in the prompt (the diagnosed loop).
+        loop_penalty: loop breaking (``ActorConfig.loop_penalty``; 1000 = try every command
+            of a room before repeating one).
+        schema_tips: tips generated as JSON under ``tips_schema`` (response_format).
         prefix_slots, prefix_capacity: local backend prefix KV reuse (-1: one per game).
         hide_objective: hide route-revealing objectives.
     """
@@ -68,13 +77,15 @@ class TipsExpConfig:
     scenarios: tuple[str, ...] = ("S1",)
     methods: tuple[str, ...] = ("random", "walkthrough", "none", "tips")
     actor_mode: str = "score"
-    norm: str = "pmi"
-    prompt: str = "append"
-    history: int = 3
+    norm: str = "sum"
+    prompt: str = "window"
+    history: int = 0
     history_max: int = 14
     prefix_slots: int = -1
     prefix_capacity: int = 1280
     hide_objective: bool = True
+    loop_penalty: float = 1000.0
+    schema_tips: bool = False
 
     def __post_init__(self):
         for f in ("n_games", "trials", "max_steps", "prefix_capacity"):
@@ -104,7 +115,8 @@ class TipsExpConfig:
         from jaxlm.agents.tips import ActorConfig
 
         return ActorConfig(mode=self.actor_mode, norm=self.norm, prompt=self.prompt,
-                           history=self.history, history_max=self.history_max)
+                           history=self.history, history_max=self.history_max,
+                           loop_penalty=self.loop_penalty)
 
 
 def presets() -> Registry:
@@ -132,8 +144,8 @@ _SHORTCUTS = {
     "max_steps": flags.DEFINE_integer("max_steps", None, "Shortcut for --override=max_steps=."),
     "scenarios": flags.DEFINE_list("scenarios", None, "Shortcut for --override=scenarios=."),
     "methods": flags.DEFINE_list("methods", None, "Shortcut for --override=methods=."),
-    "actor_mode": flags.DEFINE_string("actor_mode", None, "Shortcut: score|generate."),
-    "norm": flags.DEFINE_string("norm", None, "Shortcut: mean|sum|pmi."),
+    "actor_mode": flags.DEFINE_string("actor_mode", None, "Shortcut: score|generate|choice."),
+    "norm": flags.DEFINE_string("norm", None, "Shortcut: sum|mean|pmi|calib."),
     "prompt": flags.DEFINE_string("prompt", None, "Shortcut: append|window."),
     "history": flags.DEFINE_integer("history", None, "Shortcut for --override=history=."),
     "history_max": flags.DEFINE_integer("history_max", None, "Shortcut for history_max."),
@@ -208,7 +220,8 @@ def main(argv):
         with tqdm(desc="env steps") as bar:
             res = run_suite(envs, backend, methods=cfg.methods, trials=cfg.trials,
                             scenarios=cfg.scenarios, actor=cfg.actor(),
-                            tipgen=TipGenerator(backend), seed=_SEED.value,
+                            tipgen=TipGenerator(backend, schema=cfg.schema_tips),
+                            seed=_SEED.value,
                             log=EpisodeLog(log_path), progress=bar.update)
     except BackendError as e:
         sys.exit(f"error: backend: {e} (episodes finished so far are in {work})")

@@ -230,6 +230,7 @@ class Observation:
     done: bool
     moves: int
     valid: bool = True  # the last command was admissible
+    policy: list[str] = dataclasses.field(default_factory=list)  # expert's remaining commands
 
 
 class TextWorldEnv:
@@ -285,7 +286,7 @@ class TextWorldEnv:
             admissible=self._admissible, score=int(info.get("score") or 0),
             max_score=int(info.get("max_score") or 1), won=bool(info.get("won")),
             lost=bool(info.get("lost")), done=bool(done), moves=int(info.get("moves") or 0),
-            valid=valid,
+            valid=valid, policy=list(info.get("policy_commands") or []),
         )
 
     def reset(self) -> Observation:

@@ -49,8 +49,12 @@ class Step:
     observation: str
     score: int
     valid: bool
-    how: str  # score | exact | contains | fuzzy | fallback | random | walkthrough
+    how: str  # score | choice | exact | contains | fuzzy | fallback | random | walkthrough
     raw: str = ""
+    expert: str = ""  # the expert's next command from the state the action was taken in
+    room: str = ""  # the room the action was taken in (last "-= Room =-" header seen)
+    n_admissible: int = 0
+    diag: dict[str, Any] | None = None  # ActorConfig.diag: every rule's value per command
 
 
 @dataclasses.dataclass
@@ -87,6 +91,21 @@ class Trajectory:
     def fallback_rate(self) -> float:
         return sum(s.how == "fallback" for s in self.steps) / max(len(self.steps), 1)
 
+    @property
+    def repeat_rate(self) -> float:
+        """Fraction of steps that repeat a command already taken in the same room."""
+        seen, rep = set(), 0
+        for s in self.steps:
+            rep += (s.room, s.action) in seen
+            seen.add((s.room, s.action))
+        return rep / max(len(self.steps), 1)
+
+    @property
+    def expert_agreement(self) -> float:
+        """Fraction of steps (with a known expert command) that took the expert's command."""
+        ks = [s for s in self.steps if s.expert]
+        return sum(s.action == s.expert for s in ks) / max(len(ks), 1)
+
     def render(self, max_steps: int = 12, obs_chars: int = 160) -> str:
         """Numbered action/observation lines plus the outcome (for tip prompts)."""
         lines = []
@@ -103,7 +122,8 @@ class Trajectory:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d.update(norm_score=self.norm_score, invalid_rate=self.invalid_rate,
-                 fallback_rate=self.fallback_rate, n_steps=self.n_steps)
+                 fallback_rate=self.fallback_rate, n_steps=self.n_steps,
+                 repeat_rate=self.repeat_rate, expert_agreement=self.expert_agreement)
         return d
 
 
@@ -193,28 +213,67 @@ def oracle_tips(walkthrough: Sequence[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------- tip generator
+def tips_schema(max_tips: int = 5, max_chars: int = 120) -> dict[str, Any]:
+    """JSON schema of a tip list: ``{"tips": [str, ...]}`` with 1..max_tips strings."""
+    return {"type": "object",
+            "properties": {"tips": {"type": "array", "minItems": 1, "maxItems": max_tips,
+                                    "items": {"type": "string", "minLength": 8,
+                                              "maxLength": max_chars}}},
+            "required": ["tips"], "additionalProperties": False}
+
+
+def tips_from_json(text: str) -> str | None:
+    """The tip lines of a ``{"tips": [...]}`` reply joined by newlines (None if malformed)."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    tips = obj.get("tips") if isinstance(obj, dict) else None
+    if not isinstance(tips, list) or not all(isinstance(t, str) for t in tips):
+        return None
+    return "\n".join(tips)
+
+
 class TipGenerator:
     """Writes tips with the backend's text tier (modes: self, expert, consolidate) and
     Reflexion-style reflections. Unusable model output leaves the tips unchanged and
-    is counted in ``stats["parse_failures"]``."""
+    is counted in ``stats["parse_failures"]``.
+
+    ``schema=True`` asks for the tips as JSON under ``tips_schema`` (``GenConfig.
+    response_format``: enforced in the decode loop by local backends, passed to HTTP
+    servers) instead of free lines; the prompts say so."""
 
     def __init__(self, backend: Any, max_tips: int = 5, max_words: int = 20,
-                 cfg: GenConfig = GenConfig(max_tokens=96, temperature=0.0)):
+                 cfg: GenConfig = GenConfig(max_tokens=96, temperature=0.0),
+                 schema: bool = False):
         self.backend, self.max_tips, self.max_words, self.cfg = backend, max_tips, max_words, cfg
+        self.schema, self.free_cfg = schema, cfg
+        if schema:
+            rf = {"type": "json_schema",
+                  "json_schema": {"name": "tips", "schema": tips_schema(max_tips,
+                                                                        8 * max_words)}}
+            self.cfg = dataclasses.replace(cfg, response_format=rf, stop=(),
+                                           max_tokens=max(cfg.max_tokens, 128))
         self.stats = {"calls": 0, "parse_failures": 0}
 
     def _ask(self, prompt: str) -> str:
         return self._ask_many([prompt])[0]
 
-    def _ask_many(self, prompts: Sequence[str]) -> list[str]:
-        """One batched chat call (when the backend batches) for several prompts."""
+    def _ask_many(self, prompts: Sequence[str], tips: bool = True) -> list[str]:
+        """One batched chat call (when the backend batches) for several prompts; ``tips``:
+        the reply is a tip list (JSON under the schema when ``schema``)."""
         self.stats["calls"] += len(prompts)
         sys = {"role": "system", "content": "You write short, general advice for players of "
                "text adventure games."}
+        if self.schema and tips:
+            prompts = [p + '\nAnswer in JSON: {"tips": ["...", "..."]}' for p in prompts]
         msgs = [[sys, {"role": "user", "content": p}] for p in prompts]
-        return [c[0].text for c in chat_many(self.backend, msgs, self.cfg)]
+        cfg = self.cfg if tips else self.free_cfg
+        return [c[0].text for c in chat_many(self.backend, msgs, cfg)]
 
     def _parse(self, text: str, current: Sequence[str]) -> list[str]:
+        if self.schema:
+            text = tips_from_json(text) or ""
         tips = sanitize_tips(text, self.max_tips, self.max_words)
         if not tips:
             self.stats["parse_failures"] += 1
@@ -281,7 +340,7 @@ class TipGenerator:
                    "say what went wrong in this attempt and what you will do next time."
                    for traj in trajs]
         out = []
-        for text in self._ask_many(prompts):
+        for text in self._ask_many(prompts, tips=False):
             lines = text.strip().splitlines()
             line = next((ln.strip() for ln in lines if len(ln.split()) >= 3), "")
             if not line:
@@ -296,9 +355,20 @@ class ActorConfig:
     """How the actor prompts and picks.
 
     Attributes:
-        mode: "score" (log-prob of each admissible command) or "generate" (free text).
-        norm: ranking for "score": "mean" (per token), "sum", or "pmi" (sum minus the
-            command's log-prob after a neutral prompt listing only the valid actions).
+        mode: "score" (log-prob of each admissible command), "generate" (free text,
+            matched to a command) or "choice" (generation constrained to the admissible
+            commands: ``response_format={"type": "choice", ...}``, enforced in the decode
+            loop by local backends, passed to HTTP servers).
+        norm: ranking for "score": "mean" (per token), "sum", "pmi" (sum minus the
+            command's log-prob after a neutral prompt listing only the valid actions) or
+            "calib" (sum minus the log-prob after the same prompt with an empty
+            observation and no history: contextual calibration).
+        loop_penalty: subtracted from a command's value once per earlier time it was
+            taken in the same room (loop breaking; 0 = off; in nats for "score"; a large
+            value tries every command of a room before repeating one). "choice" mode with
+            loop_penalty > 0 offers only the room's least-taken commands.
+        diag: "score" mode: also score the neutral and empty-observation prompts every
+            step and keep every rule's value per command in ``Step.diag`` (diagnosis).
         prompt: "append" (multi-turn chat that grows by one assistant/user turn per step,
             so a backend with prompt-prefix KV reuse encodes only the new turn; the valid
             actions are listed in the last turn only) or "window" (one user message with
@@ -319,13 +389,17 @@ class ActorConfig:
     history_max: int = 8
     obs_chars: int = 500
     max_actions: int = 40
+    loop_penalty: float = 0.0
+    diag: bool = False
     gen: GenConfig = GenConfig(max_tokens=12, temperature=0.0, stop=("\n",))
 
     def __post_init__(self):
-        if self.mode not in ("score", "generate"):
-            raise ValueError(f"ActorConfig.mode must be 'score' or 'generate', got {self.mode!r}")
-        if self.norm not in ("mean", "sum", "pmi"):
-            raise ValueError(f"ActorConfig.norm must be mean|sum|pmi, got {self.norm!r}")
+        if self.mode not in ("score", "generate", "choice"):
+            raise ValueError(f"ActorConfig.mode must be score|generate|choice, got {self.mode!r}")
+        if self.norm not in ("mean", "sum", "pmi", "calib"):
+            raise ValueError(f"ActorConfig.norm must be mean|sum|pmi|calib, got {self.norm!r}")
+        if not self.loop_penalty >= 0:
+            raise ValueError(f"ActorConfig.loop_penalty must be >= 0, got {self.loop_penalty}")
         if self.prompt not in ("append", "window"):
             raise ValueError(f"ActorConfig.prompt must be append|window, got {self.prompt!r}")
         if not 0 <= self.history <= self.history_max:
@@ -393,6 +467,22 @@ def neutral_messages(admissible: Sequence[str]) -> list[dict[str, str]]:
              + "\n\nAnswer with exactly one valid action."}]
 
 
+def calib_messages(goal: str, memory: Sequence[str], memory_title: str,
+                   admissible: Sequence[str], cfg: ActorConfig) -> list[dict[str, str]]:
+    """The "calib" baseline prompt: the actor's prompt with an empty observation and no
+    history (what the model prefers with no game state at all)."""
+    return build_messages(goal, memory, memory_title, [], "", admissible, cfg)
+
+
+_ROOM = re.compile(r"-=\s*(.+?)\s*=-")
+
+
+def room_of(observation: str, previous: str = "") -> str:
+    """The last "-= Room =-" header in ``observation`` (else ``previous``)."""
+    found = _ROOM.findall(observation or "")
+    return found[-1] if found else previous
+
+
 MEMORY_TITLES = {
     "tips": "Tips from previous experience:",
     "oracle_tips": "Tips from previous experience:",
@@ -435,6 +525,8 @@ def run_episodes(
     active = [not o.done for o in obs]
     title = MEMORY_TITLES.get(method, "")
     window = [0] * len(envs)  # "append" prompts: first step kept in the prompt
+    rooms = [room_of(o.text) for o in obs]
+    taken: list[dict[tuple[str, str], int]] = [{} for _ in envs]  # (room, cmd) -> times
     try:
         while any(active):
             idx = [i for i, a in enumerate(active) if a]
@@ -465,24 +557,61 @@ def run_episodes(
                         msgs = build_chat(trajs[i].goal, mem, title, seen[w:],
                                           [s.action for s in steps[w:]], adm, actor, cut=w > 0)
                     llm.append((i, msgs, adm))
+            diags: dict[int, dict[str, Any]] = {}
             if llm and actor.mode == "score":
+                n = len(llm)
+                want_neutral = actor.norm == "pmi" or actor.diag
+                want_calib = actor.norm == "calib" or actor.diag
                 reqs = [(m, adm) for _, m, adm in llm]
-                if actor.norm == "pmi":
+                if want_neutral:
                     reqs += [(neutral_messages(adm), adm) for _, _, adm in llm]
+                if want_calib:
+                    reqs += [(calib_messages(trajs[i].goal, memories[i] if method != "none"
+                                             else [], title, adm, actor), adm)
+                             for i, _, adm in llm]
                 res = score_many(backend, reqs)
+                off_c = n * (1 + want_neutral)
                 for k, (i, _, adm) in enumerate(llm):
-                    base = res[len(llm) + k] if actor.norm == "pmi" else None
-                    vals = rank_values(res[k], actor.norm, base)
+                    base = (res[n + k] if actor.norm == "pmi" else
+                            res[off_c + k] if actor.norm == "calib" else None)
+                    vals = rank_values(res[k], "pmi" if base is not None else actor.norm, base)
+                    vals = vals - actor.loop_penalty * np.array(
+                        [taken[i].get((rooms[i], c), 0) for c in adm], np.float64)
                     picks[i] = (adm[int(np.argmax(vals))], "score", "")
-            for i, msgs, adm in llm if actor.mode == "generate" else []:
-                raw = backend.chat(msgs, actor.gen)[0].text
+                    if actor.diag:
+                        diags[i] = {"commands": list(adm),
+                                    "tokens": [r.n_tokens for r in res[k]],
+                                    "sum": [r.sum_logprob for r in res[k]],
+                                    "neutral": [r.sum_logprob for r in res[n + k]],
+                                    "calib": [r.sum_logprob for r in res[off_c + k]],
+                                    "repeats": [taken[i].get((rooms[i], c), 0) for c in adm]}
+            for i, msgs, adm in llm if actor.mode in ("generate", "choice") else []:
+                cfg = actor.gen
+                if actor.mode == "choice":
+                    opts = list(adm)
+                    if actor.loop_penalty > 0:  # loop breaking: the least-taken commands only
+                        cnt = [taken[i].get((rooms[i], c), 0) for c in adm]
+                        opts = [c for c, k in zip(adm, cnt, strict=True) if k == min(cnt)]
+                    cfg = dataclasses.replace(cfg, stop=(), max_tokens=max(cfg.max_tokens, 24),
+                                              response_format={"type": "choice",
+                                                               "choice": opts})
+                raw = backend.chat(msgs, cfg)[0].text
                 cmd, how = match_action(raw, adm)
+                if cmd and actor.mode == "choice":
+                    how = "choice" if how == "exact" else how
                 picks[i] = (cmd, how, raw) if cmd else (_fallback(adm), "fallback", raw)
             for i in idx:
                 cmd, how, raw = picks[i]
+                pol = getattr(obs[i], "policy", None)
+                expert = pol[0] if pol else ""
+                n_adm = len(obs[i].admissible[: actor.max_actions])
+                room = rooms[i]
+                taken[i][(room, cmd)] = taken[i].get((room, cmd), 0) + 1
                 o = envs[i].step(cmd)
+                rooms[i] = room_of(o.text, room)
                 valid = o.valid and how not in ("fallback",)
-                trajs[i].steps.append(Step(cmd, o.text, o.score, valid, how, raw))
+                trajs[i].steps.append(Step(cmd, o.text, o.score, valid, how, raw, expert, room,
+                                           n_adm, diags.get(i)))
                 trajs[i].score, trajs[i].won, trajs[i].lost = o.score, o.won, o.lost
                 obs[i] = o
                 if o.done:
