@@ -38,35 +38,11 @@ from jaxlm.llm.base import (
 )
 from jaxlm.llm.packing import empty_packed, pack_candidates
 
+# the tiny random models' tokenizer (one definition, in jaxlm.weights), re-exported here
+from jaxlm.weights.tokenizer import ByteTokenizer  # noqa: F401
+
 NEG_BIAS = -1e9
 SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
-
-
-class ByteTokenizer:
-    """A byte-level tokenizer (vocab 256) with a ChatML-like text template.
-
-    For the tiny random ``*_test`` presets (vocab 256) in tests: ids are UTF-8 bytes.
-    """
-
-    eos_id = 0
-    bos_id = None
-    pad_id = 0
-    stop_ids: tuple[int, ...] = (0,)
-    vocab_size = 256
-
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        return bytes(int(i) % 256 for i in ids if not (skip_special and int(i) == 0)).decode(
-            "utf-8", errors="replace"
-        )
-
-    def apply_chat_template(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True
-    ) -> str:
-        s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
 # ------------------------------------------------------------------------ jitted kernels
