@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxlm.core import apply
+from jaxlm.core.transformer import embed, run_blocks, unembed
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.generate import SamplingConfig, generate
 from jaxlm.core.score import bucket_len, score_packed
@@ -60,6 +61,26 @@ def _forward(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
         return_attn=want_attn, intervene=hook if capture else None,
     )
     return out.logits, acts, out.hidden, out.attn
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "capture", "layers", "want_attn"))
+def _forward_capture(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
+    """``embed`` -> ``run_blocks(capture=...)`` -> ``unembed``: activations come back as
+    outputs of core's ``capture`` (no hook writing into a dict)."""
+    x0 = embed(params, cfg, toks, pos)
+    want = set(capture) - {"embed"}
+    sites = tuple(s for s in SITES if s in want or s == "resid_post")
+    sites += ("attn_probs",) if want_attn else ()
+    out = run_blocks(params, cfg, x0, positions=pos, attn_bias=bias, capture=(sites, None))
+    logits = unembed(params, cfg, out.x)
+    n = out.captured["resid_post"].shape[0]
+    keep = [i for i in range(n) if layers is None or i in layers]
+    acts = {s: ({-1: x0} if layers is None or -1 in layers else {}) if s == "embed"
+            else {i: out.captured[s][i] for i in keep} for s in capture}
+    rp = out.captured["resid_post"]
+    hidden = (x0,) + tuple(rp[i] for i in range(n))
+    attn = tuple(out.captured["attn_probs"][i] for i in range(n)) if want_attn else None
+    return logits, acts, hidden, attn
 
 
 class LocalBackend:
