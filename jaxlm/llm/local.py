@@ -8,7 +8,7 @@ compiles a handful of programs and then reuses them.
 
 The text tier wraps ``jaxlm.core.generate.generate`` (prompt and max-new-token
 lengths bucketed the same way); the white-box tier exposes per-layer activations
-via the substrate's ``intervene`` hook, attention probabilities, an additive key
+(core's ``run_blocks(capture=...)`` outputs), attention probabilities, an additive key
 mask and masked generation, and editable params (``with_params``).
 """
 
@@ -23,11 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import apply
-from jaxlm.core.transformer import embed, run_blocks, unembed
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.generate import SamplingConfig, generate
 from jaxlm.core.score import bucket_len, score_packed
+from jaxlm.core.transformer import embed, run_blocks, unembed
 from jaxlm.llm.base import (
     Completion,
     GenConfig,
@@ -49,22 +48,6 @@ SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
 # ------------------------------------------------------------------------ jitted kernels
 @functools.partial(jax.jit, static_argnames=("cfg", "capture", "layers", "want_attn"))
 def _forward(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
-    acts: dict[str, dict[int, jax.Array]] = {s: {} for s in capture}
-
-    def hook(site, layer, x):
-        if site in acts and (layers is None or layer in layers):
-            acts[site][layer] = x
-        return x
-
-    out = apply(
-        params, cfg, toks, positions=pos, attn_bias=bias, return_hidden=True,
-        return_attn=want_attn, intervene=hook if capture else None,
-    )
-    return out.logits, acts, out.hidden, out.attn
-
-
-@functools.partial(jax.jit, static_argnames=("cfg", "capture", "layers", "want_attn"))
-def _forward_capture(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
     """``embed`` -> ``run_blocks(capture=...)`` -> ``unembed``: activations come back as
     outputs of core's ``capture`` (no hook writing into a dict)."""
     x0 = embed(params, cfg, toks, pos)

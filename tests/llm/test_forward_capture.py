@@ -55,8 +55,8 @@ def test_forward_equals_the_hook_path(backend, capture, layers, want_attn):
     mask[1, 2:4] = False
     bias = backend._bias(mask, 2, 9)
     want = _hook_reference(backend.params, cfg, toks, pos, bias, capture, layers, want_attn)
-    got = local._forward_capture(backend.params, toks, pos, bias, cfg=cfg, capture=capture,
-                                 layers=layers, want_attn=want_attn)
+    got = local._forward(backend.params, toks, pos, bias, cfg=cfg, capture=capture,
+                         layers=layers, want_attn=want_attn)
     _close(got[0], want[0])
     assert sorted(got[1]) == sorted(want[1])  # (jit returns dicts with sorted keys)
     for s in capture:
