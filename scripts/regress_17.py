@@ -4,8 +4,8 @@ Checks out the last commit before the one-model-path work (the parent of the com
 added ``jaxlm/core/params.py``) into a temporary git worktree and runs the same
 measurements on the old and the new tree in separate processes, alternating
 (A B, B A, A B, ... for ``--rounds`` rounds, one measurement after another), so load on a
-shared machine hits both alike; reports medians and new/old speed ratios. Each process imports the ``jaxlm`` of its own tree
-(``cwd`` and ``PYTHONPATH`` = the tree).
+shared machine hits both alike; reports medians and new/old speed ratios. Each process
+imports the ``jaxlm`` of its own tree (``cwd`` and ``PYTHONPATH`` = the tree).
 
 Measurements (the issue's "Must not regress" list):
   recsys_f32, recsys_bf16  LLMSRec candidate scoring, RecScorer(engine="fast"), cands/s
