@@ -178,16 +178,13 @@ def main(argv):
     from jaxlm.agents.textworld_env import TextWorldEnv, game_set, make_games
     from jaxlm.agents.tips import EpisodeLog, TipGenerator, run_suite
     from jaxlm.llm import BackendError, ScriptedBackend
-    from jaxlm.llm.cli import build_backend
+    from jaxlm.llm.cli import build_backend, check_log_prob_scoring
 
     try:  # flags and settings are checked before games are made or a model loaded
         cfg = get_config()
         spec = backend_spec_from_flags()
-        if cfg.actor_mode == "score" and spec.kind == "openai" and not spec.echo_logprobs:
-            raise BackendFlagError(
-                "--backend=openai cannot rank commands by log-probs (chat/completions return "
-                "no prompt log-probs): pass --override=actor_mode=generate, or --echo_logprobs "
-                "if the server echoes prompt log-probs")
+        check_log_prob_scoring(spec, cfg.actor_mode == "score", task="rank commands",
+                               fix="--override=actor_mode=generate")
     except (ConfigError, BackendFlagError, ValueError) as e:
         raise cli.UserError(str(e)) from None  # one line, exit 2 (jaxlm.utils.cli)
     work = pathlib.Path(_WORKDIR.value)

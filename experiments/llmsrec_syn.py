@@ -83,18 +83,15 @@ def main(argv):
     from jaxlm.agents.recsys.data import load_ml1m
     from experiments.llmsrec.experiment import run_experiment
     from jaxlm.llm import BackendError
-    from jaxlm.llm.cli import build_backend
+    from jaxlm.llm.cli import build_backend, check_log_prob_scoring
     from jaxlm.utils.report import markdown_table
 
     try:  # flags and settings are checked before any data or model is loaded
         cfg = apply_overrides(_presets().get(_CONFIG.value), _OVERRIDE.value)
         cfg = dataclasses.replace(cfg, seed=_SEED.value)
         spec = backend_spec_from_flags()
-        if cfg.mode == "score" and spec.kind == "openai" and not spec.echo_logprobs:
-            raise BackendFlagError(
-                "--backend=openai cannot score candidates by log-probs (chat/completions "
-                "return no prompt log-probs): pass --override=mode=generate (the model writes "
-                "a ranking), or --echo_logprobs if the server echoes prompt log-probs")
+        check_log_prob_scoring(spec, cfg.mode == "score", task="score candidates",
+                               fix="--override=mode=generate (the model writes a ranking)")
     except (ConfigError, BackendFlagError, ValueError) as e:
         raise cli.UserError(str(e)) from None  # one line, exit 2 (jaxlm.utils.cli)
     try:

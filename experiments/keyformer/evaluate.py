@@ -37,6 +37,7 @@ from jaxlm.kvcache import policy as P
 from jaxlm.kvcache.cache import compress, prefill
 from jaxlm.kvcache.engine import decode
 from jaxlm.utils.config import Registry
+from jaxlm.weights.tokenizer import ByteTokenizer
 
 POLICY_SPECS = ("window", "streaming", "h2o", "tova", "snapkv", "keyformer-paper",
                 "keyformer-reference", "keyformer-nonoise", "random")
@@ -113,30 +114,15 @@ def make_policy(spec: str, budget: float, seed: int = 0) -> P.Policy:
 
 
 # --------------------------------------------------------------------------- tokenizers/model
-class ByteTokenizer:
-    """A stand-in tokenizer for random ``*_test`` models: bytes mod the vocabulary."""
-
-    def __init__(self, vocab: int):
-        self.vocab = vocab
-        self.stop_ids = ()
-
-    def encode(self, text: str) -> list[int]:
-        return [3 + b % (self.vocab - 3) for b in text.encode()]
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return "".join(chr(32 + int(i) % 90) for i in ids)
-
-    def encode_chat(self, messages):
-        return self.encode("".join(f"<{m['role']}>{m['content']}" for m in messages) + "<a>")
-
-
 def load_model(name: str):
     """(cfg, params, tokenizer) for a pretrained name or a random ``*_test`` preset."""
     if name.endswith("_test"):
         from jaxlm.core import init
 
         cfg = dataclasses.replace(MODELS.get(name), init_std=0.3)
-        return cfg, init(jax.random.PRNGKey(0), cfg), ByteTokenizer(cfg.vocab_size)
+        # bytes from id 3 up (ids 0..2 stay reserved, as in a real vocabulary), no EOS
+        tok = ByteTokenizer(vocab_size=cfg.vocab_size, offset=3, eos_id=None, stop_ids=())
+        return cfg, init(jax.random.PRNGKey(0), cfg), tok
     from jaxlm import weights
 
     m = weights.load(name)

@@ -11,9 +11,10 @@ Consumers:
 * ``init(key, cfg, out_shardings=None)`` materialises the spec (jitted; with
   ``out_shardings`` each weight is created already sharded).
 * ``jaxlm.train.parallel`` maps ``logical_axes`` to mesh axes (``logical_axes(cfg)``).
-* Weight loaders call ``check_params(params, cfg, source)``: a tree whose structure,
-  shapes or dtypes disagree with the spec is refused with the leaf path, the expected
-  and the found shape/dtype, and the source (file) named.
+* ``check_params(params, cfg, source)`` refuses a tree whose structure, shapes or dtypes
+  disagree with the spec, naming the leaf path, the expected and the found shape/dtype,
+  and the source (file). The weight loaders check each tensor against ``spec_shapes(cfg)``
+  and the converted tree with ``find_mismatch`` (their errors name the file's metadata).
 
 A weight leaf may be a small pytree (e.g. quantized values + scales): subclass
 ``ParamInfo`` and override ``abstract`` (the ``jax.ShapeDtypeStruct`` pytree the leaf
@@ -228,28 +229,41 @@ def path_str(path) -> str:
     return "/".join(out)
 
 
-def check_params(params: Any, cfg: ModelConfig, source: str = "params") -> None:
-    """Refuses a params tree that disagrees with ``param_spec(cfg)``.
+def spec_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """``{"layers/0/attn/wq": (d, h, hd), ...}``: every weight's shape from ``param_spec``
+    (what loaders check each tensor of a file against before converting it)."""
+    return {path_str(p): tuple(i.shape) for p, i in
+            jax.tree_util.tree_flatten_with_path(param_spec(cfg), is_leaf=_is_info)[0]}
 
-    Raises:
-        ValueError naming ``source``, the leaf path, and the expected and found
-        shape/dtype (or the missing / unexpected leaves).
+
+@dataclasses.dataclass(frozen=True)
+class Mismatch:
+    """The first way a params tree disagrees with ``param_spec(cfg)``.
+
+    Either ``missing``/``unexpected`` leaf paths (the structure differs), or the first
+    leaf ``path`` (in sorted path order) whose shape/dtype ``got`` differs from ``want``
+    (``got`` is None when that leaf is not an array).
     """
+
+    missing: tuple[str, ...] = ()
+    unexpected: tuple[str, ...] = ()
+    path: str | None = None
+    got: jax.ShapeDtypeStruct | None = None
+    want: jax.ShapeDtypeStruct | None = None
+
+
+def find_mismatch(params: Any, cfg: ModelConfig, *, dtypes: bool = True) -> Mismatch | None:
+    """Compares a params tree with ``param_spec(cfg)`` (structure, shapes and, with
+    ``dtypes``, dtypes); None when they agree. ``check_params`` and the weight loaders
+    turn the result into their error messages."""
     spec = param_spec(cfg)
     want = {path_str(p): i for p, i in
             jax.tree_util.tree_flatten_with_path(spec, is_leaf=_is_info)[0]}
-    got_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    got: dict[str, Any] = {}
-    for p, x in got_leaves:
-        got[path_str(p)] = x
+    got = {path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
     missing = [k for k in want if not any(g == k or g.startswith(k + "/") for g in got)]
     extra = [g for g in got if not any(g == k or g.startswith(k + "/") for k in want)]
     if missing or extra:
-        raise ValueError(
-            f"{source}: params do not match the model config: missing {missing[:5]}"
-            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
-            f"{'...' if len(extra) > 5 else ''}; was the file made for another architecture?"
-        )
+        return Mismatch(missing=tuple(missing), unexpected=tuple(extra))
     for path, info in want.items():
         expect = info.abstract()
         if isinstance(expect, jax.ShapeDtypeStruct):
@@ -261,12 +275,37 @@ def check_params(params: Any, cfg: ModelConfig, source: str = "params") -> None:
             leaves = [(k, got.get(k)) for k, _ in exp_leaves]
         for (name, x), (_, e) in zip(leaves, exp_leaves, strict=True):
             if x is None or not hasattr(x, "shape"):
-                raise ValueError(f"{source}: weight {name!r} is missing or not an array")
-            if tuple(x.shape) != tuple(e.shape) or jnp.dtype(x.dtype) != e.dtype:
-                raise ValueError(
-                    f"{source}: weight {name!r} has shape {tuple(x.shape)} {jnp.dtype(x.dtype)}, "
-                    f"expected {tuple(e.shape)} {e.dtype} from the model config"
-                )
+                return Mismatch(path=name, want=e)
+            if tuple(x.shape) != tuple(e.shape) or (dtypes and jnp.dtype(x.dtype) != e.dtype):
+                return Mismatch(path=name, got=jax.ShapeDtypeStruct(tuple(x.shape), x.dtype),
+                                want=e)
+    return None
+
+
+def check_params(params: Any, cfg: ModelConfig, source: str = "params") -> None:
+    """Refuses a params tree that disagrees with ``param_spec(cfg)``.
+
+    Raises:
+        ValueError naming ``source``, the leaf path, and the expected and found
+        shape/dtype (or the missing / unexpected leaves).
+    """
+    m = find_mismatch(params, cfg)
+    if m is None:
+        return
+    if m.missing or m.unexpected:
+        missing, extra = list(m.missing), list(m.unexpected)
+        raise ValueError(
+            f"{source}: params do not match the model config: missing {missing[:5]}"
+            f"{'...' if len(missing) > 5 else ''}, unexpected {extra[:5]}"
+            f"{'...' if len(extra) > 5 else ''}; was the file made for another architecture?"
+        )
+    if m.got is None:
+        raise ValueError(f"{source}: weight {m.path!r} is missing or not an array")
+    g, e = m.got, m.want
+    raise ValueError(
+        f"{source}: weight {m.path!r} has shape {tuple(g.shape)} {jnp.dtype(g.dtype)}, "
+        f"expected {tuple(e.shape)} {e.dtype} from the model config"
+    )
 
 
 def infer_config(params: Any, **overrides: Any) -> ModelConfig:

@@ -443,6 +443,8 @@ def run_blocks(
     capture: tuple[Sequence[str], Sequence[int] | None] | None = None,
     intervene: Intervene | None = None,
     chunk: int | None = None,
+    fetch: Callable[[Params], Params] | None = None,
+    remat: bool = False,
 ) -> BlocksOutput:
     """Runs a contiguous range of Transformer blocks on the residual stream ``x``.
 
@@ -465,6 +467,12 @@ def run_blocks(
             (``SITES``); "attn_probs" needs ``chunk=None``.
         intervene: ``f(site, layer, act) -> act`` applied inside the blocks.
         chunk: block-causal query chunks (see ``attention``).
+        fetch: ``f(layer_params) -> layer_params`` applied to each block's params just
+            before the block runs, e.g. ``jax.device_put`` from host memory to the device
+            inside the scan (``jaxlm.offload.scan_offload``); its transpose moves the block
+            gradients back. None (default) adds nothing to the program.
+        remat: rematerialise each block in the backward pass (``jax.checkpoint`` of the
+            block body), so only the residual stream between blocks is kept.
 
     Returns:
         BlocksOutput(x, cache, captured).
@@ -492,6 +500,8 @@ def run_blocks(
 
     def one(lp, li, x, kv, slots, cache_li=None):
         rec = {}
+        if fetch is not None:
+            lp = fetch(lp)
 
         def hook(site, layer, act):
             if intervene is not None:
@@ -521,7 +531,9 @@ def run_blocks(
     captured = None
     if scan:
         stacked = lay if isinstance(lay, dict) else jax.tree.map(lambda *xs: jnp.stack(xs), *lay)
-        sub = jax.tree.map(lambda a: a[rng.start:rng.stop], stacked)
+        # the whole stack goes in as is (no slice op on it: it may live in host memory)
+        sub = stacked if (rng.start, rng.stop) == (0, n) else jax.tree.map(
+            lambda a: a[rng.start:rng.stop], stacked)
         idx = jnp.arange(rng.start, rng.stop, dtype=jnp.int32)
 
         # the cache goes through the scan one layer at a time (inputs -> outputs), so no
@@ -536,7 +548,8 @@ def run_blocks(
             x, new_kv, rec = one(lp, li, x, kv, slots, cache_li=0)
             return x, (rec, None if new_kv is None else tuple(a[0] for a in new_kv))
 
-        x, (recs, kv_out) = jax.lax.scan(body, x, (sub, idx, kv_sub))
+        x, (recs, kv_out) = jax.lax.scan(jax.checkpoint(body) if remat else body, x,
+                                         (sub, idx, kv_sub))
         kv = None
         if kv0 is not None:
             kv = tuple(a if (rng.start, rng.stop) == (0, n) else
@@ -550,7 +563,8 @@ def run_blocks(
         store: dict[str, list[Array]] = {site: [] for site in sites}
         for li in rng:
             lp = lay[li] if not isinstance(lay, dict) else jax.tree.map(lambda a, i=li: a[i], lay)
-            x, kv_i, rec = one(lp, li, x, kv, slots_of(li))
+            x, kv_i, rec = (jax.checkpoint(one, static_argnums=(1,)) if remat else one)(
+                lp, li, x, kv, slots_of(li))
             if cache is not None:
                 kv = kv_i
             if li in cap_layers:

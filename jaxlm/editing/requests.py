@@ -12,27 +12,14 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Protocol
 
+# the tiny random models' tokenizer (one definition, in jaxlm.weights), re-exported here
+from jaxlm.weights.tokenizer import ByteTokenizer  # noqa: F401
+
 
 class TokenizerLike(Protocol):
     def encode(self, text: str) -> list[int]: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
-
-
-class ByteTokenizer:
-    """UTF-8 bytes as token ids (vocab 256): a stand-in tokenizer for tiny random models."""
-
-    vocab_size = 256
-    eos_id = 0
-    pad_id = 0
-    stop_ids: tuple[int, ...] = ()
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        del skip_special
-        return bytes(int(i) % 256 for i in ids).decode("utf-8", errors="replace")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,6 +108,27 @@ class BackendSpec:
                              supports_echo_logprobs=self.echo_logprobs)
 
 
+def check_log_prob_scoring(spec: BackendSpec, needs_scores: bool, *, task: str,
+                           fix: str) -> None:
+    """Refuses, before anything is loaded or sent, a run that ranks by log-probs over a
+    plain OpenAI-compatible server: chat/completions return no prompt log-probs, so only
+    ``--echo_logprobs`` (a server that echoes them on /completions) makes it work.
+
+    Args:
+        spec: the parsed backend flags.
+        needs_scores: whether the run's settings use log-prob scoring.
+        task: what the run scores, for the message ("rank commands").
+        fix: the setting that avoids scoring ("--override=actor_mode=generate").
+
+    Raises:
+        BackendFlagError: one line naming the flags and both fixes.
+    """
+    if needs_scores and spec.kind == "openai" and not spec.echo_logprobs:
+        raise BackendFlagError(
+            f"--backend=openai cannot {task} by log-probs (chat/completions return no prompt "
+            f"log-probs): pass {fix}, or --echo_logprobs if the server echoes prompt log-probs")
+
+
 def build_backend(spec: BackendSpec, *, local: Callable[[], Any] | None = None,
                   scripted: Callable[[], Any] | None = None) -> Any:
     """The backend ``spec`` names, wrapped in a recording ``ReplayBackend`` with --record.

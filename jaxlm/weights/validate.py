@@ -1,48 +1,29 @@
-"""Checks that loaded weights have exactly the shapes the model config implies.
+"""The loaders' error for weights that do not fit the model config.
 
-The expected shapes come from ``jax.eval_shape`` of ``jaxlm.core.transformer.init``, so
-they follow the one parameter declaration of the model (no second table to keep in sync).
+The expected shapes are ``jaxlm.core.params.param_spec``'s (through ``find_mismatch``): the
+one parameter declaration of the model, no second table to keep in sync.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 from jaxlm.core.config import ModelConfig
+from jaxlm.core.params import find_mismatch
 from jaxlm.weights.errors import WeightsError
-
-
-@functools.lru_cache(maxsize=8)
-def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """``{"layers/0/attn/wq": (d, h, hd), ...}`` for ``cfg`` (no arrays are allocated)."""
-    import jax
-
-    from jaxlm.core.transformer import init
-
-    spec = jax.eval_shape(functools.partial(init, cfg=cfg), jax.random.PRNGKey(0))
-    return _flat(spec)
-
-
-def _flat(tree) -> dict[str, tuple[int, ...]]:
-    import jax
-
-    out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        key = "/".join(str(getattr(p, "key", getattr(p, "idx", p))) for p in path)
-        out[key] = tuple(int(s) for s in getattr(leaf, "shape", ()))
-    return out
 
 
 def check_shapes(params: Any, cfg: ModelConfig, source: Any) -> None:
     """Raises one ``WeightsError`` naming ``source`` if ``params`` do not fit ``cfg``.
 
-    Compares the parameter names and every shape with what ``init(key, cfg)`` would make.
+    Compares the parameter names and every shape with ``param_spec(cfg)`` (dtypes are the
+    loader's choice: it casts to the requested one).
     """
-    want, got = expected_shapes(cfg), _flat(params)
-    missing = sorted(set(want) - set(got))
-    extra = sorted(set(got) - set(want))
-    if missing or extra:
+    m = find_mismatch(params, cfg, dtypes=False)
+    if m is None:
+        return
+    if m.missing or m.unexpected:
+        missing, extra = sorted(m.missing), sorted(m.unexpected)
         parts = []
         if missing:
             parts.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
@@ -52,12 +33,11 @@ def check_shapes(params: Any, cfg: ModelConfig, source: Any) -> None:
             f"{source}: the weights do not match the model config ({'; '.join(parts)}); the file "
             "is incomplete or its metadata is wrong: re-export it."
         )
-    for k, shape in want.items():
-        if got[k] != shape:
-            raise WeightsError(
-                f"{source}: parameter {k} has shape {got[k]}, but the model config (d_model="
-                f"{cfg.d_model}, n_layers={cfg.n_layers}, n_heads={cfg.n_heads}, n_kv_heads="
-                f"{cfg.n_kv_heads}, head_dim={cfg.head_dim}, d_ff={cfg.d_ff}, vocab_size="
-                f"{cfg.vocab_size}) implies {shape}; the metadata and the tensors disagree: "
-                "re-export the file."
-            )
+    got = "no array" if m.got is None else f"shape {tuple(m.got.shape)}"
+    raise WeightsError(
+        f"{source}: parameter {m.path} has {got}, but the model config (d_model="
+        f"{cfg.d_model}, n_layers={cfg.n_layers}, n_heads={cfg.n_heads}, n_kv_heads="
+        f"{cfg.n_kv_heads}, head_dim={cfg.head_dim}, d_ff={cfg.d_ff}, vocab_size="
+        f"{cfg.vocab_size}) implies {tuple(m.want.shape)}; the metadata and the tensors "
+        "disagree: re-export the file."
+    )

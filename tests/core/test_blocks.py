@@ -159,3 +159,27 @@ def test_bf16_matmul_policy_is_close_and_faithful():
     err = float(jnp.max(jnp.abs(out - ref)) / jnp.max(jnp.abs(ref)))
     assert 0 < err < 2e-2  # bf16 operands (8-bit mantissa), f32 accumulation
     assert cast_params(params, cfg) is params
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_fetch_sees_each_block_and_remat_keeps_grads(scan):
+    cfg, params, toks, pos = _setup()
+    p = stack_layers(params) if scan else params
+    x = embed(p, cfg, toks, pos)
+
+    def loss(lay, **kw):
+        out = run_blocks({"layers": lay}, cfg, x, positions=pos, scan=scan, **kw)
+        return jnp.sum(out.x ** 2)
+
+    # fetch scales every block's w_down by 2: the same as running doubled weights
+    def twice(lp):
+        return {**lp, "mlp": {**lp["mlp"], "w_down": 2.0 * lp["mlp"]["w_down"]}}
+
+    doubled = (twice(p["layers"]) if scan else [twice(lp) for lp in p["layers"]])
+    _close(loss(p["layers"], fetch=twice), loss(doubled))
+    assert abs(float(loss(p["layers"], fetch=twice)) - float(loss(p["layers"]))) > 1e-3
+    g0 = jax.grad(loss)(p["layers"])
+    g1 = jax.grad(lambda lay: loss(lay, remat=True, fetch=lambda lp: lp))(p["layers"])
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g0), strict=True):
+        _close(a, b)
+    assert max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g0)) > 0

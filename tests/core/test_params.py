@@ -84,3 +84,23 @@ def test_check_params_names_the_leaf_and_source():
     bad["lm_head"] = jnp.zeros((64, 256))
     with pytest.raises(ValueError, match=r"unexpected \['lm_head'\]"):
         check_params(bad, cfg, "ckpt")
+
+
+def test_find_mismatch_and_spec_shapes_are_the_loaders_check():
+    from jaxlm.core.params import find_mismatch, spec_shapes
+
+    cfg = MODELS.get("smollm2-135m_test")
+    p = init(jax.random.PRNGKey(0), cfg)
+    shapes = spec_shapes(cfg)
+    assert shapes["layers/1/mlp/w_up"] == (cfg.d_model, cfg.d_ff)
+    assert len(shapes) == len(jax.tree.leaves(p))
+    assert find_mismatch(p, cfg) is None
+    half = jax.tree.map(lambda x: x.astype(jnp.bfloat16), p)
+    m = find_mismatch(half, cfg)
+    assert m.path == "embed" and m.got.dtype == jnp.bfloat16 and m.want.dtype == jnp.float32
+    assert find_mismatch(half, cfg, dtypes=False) is None  # loaders cast; shapes only
+    bad = jax.tree.map(lambda x: x, p)
+    bad["layers"][0]["mlp"]["w_down"] = jnp.zeros((cfg.d_ff + 1, cfg.d_model))
+    m = find_mismatch(bad, cfg, dtypes=False)
+    assert (m.path, m.got.shape, m.want.shape) == (
+        "layers/0/mlp/w_down", (cfg.d_ff + 1, cfg.d_model), (cfg.d_ff, cfg.d_model))

@@ -216,3 +216,18 @@ def test_introspective_tips_presets_and_overrides(tmp_path):
                    "trials")
     one_line_error(run_entry("introspective_tips", "--config=quick_test", "--methods=magic"),
                    "magic")
+
+
+def test_check_log_prob_scoring_is_one_check_for_every_entrypoint():
+    from jaxlm.llm.cli import BackendFlagError, BackendSpec, check_log_prob_scoring
+
+    http = BackendSpec(kind="openai", base_url="http://127.0.0.1:1/v1")
+    with pytest.raises(BackendFlagError, match=r"^--backend=openai cannot rank commands by "
+                       r"log-probs .*pass --override=actor_mode=generate, or --echo_logprobs"):
+        check_log_prob_scoring(http, True, task="rank commands",
+                               fix="--override=actor_mode=generate")
+    check_log_prob_scoring(http, False, task="t", fix="f")  # generate mode: fine over HTTP
+    echo = BackendSpec(kind="openai", base_url="http://127.0.0.1:1/v1", echo_logprobs=True)
+    check_log_prob_scoring(echo, True, task="t", fix="f")  # the server echoes log-probs
+    for kind in ("local", "scripted"):
+        check_log_prob_scoring(BackendSpec(kind=kind), True, task="t", fix="f")

@@ -23,7 +23,7 @@ def test_empty_and_missing_corpus_errors(tmp_path):
 
 def test_token_file_joins_docs_with_eos_and_caches(tmp_path):
     docs = ["héllo", "world!"]
-    tok = D.ByteTokenizer()
+    tok = D.BYTE_TOKENIZER
     path = D.build_token_file(docs, tok, tmp_path)
     arr = D.open_tokens(path)
     assert isinstance(arr, np.memmap)
