@@ -3,11 +3,14 @@
 
 Prompts "The capital of <country> is" are kept only when the model's top-1 next token is
 the capital with p >= ``min_p`` (measured before use). Per prompt: saliency, gradient x
-input, IG (zero baseline, m steps), occlusion, attention rollout, and a random-ranking
-control; faithfulness (comprehensiveness / sufficiency at k = 1, 2, 3, AOPC, decision
-flip) with filler replacement (IG: zero baseline, Gauss-Legendre, first token held at
-its real embedding, see ``sink_mask``), plausibility against the country tokens (the gold
-rationale), IG completeness error at m = 16 / 32 / 64, and causal-tracing heat maps.
+input, IG (zero baseline, first token held at its real embedding, see ``sink_mask``),
+occlusion, KernelSHAP and LIME (``jaxlm.interpret.surrogate``), attention rollout and a
+random-ranking control; faithfulness (comprehensiveness / sufficiency at k = 1, 2, 3, AOPC,
+decision flip, with a bootstrap CI of AOPC minus random's over prompts) with filler
+replacement; plausibility as the fraction of |attribution| on the country (with a CI);
+a study of where the gradient methods put their mass (``capital_study``); per-generated-
+token attribution of short greedy continuations; the cascading model-parameter
+randomization check; IG completeness; causal-tracing heat maps. Sizes: ``ExplainConfig``.
 """
 
 from __future__ import annotations
