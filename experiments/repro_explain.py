@@ -72,26 +72,50 @@ def claims_from(res: dict) -> list[Claim]:
 
 
 def study_note(res: dict) -> str:
-    """The finding on *where* the mass goes, computed from the capital study."""
+    """The finding on *where* the mass goes, with each conclusion computed from the capital
+    study (a conclusion is stated only when its numbers differ by more than ``GAP``)."""
     st = {r["variant"]: r for r in res["capital_study"]}
     plaus = {r["method"]: r["_ci"][0] for r in res["plausibility"]}
 
     def cc(v):
         return f"{st[v]['_country']:.2f} / {st[v]['_capital']:.2f}"
 
-    return (
-        "Plausibility (mass on the country, chance "
-        f"{res['chance_mass']:.2f}): " + ", ".join(f"{m} {v:.2f}" for m, v in plaus.items())
-        + ". Why the gradient methods favour 'capital' (mass on country / on 'capital'): "
-        f"embedding norm alone {cc('embedding norm ||e_i||')}; saliency "
-        f"{cc('saliency ||grad||, log p')}; grad x input log p {cc('grad x input, log p')} vs "
-        f"contrast {cc('grad x input, contrast')}; IG zero baseline log p "
-        f"{cc('IG zero baseline, log p')} vs filler baseline {cc('IG filler baseline, log p')}; "
-        f"IG contrast {cc('IG zero baseline, contrast')}; occlusion log p "
-        f"{cc('occlusion, log p')} vs contrast {cc('occlusion, contrast')}. "
-        "log p(capital) mostly measures that *a capital city* comes next, which 'capital' "
-        "decides; the contrast with the runner-up answer isolates which one, which the "
-        "country decides.")
+    emb, sal = st["embedding norm ||e_i||"], st["saliency ||grad||, log p"]
+    gx, gxc = st["grad x input, log p"], st["grad x input, contrast"]
+    ig0, igf = st["IG zero baseline, log p"], st["IG filler baseline, log p"]
+    ig0c = st["IG zero baseline, contrast"]
+    out = ["Plausibility (mass on the country, chance "
+           f"{res['chance_mass']:.2f}): " + ", ".join(f"{m} {v:.2f}" for m, v in plaus.items())
+           + ". Where the mass goes (country / 'capital'): " + "; ".join(
+               f"{v} {cc(v)}" for v in st) + "."]
+    if abs(emb["_capital"] - emb["_country"]) < GAP and sal["_capital"] > sal["_country"] + GAP:
+        out.append("The embedding norms of the two tokens are about equal, but the gradient "
+                   "norm is larger at 'capital': the local gradient, not the embedding norm, "
+                   "drives grad x input to 'capital'.")
+    elif emb["_capital"] > emb["_country"] + GAP:
+        out.append("'capital' has the larger embedding norm, which grad x input inherits.")
+    if ig0["_country"] > gx["_country"] + GAP:
+        out.append("Integrating the gradient along the path (IG) moves mass from 'capital' to "
+                   "the country, which a gradient at the input alone misses (the log-prob "
+                   "saturates near the input).")
+    if abs(igf["_country"] - ig0["_country"]) > GAP:
+        out.append(f"IG's answer depends on the baseline: country mass {ig0['_country']:.2f} "
+                   f"(zero embedding) vs {igf['_country']:.2f} (filler embedding).")
+    for name, lp, con in (("grad x input", gx, gxc), ("IG", ig0, ig0c)):
+        if con["_country"] > lp["_country"] + GAP:
+            out.append(f"Explaining the contrast with the runner-up answer moves {name}'s mass "
+                       "to the country.")
+        elif con["_country"] < lp["_country"] - GAP:
+            out.append(f"Explaining the contrast with the runner-up answer moves {name}'s mass "
+                       "away from the country.")
+        else:
+            out.append(f"The contrast target leaves {name}'s country mass about unchanged.")
+    out.append(f"(Study IG: {res['config']['study_ig_steps']} steps; main-table IG "
+               f"{res['ig_steps']}.)")
+    return " ".join(out)
+
+
+GAP = 0.1  # difference in mass share that a conclusion in the note needs
 
 
 def run(ctx: RunContext) -> Section:

@@ -40,7 +40,7 @@ class ExplainConfig:
     n_attr: int = 5
     min_p: float = 0.25
     ig_steps: int = 64
-    study_ig_steps: int = 16
+    study_ig_steps: int = 32
     shap_samples: int = 256
     lime_samples: int = 128
     lime_sigma: float = 0.25
@@ -49,7 +49,7 @@ class ExplainConfig:
     filler: str = " the"
     n_random_prompts: int = 3
     random_ig_steps: int = 16
-    random_points: tuple[int, ...] = (1, 4, 16, 1000)
+    random_points: tuple[int, ...] = (4, 1000)
     n_generate: int = 2
     gen_tokens: int = 4
     n_trace: int = 2

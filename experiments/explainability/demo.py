@@ -144,7 +144,10 @@ def randomization_table(params, cfg, items, rc: ExplainConfig, *, filler_id: int
                 mask=rc.mask, seed=rc.seed)[0],
         }
         for m, f in fns.items():
-            res = sanity.cascading_randomization(params, cfg, f, key, points=points)
+            # the held first token scores 0 for IG and KernelSHAP by construction: left out of
+            # every method's correlation (a constant tie would inflate it)
+            res = sanity.cascading_randomization(params, cfg, f, key, points=points,
+                                                 exclude=keep)
             rhos[m].append([r.spearman for r in res[1:]])
             stage_at.update({r.n_randomized: r.stage for r in res[1:]})
     rows = []

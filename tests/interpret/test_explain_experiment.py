@@ -27,6 +27,7 @@ def _res(beat_lo=0.05, rho_hi=0.3, mass_lo=0.4):
         "traces": [{"country": "France", "max_ie_subject": 0.5, "p_clean": 0.6,
                     "p_corrupt": 0.1, "best_layer_last_subject_token": 3}],
         "capital_study": [{"variant": v, "_country": 0.3, "_capital": 0.4} for v in VARIANTS],
+        "config": {"study_ig_steps": 32},
     }
 
 
@@ -43,9 +44,19 @@ def test_verdict_follows_the_measurements():
     assert not c.own_paper and c.holds is False
 
 
-def test_study_note_names_the_variants():
-    note = R.study_note(_res())
-    assert "contrast" in note and "0.30 / 0.40" in note
+def test_study_note_states_only_what_the_numbers_show():
+    res = _res()
+    note = R.study_note(res)
+    assert "0.30 / 0.40" in note and "about unchanged" in note and "moves" not in note
+    st = {r["variant"]: r for r in res["capital_study"]}
+    st["IG zero baseline, log p"]["_country"] = 0.6
+    st["grad x input, contrast"]["_country"] = 0.5
+    st["saliency ||grad||, log p"]["_capital"] = 0.7
+    st["embedding norm ||e_i||"]["_capital"] = 0.32
+    note = R.study_note(res)
+    assert "not the embedding norm" in note and "(IG) moves mass" in note
+    assert "moves grad x input's mass to the country" in note
+    assert "moves IG's mass away from the country" in note
 
 
 def test_presets_and_overrides():
