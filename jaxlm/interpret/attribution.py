@@ -354,3 +354,92 @@ def occlusion(params, cfg: ModelConfig, tokens, target_id: int, *, filler_id: in
 def random_attribution(key: Array, t: int) -> np.ndarray:
     """A random ranking control: i.i.d. uniform scores [T]."""
     return np.asarray(jax.random.uniform(key, (t,)))
+
+
+# --------------------------------------------------------------------------- generations
+@dataclasses.dataclass(frozen=True)
+class GenerationAttribution:
+    """Attributions of each token of a greedy generation to its context.
+
+    Attributes:
+        prompt: [T] prompt ids; generated: [G] greedy continuation (``core.generate``).
+        scores: [G, T + G - 1]; row j scores the context of generated token j (the prompt
+            and generated[:j]); entries past that context are NaN.
+        f: [G] the explained readout of each generated token given its context.
+        argmax_agrees: [G] whether the full forward's argmax on the context equals the
+            generated token (the decode loop and the forward agree).
+    """
+
+    prompt: np.ndarray
+    generated: np.ndarray
+    scores: np.ndarray
+    f: np.ndarray
+    argmax_agrees: np.ndarray
+
+    def prompt_scores(self) -> np.ndarray:
+        """[G, T]: each generated token's attributions restricted to the prompt tokens."""
+        return self.scores[:, : len(self.prompt)]
+
+
+def generation_attribution(
+    params,
+    cfg: ModelConfig,
+    prompt,
+    *,
+    max_new_tokens: int,
+    method: Literal["grad_x_input", "integrated_gradients"] = "grad_x_input",
+    kind: Kind = "logprob",
+    ig_steps: int = 32,
+    baseline: str | int | Array = "zero",
+    hold_first: bool = True,
+    generated=None,
+) -> GenerationAttribution:
+    """Greedy-generates ``max_new_tokens`` after ``prompt`` and attributes every generated
+    token (readout ``kind`` of that token) to its context, through ``jaxlm.core.apply``.
+
+    Args:
+        params, cfg: the model; prompt: [T] ids.
+        max_new_tokens: tokens to generate (G).
+        method: "grad_x_input" or "integrated_gradients" (``ig_steps``, ``baseline``).
+        kind: readout of the generated token ("logprob", "logit", "prob").
+        hold_first: IG keeps the first token at its real embedding (the attention sink).
+        generated: optional [G] ids to attribute instead of generating (e.g. a reference).
+
+    Returns:
+        GenerationAttribution.
+    """
+    from jaxlm.core.generate import generate
+
+    prompt = np.asarray(prompt, np.int64)
+    if prompt.ndim != 1 or len(prompt) == 0:
+        raise ValueError(f"prompt must be a non-empty [T] id sequence, got shape {prompt.shape}")
+    if method not in ("grad_x_input", "integrated_gradients"):
+        raise ValueError(f"method must be 'grad_x_input' or 'integrated_gradients', got {method!r}")
+    if kind == "contrast":
+        raise ValueError("generation_attribution explains each generated token on its own; "
+                         "kind='contrast' has no foil here (use logprob, logit or prob)")
+    if generated is None:
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        out = generate(params, cfg, [prompt.tolist()], max_new_tokens=max_new_tokens)
+        generated = np.asarray(out.tokens[0, : int(out.lengths[0])])
+    generated = np.asarray(generated, np.int64)
+    t, g = len(prompt), len(generated)
+    scores = np.full((g, t + g - 1), np.nan)
+    f = np.zeros(g)
+    agree = np.zeros(g, bool)
+    for j in range(g):
+        ctx = np.concatenate([prompt, generated[:j]])
+        y = int(generated[j])
+        if method == "grad_x_input":
+            s = gradient_x_input(params, cfg, ctx, y, kind=kind)
+        else:
+            keep = np.zeros(len(ctx), bool)
+            keep[0] = hold_first
+            s = integrated_gradients(params, cfg, ctx, y, steps=ig_steps, baseline=baseline,
+                                     kind=kind, keep_mask=keep).scores
+        scores[j, : len(ctx)] = s
+        val, top = readout_batch(params, jnp.asarray(ctx, jnp.int32)[None], y, 0, cfg=cfg,
+                                 kind=kind)
+        f[j], agree[j] = float(val[0]), int(top[0]) == y
+    return GenerationAttribution(prompt, generated, scores, f, agree)

@@ -135,3 +135,21 @@ def plausibility(scores, gold_mask, *, k: int | None = None, keep_mask=None) -> 
     f1 = 0.0 if tp == 0 else 2 * prec * rec / (prec + rec)
     return {"hit@1": float(gold[order[0]]), "precision": prec, "recall": rec, "f1": f1,
             "iou": tp / float((pred | gold).sum())}
+
+
+def answer_mass(scores, gold_mask, *, keep_mask=None) -> float:
+    """Fraction of attribution mass on the gold (answer-deciding) tokens:
+    sum |s| over gold / sum |s| over all tokens not in ``keep_mask``.
+
+    The chance level of a method that spreads mass evenly is |gold| / |free tokens|.
+    NaN when every free score is zero.
+    """
+    s = np.abs(np.asarray(scores, np.float64))
+    gold = np.asarray(gold_mask, bool)
+    if gold.shape != s.shape or s.ndim != 1:
+        raise ValueError(f"gold_mask {gold.shape} and scores {s.shape} must be the same [T]")
+    free = np.ones_like(gold) if keep_mask is None else ~np.asarray(keep_mask, bool)
+    if not (gold & free).any():
+        raise ValueError("gold_mask marks no token outside keep_mask")
+    den = s[free].sum()
+    return float(s[gold & free].sum() / den) if den > 0 else float("nan")

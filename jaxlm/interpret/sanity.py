@@ -117,6 +117,7 @@ def cascading_randomization(
     absolute: bool = True,
     stages: int | None = None,
     points=None,
+    exclude=None,
 ) -> list[RandomizationStage]:
     """Attributions of the trained model vs the model randomized from the top down.
 
@@ -129,6 +130,9 @@ def cascading_randomization(
         stages: randomize only the top ``stages`` stages (default: all).
         points: evaluate only after these numbers of randomized stages (each in
             1..stages; default every stage); the cascade itself is unchanged.
+        exclude: optional [T] bool, positions left out of the correlation: those a method
+            scores 0 by construction (a held attention-sink token) would otherwise tie at
+            the bottom of both rankings and inflate the correlation.
 
     Returns:
         ``[trained, top 1 randomized, top 2, ...]`` (or the ``points``); the first has
@@ -145,6 +149,11 @@ def cascading_randomization(
 
     def prep(s):
         s = np.asarray(s, np.float64)
+        if exclude is not None:
+            ex = np.asarray(exclude, bool)
+            if ex.shape != s.shape:
+                raise ValueError(f"exclude must be [T]={s.shape}, got shape {ex.shape}")
+            s = s[~ex]
         return np.abs(s) if absolute else s
 
     base = np.asarray(attribute(params))

@@ -79,3 +79,28 @@ def test_points_evaluate_a_subset_of_the_same_cascade(tiny):
         np.testing.assert_allclose(r.scores, full[r.n_randomized].scores, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="points"):
         sanity.cascading_randomization(params, cfg, attr, jax.random.PRNGKey(2), points=[9])
+
+
+def test_exclude_drops_positions_from_the_correlation(tiny):
+    cfg, params = tiny
+    toks = np.array([3, 9, 27, 81, 5, 44])
+    calls = []
+
+    def attribute(p):  # position 0 scored 0 by construction (a held token)
+        s = np.asarray(gradient_x_input(p, cfg, toks, 10), np.float64)
+        s[0] = 0.0
+        calls.append(s)
+        return s
+
+    key = jax.random.PRNGKey(7)
+    ex = np.zeros(6, bool)
+    ex[0] = True
+    full = sanity.cascading_randomization(params, cfg, attribute, key, points=[2])
+    cut = sanity.cascading_randomization(params, cfg, attribute, key, points=[2], exclude=ex)
+    a, b = np.abs(calls[0]), np.abs(calls[1])
+    assert full[1].spearman == pytest.approx(sanity.spearman(a, b))
+    assert cut[1].spearman == pytest.approx(sanity.spearman(a[1:], b[1:]))
+    assert cut[1].spearman != pytest.approx(full[1].spearman)  # the tie at 0 counted before
+    with pytest.raises(ValueError, match="exclude must be"):
+        sanity.cascading_randomization(params, cfg, attribute, key, points=[1],
+                                       exclude=np.zeros(3, bool))
