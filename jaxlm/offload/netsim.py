@@ -406,14 +406,16 @@ def local_sgd_step_time(compute: float, n_params: float, beta: float, n_peers: i
 
 def local_sgd_period_to_beat(compute: float, n_params: float, beta: float, n_peers: int,
                              net: Network, tokens_per_step: float, target_tokens_per_s: float,
-                             round_overhead: float = 0.0) -> float:
+                             round_overhead: float = 0.0, sync_time: float | None = None
+                             ) -> float:
     """Smallest averaging period ``H`` at which ``n_peers`` local-SGD peers reach
     ``target_tokens_per_s`` (e.g. a pipeline's measured throughput).
 
     The cluster makes ``N * tokens_per_step * H`` tokens per ``H * compute + T_sync +
     overhead`` seconds, so ``H* = X (T_sync + o) / (N k - X t_c)``; ``inf`` when the peers'
     compute alone (``N k / t_c``) does not reach the target: no amount of amortising the sync
-    helps then.
+    helps then. ``sync_time``: a measured round time, used instead of the all-reduce model
+    (``round_overhead`` is then ignored).
     """
     if compute <= 0 or tokens_per_step <= 0 or target_tokens_per_s <= 0:
         raise ValueError("local_sgd_period_to_beat: compute, tokens_per_step and "
@@ -422,8 +424,9 @@ def local_sgd_period_to_beat(compute: float, n_params: float, beta: float, n_pee
     spare = rate - target_tokens_per_s * compute
     if spare <= 0:
         return float("inf")
-    t_sync = allreduce_time(n_peers, n_params, beta, net) + round_overhead
-    return target_tokens_per_s * t_sync / spare
+    if sync_time is None:
+        sync_time = allreduce_time(n_peers, n_params, beta, net) + round_overhead
+    return target_tokens_per_s * sync_time / spare
 
 
 def bandwidth_bound_ratio(n_peers: int, n_params: float, d_model: int,

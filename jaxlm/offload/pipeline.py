@@ -182,8 +182,15 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
     params = list(per[sub.start:sub.end])
     tx = optax.adamw(spec.lr, weight_decay=0.1)
     opt = tx.init(params)
-    update = jax.jit(lambda p, s, g: (lambda u, s2: (optax.apply_updates(p, u), s2))(
-        *tx.update(g, s, p)))
+    micro = spec.micro
+
+    def _update(p, s, acc):  # the micro-batch mean of the summed gradients, then AdamW
+        g = jax.tree.map(lambda a: a / micro, acc)
+        u, s2 = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s2
+
+    update = jax.jit(_update)
+    accumulate = jax.jit(lambda a, b: jax.tree.map(lambda x, y: x + y, a, b))
     prev = nxt = None
     if spec.stage > 0:  # server side of the boundary to the previous stage
         srv = socket.socket()
@@ -206,11 +213,17 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     step_times, t_fwd, t_bwd, t_upd, compute = [], [], [], [], []
 
-    def timed(out: list, fn, *args):
+    def timed(out: list, fn, *args, acc=None):
+        """Runs ``fn(*args)`` (and, for a backward call, adds its parameter gradient into
+        ``acc``), blocking, and appends the seconds to ``out``; returns (result, acc)."""
         tc = time.perf_counter()
-        r = jax.block_until_ready(fn(*args))
+        r = fn(*args)
+        if acc is not False:  # backward: r = (..., param grads, boundary grad)
+            gp = r[-2]
+            acc = gp if acc is None else accumulate(acc, gp)
+        r, acc = jax.block_until_ready((r, acc))
         out.append(time.perf_counter() - tc)
-        return r
+        return r, acc
 
     for gb in batches:
         ts = time.perf_counter()
@@ -226,30 +239,28 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
                 t_comm += time.perf_counter() - tc
             xs.append(x)
             if nxt is not None:
-                y = timed(t_fwd, sub.fwd, params, x, mb)
+                y, _ = timed(t_fwd, sub.fwd, params, x, mb, acc=False)
                 tc = time.perf_counter()
                 link.send(nxt, np.asarray(y))
                 t_comm += time.perf_counter() - tc
         acc, step_loss = None, 0.0
         for m, mb in enumerate(mbs):  # backward
             if nxt is None:
-                loss, gp, gx = timed(t_bwd, sub.loss_bwd, params, xs[m], mb)
+                (loss, _, gx), acc = timed(t_bwd, sub.loss_bwd, params, xs[m], mb, acc=acc)
                 step_loss += float(loss) / spec.micro
             else:
                 tc = time.perf_counter()
                 g = jax.numpy.asarray(_recv(nxt, ack))
                 t_comm += time.perf_counter() - tc
-                gp, gx = timed(t_bwd, sub.fwd_bwd, params, xs[m], g, mb)
+                (_, gx), acc = timed(t_bwd, sub.fwd_bwd, params, xs[m], g, mb, acc=acc)
             if prev is not None:
                 tc = time.perf_counter()
                 link.send(prev, np.asarray(gx))
                 t_comm += time.perf_counter() - tc
-            acc = gp if acc is None else jax.tree.map(lambda a, b: a + b, acc, gp)
-        grads = jax.tree.map(lambda a: a / spec.micro, acc)
         tc = time.perf_counter()
         link.flush()
         t_comm += time.perf_counter() - tc
-        params, opt = timed(t_upd, update, params, opt, grads)
+        (params, opt), _ = timed(t_upd, update, params, opt, acc, acc=False)
         losses.append(step_loss)
         step_times.append(time.perf_counter() - ts)
         compute.append(sum(sum(calls[i:]) for calls, i in zip((t_fwd, t_bwd, t_upd), n_calls)))

@@ -137,6 +137,9 @@ def test_period_to_beat_and_bandwidth_bound_ratio():
     thr = lambda hh: n * k / ns.local_sgd_step_time(t_c, p, 4.0, n, net, hh, 0.5)  # noqa: E731
     assert thr(h) == pytest.approx(target, rel=1e-9)
     assert thr(1.5 * h) > target > thr(0.5 * h)
+    # a measured round time replaces the model's all-reduce + overhead
+    h_m = ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, target, sync_time=0.2)
+    assert h_m == pytest.approx(target * 0.2 / (n * k - target * t_c), rel=1e-12)
     # compute alone too slow: no period helps
     assert ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, n * k / t_c * 1.01) == float("inf")
     # slow-link limit: N^2 k d / ((N-1) P), checked against the two throughputs at 1 kbit/s
