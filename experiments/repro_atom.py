@@ -77,7 +77,7 @@ def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
     Returns:
         (metrics, markdown lines for the extra section, plot file names under ctx.outdir).
     """
-    from experiments.atom.netns import table_lines
+    from experiments.atom.netns import analyse, table_lines
     from jaxlm.offload import netns
 
     head = "\n### Measured: Atom peers vs GPipe over tc-shaped links, with predictions\n"
@@ -92,8 +92,8 @@ def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
     try:
         subprocess.run(cmd, check=True, timeout=400 if ctx.quick else 2400,
                        capture_output=True)
-        res = json.loads((out / "atom_netns.json").read_text())
-    except (subprocess.SubprocessError, OSError, ValueError) as e:
+        res = analyse(json.loads((out / "atom_netns.json").read_text()))
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
         netns.cleanup()
         err = str(e)[:300]
         if isinstance(e, subprocess.CalledProcessError) and e.stderr:
@@ -117,7 +117,7 @@ def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
         need = "; ".join(
             f"{o['rate_mbit']:g} Mbit/s: "
             + (f"H >= {o['period_needed']:.1f}" if o["period_needed"] is not None else
-               f"no H (compute alone {o['atom_compute_only_tokens_per_s']:.0f} < pipeline "
+               f"no H (steps alone {o['atom_compute_only_tokens_per_s']:.0f} < pipeline "
                f"{o['best_pipeline_tokens_per_s']:.0f} tok/s)")
             for o in c["rows"])
         lines.append(
@@ -125,8 +125,9 @@ def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
             "of both pipelines at "
             + (", ".join(f"{r:g}" for r in c["atom_ahead_at_mbit"]) + " Mbit/s"
                if c["atom_ahead_at_mbit"] else "no measured rate")
-            + f". Averaging period Atom would need to match the better pipeline (cost model, "
-            f"this run's compute; configured H = {res['period']}): {need}. Slow-link limit "
+            + f". Averaging period H* at which Atom would match the better pipeline (from the "
+            f"point's measured mean step and round times; configured H = {res['period']}): "
+            f"{need}. Slow-link limit "
             f"(bandwidth alone): Atom / pipeline = N^2 k d / ((N-1) P) = "
             f"{c['bandwidth_bound_ratio']:.2f} at k = {c['tokens_per_round_per_peer']} tokens "
             f"per peer per round (break-even k = {c['tokens_per_round_break_even']:.0f}).")

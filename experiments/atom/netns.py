@@ -73,16 +73,21 @@ def crossover(rows: list[dict], n_par: int, d_model: int, peers: int, period: in
         best = max(pipes.values())
         a = r["atom"]
         net = ns.Network(bandwidth=r["tcp_mbit"] * 1e6 / 8, efficiency=1.0, latency=0.0)
-        # from this point's measured step compute and measured round time (not the model)
-        h_need = ns.local_sgd_period_to_beat(a["compute_s_per_step"], n_par, 4.0, peers, net,
-                                             a["batch"] * a["seq"], best,
-                                             sync_time=a["round_s"])
+        # per peer over the measured window: steps * t_step + rounds * t_round = window, so
+        # the effective (mean) step and round times reproduce the measured tokens/s exactly
+        k = a["batch"] * a["seq"]
+        steps = a["tokens_per_s"] * a["window_s"] / (peers * k)
+        t_step = a["window_s"] * (1 - a["sync_fraction"]) / steps
+        t_round = (a["sync_fraction"] * a["window_s"] / a["n_rounds_per_peer"]
+                   if a["n_rounds_per_peer"] > 0 else a["round_s"])
+        h_need = ns.local_sgd_period_to_beat(t_step, n_par, 4.0, peers, net, k, best,
+                                             sync_time=t_round)
         out.append({"rate_mbit": r["rate_mbit"],
                     "measured_ratio": {e: a["tokens_per_s"] / v for e, v in pipes.items()},
-                    "atom_compute_only_tokens_per_s": peers * a["batch"] * a["seq"]
-                    / a["compute_s_per_step"],
-                    "best_pipeline_tokens_per_s": best, "round_s": a["round_s"],
+                    "atom_step_s": t_step, "atom_round_s": t_round,
                     "model_allreduce_s": ns.allreduce_time(peers, n_par, 4.0, net),
+                    "atom_compute_only_tokens_per_s": peers * k / t_step,
+                    "best_pipeline_tokens_per_s": best,
                     "period_needed": h_need if math.isfinite(h_need) else None})
     ahead = [o["rate_mbit"] for o in out if min(o["measured_ratio"].values()) > 1]
     k = ATOM_BATCH * SEQ * period
@@ -92,6 +97,17 @@ def crossover(rows: list[dict], n_par: int, d_model: int, peers: int, period: in
             # tokens per peer per round for Atom to break even in the slow-link limit
             "tokens_per_round_break_even": k / ns.bandwidth_bound_ratio(peers, n_par, d_model,
                                                                         k)}
+
+
+def analyse(res: dict) -> dict:
+    """(Re)computes every row's predictions and each size's crossover from the measured
+    fields of a result dict (in place; also for JSON written by an older analysis)."""
+    for s in res["sizes"].values():
+        for r in s["rows"]:
+            predict(r, s["n_params"], res["peers"], res["period"])
+        s["crossover"] = crossover(s["rows"], s["n_params"], s["d_model"], res["peers"],
+                                   res["period"])
+    return res
 
 
 def plot(res: dict, path: pathlib.Path) -> None:

@@ -11,7 +11,8 @@ def _row(rate, tcp, atom_tps, pipe_tps, t_c=0.03):
             "act_bytes": 4 * 32 * 64 * 4, "micro": 4, "batch": 4, "seq": 32}
     return {"rate_mbit": rate, "tcp_mbit": tcp,
             "atom": {"tokens_per_s": atom_tps, "compute_s_per_step": t_c, "batch": 8,
-                     "seq": 32, "round_s": 0.4},
+                     "seq": 32, "round_s": 0.4, "window_s": 2.0, "sync_fraction": 0.5,
+                     "n_rounds_per_peer": 2.0},
             "pipe_blocking": {**pipe, "comm": "blocking", "tokens_per_s": pipe_tps},
             "pipe_overlap": {**pipe, "comm": "overlap", "tokens_per_s": pipe_tps * 1.1}}
 
@@ -42,12 +43,20 @@ def test_crossover_and_table():
     c = an.crossover(rows, n_par, d, peers, period)
     assert c["atom_ahead_at_mbit"] == [10]  # 3000 > 2400 * 1.1, 5000 < 20000
     fast = c["rows"][1]
-    # compute alone: 2 * 256 / 0.03 = 17067 tok/s < 22000: no averaging period suffices
+    # steps alone: 5000 tok/s measured with half the window in rounds -> 10000 < 22000:
+    # no averaging period suffices
     assert fast["period_needed"] is None
     slow = c["rows"][0]
-    # from the measured round (0.4 s) and step compute: H* = X R / (N k - X t_c)
+    # effective times over the window: 3000 tok/s * 2 s / 512 = 11.7 steps per peer in 1 s,
+    # 2 rounds in 1 s; they reproduce the measured rate at the configured H = 4
+    steps = 3000.0 * 2.0 / 512
+    t_s, t_r = 1.0 / steps, 0.5
+    assert slow["atom_step_s"] == pytest.approx(t_s) and slow["atom_round_s"] == pytest.approx(t_r)
     x = 2400.0 * 1.1
-    assert slow["period_needed"] == pytest.approx(x * 0.4 / (2 * 256 - x * 0.03), rel=1e-9)
+    assert slow["period_needed"] == pytest.approx(x * t_r / (2 * 256 - x * t_s), rel=1e-9)
+    # at H*, N k H / (H t_s + t_r) equals the pipeline's rate
+    h = slow["period_needed"]
+    assert 2 * 256 * h / (h * t_s + t_r) == pytest.approx(x, rel=1e-9)
     k = 8 * 32 * period
     assert c["bandwidth_bound_ratio"] == pytest.approx(peers**2 * k * d / ((peers - 1) * n_par))
     assert c["tokens_per_round_break_even"] == pytest.approx(k / c["bandwidth_bound_ratio"])
