@@ -140,8 +140,8 @@ def plot(res: dict, path: pathlib.Path) -> None:
         ax.set_title(f"{size}: {s['n_params'] / 1e3:.0f}k params, d={s['d_model']}; "
                      f"{res['peers']} processes", fontsize=9)
         ax.legend(fontsize=6.5)
-    fig.suptitle("measured (solid) vs predicted (dashed): netsim fed with each point's measured "
-                 "compute and TCP throughput", fontsize=9)
+    fig.suptitle("solid: measured; dashed: netsim fed with the point's\nmeasured compute "
+                 "and TCP throughput", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
