@@ -90,7 +90,7 @@ def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
     cmd = [sys.executable, "-m", "experiments.atom_netns", f"--rates_mbit={rates}",
            f"--sizes={sizes}", f"--workdir={out}"] + (["--quick"] if ctx.quick else [])
     try:
-        subprocess.run(cmd, check=True, timeout=400 if ctx.quick else 2400,
+        subprocess.run(cmd, check=True, timeout=900 if ctx.quick else 3600,
                        capture_output=True)
         res = analyse(json.loads((out / "atom_netns.json").read_text()))
     except (subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
@@ -167,7 +167,7 @@ def run(ctx: RunContext) -> Section:
            "--repeats=3", f"--out_dir={outdir}"]
     plots = []
     try:
-        subprocess.run(cmd, check=True, timeout=240, capture_output=True)
+        subprocess.run(cmd, check=True, timeout=600, capture_output=True)
         res = json.loads((outdir / "offload.json").read_text())["results"]
         measured = {"bandwidth": res["bandwidth"][0], "micro": res["copy_compute_overlap"][0],
                     "contention": res.get("contention"),
