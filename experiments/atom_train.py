@@ -40,11 +40,10 @@ from absl import flags
 
 from jaxlm.utils import cli
 
-_CONFIG = flags.DEFINE_string("config", "tiny", "atom_train preset (see --list_configs).")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset "
-                                      "(run fields, or model fields: n_layers=4).")
+from experiments.atom.config import config_from_flags, define_preset_flags
+
+define_preset_flags("atom_train", "tiny")  # --config, --override, --list_configs
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/atom_train", "Output folder.")
-_LIST = flags.DEFINE_bool("list_configs", False, "Print the preset names and exit.")
 # shorthands for --override=<field>=<value> (applied after --override when given)
 flags.DEFINE_enum("mode", "swap", ["swap", "resident", "peers", "pipeline", "hive"],
                   "What to run.")
@@ -71,29 +70,9 @@ flags.DEFINE_enum("opt_mode", "host-eager", ["host-eager", "host-at-sync", "devi
                   "state with the params and updates on the device, the GPU-friendly choice).")
 flags.DEFINE_enum("host_memory", "auto", ["auto", "pinned_host", "cpu"],
                   "mode=swap: host placement (auto: pinned_host on a GPU).")
-_SHORTHANDS = ("mode", "kill_at", "memory_cap_mb", "steps", "batch", "seq", "lr", "peers", "sync",
-               "period", "stages", "micro", "link_mbps", "target_loss", "seed", "prefetch",
-               "opt_mode", "host_memory")
-
-
-def _config():
-    from experiments.atom.config import ATOM_TRAIN, atom_train_config
-    from jaxlm.utils.config import ConfigError
-
-    if _LIST.value:
-        print("\n".join(ATOM_TRAIN.names()))
-        raise SystemExit(0)
-    overrides = list(_OVERRIDE.value)
-    overrides += [f"{n}={flags.FLAGS[n].value}" for n in _SHORTHANDS if flags.FLAGS[n].present]
-    try:
-        return atom_train_config(_CONFIG.value, overrides)
-    except ConfigError:
-        raise  # cli.run prints it as one line and exits 2
-
-
 def main(argv):
     del argv
-    rc = _config()
+    rc = config_from_flags("atom_train")
     import jax
 
     jax.config.update("jax_num_cpu_devices", 2)
@@ -110,7 +89,7 @@ def main(argv):
     out.mkdir(parents=True, exist_ok=True)
     stages.check_model(cfg)
     b, t = rc.batch, rc.seq
-    metrics: dict = {"mode": rc.mode, "config": _CONFIG.value, "run": dataclasses.asdict(rc)}
+    metrics: dict = {"mode": rc.mode, "config": flags.FLAGS.config, "run": dataclasses.asdict(rc)}
     if rc.mode == "hive":
         from jaxlm.offload import hive
 

@@ -51,15 +51,13 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags
+from absl import flags
 
 from jaxlm.utils import cli
 
-_CONFIG = flags.DEFINE_string("config", "default", "bench_offload preset: default, quick, "
-                              "repro, gpu_large (+ *_test twins); see --list_configs.")
-_OVERRIDE = flags.DEFINE_multi_string("override", [], "field=value overrides of the preset "
-                                      "(OffloadBenchConfig fields).")
-_LIST = flags.DEFINE_bool("list_configs", False, "Print the preset names and exit.")
+from experiments.atom.config import config_from_flags, define_preset_flags
+
+define_preset_flags("bench_offload", "default")  # --config, --override, --list_configs
 _OUT_DIR = flags.DEFINE_string("out_dir", "runs/bench", "Folder for offload.json.")
 # shorthands for --override=<field>=<value> (applied after --override when given)
 flags.DEFINE_bool("quick", False, "Small sizes (CPU ~1-2 min, GPU < 3 min).")
@@ -87,8 +85,6 @@ flags.DEFINE_integer("swap_seq", 0, "Sequence length of the main point (0: prese
 flags.DEFINE_enum("swap_opt_mode", "auto", ["auto", "host-eager", "device-per-submodel"],
                   "Optimizer placement of the main swap runs (auto: device-per-submodel on a "
                   "GPU, whose host hops are slow; host-eager on CPU).")
-_SHORTHANDS = ("quick", "gpu_large", "repeats", "single", "sweep", "cpu_compute_threads",
-               "cpu_pin", "cpu_pin_xla", "host_opt", "swap_batch", "swap_seq", "swap_opt_mode")
 
 # PCIe x16 per-direction theoretical bandwidth (GB/s) by card name fragment
 PCIE_GBS = {"H200": 64.0, "H100": 64.0, "GH200": 450.0, "A100": 32.0, "L40": 32.0,
@@ -111,18 +107,7 @@ def _fmt(d: dict) -> dict:
 def _config():
     import dataclasses
 
-    from experiments.atom.config import OFFLOAD_BENCH, offload_bench_config
-    from jaxlm.utils.config import ConfigError
-
-    if _LIST.value:
-        print("\n".join(OFFLOAD_BENCH.names()))
-        raise SystemExit(0)
-    overrides = list(_OVERRIDE.value)
-    overrides += [f"{n}={flags.FLAGS[n].value}" for n in _SHORTHANDS if flags.FLAGS[n].present]
-    try:
-        cfg = offload_bench_config(_CONFIG.value, overrides)
-    except ConfigError as e:
-        raise app.UsageError(str(e)) from None
+    cfg = config_from_flags("bench_offload")
     extra = tuple(flags.FLAGS["swap_override"].value)
     return dataclasses.replace(cfg, swap_overrides=cfg.swap_overrides + extra)
 
@@ -160,7 +145,7 @@ def main(argv):
     big = bc.gpu_large or gpu
     quick = bc.quick
     reps = bc.repeats
-    results: dict = {"config": _CONFIG.value, "run": dataclasses.asdict(bc),
+    results: dict = {"config": flags.FLAGS.config, "run": dataclasses.asdict(bc),
                      "host": str(host), "device": str(dev), "platform": dev.platform,
                      "device_kind": dev.device_kind, "jax": jax.__version__,
                      "xla_flags": os.environ.get("XLA_FLAGS", ""),

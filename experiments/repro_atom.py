@@ -1,13 +1,19 @@
 """Reproduction entry: Atom's "up to 20x over decentralized pipeline parallelism" examined.
 
-Simulated: the section-4 cost model (``jaxlm.offload.netsim``) reproduces the spec's
+Measured: Atom-style peers (hivemind local SGD over swap trainers) vs a GPipe pipeline with
+and without communication/compute overlap, 2 processes in network namespaces over tc-shaped
+links (quick: 10 and 1000 Mbit/s x the tiny model; full: 10..1000 Mbit/s x two sizes), each
+point with the cost model's prediction (fed with the point's measured compute and TCP
+throughput) and its error (``experiments.atom_netns``).
+Simulated only: the section-4 cost model (``jaxlm.offload.netsim``) reproduces the spec's
 scenario tables and sweeps link bandwidth to show where 20x appears (slow links, a
 pipeline that does not overlap its fp32 activation traffic, small models, Atom's sync
 amortised) and where Atom loses (blocking full-model sync every 512 sequences).
 Measured (small scale, CPU): the swap executor's overlap efficiency on a small GPT
 (``experiments.bench_offload --quick --single`` in a subprocess with 2 CPU devices: the
 copy-engine thread does real memcpys while XLA computes on the other core), with a
-timeline of one step. The 20x itself is not measured at scale.
+timeline of one step. The 20x itself is not measured at scale, and the GPU swap overlap
+(``bench_offload --gpu_large``) is not measured unless a GPU run is added.
 """
 
 from __future__ import annotations
@@ -61,116 +67,72 @@ def _plot_sweep(ctx: RunContext) -> str:
 
 
 def _netns_points(ctx: RunContext) -> tuple[dict, list[str], list[str]]:
-    """Atom vs pipeline measured over tc-shaped links (network namespaces), where supported.
+    """Atom vs pipeline measured over tc-shaped links (network namespaces), where supported,
+    each point with the cost model's prediction and its error.
 
-    Runs ``experiments.atom_netns`` in a subprocess (it needs root, ``ip`` and ``tc``) at 50 and
-    1000 Mbit/s (quick) or at 5..1000 Mbit/s (full, reaching the predicted crossover);
-    otherwise returns one line saying why it was skipped. One model size (gptj-tiny_test,
-    2 blocks): atom_netns has no size flag yet.
+    Runs ``experiments.atom_netns`` in a subprocess (it needs root, ``ip`` and ``tc``): quick,
+    10 and 1000 Mbit/s x the tiny model; full, 10, 30, 100, 300, 1000 Mbit/s x the tiny and
+    the ~6x wider model. Otherwise returns one line saying why it was skipped.
 
     Returns:
         (metrics, markdown lines for the extra section, plot file names under ctx.outdir).
     """
+    from experiments.atom.netns import analyse, table_lines
     from jaxlm.offload import netns
 
-    head = "\n### Measured Atom vs pipeline over tc-shaped links (network namespaces)\n"
+    head = "\n### Measured: Atom peers vs GPipe over tc-shaped links, with predictions\n"
     try:
         netns.check_support()
     except netns.NetnsUnavailable as e:
         return {"skipped": str(e)}, [head, f"skipped: {e}"], []
     out = ctx.outdir / "netns"
-    # quick: two rates (the budget); full: the 10..1000 Mbit/s sweep, looking for a crossover
-    rates = "50,1000" if ctx.quick else "5,10,25,50,100,200,500,1000"
+    rates, sizes = ("10,1000", "tiny") if ctx.quick else ("10,30,100,300,1000", "tiny,wide")
     cmd = [sys.executable, "-m", "experiments.atom_netns", f"--rates_mbit={rates}",
-           f"--workdir={out}"] + (["--quick"] if ctx.quick else [])
+           f"--sizes={sizes}", f"--workdir={out}"] + (["--quick"] if ctx.quick else [])
     try:
-        subprocess.run(cmd, check=True, timeout=400 if ctx.quick else 1800, capture_output=True)
-        res = json.loads((out / "atom_netns.json").read_text())
-    except (subprocess.SubprocessError, OSError, ValueError) as e:
+        subprocess.run(cmd, check=True, timeout=900 if ctx.quick else 3600,
+                       capture_output=True)
+        res = analyse(json.loads((out / "atom_netns.json").read_text()))
+    except (subprocess.SubprocessError, OSError, ValueError, KeyError) as e:
         netns.cleanup()
-        return {"error": str(e)[:300]}, [head, f"measurement failed: {str(e)[:300]}"], []
+        err = str(e)[:300]
+        if isinstance(e, subprocess.CalledProcessError) and e.stderr:
+            err += " | " + e.stderr.decode(errors="replace")[-500:]
+        return {"error": err}, [head, f"measurement failed: {err}"], []
     shutil.copyfile(out / "atom_netns.png", ctx.outdir / "atom_netns.png")
-    lines = [head, "2 processes, gptj-tiny_test with 2 blocks; Atom = hivemind local SGD "
-             "averaging every 4 steps, pipeline = 2-stage GPipe with 4 micro-batches; "
-             "predictions from the cost model calibrated on the unshaped run.\n",
-             "| rate (Mbit/s) | TCP (Mbit/s) | Atom tok/s (predicted) | Atom pred. error | "
-             "pipeline tok/s (predicted no-overlap .. overlap) | pipeline pred. error "
-             "(no-overlap / overlap) | Atom / pipeline |", "|---|---|---|---|---|---|---|"]
-    for r in res["rows"]:
-        a, p = r["atom"], r["pipeline"]
-        err_a = r["pred_atom_tokens_per_s"] / a["tokens_per_s"] - 1
-        err_p0 = r["pred_pipe_tokens_per_s_no_overlap"] / p["tokens_per_s"] - 1
-        err_p1 = r["pred_pipe_tokens_per_s_overlap"] / p["tokens_per_s"] - 1
-        r["pred_error"] = {"atom": err_a, "pipe_no_overlap": err_p0, "pipe_overlap": err_p1}
+    lines = [head, f"{res['peers']} processes, each in its own network namespace, links shaped "
+             "by tc tbf (both directions). atom = hivemind local-SGD peers (Atom-style swap "
+             f"trainers, {8} x 32 tokens per step, parameters averaged every {res['period']} "
+             f"steps); pipe_blocking / pipe_overlap = {res['peers']}-stage GPipe "
+             f"({res['micro']} micro-batches of 4 x 32 tokens) without / with "
+             "communication-compute overlap. Predicted = the cost model (netsim) fed with the "
+             "point's own measured compute times and measured TCP throughput; error = "
+             "predicted / measured - 1. The engines alternate their order from rate to rate "
+             "so that load from other jobs hits both alike"
+             + (" (load average during the run: "
+                f"{res['loadavg_start'][0]:.1f} -> {res['loadavg_end'][0]:.1f})." ), "",
+             *table_lines(res), ""]
+    for size, sz in res["sizes"].items():
+        c = sz["crossover"]
+        need = "; ".join(
+            f"{o['rate_mbit']:g} Mbit/s: "
+            + (f"H >= {o['period_needed']:.1f}" if o["period_needed"] is not None else
+               f"no H (steps alone {o['atom_compute_only_tokens_per_s']:.0f} < pipeline "
+               f"{o['best_pipeline_tokens_per_s']:.0f} tok/s)")
+            for o in c["rows"])
         lines.append(
-            f"| {r['rate_mbit'] or 'unshaped'} | {r['tcp_mbit']:.0f} | {a['tokens_per_s']:.0f} "
-            f"({r['pred_atom_tokens_per_s']:.0f}) | {err_a:+.0%} | {p['tokens_per_s']:.0f} "
-            f"({r['pred_pipe_tokens_per_s_no_overlap']:.0f} .. "
-            f"{r['pred_pipe_tokens_per_s_overlap']:.0f}) | {err_p0:+.0%} / {err_p1:+.0%} | "
-            f"{a['tokens_per_s'] / p['tokens_per_s']:.2f} |")
-    lines.append("\nPrediction error = predicted / measured - 1 (the cost model is calibrated on "
-                 "the unshaped run, so that row's error is small by construction). Tiny model "
-                 "on CPU: hivemind's per-round matchmaking dominates Atom's ~30 ms steps.")
-    try:
-        ext = _extrapolate(res)
-    except (KeyError, IndexError, ZeroDivisionError, ValueError) as e:
-        ext = {"error": f"{type(e).__name__}: {e}"}
-    if "error" not in ext:
-        top = ext["atom_ahead_below_mbit"]
-        lines.append(
-            "\n**Crossover (simulated only: the cost model calibrated on the unshaped run, "
-            "1..10000 Mbit/s).** "
-            + ("the calibrated model puts Atom ahead at every rate, which the measured points "
-               "contradict (see the prediction errors)" if ext["atom_ahead_everywhere"] else
-               f"Atom would overtake the no-overlap pipeline below {top:.3g} Mbit/s and the "
-               "overlapped one "
-               + (f"below {ext['atom_ahead_of_overlapped_below_mbit']:.3g} Mbit/s"
-                  if ext["atom_ahead_of_overlapped_below_mbit"] else "nowhere in 1..10000 Mbit/s")
-               + " (the measured pipeline lies between the two bounds; the crossover is below "
-               "the measured rates, so it is a prediction, not a measurement)" if top
-               else "Atom never overtakes the pipeline at this model size (best ratio "
-               f"{ext['max_ratio']:.2f})")
-            + f". Atom pays {ext['compute_s_per_step'] * 1e3:.0f} ms of compute per local "
-            f"step plus a {ext['round_s']:.2f} s averaging round (measured on the unshaped "
-            f"link, so protocol, not bandwidth) every {res['period']} steps"
-            + (": that fixed round cost, not the link, is what loses to the pipeline here."
-               if ext["round_s"] / res["period"] > ext["compute_s_per_step"] else "."))
-    return {"rows": res["rows"], "extrapolation": ext}, lines, ["atom_netns.png"]
-
-
-def _extrapolate(res: dict) -> dict:
-    """Simulated only: the cost model calibrated on the unshaped netns run, swept over
-    1..10000 Mbit/s, to say where (if anywhere) Atom would overtake the pipeline at this
-    model size, and why not. Same calibration as ``experiments.atom_netns``."""
-    from jaxlm.offload import netsim as ns
-
-    b0 = res["rows"][0]
-    a0, p0 = b0["atom"], b0["pipeline"]
-    s_n, m = p0["stages"], p0["micro"]
-    c_s = p0["median_step_s"] / (m + s_n - 1)
-    toks = p0["tokens_per_s"] * p0["median_step_s"]
-    peers, period = res["peers"], res["period"]
-    shaped = [r for r in res["rows"] if r["rate_mbit"]]
-    eff = min(min(r["tcp_mbit"] / r["rate_mbit"], 1.0) for r in shaped) if shaped else 1.0
-    out = []
-    for rate in np.geomspace(1, 10000, 41):
-        net = ns.Network(bandwidth=ns.mbps(rate), efficiency=eff, latency=0.0)
-        t_a = ns.local_sgd_step_time(a0["compute_s_per_step"], res["n_params"], 4.0, peers,
-                                     net, period, a0["round_s"])
-        atom = peers * a0["batch"] * a0["seq"] / t_a
-        pipe = [toks / ns.gpipe_step_time(c_s, p0["act_bytes"], s_n, m, net, overlap=ov,
-                                          comm_factor=1.0 if s_n == 2 else 2.0)
-                for ov in (False, True)]
-        out.append({"rate_mbit": float(rate), "ratio_no_overlap": float(atom / pipe[0]),
-                    "ratio_overlap": float(atom / pipe[1])})
-    above = [r["rate_mbit"] for r in out if r["ratio_no_overlap"] > 1]
-    above_ov = [r["rate_mbit"] for r in out if r["ratio_overlap"] > 1]
-    return {"rows": out, "efficiency": eff, "round_s": a0["round_s"],
-            "compute_s_per_step": a0["compute_s_per_step"],
-            "atom_ahead_below_mbit": max(above) if above else None,
-            "atom_ahead_of_overlapped_below_mbit": max(above_ov) if above_ov else None,
-            "atom_ahead_everywhere": len(above) == len(out),
-            "max_ratio": max(r["ratio_no_overlap"] for r in out)}
+            f"- **{size}** ({sz['n_params'] / 1e3:.0f}k params, d = {sz['d_model']}): Atom ahead "
+            "of both pipelines at "
+            + (", ".join(f"{r:g}" for r in c["atom_ahead_at_mbit"]) + " Mbit/s"
+               if c["atom_ahead_at_mbit"] else "no measured rate")
+            + f". Averaging period H* at which Atom would match the better pipeline (from the "
+            f"point's measured mean step and round times; configured H = {res['period']}): "
+            f"{need}. Slow-link limit "
+            f"(bandwidth alone): Atom / pipeline = N^2 k d / ((N-1) P) = "
+            f"{c['bandwidth_bound_ratio']:.2f} at k = {c['tokens_per_round_per_peer']} tokens "
+            f"per peer per round (break-even k = {c['tokens_per_round_break_even']:.0f}).")
+    return {"sizes": res["sizes"], "wall_s": res["wall_s"], "period": res["period"],
+            "loadavg": [res["loadavg_start"], res["loadavg_end"]]}, lines, ["atom_netns.png"]
 
 
 def run(ctx: RunContext) -> Section:
@@ -205,7 +167,7 @@ def run(ctx: RunContext) -> Section:
            "--repeats=3", f"--out_dir={outdir}"]
     plots = []
     try:
-        subprocess.run(cmd, check=True, timeout=240, capture_output=True)
+        subprocess.run(cmd, check=True, timeout=600, capture_output=True)
         res = json.loads((outdir / "offload.json").read_text())["results"]
         measured = {"bandwidth": res["bandwidth"][0], "micro": res["copy_compute_overlap"][0],
                     "contention": res.get("contention"),
@@ -262,39 +224,49 @@ def run(ctx: RunContext) -> Section:
     extra += net_lines
     plots += net_plots
     bar.update()
-    ratios = [r["atom"]["tokens_per_s"] / r["pipeline"]["tokens_per_s"]
-              for r in net_metrics.get("rows", []) if r["rate_mbit"]]
     ok_tables = worst <= 0.07
     top20 = max(cross20) if cross20 else 0
-    shaped = [r for r in net_metrics.get("rows", []) if r["rate_mbit"]]
-    crossover = [r["rate_mbit"] for r, q in zip(shaped, ratios) if q > 1]
+    # measured Atom / better-pipeline ratio per (size, rate), and the prediction errors
+    pts, errs = [], []
+    for size, sz in net_metrics.get("sizes", {}).items():
+        for r in sz["rows"]:
+            best = max(r[e]["tokens_per_s"] for e in ("pipe_blocking", "pipe_overlap"))
+            pts.append((size, r["rate_mbit"], r["atom"]["tokens_per_s"] / best))
+            errs += [abs(v) for v in r["pred_error"].values()]
+    slowest = {}
+    for size, rate, q in pts:
+        if size not in slowest or rate < slowest[size][0]:
+            slowest[size] = (rate, q)
+    ahead = [f"{size} at {rate:g} Mbit/s" for size, rate, q in pts if q > 1]
     eta = measured.get("eta_swap_thread")
+    gpu_line = ("not measured on a GPU (no GPU in this run; `python -m experiments.bench_offload "
+                "--gpu_large` is the one-command check); the CPU stand-in (copy thread on the "
+                "other core) gives eta_swap "
+                + (f"{eta:.2f}" if eta is not None else "n/a (" + str(measured.get("error"))
+                   + ")"))
     claims = [
-        Claim("Atom-style peers beat decentralized pipeline parallelism on slow networks "
-              "(up to 20x)", measured=bool(ratios), ci_or_exact=False, own_paper=True,
-              circular=False, holds=bool(crossover) if ratios else None,
-              result=("measured over tc-shaped links at "
-                      + ", ".join(str(r["rate_mbit"]) for r in shaped)
-                      + " Mbit/s (2 tiny CPU peers): Atom / pipeline = "
-                      + ", ".join(f"{q:.2f}" for q in ratios)
-                      + (f"; Atom ahead at {crossover} Mbit/s" if crossover else
-                         "; no crossover: Atom loses at every measured rate")
-                      if ratios else "no multi-peer shaped-link measurement here ("
+        Claim("Atom-style peers beat decentralized pipeline parallelism on slow networks",
+              measured=bool(pts), ci_or_exact=False, own_paper=True, circular=False,
+              holds=all(q > 1 for _, q in slowest.values()) if pts else None,
+              result=("measured over tc-shaped links (2 CPU processes, network namespaces), "
+                      "Atom / better pipeline: " + "; ".join(
+                          f"{size} {rate:g} Mbit/s {q:.2f}" for size, rate, q in pts)
+                      + (f"; Atom ahead: {', '.join(ahead)}" if ahead else
+                         "; no crossover: Atom loses at every measured point")
+                      + (f"; cost-model prediction error median {np.median(errs):.0%}, max "
+                         f"{max(errs):.0%}" if errs else "")
+                      if pts else "no multi-peer shaped-link measurement here ("
                       + str(net_metrics.get("skipped") or net_metrics.get("error")) + ")")),
-        Claim("the 20x (and every cell of the spec's scenario tables) from the section-4 cost "
-              "model", measured=False, ci_or_exact=True, own_paper=True, circular=True,
-              holds=bool(ok_tables), headline=False,
-              result=(f"our netsim reproduces the spec's tables to <= {worst:.2f} (abs); 20x "
-                      f"appears for 1.3B only at <= {top20:g} Mb/s with a deep non-overlapped "
-                      "fp32 pipeline and Atom's sync overlapped; a model agreeing with tables "
-                      "from the same model")),
+        Claim("up to 20x more efficient than the pipeline (GPT-3 configurations, slow links), "
+              "from the section-4 cost model", measured=False, ci_or_exact=True,
+              own_paper=True, circular=True, holds=bool(ok_tables), headline=False,
+              result=(f"simulated only: our netsim reproduces the spec's tables to <= "
+                      f"{worst:.2f} (abs); 20x appears for 1.3B only at <= {top20:g} Mb/s with "
+                      "a deep non-overlapped fp32 pipeline and Atom's sync overlapped; a model "
+                      "agreeing with tables from the same model")),
         Claim("swapping sub-models hides the host<->device copies behind compute (GPU)",
               measured=False, ci_or_exact=False, own_paper=True, circular=False, holds=None,
-              headline=False,
-              result=("not measured on a GPU (the H200 swap run ended with eta = NaN); the "
-                      "CPU stand-in (copy thread on the other core) gives eta_swap "
-                      + (f"{eta:.2f}" if eta is not None else "n/a (" +
-                         str(measured.get("error")) + ")"))),
+              headline=False, result=gpu_line),
     ]
     note = ("The 20x and the scenario tables are simulated only; the verdict follows the "
             "measured points"
@@ -310,15 +282,20 @@ def run(ctx: RunContext) -> Section:
         setup="Cost model of shared/specs/atom.md section 4 (N = 8 peers, 24 GB GPUs at 25 "
               "TFLOP/s, PCIe 12 GB/s, b = 1 x 2048 tokens, 2 layers per Atom sub-model, link "
               "efficiency 0.6, 610 Mb/s activation cap at >= 1 Gb/s; SWARM depth = smallest "
-              "divisor of N whose 16 B/param stage state fits half a GPU). Measured point: "
+              "divisor of N whose 16 B/param stage state fits half a GPU). Measured: Atom "
+              "peers vs GPipe (blocking / overlapped sends) in network namespaces over tc tbf "
+              "links, see the measured table below. Swap point: "
               "jaxlm.offload.swap (thread copy engines) on gptj-tiny_test with 6 blocks of "
               "d=512, one block per sub-model, batch 4 x 64, host SGD, CPU (cpu:0 -> cpu:1; "
               "XLA on one thread, copy/update threads pinned to the other core).",
         table=rows,
-        measured=(("Atom / pipeline tokens/s over shaped links " + ", ".join(
-            f"{r['rate_mbit']} Mbit/s: {q:.2f}" for r, q in zip(shaped, ratios)))
-            if ratios else "no shaped-link measurement here")
-        + f"; cost model vs the spec's tables: max abs diff {worst:.2f} (circular).",
+        measured=(("Atom / better pipeline tokens/s over tc-shaped links: " + "; ".join(
+            f"{size} {rate:g} Mbit/s {q:.2f}" for size, rate, q in pts)
+            + (f" (cost-model prediction error median {np.median(errs):.0%}, max "
+               f"{max(errs):.0%})" if errs else ""))
+            if pts else "no shaped-link measurement here")
+        + f"; the 20x: simulated only (cost model vs the spec's tables: max abs diff "
+          f"{worst:.2f}, circular); GPU swap overlap: not measured on a GPU.",
         claims=claims,
         note=note,
         command="python -m experiments.reproduce --only=atom" + (" --quick" if ctx.quick else ""),

@@ -1,5 +1,10 @@
 """Presets of the Atom entrypoints: ``atom_train`` (``ATOM_TRAIN``) and ``bench_offload``
-(``OFFLOAD_BENCH``), each with a tiny ``*_test`` twin.
+(``OFFLOAD_BENCH``), each with a tiny ``*_test`` twin, and their one flag plumbing.
+
+Both entrypoints call ``define_preset_flags`` (``--config``, ``--override``,
+``--list_configs``, as ``experiments.train_lm``) and ``config_from_flags``: the preset, then
+the ``--override`` list, then every per-field shorthand flag the user gave (a flag whose name
+is a field of the run config, e.g. ``--steps=10`` = ``--override=steps=10``).
 
 Importing this module does not import JAX (``bench_offload`` sets XLA_FLAGS from its config
 before JAX starts).
@@ -168,3 +173,49 @@ def offload_bench_config(name: str, overrides: Sequence[str] = ()) -> OffloadBen
     if min(cfg.swap_batch, cfg.swap_seq, cfg.cpu_compute_threads) < 0:
         raise ConfigError("swap_batch, swap_seq and cpu_compute_threads must be >= 0")
     return cfg
+
+
+# ------------------------------------------------------------------ the flag plumbing
+_KINDS = {"atom_train": (AtomTrainConfig, ATOM_TRAIN, atom_train_config),
+          "bench_offload": (OffloadBenchConfig, OFFLOAD_BENCH, offload_bench_config)}
+
+
+def define_preset_flags(kind: str, default: str, flag_values=None) -> None:
+    """Defines ``--config`` (a ``kind`` preset), ``--override`` and ``--list_configs``
+    (on ``flag_values``, default the global ``absl.flags.FLAGS``)."""
+    from absl import flags
+
+    fv = flag_values if flag_values is not None else flags.FLAGS
+    _, reg, _ = _KINDS[kind]
+    flags.DEFINE_string("config", default, f"{kind} preset: {', '.join(reg.names())} "
+                        "(see --list_configs).", flag_values=fv)
+    flags.DEFINE_multi_string("override", [], f"field=value overrides of the {kind} preset.",
+                              flag_values=fv)
+    flags.DEFINE_bool("list_configs", False, "Print the preset names and exit.",
+                      flag_values=fv)
+
+
+def shorthand_overrides(kind: str, flag_values) -> list[str]:
+    """``field=value`` for every flag the user gave whose name is a field of ``kind``'s run
+    config (the per-field flags are shorthands for ``--override``)."""
+    cls, _, _ = _KINDS[kind]
+    return [f"{f.name}={flag_values[f.name].value}" for f in dataclasses.fields(cls)
+            if f.name in flag_values and flag_values[f.name].present]
+
+
+def config_from_flags(kind: str, flag_values=None):
+    """The run config of ``kind`` from the parsed flags: ``--config`` preset, ``--override``
+    items, then the shorthand flags (they win). ``--list_configs`` prints and exits.
+    Raises ConfigError (one line naming the input and the fix) for bad input."""
+    if flag_values is None:
+        from absl import flags
+
+        flag_values = flags.FLAGS
+    if kind not in _KINDS:
+        raise ConfigError(f"unknown entrypoint kind {kind!r}; use one of {', '.join(_KINDS)}")
+    _, reg, build = _KINDS[kind]
+    if flag_values["list_configs"].value:
+        print("\n".join(reg.names()))
+        raise SystemExit(0)
+    overrides = list(flag_values["override"].value) + shorthand_overrides(kind, flag_values)
+    return build(flag_values["config"].value, overrides)

@@ -331,11 +331,16 @@ def atom_point(topo: Topology | None, workdir: str, *, steps: int = 25, batch: i
 
 def pipeline_point(topo: Topology | None, *, steps: int = 8, micro: int = 4, batch: int = 4,
                    seq: int = 32, overrides: tuple[str, ...] = ("n_layers=2",),
-                   timeout: float = 240.0) -> dict:
+                   comm: str = "buffered", timeout: float = 240.0) -> dict:
     """The GPipe baseline with one stage per namespace of ``topo`` (loopback when None).
 
+    ``comm``: ``jaxlm.offload.pipeline`` send mode (blocking = no overlap, overlap = a sender
+    thread, buffered = plain kernel-buffered sends).
+
     Returns:
-        {tokens_per_s, median_step_s, bytes_per_step, act_bytes, stages, micro}.
+        {tokens_per_s, median_step_s, bytes_per_step, act_bytes, stages, micro, batch, seq,
+         comm, fwd_s, bwd_s, update_s (per stage, median seconds per call), compute_s (per
+         stage, median compute seconds per step)}.
     """
     from jaxlm.core import MODELS
     from jaxlm.offload import pipeline
@@ -346,11 +351,17 @@ def pipeline_point(topo: Topology | None, *, steps: int = 8, micro: int = 4, bat
     layers = cfg.n_layers + 2
     cuts = tuple(round(layers * i / n) for i in range(1, n))
     spec = pipeline.StageSpec((), 0, cuts, "gptj-tiny_test", tuple(overrides), steps, micro,
-                              batch, seq, hosts=tuple(topo.ips) if topo is not None else ())
+                              batch, seq, hosts=tuple(topo.ips) if topo is not None else (),
+                              comm=comm)
     res = pipeline.launch_pipeline(
         spec, timeout=timeout,
         prefixes=[topo.exec_prefix(i) for i in range(n)] if topo is not None else None)
+    res = sorted(res, key=lambda r: r["stage"])
     step_s = max(r["median_step_s"] for r in res)
     return {"tokens_per_s": micro * batch * seq / step_s, "median_step_s": step_s,
             "bytes_per_step": res[0]["bytes_sent"] / steps,
-            "act_bytes": batch * seq * cfg.d_model * 4, "stages": n, "micro": micro}
+            "act_bytes": batch * seq * cfg.d_model * 4, "stages": n, "micro": micro,
+            "batch": batch, "seq": seq, "comm": comm,
+            "fwd_s": [r["fwd_s"] for r in res], "bwd_s": [r["bwd_s"] for r in res],
+            "update_s": [r["update_s"] for r in res],
+            "compute_s": [r["median_compute_s"] for r in res]}

@@ -322,6 +322,77 @@ def gpipe_step_time(stage_compute: float, act_bytes: float, n_stages: int, micro
         stage_compute, act_bytes, n_stages, net, overlap=overlap, comm_factor=comm_factor)
 
 
+def gpipe_schedule_time(fwd: Sequence[float], bwd: Sequence[float], act_bytes: float,
+                        micro: int, bandwidth: float, *, comm: str = "blocking",
+                        latency: float = 0.0, update: Sequence[float] | None = None) -> float:
+    """One GPipe step (all forwards, then all backwards, then each stage's update), replayed
+    event by event from measured per-call compute times and a link rate.
+
+    Unlike ``gpipe_step_time`` (the spec's closed form) this follows the schedule that
+    ``jaxlm.offload.pipeline`` runs, so it can be fed with what a real run measures.
+
+    Args:
+        fwd: forward seconds per micro-batch, one per stage (the last stage's forward is part
+            of its backward call: give 0 there).
+        bwd: backward seconds per micro-batch per stage (the last stage: loss + backward).
+        act_bytes: bytes of one boundary activation (= its gradient) per micro-batch.
+        micro: M micro-batches per step.
+        bandwidth: bytes/s of each link direction (full duplex, one link per boundary).
+        comm: ``blocking`` (a stage waits until the receiver has read the message, then
+            computes on), ``overlap`` (messages queue on the link while the stage computes).
+        latency: one-way seconds per message.
+        update: per-stage optimizer seconds (added after the stage's last backward).
+
+    Returns:
+        seconds from the first forward to the last stage's update.
+    """
+    s_n = len(fwd)
+    if s_n < 1 or len(bwd) != s_n or (update is not None and len(update) != s_n):
+        raise ValueError("gpipe_schedule_time: fwd, bwd (and update) need one entry per stage")
+    if micro < 1 or bandwidth <= 0:
+        raise ValueError(f"gpipe_schedule_time: micro >= 1 and bandwidth > 0 needed, got "
+                         f"{micro}, {bandwidth}")
+    if comm not in ("blocking", "overlap"):
+        raise ValueError(f"comm must be 'blocking' or 'overlap', got {comm!r}")
+    wire = act_bytes / bandwidth + latency
+    free = [0.0] * s_n  # when each stage's compute thread is free
+    link = {}  # (src, dst) -> when that link direction is free
+
+    def send(src: int, dst: int, ready: float, recv_ready: float) -> tuple[float, float]:
+        """(sender free, receiver has the data) for a message ready at ``ready``."""
+        start = max(ready, link.get((src, dst), 0.0))
+        arrive = start + wire
+        link[(src, dst)] = arrive - latency
+        if comm == "overlap":
+            return ready, max(arrive, recv_ready)
+        got = max(arrive, recv_ready)  # the receiver reads it, then acknowledges
+        return got + latency, got
+
+    # forward, micro-batch by micro-batch (wavefront order respects every dependency):
+    # stage s computes micro m once it has the activation and has finished micro m - 1
+    arrive = [[0.0] * micro for _ in range(s_n)]
+    for m in range(micro):
+        for s in range(s_n):
+            t = max(free[s], arrive[s][m]) + (fwd[s] if s < s_n - 1 else 0.0)
+            free[s] = t
+            if s < s_n - 1:
+                free[s], arrive[s + 1][m] = send(s, s + 1, t, free[s + 1])
+    # backward: the last stage starts; gradients travel back
+    garr = [[0.0] * micro for _ in range(s_n)]
+    for m in range(micro):
+        for s in range(s_n - 1, -1, -1):
+            t = max(free[s], garr[s][m]) + bwd[s]
+            free[s] = t
+            if s > 0:
+                free[s], garr[s - 1][m] = send(s, s - 1, t, free[s - 1])
+    if comm == "overlap":  # a stage drains its send queue before the update
+        for (src, _), t in link.items():
+            free[src] = max(free[src], t)
+    if update is not None:
+        free = [f + u for f, u in zip(free, update)]
+    return max(free)
+
+
 def local_sgd_step_time(compute: float, n_params: float, beta: float, n_peers: int,
                         net: Network, period: float, round_overhead: float = 0.0) -> float:
     """Atom-style local SGD per local step: ``t_c + (T_sync + overhead) / H``.
@@ -331,6 +402,50 @@ def local_sgd_step_time(compute: float, n_params: float, beta: float, n_peers: i
     """
     t_sync = allreduce_time(n_peers, n_params, beta, net) + round_overhead
     return compute + t_sync / max(period, 1e-9)
+
+
+def local_sgd_period_to_beat(compute: float, n_params: float, beta: float, n_peers: int,
+                             net: Network, tokens_per_step: float, target_tokens_per_s: float,
+                             round_overhead: float = 0.0, sync_time: float | None = None
+                             ) -> float:
+    """Smallest averaging period ``H`` at which ``n_peers`` local-SGD peers reach
+    ``target_tokens_per_s`` (e.g. a pipeline's measured throughput).
+
+    The cluster makes ``N * tokens_per_step * H`` tokens per ``H * compute + T_sync +
+    overhead`` seconds, so ``H* = X (T_sync + o) / (N k - X t_c)``; ``inf`` when the peers'
+    compute alone (``N k / t_c``) does not reach the target: no amount of amortising the sync
+    helps then. ``sync_time``: a measured round time, used instead of the all-reduce model
+    (``round_overhead`` is then ignored).
+    """
+    if compute <= 0 or tokens_per_step <= 0 or target_tokens_per_s <= 0:
+        raise ValueError("local_sgd_period_to_beat: compute, tokens_per_step and "
+                         "target_tokens_per_s must be > 0")
+    rate = n_peers * tokens_per_step
+    spare = rate - target_tokens_per_s * compute
+    if spare <= 0:
+        return float("inf")
+    if sync_time is None:
+        sync_time = allreduce_time(n_peers, n_params, beta, net) + round_overhead
+    return target_tokens_per_s * sync_time / spare
+
+
+def bandwidth_bound_ratio(n_peers: int, n_params: float, d_model: int,
+                          tokens_per_round: float, beta: float = 4.0) -> float:
+    """Atom / GPipe tokens/s when both are limited by the link alone (slow-link limit).
+
+    Atom: each round every peer's NIC carries ``2 (N-1)/N P beta`` bytes for the
+    ``N * tokens_per_round`` tokens of the cluster. GPipe (``N`` stages): every boundary
+    carries ``beta d`` bytes per token forward, then the same backward, and the two phases
+    do not overlap, so a token costs ``2 beta d`` bytes of link time. The ratio is
+    ``N^2 k d / (2 (N-1) P) * 2 = N^2 k d / ((N-1) P)`` for ``k = tokens_per_round`` per peer:
+    the square-cube law (P grows as d^2 L, the activation as d).
+    """
+    if n_peers < 2:
+        raise ValueError(f"bandwidth_bound_ratio needs >= 2 peers, got {n_peers}")
+    atom_tok_per_byte = n_peers * tokens_per_round / (2 * (n_peers - 1) / n_peers
+                                                       * n_params * beta)
+    pipe_tok_per_byte = 1.0 / (2 * beta * d_model)
+    return atom_tok_per_byte / pipe_tok_per_byte
 
 
 def swarm_stages(model: GPTConfig, hw: Hardware, sw: SwarmSettings, n_peers: int) -> int:

@@ -551,12 +551,27 @@ class SwapTrainer:
 
 
 def make_resident_step(cfg: ModelConfig, tx: optax.GradientTransformation):
-    """All-resident reference: ``step(params, opt_state, batch) -> (params, opt_state, loss)``."""
+    """All-resident reference: ``step(params, opt_state, batch) -> (params, opt_state, loss)``.
+
+    A plain gradient step, so it is ``jaxlm.train.make_train_step`` over the offload loss
+    (``stages.full_loss``, weight 1: the gradient is the mean-loss gradient unscaled).
+    """
+    import jax.numpy as jnp
+
+    from jaxlm.train.state import TrainState
+    from jaxlm.train.step import make_train_step
+
+    def loss_fn(params, batch, rng):
+        del rng
+        return stg.full_loss(params, cfg, batch), jnp.ones((), jnp.float32)
+
+    train_step = make_train_step(loss_fn, tx)
+    rng = jax.random.key(0)  # unused by the loss; make_train_step folds in the step
 
     def step(params, opt_state, batch):
-        loss, g = jax.value_and_grad(stg.full_loss)(params, cfg, batch)
-        u, opt_state = tx.update(g, opt_state, params)
-        return optax.apply_updates(params, u), opt_state, loss
+        state = TrainState(params, opt_state, jnp.zeros((), jnp.int32))
+        state, metrics = train_step(state, batch, rng)
+        return state.params, state.opt_state, metrics["loss"]
 
     return jax.jit(step)
 

@@ -81,3 +81,30 @@ def test_offload_test_twin_swap_model_is_valid():
     m = apply_overrides(MODELS.get("gptj-tiny_test"), cpu + list(t.swap_overrides))
     assert (m.n_layers, m.d_model, m.n_heads) == (2, 64, 2)
     assert t.swap_seq <= m.max_seq_len
+
+
+@pytest.mark.parametrize("kind", ["atom_train", "bench_offload"])
+def test_config_from_flags_preset_then_override_then_shorthand(kind):
+    """atom_train and bench_offload share one plumbing: --config, --override, then the
+    per-field shorthand flags the user gave (only those: defaults don't override)."""
+    from absl import flags
+
+    fv = flags.FlagValues()
+    C.define_preset_flags(kind, "tiny" if kind == "atom_train" else "default", fv)
+    flags.DEFINE_integer("repeats" if kind == "bench_offload" else "steps", 99, "", flag_values=fv)
+    flags.DEFINE_string("workdir", "/tmp/x", "", flag_values=fv)  # not a run field
+    field = "repeats" if kind == "bench_offload" else "steps"
+    preset = "tiny_test" if kind == "atom_train" else "quick_test"
+    fv(["prog", f"--config={preset}", f"--override={field}=3", "--workdir=/tmp/y"])
+    cfg = C.config_from_flags(kind, fv)
+    assert getattr(cfg, field) == 3  # --override; the shorthand's default 99 did not win
+    fv2 = flags.FlagValues()
+    C.define_preset_flags(kind, "tiny" if kind == "atom_train" else "default", fv2)
+    flags.DEFINE_integer(field, 99, "", flag_values=fv2)
+    fv2(["prog", f"--config={preset}", f"--override={field}=3", f"--{field}=5"])
+    assert getattr(C.config_from_flags(kind, fv2), field) == 5  # a given shorthand wins
+    fv3 = flags.FlagValues()
+    C.define_preset_flags(kind, "tiny", fv3)
+    fv3(["prog", "--config=no_such"])
+    with pytest.raises(ConfigError, match="unknown .* preset 'no_such'"):
+        C.config_from_flags(kind, fv3)

@@ -1,5 +1,6 @@
 """The cost model reproduces the spec's section 4.3 / 4.7 numbers."""
 
+import numpy as np
 import pytest
 
 from jaxlm.offload import netsim as ns
@@ -70,3 +71,84 @@ def test_measured_calibration_formulas():
     # local SGD: t_c + (2 (N-1)/N P beta / B + overhead) / H
     t = ns.local_sgd_step_time(0.05, 1e6, 4.0, 4, net, period=8, round_overhead=0.3)
     assert t == pytest.approx(0.05 + (2 * 3 / 4 * 4e6 / b + 0.3) / 8)
+
+
+def test_gpipe_schedule_hand_cases():
+    fast = 1e15  # bytes/s: communication ~free
+    a, b, m_n = 0.01, 0.03, 4
+    # no communication: stage 0 runs M forwards, then the backward wave trails stage 1 by b
+    for comm in ("blocking", "overlap"):
+        t = ns.gpipe_schedule_time([a, 0.0], [b, b], 1e3, m_n, fast, comm=comm)
+        assert t == pytest.approx(m_n * a + (m_n + 1) * b, rel=1e-6)
+    # communication only: each direction carries M messages one after the other
+    w = 0.02
+    for comm in ("blocking", "overlap"):
+        t = ns.gpipe_schedule_time([0.0, 0.0], [0.0, 0.0], w * 1e6, m_n, 1e6, comm=comm)
+        assert t == pytest.approx(2 * m_n * w, rel=1e-6)
+    # compute == wire time: blocking serialises them, overlap hides one behind the other
+    tb = ns.gpipe_schedule_time([w, 0.0], [w, w], w * 1e6, m_n, 1e6, comm="blocking")
+    to = ns.gpipe_schedule_time([w, 0.0], [w, w], w * 1e6, m_n, 1e6, comm="overlap")
+    # blocking forward: M (compute + send); backward: stage 1 computes, sends, stage 0 waits
+    assert tb == pytest.approx(m_n * 2 * w + m_n * 2 * w + w, rel=1e-6)
+    # overlap: the forward ends one wire time after the last compute ((M + 1) w), stage 1
+    # runs M backwards, the last gradient travels (w) and stage 0 computes it (w)
+    assert to == pytest.approx((m_n + 1) * w + m_n * w + 2 * w, rel=1e-6)
+    # the optimizer update follows each stage's own end (stage 1: its last gradient is on
+    # the wire at (2M + 2) w, then 0.5 s of update)
+    tu = ns.gpipe_schedule_time([w, 0.0], [w, w], w * 1e6, m_n, 1e6, comm="overlap",
+                                update=[0.0, 0.5])
+    assert tu == pytest.approx((2 * m_n + 2) * w + 0.5, rel=1e-6)
+
+
+def test_gpipe_schedule_random_properties():
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        s_n, m_n = int(rng.integers(2, 5)), int(rng.integers(1, 6))
+        fwd = list(rng.uniform(1e-3, 2e-2, s_n))
+        fwd[-1] = 0.0
+        bwd = list(rng.uniform(1e-3, 5e-2, s_n))
+        act, bw = float(rng.uniform(1e3, 1e6)), float(rng.uniform(1e5, 1e8))
+        tb = ns.gpipe_schedule_time(fwd, bwd, act, m_n, bw, comm="blocking")
+        to = ns.gpipe_schedule_time(fwd, bwd, act, m_n, bw, comm="overlap")
+        # overlap never loses; neither beats pure compute of the busiest stage or the link
+        assert to <= tb * (1 + 1e-9)
+        busiest = max(m_n * (f + b) for f, b in zip(fwd, bwd))
+        assert to >= busiest * (1 - 1e-9)
+        assert to >= 2 * m_n * act / bw * (1 - 1e-9)
+        # a slower link never helps
+        assert ns.gpipe_schedule_time(fwd, bwd, act, m_n, bw / 3, comm="blocking") >= tb
+
+
+def test_gpipe_schedule_bad_input():
+    with pytest.raises(ValueError, match="one entry per stage"):
+        ns.gpipe_schedule_time([0.1, 0.0], [0.1], 1e3, 2, 1e6)
+    with pytest.raises(ValueError, match="comm"):
+        ns.gpipe_schedule_time([0.1, 0.0], [0.1, 0.1], 1e3, 2, 1e6, comm="async")
+    with pytest.raises(ValueError, match="bandwidth"):
+        ns.gpipe_schedule_time([0.1, 0.0], [0.1, 0.1], 1e3, 2, 0.0)
+
+
+def test_period_to_beat_and_bandwidth_bound_ratio():
+    net = ns.Network(bandwidth=ns.mbps(10), efficiency=1.0, latency=0.0)
+    t_c, p, k, n = 0.03, 1e5, 256, 2
+    target = 3000.0
+    h = ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, target, round_overhead=0.5)
+    # at H* the local-SGD throughput equals the target exactly, above it it is higher
+    thr = lambda hh: n * k / ns.local_sgd_step_time(t_c, p, 4.0, n, net, hh, 0.5)  # noqa: E731
+    assert thr(h) == pytest.approx(target, rel=1e-9)
+    assert thr(1.5 * h) > target > thr(0.5 * h)
+    # a measured round time replaces the model's all-reduce + overhead
+    h_m = ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, target, sync_time=0.2)
+    assert h_m == pytest.approx(target * 0.2 / (n * k - target * t_c), rel=1e-12)
+    # compute alone too slow: no period helps
+    assert ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, n * k / t_c * 1.01) == float("inf")
+    # slow-link limit: N^2 k d / ((N-1) P), checked against the two throughputs at 1 kbit/s
+    slow = ns.Network(bandwidth=ns.mbps(1e-3), efficiency=1.0, latency=0.0)
+    d, h4 = 64, 4
+    atom = n * k * h4 / (h4 * 1e-9 + ns.allreduce_time(n, p, 4.0, slow))
+    pipe = slow.bandwidth / (2 * 4.0 * d)
+    assert ns.bandwidth_bound_ratio(n, p, d, k * h4) == pytest.approx(atom / pipe, rel=1e-6)
+    assert ns.bandwidth_bound_ratio(n, p, d, k * h4) == pytest.approx(
+        n * n * k * h4 * d / ((n - 1) * p), rel=1e-12)
+    with pytest.raises(ValueError, match="peers"):
+        ns.bandwidth_bound_ratio(1, p, d, k)

@@ -14,11 +14,16 @@ from jaxlm.utils.config import apply_overrides
 
 
 @pytest.mark.slow
-def test_two_stage_gpipe_matches_resident(tmp_path):
+@pytest.mark.parametrize("comm", pipeline.COMM_MODES)
+def test_two_stage_gpipe_matches_resident(tmp_path, comm):
     spec = pipeline.StageSpec(ports=(), stage=0, stage_cuts=(2,), overrides=("n_layers=2",),
-                              steps=2, micro=2, batch=2, seq=8, out=str(tmp_path / "st"))
+                              steps=2, micro=2, batch=2, seq=8, out=str(tmp_path / "st"),
+                              comm=comm)
     res = pipeline.launch_pipeline(spec, timeout=150)
     assert res[0]["bytes_sent"] == spec.steps * spec.micro * spec.batch * spec.seq * 64 * 4
+    # each stage times its compute calls (the cost model's inputs)
+    assert res[0]["fwd_s"] > 0 and res[1]["fwd_s"] == 0 and min(r["bwd_s"] for r in res) > 0
+    assert all(0 < r["median_compute_s"] <= r["median_step_s"] * 1.01 for r in res)
     cfg = apply_overrides(MODELS.get(spec.preset), list(spec.overrides))
     params = init(jax.random.key(spec.seed), cfg)
     tx = optax.adamw(spec.lr, weight_decay=0.1)
@@ -43,3 +48,9 @@ def test_two_stage_gpipe_matches_resident(tmp_path):
             assert np.max(np.abs(got[k] - v)) < 1e-3 * spec.lr, k
             checked += 1
     assert checked > 10
+
+
+def test_bad_comm_mode_is_refused():
+    spec = pipeline.StageSpec(ports=(), stage=0, stage_cuts=(2,), comm="async")
+    with pytest.raises(ValueError, match="comm must be one of"):
+        pipeline.launch_pipeline(spec)
