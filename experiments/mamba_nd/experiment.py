@@ -237,7 +237,8 @@ def model_config(task: Task, model: str, ref_params: int | None) -> NDConfig:
         return base
     if model == "vit":  # 2 Mamba layers ~ 1 ViT layer in params (spec Sec. 1.5)
         c = dataclasses.replace(base, kind="vit", depth=max(1, base.depth // 2), n_heads=4)
-        return mamba_nd.match_width(c, ref_params, "d_model", step=4)
+        c = mamba_nd.match_width(c, ref_params, "d_model", step=4)
+        return dataclasses.replace(c, n_heads=vit_heads(c.d_model))
     if model == "bilstm":
         c = dataclasses.replace(base, kind="bilstm")
         return mamba_nd.match_width(c, ref_params, "lstm_hidden", step=2, lo=2)
@@ -245,6 +246,16 @@ def model_config(task: Task, model: str, ref_params: int | None) -> NDConfig:
         c = dataclasses.replace(base, kind="s4nd")
         return mamba_nd.match_width(c, ref_params, "d_model", step=2)
     raise ValueError(model)
+
+
+def vit_heads(d_model: int, prefer: int = 4) -> int:
+    """The most heads (<= ``prefer``) giving an even head dim: the ViT baseline runs core
+    attention, whose ModelConfig wants even head dims. The head count does not change the
+    parameter count, so the width match is kept (d=28: 2 heads of 14, not 4 of 7)."""
+    for nh in range(prefer, 0, -1):
+        if d_model % nh == 0 and (d_model // nh) % 2 == 0:
+            return nh
+    raise ValueError(f"ViT d_model={d_model} has no even head dim; use an even d_model")
 
 
 def ablation_config(task: Task, ablation: str, ref_params: int) -> NDConfig:
