@@ -86,7 +86,7 @@ def run(ctx: RunContext) -> Section:
              f"{tuple(cfg.video_patch)}, 8 motion directions; next-frames prediction "
              f"{cfg.pred_frames}->{cfg.pred_frames} frames {cfg.pred_canvas}x{cfg.pred_canvas} "
              f"patch {tuple(cfg.pred_patch)} (RMSE vs persistence and pixel ridge); "
-             f"PDE {cfg.pde_grid}x{cfg.pde_grid} "
+             f"PDE {cfg.pde_grid}x{cfg.pde_grid} patch {cfg.pde_patch} "
              f"tracer advection + variable-coefficient heat, {cfg.pde_traj} trajectories. "
              "Accuracy in %, forecasts as RMSE (lower is better). Tiny models, far from the "
              "paper's ImageNet/HMDB/ERA5 scale: this tests the design, not the headline numbers.")
