@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from absl import logging
+
 from jaxlm.utils.report import Claim, RunContext, Section, markdown_table
 
 NAME = "mamba_nd"
@@ -64,8 +66,9 @@ def run(ctx: RunContext) -> Section:
 
     preset = "quick" if ctx.quick else "full"
     cfg = E.PRESETS.get(preset)
+    # per-model lines (params, LR, test, seconds) go to the entry's log file, not the console
     res = E.run_experiment(cfg, ctx.outdir, seed=ctx.seed, progress=ctx.progress,
-                           log=lambda *a: None)
+                           log=lambda msg: logging.info("%s", msg))
     claims = _claims(res)
     abl = [{k: v for k, v in r.items() if k != "test_mean"} for r in E.ablation_rows(res)]
     extra = (f"**Orderings ablation** ({cfg.ablation_task}):\n\n" + markdown_table(abl)
