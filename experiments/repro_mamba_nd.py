@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from absl import logging
+
 from jaxlm.utils.report import Claim, RunContext, Section, markdown_table
 
 NAME = "mamba_nd"
@@ -64,8 +66,9 @@ def run(ctx: RunContext) -> Section:
 
     preset = "quick" if ctx.quick else "full"
     cfg = E.PRESETS.get(preset)
+    # per-model lines (params, LR, test, seconds) go to the entry's log file, not the console
     res = E.run_experiment(cfg, ctx.outdir, seed=ctx.seed, progress=ctx.progress,
-                           log=lambda *a: None)
+                           log=lambda msg: logging.info("%s", msg))
     claims = _claims(res)
     abl = [{k: v for k, v in r.items() if k != "test_mean"} for r in E.ablation_rows(res)]
     extra = (f"**Orderings ablation** ({cfg.ablation_task}):\n\n" + markdown_table(abl)
@@ -86,7 +89,7 @@ def run(ctx: RunContext) -> Section:
              f"{tuple(cfg.video_patch)}, 8 motion directions; next-frames prediction "
              f"{cfg.pred_frames}->{cfg.pred_frames} frames {cfg.pred_canvas}x{cfg.pred_canvas} "
              f"patch {tuple(cfg.pred_patch)} (RMSE vs persistence and pixel ridge); "
-             f"PDE {cfg.pde_grid}x{cfg.pde_grid} "
+             f"PDE {cfg.pde_grid}x{cfg.pde_grid} patch {cfg.pde_patch} "
              f"tracer advection + variable-coefficient heat, {cfg.pde_traj} trajectories. "
              "Accuracy in %, forecasts as RMSE (lower is better). Tiny models, far from the "
              "paper's ImageNet/HMDB/ERA5 scale: this tests the design, not the headline numbers.")

@@ -10,15 +10,20 @@ Writes ``<workdir>/report.md`` (one section per entry: claim, what was measured,
 setup, table, plots, evidence, the derived verdict and why, rerun command) and
 ``<workdir>/metrics.json`` (per entry: verdict, why, wall seconds, finish time, numbers).
 ``--publish`` copies the report to ``docs/report/`` (see ``experiments.publish_report``).
-Stdout is progress bars and one line per entry, ending with the report's path.
+Stdout is progress bars and one line per entry (name, verdict, seconds), ending with the
+report's path; the console shows warnings and errors only, and each entry's full log (INFO and
+up) is kept in ``<workdir>/<name>/log.txt``. metrics.json also records each entry's CPU
+seconds (user+sys), so a budget can be judged on a loaded machine.
 Each entry lives in its own module named in ``REGISTRY`` and exposes
 ``NAME``, ``TITLE`` and ``run(ctx: RunContext) -> Section``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging as py_logging
 import os
 import pathlib
 import sys
@@ -62,21 +67,53 @@ _PUBLISH_ONLY = flags.DEFINE_bool(
 _PUBLISH_DIR = flags.DEFINE_string("publish_dir", "docs/report", "Where --publish copies to.")
 
 
+# Libraries whose INFO lines are noise even in the per-entry log file.
+_NOISY = ("jax", "jax._src", "matplotlib", "PIL", "urllib3", "h5py", "orbax", "tensorflow",
+          "transformers", "hivemind", "absl.testing")
+
+
+class _DropLibraryInfo(py_logging.Filter):
+    """Drops INFO/DEBUG records emitted from rouge_score (it logs "Using default tokenizer."
+    through absl's logger once per scorer: hundreds of lines per run); warnings pass."""
+
+    def filter(self, record: py_logging.LogRecord) -> bool:
+        return record.levelno >= py_logging.WARNING or "rouge_score" not in record.pathname
+
+
 def _quiet_logs() -> None:
-    """Keeps stdout/stderr to progress bars and one line per entry (libraries log at INFO:
-    rouge_score's "Using default tokenizer." once per scorer, jax, absl)."""
-    import logging as py_logging
-    import os
+    """Console (stderr) gets warnings and errors only, so stdout/stderr stay progress bars and
+    one line per entry; INFO still reaches each entry's log file (``_entry_log``)."""
     import warnings
 
-    logging.set_verbosity(logging.WARNING)
-    for name in ("absl", "jax", "jax._src", "rouge_scorer", "matplotlib", "PIL", "urllib3",
-                 "transformers", "hivemind", "h5py", "orbax", "tensorflow"):
+    logging.set_verbosity(logging.INFO)  # records are made; the handlers decide where they go
+    py_logging.getLogger().setLevel(py_logging.INFO)  # Python loggers too
+    logging.get_absl_handler().setLevel(py_logging.WARNING)
+    logging.get_absl_handler().addFilter(_DropLibraryInfo())
+    for name in _NOISY:
         py_logging.getLogger(name).setLevel(py_logging.WARNING)
+    py_logging.captureWarnings(True)  # Python warnings -> the log (console and file)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+@contextlib.contextmanager
+def _entry_log(path: pathlib.Path):
+    """While one entry runs, every log record at INFO and above (absl, Python logging,
+    Python warnings) is appended to ``path``: the entry's own log, kept after the run."""
+    handler = py_logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setLevel(py_logging.INFO)
+    handler.addFilter(_DropLibraryInfo())
+    handler.setFormatter(py_logging.Formatter(
+        "%(asctime)s %(levelname).1s %(name)s %(filename)s:%(lineno)d] %(message)s"))
+    root = py_logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def main(argv):
@@ -119,20 +156,27 @@ def main(argv):
             ),
         )
         t0 = time.time()
-        try:
-            module = importlib.import_module(REGISTRY[name])
-            sec: Section = module.run(ctx)
-        except Exception as e:  # one failing entry must not hide the others
-            if not _KEEP_GOING.value:
-                raise
-            (outdir / "traceback.txt").write_text(traceback.format_exc())
-            logging.error("entry %s failed: %s: %s (traceback in %s)", name,
-                          type(e).__name__, e, outdir / "traceback.txt")
-            failed.append(name)
-            sec = Section.failed(
-                name, e, f"python -m experiments.reproduce --only={name}"
-                + (" --quick" if _QUICK.value else ""))
-        elapsed = time.time() - t0
+        cpu0 = _cpu_seconds()
+        log_path = outdir / "log.txt"
+        with _entry_log(log_path):
+            logging.info("entry %s start (%s)", name, "quick" if _QUICK.value else "full")
+            try:
+                module = importlib.import_module(REGISTRY[name])
+                sec: Section = module.run(ctx)
+            except Exception as e:  # one failing entry must not hide the others
+                if not _KEEP_GOING.value:
+                    raise
+                (outdir / "traceback.txt").write_text(traceback.format_exc())
+                logging.error("entry %s failed: %s: %s (traceback in %s)", name,
+                              type(e).__name__, e, outdir / "traceback.txt")
+                failed.append(name)
+                sec = Section.failed(
+                    name, e, f"python -m experiments.reproduce --only={name}"
+                    + (" --quick" if _QUICK.value else ""))
+            elapsed = time.time() - t0
+            cpu = _cpu_seconds() - cpu0
+            logging.info("entry %s done: %s, %.0f s wall, %.0f s CPU (user+sys)", name,
+                         sec.verdict.value, elapsed, cpu)
         text = render_section(name, sec, workdir)
         text += f"\n_ran in {elapsed:.0f} s ({'quick' if _QUICK.value else 'full'})_\n"
         (sections_dir / f"{name}.md").write_text(text)
@@ -144,6 +188,8 @@ def main(argv):
             "verdict": sec.verdict.value,
             "why": sec.why,
             "seconds": elapsed,
+            "cpu_seconds": cpu,  # user+sys of this process over the entry (all threads)
+            "log": str(log_path.relative_to(workdir)),
             "quick": _QUICK.value,
             "finished_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
             "loadavg_1m": os.getloadavg()[0],  # > CPU count: timings were taken under load
@@ -162,6 +208,12 @@ def main(argv):
         _publish(workdir)
     print(f"report: {workdir / 'report.md'}")
     return rc
+
+
+def _cpu_seconds() -> float:
+    """user+sys CPU seconds of this process so far (every thread; XLA's included)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def _publish(workdir: pathlib.Path) -> int:

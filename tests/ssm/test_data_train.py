@@ -94,3 +94,26 @@ def test_video_pred_reference_rows_beat_or_match_persistence():
     pers, ridge = rows[0]["test_mean"], rows[1]["test_mean"]
     assert pers > 0.05 and ridge <= pers * 1.01
     assert "rollout@2" in rows[0]
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_width_matched_vit_runs_core_attention_at_every_preset(preset):
+    """The quick preset's ViT came out at d=28 with 4 heads (head dim 7), which core
+    attention refuses; heads are now chosen for an even head dim, keeping the width match."""
+    cfg = E.PRESETS.get(preset)
+    base = NDConfig(grid=(8, 8), patch=(2, 2), d_model=cfg.d_model, depth=cfg.depth,
+                    d_state=cfg.d_state, pool=cfg.pool)
+    task = E.Task("digits", {}, base, "cls", 1, {})
+    ref = mamba_nd.param_count(base)
+    c = E.model_config(task, "vit", ref)
+    assert (c.d_model // c.n_heads) % 2 == 0 and c.d_model % c.n_heads == 0
+    assert abs(mamba_nd.param_count(c) / ref - 1) < 0.1
+    p = mamba_nd.init(jax.random.key(0), c)
+    x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
+    assert mamba_nd.apply(p, c, x).shape == (2, base.n_classes)
+
+
+def test_vit_heads_prefers_the_most_heads_with_an_even_head_dim():
+    assert E.vit_heads(32) == 4 and E.vit_heads(28) == 2 and E.vit_heads(24) == 4
+    with pytest.raises(ValueError, match="even d_model"):
+        E.vit_heads(21)
