@@ -9,7 +9,6 @@ up by what the memory-bandwidth model predicts (our substitute for the paper's
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 
@@ -103,9 +102,6 @@ def run(ctx: RunContext) -> Section:
 
     name = "keyformer_quick" if ctx.quick else "keyformer"
     cfg = E.EVALS.get(name, QUICK_OVERRIDES if ctx.quick else ())
-    if ctx.quick:  # every free-running row of a prompt group in one decode batch
-        cfg = dataclasses.replace(cfg, rows_per_batch=cfg.prefill_batch
-                                  * (1 + len(E._row_specs(cfg))))
     res = E.run_eval(cfg, progress=ctx.bar, outdir=ctx.outdir, seed=ctx.seed)
     plot = E.plot(res["table"], cfg, pathlib.Path(ctx.outdir) / "accuracy_vs_budget.png")
     thr = _throughput(ctx, ctx.quick)
