@@ -220,7 +220,7 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     memit_cache: dict = {}  # request -> delta at the top MEMIT layer (batch-independent)
     methods = {
         "rome": lambda p, r: rome.rome_edit(p, cfg, tok, r, rome_hp, contexts=contexts),
-        "ft": lambda p, r: baselines.ft_edit(p, cfg, tok, r, ft_hp),
+        "ft": baselines.make_ft_editor(cfg, tok, ft_hp),
     }
     active = [k for k in ("rome", "rome_cov", "memit", "ft") if k in ecfg.methods]
     n_seq = min(max(ecfg.seq_points, default=0), len(cases)) * sum(

@@ -187,3 +187,12 @@ def test_whole_edits_match_closure_path_keys(tiny):
     ref = memit.memit_update(keys, minfo.deltas / 2, None, mh.mom2_weight)
     assert np.abs(minfo.deltas).max() > 1e-3  # the optimisation moved
     _close(minfo.delta_w[0], ref, 1e-4)
+
+
+def test_ft_step_is_owned_by_the_caller(tiny):
+    cfg, _ = tiny
+    assert not hasattr(baselines, "_ft_step_fn")  # no module-level (lru) cache any more
+    step = baselines.make_ft_step(cfg, 0, 1e-3)
+    with pytest.raises(ValueError, match="make_ft_step"):
+        baselines.ft_edit(None, cfg, TOK, REQS[0], baselines.FTConfig(layer=1, lr=1e-3),
+                          step=step)
