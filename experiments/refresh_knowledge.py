@@ -3,7 +3,10 @@
     python -m experiments.refresh_knowledge --config=smollm2_test --workdir=runs/refresh_knowledge_test
     python -m experiments.refresh_knowledge --config=smollm2 --workdir=runs/refresh_knowledge
 
-Writes <workdir>/results.json and the plots (causal tracing, sequential edits).
+    python -m experiments.refresh_knowledge --config=smollm2_test --override=n_calib=3
+
+Writes <workdir>/results.json and the plots (causal tracing, sequential edits). The edit
+layer is traced on ``n_calib`` calibration facts; every score is on the disjoint rest.
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ def main(argv):
 
     print(json.dumps({
         "layer": out["trace"]["layer_used"], "trace_argmax": out["trace"]["argmax_first_half"],
+        "trace_curve": [round(x, 4) for x in out["trace"]["curve"]],
+        "calib_subjects": [c["subject"] for c in out["calib_cases"]],
+        "alpha_null_dims": out["alpha_null_dims"],
         "pre": short(out["pre"]), "fluency_pre": out["fluency_pre"],
         "single": {k: short(v) for k, v in out["single"].items()},
         "edit_seconds": {k: v["median"] for k, v in out["edit_seconds"].items()},

@@ -19,11 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxlm.editing import baselines, data, hooks, memit, metrics, rome
+from jaxlm.editing import alphaedit, baselines, data, hooks, memit, metrics, rome
 from jaxlm.editing import cov as cov_lib
 from jaxlm.editing.requests import encode_prompt
 from jaxlm.editing.value import ValueConfig, make_contexts
 from jaxlm.utils.config import Registry
+from jaxlm.utils.stats import bootstrap_ci
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +34,15 @@ class ExperimentConfig:
     Attributes:
         model: packaged model name.
         layer: ROME/FT layer (-1: argmax of the MLP causal-tracing curve in the
-            first half of the network).
+            first half of the network, traced on the calibration facts only).
+        n_calib: calibration facts (traced; the layer sweep runs on them too), split off
+            before any edit is evaluated: every reported ES/PS/NS/retain is on the other,
+            disjoint facts (``calibration_split``).
         memit_layers: MEMIT critical layers (empty: layer-1..layer+1).
         n_single: single edits per method (from the unedited model).
         seq_points: sequential-edit checkpoints (ROME, FT, retrieval; MEMIT as one batch
             of that size).
-        n_trace: facts traced; trace_samples: noise samples per trace.
+        trace_samples: noise samples per traced fact.
         n_contexts, context_len: ROME context prefixes.
         cov_tokens: tokens of the pydoc text sample for C; cov_shrink: alpha of shrink().
         memit_lambda: MEMIT's weight of C.
@@ -52,7 +56,11 @@ class ExperimentConfig:
             after ROME and its curve is flat).
         mix_relations: order the edits so every prefix mixes the relations in proportion
             (False: capitals first, most confident facts first).
-        methods: which of rome, rome_cov, memit, ft, retrieval to run.
+        methods: which of rome, rome_cov, memit, alphaedit, ft, retrieval to run.
+        seq_methods: sequential comparisons (rome, ft, alphaedit one edit after another;
+            memit as one batch per checkpoint; retrieval memory of that size).
+        alpha_null_rtol, alpha_l2: AlphaEdit's null-space threshold (relative to the top
+            eigenvalue of the un-shrunk C) and L2 weight; layers as MEMIT.
     """
 
     model: str = "smollm2-135m-instruct"
@@ -60,7 +68,7 @@ class ExperimentConfig:
     memit_layers: tuple[int, ...] = ()
     n_single: int = 10
     seq_points: tuple[int, ...] = (1, 10, 50)
-    n_trace: int = 6
+    n_calib: int = 6
     trace_samples: int = 5
     n_contexts: int = 5
     context_len: int = 5
@@ -77,8 +85,10 @@ class ExperimentConfig:
     sweep_n: int = 5
     ft_seq_max: int = 1000
     mix_relations: bool = True
-    methods: tuple[str, ...] = ("rome", "rome_cov", "memit", "ft", "retrieval")
-    seq_methods: tuple[str, ...] = ("rome", "ft", "memit", "retrieval")
+    methods: tuple[str, ...] = ("rome", "rome_cov", "memit", "alphaedit", "ft", "retrieval")
+    seq_methods: tuple[str, ...] = ("rome", "ft", "memit", "alphaedit", "retrieval")
+    alpha_null_rtol: float = 1e-2
+    alpha_l2: float = 10.0
 
 
 EXPERIMENTS: Registry[ExperimentConfig] = Registry("refresh_knowledge")
@@ -91,8 +101,9 @@ EXPERIMENTS.add("smollm2_all", ExperimentConfig(n_single=39, seq_points=(1, 10, 
                                                 fluency_edits=3, sweep_layers=(2, 4, 7, 10),
                                                 sweep_n=4))
 EXPERIMENTS.add("smollm2_test", ExperimentConfig(
-    n_single=2, seq_points=(1, 3), n_trace=1, trace_samples=3, cov_tokens=2048,
-    fluency_tokens=24, fluency_edits=1, seq_methods=("rome", "memit", "retrieval"),
+    n_single=2, seq_points=(1, 3), n_calib=2, trace_samples=3, cov_tokens=2048,
+    fluency_tokens=24, fluency_edits=1,
+    seq_methods=("rome", "memit", "alphaedit", "retrieval"),
     mix_relations=False,
 ))
 
@@ -117,6 +128,18 @@ def mix_relations(cases):
         rank[c.relation] = r + 1
         keys.append((r + 0.5) / total[c.relation])
     return [c for _, c in sorted(zip(keys, cases, strict=True), key=lambda x: x[0])]
+
+
+def calibration_split(cases, n_calib: int):
+    """(calibration facts, evaluation facts): ``n_calib`` facts spread evenly over the
+    (relation-mixed) list, so they cover every relation and the confidence range; the
+    evaluation facts are the rest, in order. Disjoint by construction."""
+    if not 0 < n_calib < len(cases):
+        raise ValueError(f"n_calib={n_calib}: need 0 < n_calib < {len(cases)} known facts")
+    step = len(cases) / n_calib
+    pick = {int(i * step + step / 2) for i in range(n_calib)}
+    return ([c for i, c in enumerate(cases) if i in pick],
+            [c for i, c in enumerate(cases) if i not in pick])
 
 
 def trace_layers(params, cfg, tok, cases, n: int, samples: int, seed: int,
@@ -173,6 +196,8 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     cases, report = data.build_cases(params, cfg, tok, cache_path=workdir / "cases.json")
     if ecfg.mix_relations:
         cases = mix_relations(cases)
+    calib, cases = calibration_split(cases, ecfg.n_calib)
+    out["calib_cases"] = [dataclasses.asdict(c.request) for c in calib]
     out["facts"] = {k: {"candidates": v["candidates"], "known": v["known"]}
                     for k, v in report.items()}
     log(f"known facts: {out['facts']} -> {len(cases)} edit cases")
@@ -186,10 +211,9 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     out["contexts"] = contexts
     out["timings"]["facts_contexts"] = time.perf_counter() - t0
 
-    # causal tracing over capital facts -> edit layer
+    # causal tracing over the calibration facts (never edited or evaluated) -> edit layer
     t0 = time.perf_counter()
-    curve = trace_layers(params, cfg, tok, [c for c in cases if c.relation == "capital"],
-                         ecfg.n_trace, ecfg.trace_samples, seed)
+    curve = trace_layers(params, cfg, tok, calib, len(calib), ecfg.trace_samples, seed)
     # first half, skipping windows that contain block 0 (its MLP acts as a detokeniser:
     # restoring it undoes the whole embedding corruption of a one-token subject)
     lo, half = 3, cfg.n_layers // 2
@@ -202,9 +226,12 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     mlayers = ecfg.memit_layers or tuple(range(max(0, layer - 1), min(cfg.n_layers, layer + 2)))
     vcfg = ValueConfig(steps=ecfg.value_steps)
     t0 = time.perf_counter()
-    covs = cov_lib.key_second_moments(params, cfg, tok, sorted({layer, *mlayers}),
-                                      n_tokens=ecfg.cov_tokens, cache_dir=workdir / "cache")
-    covs = {k: cov_lib.shrink(v, ecfg.cov_shrink) for k, v in covs.items()}
+    raw_covs = cov_lib.key_second_moments(params, cfg, tok, sorted({layer, *mlayers}),
+                                          n_tokens=ecfg.cov_tokens, cache_dir=workdir / "cache")
+    covs = {k: cov_lib.shrink(v, ecfg.cov_shrink) for k, v in raw_covs.items()}
+    alpha_hp = alphaedit.AlphaEditConfig(mlayers, vcfg, ecfg.alpha_null_rtol, ecfg.alpha_l2)
+    alpha0 = alphaedit.init_state(raw_covs, alpha_hp)
+    out["alpha_null_dims"] = {str(k): v[1] for k, v in alpha0.proj.items()}
     out["timings"]["cov"] = time.perf_counter() - t0
 
     n = min(ecfg.n_single, len(cases))
@@ -220,11 +247,11 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     memit_cache: dict = {}  # request -> delta at the top MEMIT layer (batch-independent)
     methods = {
         "rome": lambda p, r: rome.rome_edit(p, cfg, tok, r, rome_hp, contexts=contexts),
-        "ft": lambda p, r: baselines.ft_edit(p, cfg, tok, r, ft_hp),
+        "ft": baselines.make_ft_editor(cfg, tok, ft_hp),
     }
-    active = [k for k in ("rome", "rome_cov", "memit", "ft") if k in ecfg.methods]
+    active = [k for k in ("rome", "rome_cov", "memit", "alphaedit", "ft") if k in ecfg.methods]
     n_seq = min(max(ecfg.seq_points, default=0), len(cases)) * sum(
-        k in ecfg.seq_methods for k in ("rome", "ft"))
+        k in ecfg.seq_methods for k in ("rome", "ft", "alphaedit"))
     pbar = bar(total=n * len(active) + n_seq, desc="edits") if bar else None
     single_rows: dict[str, list[dict]] = {k: [] for k in active}
     edit_seconds: dict[str, list[float]] = {k: [] for k in active}
@@ -261,6 +288,13 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
             newp, _ = memit.memit_edit(params, cfg, tok, [c.request], memit_hp,
                                        contexts=contexts, covs=covs, value_cache=memit_cache)
             record("memit", i, c, newp, time.perf_counter() - t0)
+        if "alphaedit" in active:
+            # same deltas as MEMIT (same layers, unedited model): the cache is shared
+            t0 = time.perf_counter()
+            newp, _, _ = alphaedit.alphaedit_edit(params, cfg, tok, [c.request], alpha_hp,
+                                                  alpha0, contexts=contexts,
+                                                  value_cache=memit_cache)
+            record("alphaedit", i, c, newp, time.perf_counter() - t0)
         if "ft" in active:
             t0 = time.perf_counter()
             newp, _ = methods["ft"](params, c.request)
@@ -285,17 +319,15 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
 
     (workdir / "results_partial.json").write_text(json.dumps(out, indent=1, default=float))
 
-    # ROME efficacy / generalisation / specificity by edit layer (a check of the tracing)
+    # ROME efficacy / generalisation / specificity by edit layer (a check of the tracing),
+    # on the calibration facts: selection evidence, never the reported scores
     t0 = time.perf_counter()
     sweep = {}
     for lay in ecfg.sweep_layers:
-        if lay == layer and "rome" in single_rows:
-            rows = single_rows["rome"][: ecfg.sweep_n]
-        else:
-            hp = rome.RomeConfig(lay, vcfg)
-            rows = [metrics.evaluate_cases(rome.rome_edit(params, cfg, tok, c.request, hp,
-                                                          contexts=contexts)[0], cfg, tok, [c])[0]
-                    for c in cases[: ecfg.sweep_n]]
+        hp = rome.RomeConfig(lay, vcfg)
+        rows = [metrics.evaluate_cases(rome.rome_edit(params, cfg, tok, c.request, hp,
+                                                      contexts=contexts)[0], cfg, tok, [c])[0]
+                for c in calib[: ecfg.sweep_n]]
         sweep[str(lay)] = metrics.summarize(rows)
         log(f"layer {lay}: {sweep[str(lay)]}")
     out["layer_sweep"] = sweep
@@ -305,6 +337,7 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     t0 = time.perf_counter()
     out["fluency_pre"] = metrics.fluency(params, cfg, tok, FLUENCY_PROMPTS,
                                          max_new_tokens=ecfg.fluency_tokens)[0]
+    methods["alphaedit"] = _alpha_seq_editor(cfg, tok, alpha_hp, alpha0, contexts, memit_cache)
     out["sequential"] = _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp,
                                     contexts, covs, memit_cache, pbar)
     out["timings"]["sequential"] = time.perf_counter() - t0
@@ -313,6 +346,22 @@ def run(ecfg: ExperimentConfig, workdir: str | pathlib.Path, *, seed: int = 0,
     out["timings"]["total"] = time.perf_counter() - t_start
     (workdir / "results.json").write_text(json.dumps(out, indent=1, default=float))
     return out
+
+
+def _alpha_seq_editor(cfg, tok, hp, state0, contexts, memit_cache):
+    """Sequential AlphaEdit as ``edit(params, request) -> (params, info)``: the state (the
+    keys edited so far) is carried from call to call; the first call (on the unedited model)
+    reuses MEMIT's cached delta."""
+    box = {"state": state0}
+
+    def edit(p, request):
+        first = box["state"].n_edits == 0
+        new, box["state"], info = alphaedit.alphaedit_edit(
+            p, cfg, tok, [request], hp, box["state"], contexts=contexts,
+            value_cache=memit_cache if first else None)
+        return new, info
+
+    return edit
 
 
 def _retrieval_rows(params, cfg, tok, cases, threshold):
@@ -343,8 +392,9 @@ def _seq_summary(p, cfg, tok, cases, k, rows=None, retain=True):
     if rest and retain:
         got = data.measure_facts(p, cfg, tok, [(c.request.text, c.request.target_true)
                                                for c in rest])
-        s["retain"] = float(np.mean([g["correct"] for g in got]))
-        s["retain_lo"], s["retain_hi"] = metrics.wilson(s["retain"] * len(rest), len(rest))
+        correct = [float(g["correct"]) for g in got]
+        s["retain"], s["retain_lo"], s["retain_hi"] = bootstrap_ci(correct)
+        s["retain_correct"] = correct
         s["n_retain"] = len(rest)
     else:
         s["retain"] = float("nan")
@@ -357,12 +407,12 @@ def _sequential(params, cfg, tok, cases, ecfg, methods, layer, memit_hp, context
     if ecfg.seq_points and max(ecfg.seq_points) > len(cases):
         points.append(len(cases))  # as many as the model knows
     res: dict[str, list[dict]] = {}
-    for name in ("rome", "ft"):
+    for name in ("rome", "ft", "alphaedit"):
         if name not in ecfg.seq_methods or not points:
             continue
         p = params
         rows = []
-        last = points[-1] if name == "rome" else max(
+        last = points[-1] if name != "ft" else max(
             [k for k in points if k <= ecfg.ft_seq_max] or points[:1])
         for i in range(last):
             p, info = methods[name](p, cases[i].request)
@@ -417,7 +467,7 @@ def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
     ax.set_ylabel("normalised indirect effect")
     ax.axvline(out["trace"]["argmax_first_half"], color="tab:green", ls=":",
                label="argmax, layers 3..L/2")
-    ax.set_title(f"Causal tracing, mean over {out['config']['n_trace']} capital facts")
+    ax.set_title(f"Causal tracing, mean over {out['config']['n_calib']} calibration facts")
     ax.legend(fontsize=7)
     sweep = out.get("layer_sweep") or {}
     if sweep:
@@ -425,7 +475,7 @@ def plots(out: dict, outdir: str | pathlib.Path) -> list[str]:
         lays = sorted(int(k) for k in sweep)
         for k, mk in (("es", "o"), ("ps", "s"), ("ns", "^")):
             ax2.plot(lays, [sweep[str(x)][k] for x in lays], mk + "-", lw=1, ms=4,
-                     label=f"ROME {k.upper()} (first {out['config']['sweep_n']} facts)")
+                     label=f"ROME {k.upper()} ({out['config']['sweep_n']} calibration facts)")
         ax2.set_ylim(-0.05, 1.05)
         ax2.set_ylabel("score after a ROME edit at that layer")
         ax2.legend(fontsize=7, loc="center right")

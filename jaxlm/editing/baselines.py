@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from jaxlm.core import ModelConfig
+from jaxlm.core.transformer import embed, run_blocks
 from jaxlm.editing import hooks
 from jaxlm.editing.requests import EditRequest, TokenizerLike, encode_prompt, target_ids
 from jaxlm.editing.rome import check_layer, with_w_down
@@ -56,8 +57,23 @@ class FTConfig:
     stop_nll: float = 0.05
 
 
-@functools.lru_cache(maxsize=8)
-def _ft_step_fn(cfg: ModelConfig, layer: int, lr: float):
+@dataclasses.dataclass(frozen=True)
+class FTStep:
+    """The jitted FT-L train step for one (cfg, layer, lr) and its state constructor.
+
+    Build it once with ``make_ft_step`` and pass it to every ``ft_edit`` call (the caller
+    owns it; nothing is cached at module level).
+    """
+
+    cfg: ModelConfig
+    layer: int
+    lr: float
+    step: Callable[..., Any]
+    create: Callable[..., Any]
+
+
+def make_ft_step(cfg: ModelConfig, layer: int, lr: float) -> FTStep:
+    """FT-L's train step (``jaxlm.train.make_train_step`` over {"w_down": W}), jitted."""
     from jaxlm.train import create_state, make_train_step
 
     def loss_fn(p, batch, rng):
@@ -73,8 +89,8 @@ def _ft_step_fn(cfg: ModelConfig, layer: int, lr: float):
         return per_row.mean(), jnp.asarray(per_row.shape[0], jnp.float32)
 
     tx = optax.adam(lr)
-    step = jax.jit(make_train_step(loss_fn, tx))
-    return step, functools.partial(create_state, tx=tx)
+    return FTStep(cfg, layer, lr, jax.jit(make_train_step(loss_fn, tx)),
+                  functools.partial(create_state, tx=tx))
 
 
 def ft_edit(
@@ -83,10 +99,22 @@ def ft_edit(
     tok: TokenizerLike,
     request: EditRequest,
     hp: FTConfig,
+    *,
+    step: FTStep | None = None,
 ) -> tuple[Params, dict[str, Any]]:
-    """Fine-tunes block ``hp.layer``'s w_down on the edit prompt. Pure: returns new params."""
+    """Fine-tunes block ``hp.layer``'s w_down on the edit prompt. Pure: returns new params.
+
+    ``step``: from ``make_ft_step(cfg, hp.layer, hp.lr)``, reused across edits (without it
+    each call builds and compiles its own).
+    """
     t0 = time.perf_counter()
     check_layer(cfg, hp.layer)
+    if step is None:
+        step = make_ft_step(cfg, hp.layer, hp.lr)
+    if (step.cfg, step.layer, step.lr) != (cfg, hp.layer, hp.lr):
+        raise ValueError(f"ft_edit: step was made for layer {step.layer}, lr {step.lr} (and its "
+                         f"cfg); hp asks layer {hp.layer}, lr {hp.lr}: build it with "
+                         "make_ft_step(cfg, hp.layer, hp.lr)")
     tgt = target_ids(tok, request, single_token=False)
     e = encode_prompt(tok, request.template, request.subject)
     seq = list(e.ids) + tgt[:-1]
@@ -97,13 +125,12 @@ def ft_edit(
     st = hooks.tail_state(params, cfg, toks, pos, np.zeros((1,), np.int32), start=hp.layer,
                           tail_len=toks.shape[1])
     batch = {**hooks.tail_params(params, hp.layer), "st": st, "b": b}
-    step, create = _ft_step_fn(cfg, hp.layer, hp.lr)
     w0 = jnp.asarray(params["layers"][hp.layer]["mlp"]["w_down"])
-    state = create({"w_down": w0})
+    state = step.create({"w_down": w0})
     key = jax.random.PRNGKey(0)
     losses = []
     for _ in range(hp.steps):
-        new_state, metrics = step(state, batch, key)
+        new_state, metrics = step.step(state, batch, key)
         losses.append(float(metrics["loss"]))
         if losses[-1] < hp.stop_nll:
             break
@@ -115,6 +142,18 @@ def ft_edit(
     info = {"nll": losses, "seconds": time.perf_counter() - t0,
             "rel_norm": float(jnp.linalg.norm(w - w0) / jnp.linalg.norm(w0))}
     return with_w_down(params, hp.layer, w), info
+
+
+def make_ft_editor(
+    cfg: ModelConfig, tok: TokenizerLike, hp: FTConfig
+) -> Callable[[Params, EditRequest], tuple[Params, dict[str, Any]]]:
+    """``edit(params, request) -> (new_params, info)`` holding one compiled FT-L step."""
+    step = make_ft_step(cfg, hp.layer, hp.lr)
+
+    def edit(params: Params, request: EditRequest) -> tuple[Params, dict[str, Any]]:
+        return ft_edit(params, cfg, tok, request, hp, step=step)
+
+    return edit
 
 
 # How a retrieved fact is put in front of the prompt (IKE-style "New Fact:" framing). On
@@ -135,18 +174,11 @@ class EditMemory:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))
 def _pooled(params, tokens, positions, *, cfg, layer):
-    store = {}
-
-    def iv(site, lay, act):
-        if site == "resid_post" and lay == layer:
-            store["h"] = act
-        return act
-
-    from jaxlm.core import apply
-
-    apply(params, cfg, tokens, positions=positions, last_logits_only=True, intervene=iv)
+    x = embed(params, cfg, tokens, positions)
+    h = run_blocks(params, cfg, x, positions=positions, layers=range(layer + 1),
+                   capture=(("resid_post",), (layer,))).captured["resid_post"][0]
     mask = (positions >= 0).astype(jnp.float32)[..., None]
-    v = (store["h"] * mask).sum(1) / mask.sum(1)
+    v = (h * mask).sum(1) / mask.sum(1)
     return v / jnp.linalg.norm(v, axis=-1, keepdims=True)
 
 

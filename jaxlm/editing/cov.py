@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import ModelConfig, apply
+from jaxlm.core import ModelConfig
+from jaxlm.core.transformer import default_positions, embed, run_blocks
 from jaxlm.editing import hooks
 from jaxlm.editing.requests import TokenizerLike
 
@@ -53,19 +54,12 @@ def token_chunks(tok: TokenizerLike, n_tokens: int, seq_len: int) -> np.ndarray:
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layers"))
 def _moments(params, tokens, *, cfg, layers):
-    store = {}
-
-    def iv(site, layer, act):
-        if site == "mlp_hidden" and layer in layers:
-            store[layer] = act
-        return act
-
-    apply(params, cfg, tokens, last_logits_only=True, intervene=iv)
-    outs = []
-    for layer in layers:
-        k = store[layer].reshape(-1, store[layer].shape[-1]).astype(jnp.float32)
-        outs.append(k.T @ k)  # [F, F]
-    return jnp.stack(outs)
+    positions = default_positions(tokens, None)
+    x = embed(params, cfg, tokens, positions)
+    cap = run_blocks(params, cfg, x, positions=positions, layers=range(layers[-1] + 1),
+                     capture=(("mlp_hidden",), layers)).captured["mlp_hidden"]
+    k = cap.reshape(cap.shape[0], -1, cap.shape[-1]).astype(jnp.float32)  # [Lc, N, F]
+    return jnp.einsum("lnf,lng->lfg", k, k)  # [Lc, F, F]
 
 
 def fingerprint(params: Params, cfg: ModelConfig, upto: int) -> str:

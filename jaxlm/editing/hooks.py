@@ -195,22 +195,32 @@ def run_tail(
     start: int,
     st: TailState,
     extra: Callable[[str, int, Array], Array] | None = None,
-) -> Array:
-    """Runs the tail through block ``start`` (params ``first``, hooked by ``extra``, which
-    sees the true layer index) and then the stacked blocks ``rest`` (start+1..L-1, or
+    capture: Sequence[str] = (),
+) -> Array | tuple[Array, dict[str, Array]]:
+    """Runs the tail through block ``start`` (params ``first``, intervened on by ``extra``,
+    which sees the true layer index) and then the stacked blocks ``rest`` (start+1..L-1, or
     None) in a ``lax.scan``; traceable.
 
+    Args:
+        capture: sites of block ``start`` to return (``run_blocks``' capture; an
+            activation that ``extra`` changes is returned as changed).
+
     Returns:
-        The last block's residual output at the tail positions [B, Tt, D].
+        The last block's residual output at the tail positions [B, Tt, D]; with
+        ``capture``, also {site: [B, Tt, X]} of block ``start``.
     """
     c = st.cache
     hook = None if extra is None else (lambda s, li, a: extra(s, li + start, a))
     # both calls append at the same cursor (each writes its own layers of the cache)
-    x = run_blocks({"layers": [first]}, cfg, st.h_in, positions=st.positions,
-                   cache=c.replace(k=c.k[:1], v=c.v[:1], pos=c.pos[:1]), intervene=hook).x
+    out = run_blocks({"layers": [first]}, cfg, st.h_in, positions=st.positions,
+                     cache=c.replace(k=c.k[:1], v=c.v[:1], pos=c.pos[:1]), intervene=hook,
+                     capture=(tuple(capture), (0,)) if capture else None)
+    x = out.x
     if rest is not None:
         x = run_blocks({"layers": rest}, cfg, x, positions=st.positions, scan=True,
                        cache=c.replace(k=c.k[1:], v=c.v[1:], pos=c.pos[1:])).x
+    if capture:
+        return x, {s: a[0] for s, a in out.captured.items()}
     return x
 
 

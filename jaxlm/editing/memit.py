@@ -80,6 +80,7 @@ class MemitInfo:
     delta_w: dict[int, np.ndarray]  # per layer, [F, D]
     rel_norm: dict[int, float]
     seconds: float
+    keys: dict[int, np.ndarray] = dataclasses.field(default_factory=dict)  # per layer, [n, F]
 
 
 def memit_edit(
@@ -117,14 +118,37 @@ def memit_edit(
         raise ValueError(f"MemitConfig.use_cov=True needs covs for layers {lays}")
     if not contexts or contexts[0] != "{}":
         raise ValueError("contexts must start with the bare template '{}'")
+    new, info = spread_edits(
+        params, cfg, tok, requests, lays, hp.value, contexts=contexts, value_cache=value_cache,
+        update=lambda lay, keys, resid: memit_update(
+            keys, resid, covs[lay] if hp.use_cov else None, hp.mom2_weight))
+    info.seconds = time.perf_counter() - t0
+    return new, info
+
+
+def spread_edits(
+    params: Params,
+    cfg: ModelConfig,
+    tok: TokenizerLike,
+    requests: Sequence[EditRequest],
+    lays: tuple[int, ...],
+    value_hp: ValueConfig,
+    *,
+    contexts: Sequence[str],
+    update: Callable[[int, np.ndarray, np.ndarray], np.ndarray],
+    value_cache: dict | None = None,
+) -> tuple[Params, MemitInfo]:
+    """MEMIT's steps 1-2 with the per-layer solve given as ``update(layer, K [n, F], R [n, D])
+    -> dW [F, D]`` (MEMIT's least squares, AlphaEdit's null-space-projected one)."""
+    t0 = time.perf_counter()
     top = lays[-1]
     deltas, z, ps = [], [], []
     for req in requests:
-        ck = (req, top, tuple(contexts), hp.value)
+        ck = (req, top, tuple(contexts), value_hp)
         res = None if value_cache is None else value_cache.get(ck)
         if res is None:
             res = optimize_delta(params, cfg, tok, req, contexts, layer=top, site="resid_post",
-                                 hp=hp.value)
+                                 hp=value_hp)
             if value_cache is not None:
                 value_cache[ck] = res
         deltas.append(res.delta)
@@ -132,22 +156,22 @@ def memit_edit(
         ps.append(res.p_target)
     z = np.stack(z)  # [n, D]
     new = params
-    dws, rels = {}, {}
+    dws, rels, all_keys = {}, {}, {}
     for i, lay in enumerate(lays):
         acts = subject_activations(new, cfg, tok, requests, contexts,
                                    (("mlp_hidden", lay), ("resid_post", top)))
         keys = acts[("mlp_hidden", lay)].mean(1)  # [n, F], averaged over contexts
         cur = acts[("resid_post", top)].mean(1)  # [n, D]
         resid = (z - cur) / (len(lays) - i)
-        cov = covs[lay] if hp.use_cov else None
-        dw = memit_update(keys, resid, cov, hp.mom2_weight)
+        dw = update(lay, keys, resid)
         w_old = new["layers"][lay]["mlp"]["w_down"]
         w = np.asarray(w_old, np.float64)
         new = with_w_down(new, lay, jnp.asarray(w + dw, dtype=jnp.asarray(w_old).dtype))
         dws[lay] = dw
+        all_keys[lay] = keys
         rels[lay] = float(np.linalg.norm(dw) / max(np.linalg.norm(w), 1e-12))
     info = MemitInfo(layers=lays, deltas=np.stack(deltas), p_target=ps, delta_w=dws,
-                     rel_norm=rels, seconds=time.perf_counter() - t0)
+                     rel_norm=rels, seconds=time.perf_counter() - t0, keys=all_keys)
     return new, info
 
 

@@ -22,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlm.core import ModelConfig, apply
+from jaxlm.core import ModelConfig
+from jaxlm.core.transformer import embed, run_blocks
 from jaxlm.editing import hooks
 from jaxlm.editing.requests import EditRequest, TokenizerLike, encode_prompt, target_ids
 
@@ -119,16 +120,13 @@ def compute_keys(
 
 @functools.partial(jax.jit, static_argnames=("cfg", "sites"))
 def _subject_acts(params, tokens, positions, idx, *, cfg, sites):
-    store = {}
+    names = tuple(sorted({s for s, _ in sites}))
+    lays = tuple(sorted({l for _, l in sites}))
+    x = embed(params, cfg, tokens, positions)
+    cap = run_blocks(params, cfg, x, positions=positions, layers=range(lays[-1] + 1),
+                     capture=(names, lays)).captured
     rows = jnp.arange(tokens.shape[0])
-
-    def iv(site, layer, act):
-        if (site, layer) in sites:
-            store[(site, layer)] = act[rows, idx]
-        return act
-
-    apply(params, cfg, tokens, positions=positions, last_logits_only=True, intervene=iv)
-    return tuple(store[s] for s in sites)
+    return tuple(cap[s][lays.index(l)][rows, idx] for s, l in sites)
 
 
 def subject_activations(
@@ -216,28 +214,26 @@ def build_delta_batch(
 
 def _tail_logprobs(d, sub, st, b, cfg, start, site, with_key=False):
     """Log-probs [B, M, V] at the target positions and the site activation [B, D] at the
-    subject's last token, with ``d`` added there (tail column 0); with ``with_key`` also
-    the key ("mlp_hidden" of block ``start``) there [B, F].
+    subject's last token (tail column 0, with ``d`` added there, which the activation
+    includes); with ``with_key`` also the key ("mlp_hidden" of block ``start``) there [B, F].
 
     ``sub``: {"first": block start params, "rest": stacked later blocks or None, "head":
     params with the embedding/final norm/LM head}.
     """
-    store = {}
 
-    def extra(s, layer, act):
-        if with_key and s == "mlp_hidden" and layer == start:
-            store["k"] = act[:, 0]
+    def add_delta(s, layer, act):
         if s == site and layer == start:
-            store["a"] = act[:, 0]
             hit = (jnp.arange(act.shape[1]) == 0)[None, :, None]  # [1, Tt, 1]
             return act + hit.astype(act.dtype) * d.astype(act.dtype)
         return act
 
-    h = hooks.run_tail(sub["first"], sub["rest"], cfg, start, st, extra)
+    sites = (site, "mlp_hidden") if with_key else (site,)
+    h, cap = hooks.run_tail(sub["first"], sub["rest"], cfg, start, st, add_delta,
+                            capture=sites)
     lp = hooks.final_logprobs_at(sub["head"], cfg, h, b["pred_tail"])
     if with_key:
-        return lp, store["a"], store["k"]
-    return lp, store["a"]
+        return lp, cap[site][:, 0], cap["mlp_hidden"][:, 0]
+    return lp, cap[site][:, 0]
 
 
 def _delta_loss(d, sub, st, b, ref_logp, v0_norm, cfg, start, site, hp):
