@@ -153,7 +153,8 @@ def policy_runner(params, cfg, pol: P.Policy, prompt_len, *, batch, steps, varia
     use = jnp.zeros((batch,), bool)
 
     def run():
-        o = _decode(params, box["state"], logits, pp, forced, use, cfg=cfg, return_logits=False)
+        o = _decode(params, box["state"], logits, pp, forced, use, None, cfg=cfg,
+                    return_logits=False)
         box["state"] = jax.block_until_ready(o.state)
 
     return run, cap

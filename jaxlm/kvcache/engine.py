@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -64,32 +65,61 @@ def policy_step(params: Params, cfg: ModelConfig, state: PolicyState, tok: Array
 
 @struct.dataclass
 class DecodeOutput:
-    """tokens [B, T] (token 0 from the prefill logits), logits [B, T, V] or None, state."""
+    """tokens [B, T] (token 0 from the prefill logits), logits [B, T, V] or None, state;
+    finished [B, T]: the row's processor had finished after this token (all False without
+    a processor)."""
 
     tokens: Array
     logits: Array | None
     state: PolicyState
+    finished: Array
+
+
+def _hold(done: Array, new: Any, old: Any) -> Any:
+    """``old`` where the row is done, else ``new`` (leaves have the batch leading)."""
+    return jax.tree.map(
+        lambda n, o: jnp.where(done.reshape((-1,) + (1,) * (n.ndim - 1)), o, n), new, old)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "return_logits"), donate_argnames=("state",))
-def _decode(params, state, first_logits, pp, forced, use_forced, *, cfg, return_logits):
+def _decode(params, state, first_logits, pp, forced, use_forced, processor, *, cfg,
+            return_logits):
     t = forced.shape[1]
-    first = jnp.argmax(first_logits, axis=-1).astype(jnp.int32)
+    b = first_logits.shape[0]
+    # a LogitsProcessor (core.generate's protocol: e.g. a grammar) masks each row's logits
+    # until the row finishes; after that the row runs free and its tokens are cut by lengths
+    if processor is None:
+        ps, done = None, jnp.zeros((b,), bool)
+        first = jnp.argmax(first_logits, axis=-1).astype(jnp.int32)
+    else:
+        ps = processor.init(b)
+        first = jnp.argmax(processor.apply(ps, first_logits), axis=-1).astype(jnp.int32)
+        ps = processor.advance(ps, first)
+        done = processor.finished(ps)
+    fin0 = done
     inp0 = jnp.where(use_forced, forced[:, 0], first)
 
     def body(carry, i):
-        state, tok = carry
+        state, tok, ps, done = carry
         logits, state = policy_step(params, cfg, state, tok, pp)
-        gen = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        if processor is None:
+            gen = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        else:
+            masked = jnp.where(done[:, None], logits, processor.apply(ps, logits))
+            gen = jnp.argmax(masked, axis=-1).astype(jnp.int32)
+            ps = _hold(done, processor.advance(ps, gen), ps)
+            done = done | processor.finished(ps)
         nxt = jnp.where(use_forced, forced[:, jnp.minimum(i + 1, t - 1)], gen)
-        ys = (gen, logits if return_logits else None)
-        return (state, nxt), ys
+        ys = (gen, logits if return_logits else None, done)
+        return (state, nxt, ps, done), ys
 
-    (state, _), (gens, logits) = jax.lax.scan(body, (state, inp0), jnp.arange(t - 1))
+    (state, _, _, _), (gens, logits, fins) = jax.lax.scan(
+        body, (state, inp0, ps, done), jnp.arange(t - 1))
     tokens = jnp.concatenate([first[:, None], gens.T], axis=1)
+    finished = jnp.concatenate([fin0[:, None], fins.T], axis=1)
     if return_logits:
         logits = jnp.concatenate([first_logits[:, None], jnp.swapaxes(logits, 0, 1)], axis=1)
-    return DecodeOutput(tokens=tokens, logits=logits, state=state)
+    return DecodeOutput(tokens=tokens, logits=logits, state=state, finished=finished)
 
 
 def decode(
@@ -103,6 +133,7 @@ def decode(
     forced: Array | None = None,
     use_forced: Array | None = None,
     return_logits: bool = False,
+    processor: Any = None,
 ) -> DecodeOutput:
     """Greedy decoding (or teacher forcing) of ``max_new_tokens`` with eviction.
 
@@ -115,7 +146,10 @@ def decode(
         forced: [B, T] teacher-forcing tokens; rows with ``use_forced`` [B] feed
             these instead of their own argmax (their ``tokens`` are then the
             per-step argmax predictions, for top-1 agreement).
-        return_logits: also return the [B, T, V] logits of every step.
+        return_logits: also return the [B, T, V] logits of every step (unmasked).
+        processor: optional ``jaxlm.core.generate.LogitsProcessor`` (e.g. a
+            ``jaxlm.structured`` grammar): masks each row's logits and advances its state
+            until ``finished``; not with ``forced``.
 
     Returns:
         DecodeOutput.
@@ -123,6 +157,9 @@ def decode(
     b = first_logits.shape[0]
     if max_new_tokens < 1:
         raise ValueError(f"decode: max_new_tokens must be >= 1, got {max_new_tokens}")
+    if processor is not None and forced is not None:
+        raise ValueError("decode: a processor constrains the model's own tokens; it cannot be "
+                         "combined with teacher forcing (forced=...)")
     if forced is None:
         forced = jnp.zeros((b, max_new_tokens), jnp.int32)
         use_forced = jnp.zeros((b,), bool)
@@ -131,7 +168,8 @@ def decode(
     if use_forced is None:
         use_forced = jnp.ones((b,), bool)
     return _decode(params, state, first_logits, pp, jnp.asarray(forced, jnp.int32),
-                   jnp.asarray(use_forced, bool), cfg=cfg, return_logits=return_logits)
+                   jnp.asarray(use_forced, bool), processor, cfg=cfg,
+                   return_logits=return_logits)
 
 
 @struct.dataclass
@@ -160,6 +198,7 @@ def generate(
     forced: np.ndarray | None = None,
     return_logits: bool = False,
     obs_rows: int = 64,
+    processor: Any = None,
 ) -> KVGenerateOutput:
     """Greedy generation with a fixed-budget, per-row evicting KV cache.
 
@@ -175,6 +214,10 @@ def generate(
         forced: optional [B, T] teacher-forcing tokens (all rows forced).
         return_logits: return per-step logits.
         obs_rows: SnapKV observation rows computed at prefill.
+        processor: optional per-row ``LogitsProcessor`` (core.generate's protocol), e.g.
+            ``jaxlm.structured.api.processor_for(constraint, B, tokenizer, V)``: logits are
+            masked inside the compiled loop; ``lengths`` end after the token that finishes
+            the row (or before a stop id, whichever comes first).
 
     Returns:
         KVGenerateOutput.
@@ -196,13 +239,15 @@ def generate(
     state = compress(pre, np.arange(len(prompts)), pp, s)
     out = decode(params, cfg, state, pre.logits, pp, max_new_tokens,
                  forced=None if forced is None else jnp.asarray(forced),
-                 return_logits=return_logits)
+                 return_logits=return_logits, processor=processor)
     toks_np = np.asarray(out.tokens)
+    fin_np = np.asarray(out.finished)
     lengths = np.full((len(prompts),), max_new_tokens, np.int32)
-    if stop_ids:
-        for i, row in enumerate(toks_np):
-            hit = np.flatnonzero(np.isin(row, list(stop_ids)))
-            if hit.size:
-                lengths[i] = hit[0]
+    for i, row in enumerate(toks_np):
+        hit = np.flatnonzero(np.isin(row, list(stop_ids))) if stop_ids else np.zeros(0, int)
+        done = np.flatnonzero(fin_np[i])
+        ends = ([int(hit[0])] if hit.size else []) + ([int(done[0]) + 1] if done.size else [])
+        if ends:
+            lengths[i] = min(ends)
     return KVGenerateOutput(tokens=out.tokens, lengths=jnp.asarray(lengths),
                             capacities=jnp.asarray(caps), logits=out.logits, state=out.state)

@@ -63,3 +63,36 @@ def test_quantized_weights_decode_valid_json(model, tokenizer, vocab):
         assert dfa.accepting[s], "a 40-token budget finishes this bounded schema"
         jsonschema.validate(json.loads(tokenizer.decode(toks)), schema)
     assert parse_ranking("1. Heat (1995)", TITLES)[1] == 1
+
+
+def test_keyformer_eviction_decodes_valid_json(model, tokenizer, vocab):
+    """The grammar rides in kvcache's evicting loop: with a Keyformer cache at a small budget
+    (and H2O in another row) every row's output follows the schema; without the processor
+    the same loop's random-model output does not."""
+    from jaxlm import kvcache as kv
+    from jaxlm.structured.api import processor_for
+
+    cfg, params = model
+    schema = {"type": "object", "properties": {"k": {"enum": ["ab", "cd"]}, "v": {"enum": [1, 2]}},
+              "required": ["k", "v"], "additionalProperties": False}
+    prompts = [list(range(5, 45)), list(range(50, 90))]
+    policies = [kv.Policy("keyformer", 0.5), kv.Policy("h2o", 0.5)]
+    proc = processor_for(JsonSchema(schema), 2, tokenizer, cfg.vocab_size, False)
+    out = kv.generate(params, cfg, prompts, policies, max_new_tokens=40, processor=proc)
+    dfa = compile_constraint(JsonSchema(schema), vocab, cache_dir=False)
+    for i in range(2):
+        n = int(out.lengths[i])
+        assert 0 < n < 40, "the bounded schema finishes inside the budget"
+        toks = np.asarray(out.tokens[i])[:n].tolist()
+        s = dfa.initial
+        for t in toks:
+            s = dfa.step(s, t)
+            assert s >= 0
+        assert dfa.accepting[s]
+        jsonschema.validate(json.loads(tokenizer.decode(toks)), schema)
+    free = kv.generate(params, cfg, prompts, policies, max_new_tokens=40)
+    texts = [tokenizer.decode(np.asarray(free.tokens[i]).tolist()) for i in range(2)]
+    assert not any(t.lstrip().startswith('{"k"') for t in texts)
+    with pytest.raises(ValueError, match="teacher forcing"):
+        kv.generate(params, cfg, prompts, policies, max_new_tokens=4, processor=proc,
+                    forced=np.zeros((2, 4), np.int32))
