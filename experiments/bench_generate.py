@@ -26,12 +26,12 @@ Writes runs/bench/<name>.json (DESIGN.md format) with the anchors' versions and 
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 from jaxlm.utils import cli
 
-ALL_FORMATS = ("float32", "bfloat16", "int8", "q8_0", "q4_1")
-ALL_ANCHORS = ("llamacpp", "hf")
+from experiments.smollm2.perf import (  # flag-free pieces (tests import them)
+    ALL_ANCHORS, ALL_FORMATS, heldout_tokens, parse_list, quality_logits)
 
 _QUICK = flags.DEFINE_bool(
     "quick", False,
@@ -54,43 +54,6 @@ _RANDOM = flags.DEFINE_bool(
 QUALITY_WINDOW = 512
 
 
-def _parse_list(value: str, allowed: tuple[str, ...], flag: str, default: tuple[str, ...]) -> tuple[str, ...]:
-    if value in ("", None):
-        return default
-    if value == "all":
-        return allowed
-    if value == "none":
-        return ()
-    items = tuple(v.strip() for v in value.split(",") if v.strip())
-    bad = [v for v in items if v not in allowed]
-    if bad:
-        raise app.UsageError(f"--{flag}: unknown {bad}; use a comma list of {', '.join(allowed)}, 'all' or 'none'.")
-    return items
-
-
-def heldout_tokens(tokenizer, n_tokens: int) -> list[int]:
-    """``n_tokens`` token ids of Python's documentation topics (pydoc_data, in key order)."""
-    import pydoc_data.topics as topics
-
-    ids: list[int] = []
-    for key in sorted(topics.topics):
-        ids.extend(tokenizer.encode(topics.topics[key], add_bos=False))
-        if len(ids) >= n_tokens:
-            return ids[:n_tokens]
-    raise RuntimeError(f"pydoc_data holds fewer than {n_tokens} tokens")
-
-
-def quality_logits(params, cfg, windows):
-    """Full-sequence logits [n_windows, W - 1, V] (float32 numpy) of each token window."""
-    import jax
-    import numpy as np
-
-    from jaxlm.core import apply
-
-    fwd = jax.jit(lambda p, t: apply(p, cfg, t).logits[:, :-1])
-    return np.stack([np.asarray(fwd(params, np.asarray(w, np.int32)[None]))[0] for w in windows])
-
-
 def main(argv):
     del argv
     import dataclasses
@@ -108,9 +71,9 @@ def main(argv):
     quick = _QUICK.value
     reps = 3 if quick else 5
     new_tokens = 32 if quick else 128
-    formats = (_DTYPE.value,) if _DTYPE.value else _parse_list(
+    formats = (_DTYPE.value,) if _DTYPE.value else parse_list(
         _FORMATS.value, ALL_FORMATS, "formats", ("float32", "q8_0", "q4_1") if quick else ALL_FORMATS)
-    anchors = _parse_list(_ANCHORS.value, ALL_ANCHORS, "anchors", ALL_ANCHORS)
+    anchors = parse_list(_ANCHORS.value, ALL_ANCHORS, "anchors", ALL_ANCHORS)
     if _NO_HF.value:
         anchors = tuple(a for a in anchors if a != "hf")
     backend = jax.default_backend()

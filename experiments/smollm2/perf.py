@@ -93,3 +93,49 @@ def device_bandwidth_gbs() -> float:
     cp = jax.jit(lambda a: a + 1)
     t = time_fn(lambda: cp(x).block_until_ready(), repeats=10, warmup=2)["median"]
     return 2 * x.nbytes / t / 1e9
+
+
+# bench_generate's flag-free pieces: its format/anchor lists and the held-out text
+ALL_FORMATS = ("float32", "bfloat16", "int8", "q8_0", "q4_1")
+ALL_ANCHORS = ("llamacpp", "hf")
+
+
+def parse_list(value: str, allowed: tuple[str, ...], flag: str,
+               default: tuple[str, ...]) -> tuple[str, ...]:
+    """A comma-list flag value: '' -> default, 'all', 'none', or names from ``allowed``."""
+    from absl.app import UsageError
+
+    if value in ("", None):
+        return default
+    if value == "all":
+        return allowed
+    if value == "none":
+        return ()
+    items = tuple(v.strip() for v in value.split(",") if v.strip())
+    bad = [v for v in items if v not in allowed]
+    if bad:
+        raise UsageError(f"--{flag}: unknown {bad}; use a comma list of {', '.join(allowed)}, 'all' or 'none'.")
+    return items
+
+
+def heldout_tokens(tokenizer, n_tokens: int) -> list[int]:
+    """``n_tokens`` token ids of Python's documentation topics (pydoc_data, in key order)."""
+    import pydoc_data.topics as topics
+
+    ids: list[int] = []
+    for key in sorted(topics.topics):
+        ids.extend(tokenizer.encode(topics.topics[key], add_bos=False))
+        if len(ids) >= n_tokens:
+            return ids[:n_tokens]
+    raise RuntimeError(f"pydoc_data holds fewer than {n_tokens} tokens")
+
+
+def quality_logits(params, cfg, windows):
+    """Full-sequence logits [n_windows, W - 1, V] (float32 numpy) of each token window."""
+    import jax
+    import numpy as np
+
+    from jaxlm.core import apply
+
+    fwd = jax.jit(lambda p, t: apply(p, cfg, t).logits[:, :-1])
+    return np.stack([np.asarray(fwd(params, np.asarray(w, np.int32)[None]))[0] for w in windows])

@@ -4,7 +4,7 @@ llama.cpp anchor."""
 import pytest
 from absl import app
 
-from experiments import bench_generate as bg
+from experiments.smollm2 import perf as bg  # bench_generate's flag-free pieces
 from experiments import llamacpp_anchor
 
 
@@ -22,12 +22,12 @@ def test_heldout_text_is_python_docs_and_deterministic():
 
 
 def test_format_and_anchor_lists():
-    assert bg._parse_list("all", bg.ALL_FORMATS, "formats", ()) == bg.ALL_FORMATS
-    assert bg._parse_list("", bg.ALL_FORMATS, "formats", ("q4_1",)) == ("q4_1",)
-    assert bg._parse_list("none", bg.ALL_ANCHORS, "anchors", bg.ALL_ANCHORS) == ()
-    assert bg._parse_list("q8_0, q4_1", bg.ALL_FORMATS, "formats", ()) == ("q8_0", "q4_1")
+    assert bg.parse_list("all", bg.ALL_FORMATS, "formats", ()) == bg.ALL_FORMATS
+    assert bg.parse_list("", bg.ALL_FORMATS, "formats", ("q4_1",)) == ("q4_1",)
+    assert bg.parse_list("none", bg.ALL_ANCHORS, "anchors", bg.ALL_ANCHORS) == ()
+    assert bg.parse_list("q8_0, q4_1", bg.ALL_FORMATS, "formats", ()) == ("q8_0", "q4_1")
     with pytest.raises(app.UsageError, match="--formats: unknown"):
-        bg._parse_list("q3_k", bg.ALL_FORMATS, "formats", ())
+        bg.parse_list("q3_k", bg.ALL_FORMATS, "formats", ())
 
 
 def test_llamacpp_anchor_is_optional():
