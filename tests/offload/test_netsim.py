@@ -139,7 +139,7 @@ def test_period_to_beat_and_bandwidth_bound_ratio():
     assert thr(1.5 * h) > target > thr(0.5 * h)
     # a measured round time replaces the model's all-reduce + overhead
     h_m = ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, target, sync_time=0.2)
-    assert h_m == pytest.approx(target * 0.2 / (n * k - target * t_c), rel=1e-12)
+    assert h_m == pytest.approx(target * 0.2 / (n * k - target * t_c), rel=1e-9)  # Python floats (float64) throughout
     # compute alone too slow: no period helps
     assert ns.local_sgd_period_to_beat(t_c, p, 4.0, n, net, k, n * k / t_c * 1.01) == float("inf")
     # slow-link limit: N^2 k d / ((N-1) P), checked against the two throughputs at 1 kbit/s
@@ -149,6 +149,6 @@ def test_period_to_beat_and_bandwidth_bound_ratio():
     pipe = slow.bandwidth / (2 * 4.0 * d)
     assert ns.bandwidth_bound_ratio(n, p, d, k * h4) == pytest.approx(atom / pipe, rel=1e-6)
     assert ns.bandwidth_bound_ratio(n, p, d, k * h4) == pytest.approx(
-        n * n * k * h4 * d / ((n - 1) * p), rel=1e-12)
+        n * n * k * h4 * d / ((n - 1) * p), rel=1e-9)
     with pytest.raises(ValueError, match="peers"):
         ns.bandwidth_bound_ratio(1, p, d, k)
