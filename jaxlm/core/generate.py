@@ -124,7 +124,7 @@ class LogitBias:
         return jnp.zeros(state.shape, bool)
 
 
-def _select_rows(keep: Array, old: Any, new: Any) -> Any:
+def select_rows(keep: Array, old: Any, new: Any) -> Any:
     """Per-row select over a state pytree: ``old`` where ``keep`` [B] is True."""
 
     def sel(o, n):
@@ -225,7 +225,7 @@ def _generate(params, tokens, mask, key, processor=None, positions=None, key_mas
         first = jnp.where(done0, pad_id, first)
         out = jnp.full((b, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
         stop = jnp.isin(first, stops)
-        pstate = _select_rows(done0 | stop, pstate, processor.advance(pstate, first))
+        pstate = select_rows(done0 | stop, pstate, processor.advance(pstate, first))
         lengths = jnp.where(done0 | stop, 0, 1).astype(jnp.int32)
         done = done0 | stop | processor.finished(pstate)
 
@@ -244,7 +244,7 @@ def _generate(params, tokens, mask, key, processor=None, positions=None, key_mas
         stop = jnp.isin(nxt, stops)
         lengths = lengths + jnp.where(done | stop, 0, 1)
         if processor is not None:
-            pstate = _select_rows(done | stop, pstate, processor.advance(pstate, nxt))
+            pstate = select_rows(done | stop, pstate, processor.advance(pstate, nxt))
             stop = stop | processor.finished(pstate)
         return step + 1, cache, nxt, done | stop, out, lengths, pstate
 

@@ -26,7 +26,7 @@ import numpy as np
 from flax import struct
 
 from jaxlm.core.config import ModelConfig
-from jaxlm.core.generate import check_fits, pad_prompts
+from jaxlm.core.generate import check_fits, pad_prompts, select_rows
 from jaxlm.core.transformer import Params, apply
 from jaxlm.kvcache import policy as P
 from jaxlm.kvcache.cache import PolicyState, compress, prefill
@@ -75,12 +75,6 @@ class DecodeOutput:
     finished: Array
 
 
-def _hold(done: Array, new: Any, old: Any) -> Any:
-    """``old`` where the row is done, else ``new`` (leaves have the batch leading)."""
-    return jax.tree.map(
-        lambda n, o: jnp.where(done.reshape((-1,) + (1,) * (n.ndim - 1)), o, n), new, old)
-
-
 @functools.partial(jax.jit, static_argnames=("cfg", "return_logits"), donate_argnames=("state",))
 def _decode(params, state, first_logits, pp, forced, use_forced, processor, *, cfg,
             return_logits):
@@ -107,7 +101,7 @@ def _decode(params, state, first_logits, pp, forced, use_forced, processor, *, c
         else:
             masked = jnp.where(done[:, None], logits, processor.apply(ps, logits))
             gen = jnp.argmax(masked, axis=-1).astype(jnp.int32)
-            ps = _hold(done, processor.advance(ps, gen), ps)
+            ps = select_rows(done, ps, processor.advance(ps, gen))
             done = done | processor.finished(ps)
         nxt = jnp.where(use_forced, forced[:, jnp.minimum(i + 1, t - 1)], gen)
         ys = (gen, logits if return_logits else None, done)
