@@ -39,7 +39,7 @@ run: $(STAMP)
 	$(PY) -m experiments.reproduce --quick
 
 test: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --durations=30
 
 # run every quick entry, copy the run to docs/report/ and refresh README's status table from it
 report: $(STAMP)

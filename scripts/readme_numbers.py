@@ -147,6 +147,47 @@ def _atom(m: dict) -> str:
     return s + "; 20x simulated only"
 
 
+def _antiunify(m: dict) -> str:
+    nb = _get(m, "nullarity_bounded")
+    return (f"BKLV pattern lgg: golden rows {'pass' if _get(m, 'golden_pass') else 'FAIL'}, "
+            f"time slope {_get(m, 'slope_bucket'):.2f} (1 = linear); nullarity (seed paper): "
+            f"chain G_m <= G_n iff m | n {'holds' if _get(m, 'chain_lemma_holds') else 'FAILS'}, "
+            f"none of {_get(nb, 'checked')} generalizations of size <= {_get(nb, 'k')} is "
+            f"maximal: {'holds' if _get(nb, 'holds') else 'FAILS'}")
+
+
+def _explain(m: dict) -> str:
+    by = {r["method"]: r for r in _get(m, "table")}
+    plaus = {r["method"]: r["_ci"][0] for r in _get(m, "plausibility")}
+    rho = _get(m, "randomization_last_ci")
+    return ("AOPC minus random: " + ", ".join(
+        f"{k} {_get(by, f'{k}/_aopc_vs_random_ci')[0]:+.3f}"
+        for k in ("occlusion", "kernel_shap", "lime", "integrated_gradients") if k in by)
+        + "; Spearman after full randomization " + ", ".join(
+            f"{k} {v[0]:.2f}" for k, v in rho.items())
+        + f"; mass on the country (chance {_get(m, 'chance_mass'):.2f}) " + ", ".join(
+            f"{k} {plaus[k]:.2f}" for k in ("integrated_gradients", "kernel_shap", "lime")
+            if k in plaus))
+
+
+def _refresh(m: dict) -> str:
+    single = _get(m, "single")
+    parts = [f"{label} ES/PS/NS {_get(single, f'{k}/es'):.2f}/{_get(single, f'{k}/ps'):.2f}/"
+             f"{_get(single, f'{k}/ns'):.2f}"
+             for k, label in (("rome", "ROME"), ("memit", "MEMIT"), ("alphaedit", "AlphaEdit"),
+                              ("ft", "FT-L")) if k in single]
+    s = f"edit layer {_get(m, 'layer')} (traced on calibration facts); " + "; ".join(parts)
+    seq = m.get("sequential") or {}
+    last = {k: v[-1] for k, v in seq.items() if isinstance(v, list) and v}
+    keep = [f"{k} {v['retain']:.2f}" for k, v in last.items()
+            if isinstance(v, dict) and isinstance(v.get("retain"), float)
+            and math.isfinite(v["retain"])]
+    if keep:
+        n = max(v.get("edits", 0) for v in last.values() if isinstance(v, dict))
+        s += f"; retained after {n} sequential edits: " + ", ".join(keep)
+    return s
+
+
 # entry -> (paper / component, numbers from its metrics); entries not listed get the verdict only
 ROWS: dict[str, tuple[str, Callable[[dict], str] | None]] = {
     "smollm2": ("LM substrate (SmolLM2-135M)", _smollm2),
@@ -154,13 +195,13 @@ ROWS: dict[str, tuple[str, Callable[[dict], str] | None]] = {
     "keyformer": ("Keyformer (MLSys 2024)", _keyformer),
     "mamba_nd": ("Mamba-ND (2024)", _mamba_nd),
     "meanfield_icl": ("Kim & Suzuki (ICML 2024)", _meanfield),
-    "antiunify": ("anti-unification / nullarity", None),
+    "antiunify": ("anti-unification / nullarity", _antiunify),
     "introspective_tips": ("Introspective Tips (2023)", _tips),
     "llmsrec_syn": ("LLMSRec-Syn (2024)", _llmsrec),
     "luminate": ("Luminate (CHI 2024)", _luminate),
-    "explain": ("explainability survey", None),
+    "explain": ("explainability survey", _explain),
     "tacs": ("TACS (2024)", _tacs),
-    "refresh_knowledge": ("ROME / MEMIT", None),
+    "refresh_knowledge": ("ROME / MEMIT", _refresh),
     "atom": ("Atom (2024)", _atom),
 }
 

@@ -94,7 +94,7 @@ MEASURES = {
     "recsys_bf16": ("snippet", _RECSYS.format(dtype="bfloat16"), "cands/s", True),
     "decode_b1": ("snippet", _DECODE.format(batch=1), "tok/s", True),
     "decode_b16": ("snippet", _DECODE.format(batch=16), "tok/s", True),
-    "rome": ("snippet", _ROME, "s/edit", False),
+    "rome": ("snippet", _ROME.format(), "s/edit", False),
     "keyformer": ("command", ["-m", "experiments.keyformer_eval", "--config=keyformer_quick",
                               "--override=n_text=1", "--override=n_passkey=1",
                               "--override=n_conv=1"], "s", False),
