@@ -122,7 +122,7 @@ def main(argv):
     from jaxlm.agents.tips import ActorConfig, expert_examples
     from jaxlm.core.score import bucket_len
     from jaxlm.llm.local import LocalBackend
-    from jaxlm.train import OptimConfig, create_state, make_optimizer, make_train_step
+    from jaxlm.train import OptimConfig, create_state, make_optimizer
     from jaxlm.train import lora as L
 
     from absl import logging
@@ -171,8 +171,8 @@ def main(argv):
                        targets=targets)
     tx, lr_fn = make_optimizer(OptimConfig(name="adamw", lr=f.lr, warmup_steps=min(10, f.steps),
                                            weight_decay=0.0, clip_norm=1.0), f.steps)
-    loss_fn = L.lora_loss_fn(command_loss_fn(cfg), base, lora)
-    step = jax.jit(make_train_step(loss_fn, tx, lr_fn=lr_fn), donate_argnums=0)
+    step = jax.jit(L.lora_train_step(command_loss_fn(cfg), tx, lora, lr_fn=lr_fn),
+                   donate_argnums=0)
     state = create_state(lora.weights, tx)
     pad = int(getattr(backend.tokenizer, "pad_id", 0) or 0)
     log, t1, c1 = [], time.time(), cpu_seconds()
@@ -187,7 +187,7 @@ def main(argv):
             idx.append(order[k])
             k += 1
         batch = make_batch([rows[i] for i in idx], length, n_cmd, pad)
-        state, m = step(state, batch, jax.random.key(f.seed))
+        state, m = step(state, batch, jax.random.key(f.seed), base)
         if s % 5 == 0 or s == f.steps - 1:
             loss = float(m["loss"])
             if not np.isfinite(loss):

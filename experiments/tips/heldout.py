@@ -1,6 +1,8 @@
 """Held-out check: does an actor (picked on training games by ``diagnose``) beat random?
 
     python -m experiments.tips.heldout --n_games=20 --variant='norm=sum,prompt=window,history=0,loop_penalty=1000'
+    python -m experiments.tips.heldout --adapter=runs/tips_lora/adapter \
+        --variant='norm=sum,prompt=window,history=1,loop_penalty=1000'   # fine-tuned actor
 
 Evaluation games are ``game_set(game_set, n_games, seed=eval_seed)`` (seed 0: game seeds
 0..n-1; ``diagnose`` trains on seed 5: game seeds 5000+, disjoint). The random agent is
@@ -8,6 +10,10 @@ averaged over 5 policy seeds per game. Reported: the actor's mean normalized sco
 a 95% bootstrap CI over games, random's mean, and the paired per-game difference
 (actor - random) with its CI. "Beats random" = the actor's CI lies above random's mean
 and the difference CI lies above 0. Writes <workdir>/heldout.json.
+
+``--adapter``: a LoRA adapter folder from ``experiments.tips.finetune`` (merged into the
+base weights before play); pass the ``--variant`` it was trained for (its meta's
+``actor``; the default variant here is the prompt-only actor's).
 """
 
 from __future__ import annotations
@@ -44,6 +50,13 @@ def evaluate(backend, envs, actor_kw: dict[str, Any], random_seeds=range(5)) -> 
             "actor_seconds": secs}
 
 
+def with_adapter(backend, path):
+    """``backend`` with a LoRA adapter (``jaxlm.train.lora`` checkpoint folder) merged in."""
+    from jaxlm.train import lora as L
+
+    return backend.with_params(L.merge(backend.params, L.load_lora(path)))
+
+
 def main(argv):
     del argv
     from absl import flags
@@ -58,8 +71,11 @@ def main(argv):
             for p in make_games(specs, f.cache_dir)]
     kw = parse_variants("actor:" + f.variant)["actor"]
     backend = LocalBackend("smollm2-135m-instruct", prefix_slots=len(envs), prefix_capacity=1280)
+    if f.adapter:
+        backend = with_adapter(backend, f.adapter)
     res = evaluate(backend, envs, kw)
-    res.update(game_set=f.game_set, eval_seed=f.eval_seed, max_steps=f.max_steps)
+    res.update(game_set=f.game_set, eval_seed=f.eval_seed, max_steps=f.max_steps,
+               adapter=f.adapter)
     out = pathlib.Path(f.workdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heldout.json").write_text(json.dumps(res, indent=1))
@@ -78,5 +94,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("variant", "norm=sum,prompt=window,history=0,loop_penalty=1000",
                         "ActorConfig fields: field=value,...")
     flags.DEFINE_string("cache_dir", None, "Game cache.")
+    flags.DEFINE_string("adapter", None, "LoRA adapter folder (experiments.tips.finetune "
+                        "--workdir/adapter); default: the prompt-only actor.")
     flags.DEFINE_string("workdir", "runs/tips_heldout", "Output folder.")
     app.run(main)

@@ -498,6 +498,15 @@ def actor_messages(traj: Trajectory, observation: str, admissible: Sequence[str]
                       [s.action for s in steps[window:]], admissible, actor, cut=window > 0)
 
 
+def cut_window(n_steps: int, window: int, actor: ActorConfig) -> int:
+    """"append" prompts: the first step kept in the prompt after ``n_steps`` steps (the
+    history is cut to the last ``actor.history`` steps once more than ``history_max``
+    are in it); "window" prompts keep ``window``."""
+    if actor.prompt == "append" and n_steps - window > actor.history_max:
+        return n_steps - actor.history
+    return window
+
+
 def expert_examples(envs: Sequence[Any], actor: ActorConfig = ActorConfig()
                     ) -> list[dict[str, Any]]:
     """(actor prompt, expert command) pairs along each game's walkthrough.
@@ -516,14 +525,16 @@ def expert_examples(envs: Sequence[Any], actor: ActorConfig = ActorConfig()
         o = env.reset()
         traj = Trajectory(game=env.name, trial=-1, method="walkthrough", goal=env.goal,
                           first_observation=o.text, max_score=o.max_score)
-        room = room_of(o.text)
+        room, window = room_of(o.text), 0
         for k, cmd in enumerate(env.walkthrough):
             if o.done:
                 break
             adm = o.admissible[: actor.max_actions] or ["look"]
+            window = cut_window(k, window, actor)
             if cmd in adm:
                 out.append({"game": env.name, "step": k, "expert": cmd, "admissible": list(adm),
-                            "messages": actor_messages(traj, o.text, adm, actor)})
+                            "messages": actor_messages(traj, o.text, adm, actor,
+                                                       window=window)})
             o = env.step(cmd)
             traj.steps.append(Step(cmd, o.text, o.score, o.valid, "walkthrough", "", cmd, room,
                                    len(adm)))
@@ -592,10 +603,9 @@ def run_episodes(
                 else:
                     mem = memories[i] if method != "none" else []
                     steps = trajs[i].steps
-                    if (actor.prompt == "append"
-                            and len(steps) - window[i] > actor.history_max):
-                        window[i] = len(steps) - actor.history
-                        trajs[i].prompt_cuts += 1
+                    w = cut_window(len(steps), window[i], actor)
+                    trajs[i].prompt_cuts += w != window[i]
+                    window[i] = w
                     msgs = actor_messages(trajs[i], obs[i].text, adm, actor, mem, title,
                                           window[i])
                     llm.append((i, msgs, adm))

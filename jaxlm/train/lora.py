@@ -10,12 +10,13 @@ and ``LocalBackend`` consume it unchanged::
     merged = lora.apply_lora(params, adapters)      # W + (alpha / rank) * A @ B per target
     logits = jaxlm.core.apply(merged, cfg, tokens).logits
 
-    # training: only the adapter arrays are the train state's params
-    loss_fn = lora.lora_loss_fn(lm_loss_fn(cfg), params, adapters)
+    # training: only the adapter arrays are the train state's params; the frozen base is
+    # an argument of the jitted step (make_train_step over lora_loss_fn inside)
     tx, lr_fn = make_optimizer(optim_cfg, steps)
     state = create_state(adapters.weights, tx)
-    step = jax.jit(make_train_step(loss_fn, tx, lr_fn=lr_fn), donate_argnums=0)
-    state, metrics = step(state, batch, rng)
+    step = jax.jit(lora.lora_train_step(lm_loss_fn(cfg), tx, adapters, lr_fn=lr_fn),
+                   donate_argnums=0)
+    state, metrics = step(state, batch, rng, params)
     adapters = adapters.replace(weights=state.params)
 
     lora.save_lora(workdir, adapters)  /  adapters = lora.load_lora(workdir)
@@ -260,6 +261,25 @@ def lora_loss_fn(base_loss_fn, base_params: Any, lora: Lora):
     return loss_fn
 
 
+def lora_train_step(base_loss_fn, tx, lora: Lora, **step_kw):
+    """``step(state, batch, rng, base_params) -> (state, metrics)``: ``make_train_step``
+    over ``lora_loss_fn`` with the frozen base passed as an argument.
+
+    Jit it with ``jax.jit(step, donate_argnums=0)``; ``state.params`` are the adapter
+    weights (``create_state(lora.weights, tx)``). Passing the base as an argument (rather
+    than jitting a closure over it) keeps hundreds of MB of weights out of the compiled
+    program as constants (slow constant folding, a second copy in memory). ``step_kw`` go
+    to ``make_train_step`` (``lr_fn``, ``grad_accum``, ``axis_name``).
+    """
+    from jaxlm.train.step import make_train_step
+
+    def step(state, batch, rng, base_params):
+        loss_fn = lora_loss_fn(base_loss_fn, base_params, lora)
+        return make_train_step(loss_fn, tx, **step_kw)(state, batch, rng)
+
+    return step
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _meta(lora: Lora) -> dict[str, Any]:
     flat = traverse_util.flatten_dict(lora.weights, sep="/")
@@ -321,5 +341,5 @@ def read_lora_meta(directory: str | pathlib.Path) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_TARGETS", "Lora", "LoraError", "apply_lora", "delta", "init_lora",
-           "load_lora", "lora_loss_fn", "merge", "read_lora_meta", "save_lora",
+           "load_lora", "lora_loss_fn", "lora_train_step", "merge", "read_lora_meta", "save_lora",
            "select_targets"]

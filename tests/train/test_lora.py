@@ -83,13 +83,18 @@ def test_train_step_changes_only_adapters_and_loss_drops(base):
                                            weight_decay=0.0, clip_norm=1.0), 20)
     loss_fn = L.lora_loss_fn(lm_loss_fn(CFG), base, lr)
     state = create_state(lr.weights, tx)
-    step = jax.jit(make_train_step(loss_fn, tx, lr_fn=lr_fn))
+    step = jax.jit(L.lora_train_step(lm_loss_fn(CFG), tx, lr, lr_fn=lr_fn))
     before = jax.tree.map(np.asarray, base)
     losses = []
     w0 = jax.tree.map(np.asarray, state.params)
-    for _ in range(15):
-        state, m = step(state, batch, jax.random.key(0))
+    for k in range(15):
+        state, m = step(state, batch, jax.random.key(0), base)
         losses.append(float(m["loss"]))
+        if k == 0:  # the same step as make_train_step over a closure on the base
+            s2, m2 = jax.jit(make_train_step(loss_fn, tx, lr_fn=lr_fn))(
+                create_state(lr.weights, tx), batch, jax.random.key(0))
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(
+                np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7), state.params, s2.params)
     assert losses[-1] < 0.85 * losses[0], losses
     # the base did not move; every adapter did (b starts at zero, a gets gradient after it)
     jax.tree.map(np.testing.assert_array_equal, before, jax.tree.map(np.asarray, base))
