@@ -50,11 +50,20 @@ def evaluate(backend, envs, actor_kw: dict[str, Any], random_seeds=range(5)) -> 
             "actor_seconds": secs}
 
 
-def with_adapter(backend, path):
-    """``backend`` with a LoRA adapter (``jaxlm.train.lora`` checkpoint folder) merged in."""
+def with_adapter(backend, path, **kw):
+    """A ``LocalBackend`` like ``backend`` with a LoRA adapter (``jaxlm.train.lora``
+    checkpoint folder) merged into its weights; ``kw`` override constructor arguments
+    (e.g. ``prefix_slots``)."""
+    from jaxlm.llm.local import LocalBackend
     from jaxlm.train import lora as L
 
-    return backend.with_params(L.merge(backend.params, L.load_lora(path)))
+    args = dict(max_tokens_per_call=backend.max_tokens_per_call,
+                prefix_slots=backend.prefix.n_slots if backend.prefix else 0,
+                prefix_capacity=backend.prefix.capacity if backend.prefix else 1536,
+                prefix_min_tokens=backend.prefix_min_tokens, memo_size=backend.memo_size)
+    args.update(kw)
+    return LocalBackend(cfg=backend.cfg, params=L.merge(backend.params, L.load_lora(path)),
+                        tokenizer=backend.tokenizer, name=f"{backend.name}+lora", **args)
 
 
 def main(argv):
@@ -70,9 +79,13 @@ def main(argv):
     envs = [TextWorldEnv(p, max_steps=f.max_steps, hide_objective=True)
             for p in make_games(specs, f.cache_dir)]
     kw = parse_variants("actor:" + f.variant)["actor"]
-    backend = LocalBackend("smollm2-135m-instruct", prefix_slots=len(envs), prefix_capacity=1280)
-    if f.adapter:
-        backend = with_adapter(backend, f.adapter)
+    if f.adapter:  # merged weights, one prefix cache
+        base = LocalBackend("smollm2-135m-instruct", prefix_slots=0)
+        backend = with_adapter(base, f.adapter, prefix_slots=len(envs), prefix_capacity=1280)
+        del base
+    else:
+        backend = LocalBackend("smollm2-135m-instruct", prefix_slots=len(envs),
+                               prefix_capacity=1280)
     res = evaluate(backend, envs, kw)
     res.update(game_set=f.game_set, eval_seed=f.eval_seed, max_steps=f.max_steps,
                adapter=f.adapter)

@@ -53,3 +53,50 @@ def test_encode_examples_matches_the_backend_scoring_tokenization():
     (ids, n_pre), = encode_examples(be, [ex])
     assert ids[:n_pre] == be._prefix_ids(ex["messages"])
     assert ids[n_pre:] == be.encode("go east")
+
+
+def test_heldout_with_adapter_merges_a_saved_adapter(tmp_path):
+    from flax import traverse_util
+
+    from experiments.tips.heldout import with_adapter
+    from jaxlm.llm.local import ByteTokenizer, LocalBackend
+    from jaxlm.train import lora as L
+
+    params = init(jax.random.key(0), CFG)
+    be = LocalBackend(cfg=CFG, params=params, tokenizer=ByteTokenizer())
+    ad = L.init_lora(jax.random.key(1), params, CFG, rank=2, targets=(r"attn/wv$",))
+    flat = traverse_util.flatten_dict(ad.weights, sep="/")
+    flat = {k: (0.3 * jax.random.normal(jax.random.key(len(k)), v.shape)
+                if k.endswith("/b") else v) for k, v in flat.items()}
+    ad = ad.replace(weights=traverse_util.unflatten_dict(flat, sep="/"))
+    L.save_lora(tmp_path / "ad", ad)
+    tuned = with_adapter(be, tmp_path / "ad")
+    assert tuned.name.endswith("+lora") and tuned.prefix is None
+    want = LocalBackend(cfg=CFG, params=L.merge(params, ad), tokenizer=ByteTokenizer())
+    a = tuned.score("You are in a room.", ["go east", "look"])
+    b = want.score("You are in a room.", ["go east", "look"])
+    base = be.score("You are in a room.", ["go east", "look"])
+    np.testing.assert_allclose([r.sum_logprob for r in a], [r.sum_logprob for r in b],
+                               rtol=1e-5)
+    assert not np.allclose([r.sum_logprob for r in a], [r.sum_logprob for r in base])
+
+
+def test_repro_finds_the_adapter_only_for_the_full_run(tmp_path, monkeypatch):
+    from experiments import repro_introspective_tips as R
+    from experiments.tips.diagnose import parse_variants
+    from jaxlm.agents.tips import ActorConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(R.ADAPTER_ENV, raising=False)
+    assert R.find_adapter(quick=False) is None  # no runs/tips_lora/adapter here
+    (tmp_path / R.DEFAULT_ADAPTER).mkdir(parents=True)
+    assert R.find_adapter(quick=False) == tmp_path.joinpath(R.DEFAULT_ADAPTER).relative_to(
+        tmp_path)
+    assert R.find_adapter(quick=True) is None
+    monkeypatch.setenv(R.ADAPTER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="JAXLM_TIPS_ADAPTER"):
+        R.find_adapter(quick=False)
+    # the prompt-only actor is the one the quick entry always used
+    a = ActorConfig(mode="score", **parse_variants("a:" + R.PROMPT_ONLY_ACTOR)["a"])
+    assert a == ActorConfig(mode="score", norm="sum", prompt="window", history=0,
+                            loop_penalty=1000.0)
