@@ -1,6 +1,8 @@
 """Held-out check: does an actor (picked on training games by ``diagnose``) beat random?
 
     python -m experiments.tips.heldout --n_games=20 --variant='norm=sum,prompt=window,history=0,loop_penalty=1000'
+    python -m experiments.tips.heldout --adapter=runs/tips_lora/adapter \
+        --variant='norm=sum,prompt=window,history=1,loop_penalty=1000'   # fine-tuned actor
 
 Evaluation games are ``game_set(game_set, n_games, seed=eval_seed)`` (seed 0: game seeds
 0..n-1; ``diagnose`` trains on seed 5: game seeds 5000+, disjoint). The random agent is
@@ -8,6 +10,10 @@ averaged over 5 policy seeds per game. Reported: the actor's mean normalized sco
 a 95% bootstrap CI over games, random's mean, and the paired per-game difference
 (actor - random) with its CI. "Beats random" = the actor's CI lies above random's mean
 and the difference CI lies above 0. Writes <workdir>/heldout.json.
+
+``--adapter``: a LoRA adapter folder from ``experiments.tips.finetune`` (merged into the
+base weights before play); pass the ``--variant`` it was trained for (its meta's
+``actor``; the default variant here is the prompt-only actor's).
 """
 
 from __future__ import annotations
@@ -44,6 +50,22 @@ def evaluate(backend, envs, actor_kw: dict[str, Any], random_seeds=range(5)) -> 
             "actor_seconds": secs}
 
 
+def with_adapter(backend, path, **kw):
+    """A ``LocalBackend`` like ``backend`` with a LoRA adapter (``jaxlm.train.lora``
+    checkpoint folder) merged into its weights; ``kw`` override constructor arguments
+    (e.g. ``prefix_slots``)."""
+    from jaxlm.llm.local import LocalBackend
+    from jaxlm.train import lora as L
+
+    args = dict(max_tokens_per_call=backend.max_tokens_per_call,
+                prefix_slots=backend.prefix.n_slots if backend.prefix else 0,
+                prefix_capacity=backend.prefix.capacity if backend.prefix else 1536,
+                prefix_min_tokens=backend.prefix_min_tokens, memo_size=backend.memo_size)
+    args.update(kw)
+    return LocalBackend(cfg=backend.cfg, params=L.merge(backend.params, L.load_lora(path)),
+                        tokenizer=backend.tokenizer, name=f"{backend.name}+lora", **args)
+
+
 def main(argv):
     del argv
     from absl import flags
@@ -57,9 +79,16 @@ def main(argv):
     envs = [TextWorldEnv(p, max_steps=f.max_steps, hide_objective=True)
             for p in make_games(specs, f.cache_dir)]
     kw = parse_variants("actor:" + f.variant)["actor"]
-    backend = LocalBackend("smollm2-135m-instruct", prefix_slots=len(envs), prefix_capacity=1280)
+    if f.adapter:  # merged weights, one prefix cache
+        base = LocalBackend("smollm2-135m-instruct", prefix_slots=0)
+        backend = with_adapter(base, f.adapter, prefix_slots=len(envs), prefix_capacity=1280)
+        del base
+    else:
+        backend = LocalBackend("smollm2-135m-instruct", prefix_slots=len(envs),
+                               prefix_capacity=1280)
     res = evaluate(backend, envs, kw)
-    res.update(game_set=f.game_set, eval_seed=f.eval_seed, max_steps=f.max_steps)
+    res.update(game_set=f.game_set, eval_seed=f.eval_seed, max_steps=f.max_steps,
+               adapter=f.adapter)
     out = pathlib.Path(f.workdir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "heldout.json").write_text(json.dumps(res, indent=1))
@@ -78,5 +107,7 @@ if __name__ == "__main__":
     flags.DEFINE_string("variant", "norm=sum,prompt=window,history=0,loop_penalty=1000",
                         "ActorConfig fields: field=value,...")
     flags.DEFINE_string("cache_dir", None, "Game cache.")
+    flags.DEFINE_string("adapter", None, "LoRA adapter folder (experiments.tips.finetune "
+                        "--workdir/adapter); default: the prompt-only actor.")
     flags.DEFINE_string("workdir", "runs/tips_heldout", "Output folder.")
     app.run(main)

@@ -483,6 +483,65 @@ def room_of(observation: str, previous: str = "") -> str:
     return found[-1] if found else previous
 
 
+def actor_messages(traj: Trajectory, observation: str, admissible: Sequence[str],
+                   actor: ActorConfig, memory: Sequence[str] = (), title: str = "",
+                   window: int = 0) -> list[dict[str, str]]:
+    """The actor's prompt for the next step of ``traj`` (its steps so far), as
+    ``run_episodes`` builds it; ``window``: "append" prompts keep steps from this index
+    on. Fine-tuning data (``expert_examples``) goes through the same function."""
+    steps = traj.steps
+    if actor.prompt == "window":
+        hist = steps[-actor.history:] if actor.history else []
+        return build_messages(traj.goal, memory, title, hist, observation, admissible, actor)
+    seen = [traj.first_observation] + [s.observation for s in steps]
+    return build_chat(traj.goal, memory, title, seen[window:],
+                      [s.action for s in steps[window:]], admissible, actor, cut=window > 0)
+
+
+def cut_window(n_steps: int, window: int, actor: ActorConfig) -> int:
+    """"append" prompts: the first step kept in the prompt after ``n_steps`` steps (the
+    history is cut to the last ``actor.history`` steps once more than ``history_max``
+    are in it); "window" prompts keep ``window``."""
+    if actor.prompt == "append" and n_steps - window > actor.history_max:
+        return n_steps - actor.history
+    return window
+
+
+def expert_examples(envs: Sequence[Any], actor: ActorConfig = ActorConfig()
+                    ) -> list[dict[str, Any]]:
+    """(actor prompt, expert command) pairs along each game's walkthrough.
+
+    Each env is reset and the walkthrough is played; before each walkthrough command the
+    prompt the actor would see in that state (``actor_messages`` with no memory, i.e. the
+    "none" method; the history holds the walkthrough's own earlier steps) is recorded
+    with the admissible commands (first ``actor.max_actions``) and the command. States
+    whose command is not among those admissible commands are skipped.
+
+    Returns:
+        Dicts {game, step, messages, admissible, expert}.
+    """
+    out = []
+    for env in envs:
+        o = env.reset()
+        traj = Trajectory(game=env.name, trial=-1, method="walkthrough", goal=env.goal,
+                          first_observation=o.text, max_score=o.max_score)
+        room, window = room_of(o.text), 0
+        for k, cmd in enumerate(env.walkthrough):
+            if o.done:
+                break
+            adm = o.admissible[: actor.max_actions] or ["look"]
+            window = cut_window(k, window, actor)
+            if cmd in adm:
+                out.append({"game": env.name, "step": k, "expert": cmd, "admissible": list(adm),
+                            "messages": actor_messages(traj, o.text, adm, actor,
+                                                       window=window)})
+            o = env.step(cmd)
+            traj.steps.append(Step(cmd, o.text, o.score, o.valid, "walkthrough", "", cmd, room,
+                                   len(adm)))
+            room = room_of(o.text, room)
+    return out
+
+
 MEMORY_TITLES = {
     "tips": "Tips from previous experience:",
     "oracle_tips": "Tips from previous experience:",
@@ -544,18 +603,11 @@ def run_episodes(
                 else:
                     mem = memories[i] if method != "none" else []
                     steps = trajs[i].steps
-                    if actor.prompt == "window":
-                        hist = steps[-actor.history:] if actor.history else []
-                        msgs = build_messages(trajs[i].goal, mem, title, hist, obs[i].text, adm,
-                                              actor)
-                    else:
-                        if len(steps) - window[i] > actor.history_max:
-                            window[i] = len(steps) - actor.history
-                            trajs[i].prompt_cuts += 1
-                        w = window[i]
-                        seen = [trajs[i].first_observation] + [s.observation for s in steps]
-                        msgs = build_chat(trajs[i].goal, mem, title, seen[w:],
-                                          [s.action for s in steps[w:]], adm, actor, cut=w > 0)
+                    w = cut_window(len(steps), window[i], actor)
+                    trajs[i].prompt_cuts += w != window[i]
+                    window[i] = w
+                    msgs = actor_messages(trajs[i], obs[i].text, adm, actor, mem, title,
+                                          window[i])
                     llm.append((i, msgs, adm))
             diags: dict[int, dict[str, Any]] = {}
             if llm and actor.mode == "score":

@@ -217,3 +217,54 @@ def test_heldout_evaluate_reports_paired_ci(games):
     assert res["actor_per_game"] == [1.0] and res["n_games"] == 1
     assert res["diff"] == pytest.approx(1.0 - res["random_per_game"][0])
     assert res["actor_stats"]["expert_agreement"] == 1.0
+
+
+@pytest.mark.parametrize("kw", [{"prompt": "window", "history": 1},
+                                {"prompt": "window", "history": 0},
+                                {"prompt": "append", "history": 1, "history_max": 2}])
+def test_expert_examples_are_the_prompts_the_actor_scores(games, kw):
+    """Fine-tuning pairs (expert_examples) hold exactly the prompts run_episodes scores in
+    the same states: an actor that follows the walkthrough sees the same messages."""
+    from jaxlm.agents.tips import expert_examples
+
+    envs = _envs(games, 12)
+    actor = ActorConfig(norm="sum", **kw)
+    examples = expert_examples(envs, actor)
+    wts = {e.name: list(e.walkthrough) for e in envs}
+    seen = []
+
+    class Follow(ScriptedBackend):
+        def score_many(self, requests):
+            out = []
+            for msgs, adm in requests:
+                seen.append(msgs)
+                out.append(self.score(msgs, adm))
+            return out
+
+    want = {(x["game"], x["step"]): x for x in examples}
+    step_of = {e.name: 0 for e in envs}
+
+    # play each game alone so the scorer knows which walkthrough step it is at
+    for e in envs:
+        # the walkthrough command of the game's current step scores highest
+        b = Follow(scorer=lambda t, c, g=e.name: 0.0 if step_of[g] < len(wts[g]) and c ==
+                   wts[g][step_of[g]] else -9.0)
+        seen.clear()
+        orig = b.score_many
+
+        def counting(requests, g=e.name, orig=orig):
+            r = orig(requests)
+            step_of[g] += 1
+            return r
+
+        b.score_many = counting
+        tr = run_episodes([e], "none", b, actor=actor)[0]
+        assert tr.won and [s.action for s in tr.steps] == wts[e.name]
+        assert len(seen) == len(wts[e.name])
+        for k, msgs in enumerate(seen):
+            ex = want[(e.name, k)]
+            assert ex["messages"] == msgs and ex["expert"] == wts[e.name][k]
+            assert ex["expert"] in ex["admissible"]
+    assert len(examples) == sum(len(w) for w in wts.values())
+    if kw["prompt"] == "window" and kw["history"]:
+        assert "> " + wts[envs[0].name][0] in json.dumps(want[(envs[0].name, 1)]["messages"])

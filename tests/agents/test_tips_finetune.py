@@ -1,0 +1,102 @@
+"""Fine-tuning the actor: batches put the loss on the command tokens only, and the
+command loss equals core's masked next-token loss (an independent path: full logits)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from experiments.tips.finetune import command_loss_fn, encode_examples, make_batch
+from jaxlm.core import MODELS, init
+from jaxlm.train import lm_loss_fn
+
+CFG = MODELS.get("smollm2-135m_test")
+
+
+def test_make_batch_targets_the_command_tokens():
+    rows = [([5, 6, 7, 8, 9], 3), ([1, 2, 3], 2)]
+    b = make_batch(rows, 8, 3, pad_id=0)
+    assert b["inputs"].shape == (2, 8) and list(b["inputs"][1]) == [1, 2, 3, 0, 0, 0, 0, 0]
+    # row 0: slots 2, 3 predict 8, 9; row 1: slot 1 predicts 3
+    assert list(b["at"][0][:2]) == [2, 3] and list(b["targets"][0][:2]) == [8, 9]
+    assert list(b["mask"][0]) == [1, 1, 0] and list(b["mask"][1]) == [1, 0, 0]
+    assert b["at"][1][0] == 1 and b["targets"][1][0] == 3
+    with pytest.raises(ValueError, match="exceeds the batch length"):
+        make_batch(rows, 4, 3, 0)
+    with pytest.raises(ValueError, match="n_cmd"):
+        make_batch(rows, 8, 1, 0)
+
+
+def test_command_loss_equals_masked_lm_loss():
+    params = init(jax.random.key(1), CFG)
+    rng = np.random.default_rng(0)
+    rows = [(list(rng.integers(3, CFG.vocab_size, n)), n - k) for n, k in ((20, 3), (13, 2))]
+    b = make_batch(rows, 24, 4, pad_id=0)
+    got, w = command_loss_fn(CFG)(params, {k: jnp.asarray(v) for k, v in b.items()}, None)
+    # reference: full-sequence loss with a [B, T] mask on the command targets
+    x = jnp.asarray(b["inputs"])
+    mask = np.zeros((2, 23), np.float32)
+    for r, (ids, n_pre) in enumerate(rows):
+        mask[r, n_pre - 1: len(ids) - 1] = 1
+    want, w2 = lm_loss_fn(CFG)(params, {"inputs": x[:, :-1], "targets": x[:, 1:],
+                                        "mask": jnp.asarray(mask)}, None)
+    assert float(w) == float(w2) == 5.0
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+
+
+def test_encode_examples_matches_the_backend_scoring_tokenization():
+    from jaxlm.llm.local import ByteTokenizer, LocalBackend
+
+    be = LocalBackend(cfg=CFG, params=init(jax.random.key(0), CFG), tokenizer=ByteTokenizer())
+    ex = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+          "expert": "go east"}
+    (ids, n_pre), = encode_examples(be, [ex])
+    assert ids[:n_pre] == be._prefix_ids(ex["messages"])
+    assert ids[n_pre:] == be.encode("go east")
+
+
+def test_heldout_with_adapter_merges_a_saved_adapter(tmp_path):
+    from flax import traverse_util
+
+    from experiments.tips.heldout import with_adapter
+    from jaxlm.llm.local import ByteTokenizer, LocalBackend
+    from jaxlm.train import lora as L
+
+    params = init(jax.random.key(0), CFG)
+    be = LocalBackend(cfg=CFG, params=params, tokenizer=ByteTokenizer())
+    ad = L.init_lora(jax.random.key(1), params, CFG, rank=2, targets=(r"attn/wv$",))
+    flat = traverse_util.flatten_dict(ad.weights, sep="/")
+    flat = {k: (0.3 * jax.random.normal(jax.random.key(len(k)), v.shape)
+                if k.endswith("/b") else v) for k, v in flat.items()}
+    ad = ad.replace(weights=traverse_util.unflatten_dict(flat, sep="/"))
+    L.save_lora(tmp_path / "ad", ad)
+    tuned = with_adapter(be, tmp_path / "ad")
+    assert tuned.name.endswith("+lora") and tuned.prefix is None
+    want = LocalBackend(cfg=CFG, params=L.merge(params, ad), tokenizer=ByteTokenizer())
+    a = tuned.score("You are in a room.", ["go east", "look"])
+    b = want.score("You are in a room.", ["go east", "look"])
+    base = be.score("You are in a room.", ["go east", "look"])
+    np.testing.assert_allclose([r.sum_logprob for r in a], [r.sum_logprob for r in b],
+                               rtol=1e-5)
+    assert not np.allclose([r.sum_logprob for r in a], [r.sum_logprob for r in base])
+
+
+def test_repro_finds_the_adapter_only_for_the_full_run(tmp_path, monkeypatch):
+    from experiments import repro_introspective_tips as R
+    from experiments.tips.diagnose import parse_variants
+    from jaxlm.agents.tips import ActorConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(R.ADAPTER_ENV, raising=False)
+    assert R.find_adapter(quick=False) is None  # no runs/tips_lora/adapter here
+    (tmp_path / R.DEFAULT_ADAPTER).mkdir(parents=True)
+    assert R.find_adapter(quick=False) == tmp_path.joinpath(R.DEFAULT_ADAPTER).relative_to(
+        tmp_path)
+    assert R.find_adapter(quick=True) is None
+    monkeypatch.setenv(R.ADAPTER_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="JAXLM_TIPS_ADAPTER"):
+        R.find_adapter(quick=False)
+    # the prompt-only actor is the one the quick entry always used
+    a = ActorConfig(mode="score", **parse_variants("a:" + R.PROMPT_ONLY_ACTOR)["a"])
+    assert a == ActorConfig(mode="score", norm="sum", prompt="window", history=0,
+                            loop_penalty=1000.0)
