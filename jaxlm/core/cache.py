@@ -22,8 +22,10 @@ class KVCache:
     """Per-layer key/value buffers.
 
     Attributes:
-        k: [L, B, S, K, Dh] keys (RoPE applied at their original positions).
-        v: [L, B, S, K, Dh] values.
+        k: [L, B, K, S, Dh] keys (RoPE applied at their original positions). Per
+            layer and KV head the slots are contiguous rows of Dh, the order the
+            attention contractions read them in (no transpose per step).
+        v: [L, B, K, S, Dh] values.
         pos: [L, B, K, S] int32 original position of each slot, -1 when empty.
             Per layer and KV head so policies may keep different tokens per head.
         next_pos: [B] int32 position the next token of each sequence gets.
@@ -39,7 +41,7 @@ class KVCache:
 
     @property
     def capacity(self) -> int:
-        return self.k.shape[2]
+        return self.k.shape[3]
 
     @property
     def batch(self) -> int:
@@ -51,7 +53,7 @@ def init_cache(cfg: ModelConfig, batch: int, capacity: int, dtype=None) -> KVCac
     if capacity <= 0 or batch <= 0:
         raise ValueError(f"init_cache: batch ({batch}) and capacity ({capacity}) must be > 0")
     dtype = dtype or cfg.cdtype
-    shape = (cfg.n_layers, batch, capacity, cfg.n_kv_heads, cfg.head_dim)
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, capacity, cfg.head_dim)
     return KVCache(
         k=jnp.zeros(shape, dtype),
         v=jnp.zeros(shape, dtype),

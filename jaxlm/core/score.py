@@ -91,9 +91,9 @@ def prefill_prefix(params: Params, tokens: Array, *, cfg: ModelConfig,
 
 def _extend(prefix: KVCache, cfg: ModelConfig, g: int, t: int) -> KVCache:
     """The prefix cache broadcast to ``g`` rows with ``t`` empty slots appended."""
-    p = prefix.k.shape[2]
-    pad = ((0, 0), (0, 0), (0, t), (0, 0), (0, 0))
-    shape = (cfg.n_layers, g, p + t) + prefix.k.shape[3:]
+    p = prefix.capacity
+    pad = ((0, 0), (0, 0), (0, 0), (0, t), (0, 0))  # k/v [L, B, K, S, Dh]: slots on axis 3
+    shape = (cfg.n_layers, g, prefix.k.shape[2], p + t, prefix.k.shape[4])
     k = jnp.broadcast_to(jnp.pad(prefix.k, pad), shape)
     v = jnp.broadcast_to(jnp.pad(prefix.v, pad), shape)
     kp = jnp.pad(prefix.pos, ((0, 0), (0, 0), (0, 0), (0, t)), constant_values=-1)

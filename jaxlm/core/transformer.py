@@ -97,13 +97,6 @@ def cast_params(params: Params, cfg: ModelConfig) -> Params:
         params)
 
 
-def _attn_mm(spec: str, a: Array, b: Array, cfg: ModelConfig) -> Array:
-    if cfg.attn_dtype is None:
-        return jnp.einsum(spec, a, b)
-    dt = jnp.dtype(cfg.attn_dtype)
-    return jnp.einsum(spec, a.astype(dt), b.astype(dt), preferred_element_type=jnp.float32)
-
-
 # --------------------------------------------------------------------------- stacking
 def stack_layers(params: Params) -> Params:
     """Params whose ``layers`` list becomes one dict of arrays with a leading layer axis
@@ -129,31 +122,83 @@ def num_layers(params: Params) -> int:
 
 
 # --------------------------------------------------------------------------- attention
-def _write_cache(kc, vc, pc, layer, k, v, q_pos, cursor, slots):
+def _write_cache(kc, vc, layer, k, v, cursor, slots):
     """Writes T new keys/values of one layer into the stacked buffers, in place.
 
-    kc, vc: [L, B, S, K, Dh]; pc: [L, B, K, S]; k, v: [B, T, K, Dh]; q_pos: [B, T].
-    slots None: append at ``cursor``; else [B, K, T] slot per token and head.
-    Writing into the stacked buffers (rather than slicing a layer out and
-    stacking again) lets XLA update the donated cache without copying it.
+    kc, vc: [L, B, K, S, Dh]; k, v: [B, T, K, Dh]. slots None: append at ``cursor``;
+    else [B, K, T] slot per token and head. Writing into the stacked buffers (rather
+    than slicing a layer out and stacking again) lets XLA update the donated cache
+    without copying it. Slot positions are written once for all layers
+    (``_write_pos``), so no layer's write waits on another's read.
     """
-    b, t, nk, _ = k.shape
-    new_pos = jnp.broadcast_to(q_pos[:, None, :], (b, nk, t)).astype(jnp.int32)
+    kt = jnp.swapaxes(k, 1, 2)[None]  # [1, B, K, T, Dh]
+    vt = jnp.swapaxes(v, 1, 2)[None]
     if slots is None:
-        kc = jax.lax.dynamic_update_slice(kc, k[None].astype(kc.dtype), (layer, 0, cursor, 0, 0))
-        vc = jax.lax.dynamic_update_slice(vc, v[None].astype(vc.dtype), (layer, 0, cursor, 0, 0))
-        pc = jax.lax.dynamic_update_slice(pc, new_pos[None], (layer, 0, 0, cursor))
-        return kc, vc, pc
+        kc = jax.lax.dynamic_update_slice(kc, kt.astype(kc.dtype), (layer, 0, 0, cursor, 0))
+        vc = jax.lax.dynamic_update_slice(vc, vt.astype(vc.dtype), (layer, 0, 0, cursor, 0))
+        return kc, vc
+    b, _, nk, _ = k.shape
     bi = jnp.arange(b)[:, None, None]
     ki = jnp.arange(nk)[None, :, None]
-    kc = kc.at[layer, bi, slots, ki].set(jnp.swapaxes(k, 1, 2).astype(kc.dtype))
-    vc = vc.at[layer, bi, slots, ki].set(jnp.swapaxes(v, 1, 2).astype(vc.dtype))
-    pc = pc.at[layer, bi, ki, slots].set(new_pos)
-    return kc, vc, pc
+    kc = kc.at[layer, bi, ki, slots].set(kt[0].astype(kc.dtype))
+    vc = vc.at[layer, bi, ki, slots].set(vt[0].astype(vc.dtype))
+    return kc, vc
+
+
+def _write_pos(pc, rng: range, q_pos, cursor, write_slots):
+    """Slot positions of the T new tokens, written for every layer in ``rng`` at once.
+
+    pc: [L, B, K, S]; q_pos: [B, T]; write_slots None (append at ``cursor``),
+    [B, K, T] (every layer) or [L, B, K, T].
+    """
+    lr = len(rng)
+    b, t = q_pos.shape
+    nk = pc.shape[2]
+    new_pos = jnp.broadcast_to(q_pos[None, :, None, :], (lr, b, nk, t)).astype(jnp.int32)
+    if write_slots is None:
+        return jax.lax.dynamic_update_slice(pc, new_pos, (rng.start, 0, 0, cursor))
+    sl = (write_slots[rng.start:rng.stop] if write_slots.ndim == 4
+          else jnp.broadcast_to(write_slots[None], (lr, b, nk, t)))
+    li = jnp.arange(rng.start, rng.stop)[:, None, None, None]
+    bi = jnp.arange(b)[None, :, None, None]
+    ki = jnp.arange(nk)[None, None, :, None]
+    return pc.at[li, bi, ki, sl].set(new_pos)
+
+
+def _bdot(cfg, a: Array, b: Array, contract: int) -> Array:
+    """Batched product over the leading (B, K) axes of a [B, K, M, X] and b [B, K, S, Dh],
+    contracting a's last axis with b's axis ``contract`` (2 or 3), under ``cfg.attn_dtype``.
+
+    A ``dot_general`` whose output keeps the (B, K, M, .) order needs no transpose of the
+    cache rows on CPU (an einsum ending in another order makes XLA copy them first).
+    """
+    dims = (((3,), (contract,)), ((0, 1), (0, 1)))
+    if cfg.attn_dtype is None:
+        return jax.lax.dot_general(a, b.astype(a.dtype), dims)
+    dt = jnp.dtype(cfg.attn_dtype)
+    return jax.lax.dot_general(a.astype(dt), b.astype(dt), dims,
+                               preferred_element_type=jnp.float32)
+
+
+def _qk(cfg, qg, keys):
+    """Scores [B, K, G, T, S] (float32) of queries qg [B, T, K, G, Dh] against keys
+    [B, K, S, Dh]."""
+    b, t, nk, g, hd = qg.shape
+    qm = jnp.transpose(qg, (0, 2, 3, 1, 4)).reshape(b, nk, g * t, hd)  # a bitcast at T = 1
+    sc = _bdot(cfg, qm, keys.astype(cfg.cdtype), 3)  # [B, K, G*T, S]
+    return sc.reshape(b, nk, g, t, -1).astype(jnp.float32)
+
+
+def _pv(cfg, probs, vals):
+    """Outputs [B, T, K, G, Dh] of probs [B, K, G, T, S] over values [B, K, S, Dh]."""
+    b, nk, g, t, s = probs.shape
+    ct = cfg.cdtype
+    out = _bdot(cfg, probs.astype(ct).reshape(b, nk, g * t, s), vals.astype(ct), 2)
+    return jnp.transpose(out.reshape(b, nk, g, t, -1), (0, 3, 1, 2, 4)).astype(ct)
 
 
 def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias, prescaled=False):
-    """Softmax attention of q [B, T, H, Dh] over keys/vals [B, S, K, Dh].
+    """Softmax attention of q [B, T, H, Dh] over keys/vals [B, K, S, Dh].
 
     k_pos [B, K, S]; q_seg [B, T] / k_seg [B, S] or None; attn_bias broadcastable to
     [B, H, T, S] or None. Returns (out [B, T, H, Dh], probs [B, K, G, T, S]).
@@ -162,7 +207,7 @@ def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias, prescaled
     b, t = q.shape[:2]
     nk, g, hd = cfg.n_kv_heads, cfg.q_per_kv, cfg.head_dim
     qg = q.reshape(b, t, nk, g, hd)
-    scores = _attn_mm("btkgd,bskd->bkgts", qg, keys.astype(ct), cfg).astype(jnp.float32)
+    scores = _qk(cfg, qg, keys)
     if not prescaled:
         scores = scores * (1.0 / math.sqrt(hd))
     qp = q_pos[:, None, None, :, None]  # [B, 1, 1, T, 1]
@@ -180,7 +225,7 @@ def _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias, prescaled
         allowed = allowed & ((ks == 0) | (ks == q_seg[:, None, None, :, None]))
     scores = jnp.where(allowed, scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1)
-    out = _attn_mm("bkgts,bskd->btkgd", probs.astype(ct), vals.astype(ct), cfg)
+    out = _pv(cfg, probs, vals)
     return out.reshape(b, t, cfg.n_heads, hd).astype(ct), probs
 
 
@@ -204,8 +249,9 @@ def attention(
         x: [B, T, D] normed input.
         q_pos: [B, T] positions of the queries (-1 = padding).
         rope: (cos, sin) from ``layers.rope_angles`` or None.
-        kv: (k [L,B,S,K,Dh], v [L,B,S,K,Dh], pos [L,B,K,S], layer index) of the
-            whole stacked cache, or None to attend within ``x`` only.
+        kv: (k [L,B,K,S,Dh], v [L,B,K,S,Dh], pos [L,B,K,S], layer index) of the
+            whole stacked cache (pos already holding the new tokens' positions, see
+            ``_write_pos``), or None to attend within ``x`` only.
         cursor, slots: where to write the new keys (see ``_write_cache``).
         attn_bias: additive bias broadcastable to [B, H, T, S] (S = T without cache).
         segments: (query segment ids [B, T], key segment ids [B, S]) or None.
@@ -229,15 +275,20 @@ def attention(
         q = layers.apply_rope(cfg, q, *rope)
         k = layers.apply_rope(cfg, k, *rope)
     if kv is None:
-        keys, vals = k, v
+        keys, vals = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)  # [B, K, S=T, Dh]
         k_pos = jnp.broadcast_to(q_pos[:, None, :], (b, nk, t))  # [B, K, S=T]
         new_kv = None
     else:
         kc, vc, pc, li = kv
-        new_kv = _write_cache(kc, vc, pc, li, k, v, q_pos, cursor, slots)
-        keys, vals, k_pos = new_kv[0][li], new_kv[1][li], new_kv[2][li]
+        kc, vc = _write_cache(kc, vc, li, k, v, cursor, slots)
+        # read this layer's keys from the written buffers: without the barrier XLA fuses
+        # the layer slice with the write (reading the old buffer next to the in-place
+        # update), and then copies the whole cache to keep the old one alive
+        kc, vc = jax.lax.optimization_barrier((kc, vc))
+        new_kv = (kc, vc, pc)
+        keys, vals, k_pos = kc[li], vc[li], pc[li]
     q_seg, k_seg = segments if segments is not None else (None, None)
-    s = keys.shape[1]
+    s = keys.shape[2]
     if chunk is None or chunk >= t:
         out, probs = _attend(cfg, q, keys, vals, q_pos, k_pos, q_seg, k_seg, attn_bias)
         probs = probs.reshape(b, cfg.n_heads, t, s)
@@ -250,7 +301,7 @@ def attention(
             hi = min(lo + chunk, t)
             lim = s - t + hi
             outs.append(_attend(
-                cfg, q[:, lo:hi], keys[:, :lim], vals[:, :lim], q_pos[:, lo:hi],
+                cfg, q[:, lo:hi], keys[:, :, :lim], vals[:, :, :lim], q_pos[:, lo:hi],
                 k_pos[..., :lim], None if q_seg is None else q_seg[:, lo:hi],
                 None if k_seg is None else k_seg[:, :lim],
                 None if bias is None else bias[:, :, lo:hi, :lim], prescaled=True)[0])
@@ -419,7 +470,7 @@ def _layer_range(arg, n: int) -> range:
 def _key_segments(segment_ids, cache, write_slots, cursor):
     """Segment id of every cache slot: 0 (shared) except the slots written now."""
     b, t = segment_ids.shape
-    s = cache.k.shape[2]
+    s = cache.capacity
     kseg = jnp.zeros((b, s), jnp.int32)
     seg = segment_ids.astype(jnp.int32)
     if write_slots is None:
@@ -495,8 +546,9 @@ def run_blocks(
         kseg = (segment_ids if cache is None
                 else _key_segments(segment_ids, cache, write_slots, cache.cursor))
         segments = (segment_ids, kseg)
-    kv0 = None if cache is None else (cache.k, cache.v, cache.pos)
     cursor = None if cache is None else cache.cursor
+    kv0 = None if cache is None else (
+        cache.k, cache.v, _write_pos(cache.pos, rng, positions, cursor, write_slots))
 
     def one(lp, li, x, kv, slots, cache_li=None):
         rec = {}

@@ -33,7 +33,7 @@ class PolicyState:
     """A fixed-budget KV cache plus the policy's per-slot state.
 
     Attributes:
-        cache: core KVCache with k, v [L, B, S, K, Dh] and pos [L, B, K, S]
+        cache: core KVCache with k, v [L, B, K, S, Dh] and pos [L, B, K, S]
             (original positions, -1 = empty; valid mask = pos >= 0).
         score: [L, B, K, S] float32 accumulated score per slot.
         free_slot: [L, B, K] int32 slot that receives the next token.
@@ -149,10 +149,8 @@ def prefill(
 
 
 def _take_slots(x: Array, idx: Array) -> Array:
-    """x [L, B, S0, K, Dh], idx [L, B, K, S] -> [L, B, S, K, Dh]."""
-    xt = jnp.swapaxes(x, 2, 3)  # [L, B, K, S0, Dh]
-    out = jnp.take_along_axis(xt, idx[..., None], axis=3)
-    return jnp.swapaxes(out, 2, 3)
+    """x [L, B, K, S0, Dh], idx [L, B, K, S] -> [L, B, K, S, Dh]."""
+    return jnp.take_along_axis(x, idx[..., None], axis=3)
 
 
 def _rowgather(x: Array, src: Array, axis: int) -> Array:
@@ -215,5 +213,5 @@ def compress(pre: Prefilled, src: Array, pp: P.PolicyParams, capacity: int) -> P
     if cap_max > capacity:
         raise ValueError(f"compress: a row's budget C={cap_max} exceeds the cache capacity "
                          f"{capacity}; allocate capacity >= max C")
-    n_kv = pre.cache.k.shape[3]
+    n_kv = pre.cache.k.shape[2]
     return _compress(pre, jnp.asarray(src, jnp.int32), pp, capacity=int(capacity), n_kv=n_kv)

@@ -69,7 +69,7 @@ def _prefix_step(params, cache, rows, toks, pos, seg, start, keep, pred, tgt, *,
     Returns:
         ([G, N] log-probs of the targets, updated cache).
     """
-    s = cache.k.shape[2]
+    s = cache.capacity
     g, t = toks.shape
     slot = jnp.arange(s)
     def take(x, axis=1):
