@@ -69,7 +69,7 @@ def step_bytes(cfg: ModelConfig, wbytes: int, batch: int, slots: int, policy: bo
 
 @functools.partial(jax.jit, static_argnames=("batch", "slots", "filled", "cfg"))
 def _random_cache(key, *, batch, slots, filled, cfg):
-    shape = (cfg.n_layers, batch, slots, cfg.n_kv_heads, cfg.head_dim)
+    shape = (cfg.n_layers, batch, cfg.n_kv_heads, slots, cfg.head_dim)  # KVCache layout
     k1, k2 = jax.random.split(key)
     pos = jnp.where(jnp.arange(slots) < filled, jnp.arange(slots), -1).astype(jnp.int32)
     return KVCache(
