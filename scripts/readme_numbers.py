@@ -98,10 +98,18 @@ def _meanfield(m: dict) -> str:
 
 
 def _tips(m: dict) -> str:
-    return (f"last-trial score: LLM tips {_get(m, 'tips_last'):.2f}, no tips "
-            f"{_get(m, 'none_last'):.2f}, oracle tips {_get(m, 'oracle_tips_last'):.2f}, random "
-            f"{_get(m, 'random'):.2f}, walkthrough {_get(m, 'walkthrough'):.2f}; replay exact "
-            f"{_get(m, 'replay_exact')}")
+    d = _get(m, "diffs")
+    parts = []
+    for key, label in (("actor_vs_random", "actor - random"), ("S1_tips_vs_none", "S1 tips - none"),
+                       ("S2_tips_vs_none", "S2 tips - none"), ("S3_tips_vs_none", "S3 tips - none"),
+                       ("oracle_vs_none", "oracle tips - none")):
+        if key in d:
+            r = d[key]
+            parts.append(f"{label} {r['mean']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]")
+    n = max(r.get("n_games", 0) for r in d.values())
+    actor = "LoRA actor" if m.get("adapter") else "prompt-only actor"
+    return (f"{actor}, {n} games: " + "; ".join(parts)
+            + f"; replay exact {_get(m, 'replay_exact')}")
 
 
 def _llmsrec(m: dict) -> str:
@@ -126,32 +134,23 @@ def _tacs(m: dict) -> str:
 
 
 def _atom(m: dict) -> str:
-    rows = [r for r in (m.get("netns") or {}).get("rows", []) if r.get("rate_mbit")]
     s = (f"cost model vs the spec's tables: max abs diff {_get(m, 'max_table_abs_diff'):.2f} "
          "(circular)")
-    if rows:
-        s += ("; measured Atom / pipeline over shaped links: "
-              + ", ".join(f"{r['rate_mbit']} Mbit/s "
-                          f"{r['atom']['tokens_per_s'] / r['pipeline']['tokens_per_s']:.2f}"
-                          for r in rows))
-    else:
-        s += "; no shaped-link measurement in this run"
-    ext = (m.get("netns") or {}).get("extrapolation") or {}
-    if ext.get("atom_ahead_everywhere"):
-        s += "; the calibrated model puts Atom ahead everywhere (contradicted by the points)"
-    elif ext.get("atom_ahead_below_mbit"):
-        s += (f"; calibrated model: Atom ahead only below {ext['atom_ahead_below_mbit']:.3g} "
-              "Mbit/s (simulated)")
-    elif "max_ratio" in ext:
-        s += "; calibrated model: no crossover in 1..10000 Mbit/s (simulated)"
+    sizes = (m.get("netns") or {}).get("sizes") or {}
+    pts = []
+    for name, sz in sizes.items():
+        for r in sz.get("rows", []):
+            pipe = max(r[k]["tokens_per_s"] for k in ("pipe_blocking", "pipe_overlap") if k in r)
+            pts.append(f"{name} {r['rate_mbit']:g} Mbit/s {r['atom']['tokens_per_s'] / pipe:.2f}")
+    s += ("; measured Atom / best pipeline over shaped links: " + ", ".join(pts) if pts
+          else "; no shaped-link measurement in this run")
     return s + "; 20x simulated only"
-
 
 def _antiunify(m: dict) -> str:
     nb = _get(m, "nullarity_bounded")
     return (f"BKLV pattern lgg: golden rows {'pass' if _get(m, 'golden_pass') else 'FAIL'}, "
             f"time slope {_get(m, 'slope_bucket'):.2f} (1 = linear); nullarity (seed paper): "
-            f"chain G_m <= G_n iff m | n {'holds' if _get(m, 'chain_lemma_holds') else 'FAILS'}, "
+            f"chain G_m <= G_n iff m divides n {'holds' if _get(m, 'chain_lemma_holds') else 'FAILS'}, "
             f"none of {_get(nb, 'checked')} generalizations of size <= {_get(nb, 'k')} is "
             f"maximal: {'holds' if _get(nb, 'holds') else 'FAILS'}")
 
