@@ -77,28 +77,6 @@ def make_batch(rows: list[tuple[list[int], int]], length: int, n_cmd: int,
     return {"inputs": inputs, "at": at, "targets": tgt, "mask": mask}
 
 
-def command_loss_fn(cfg):
-    """``loss_fn(params, batch, rng)``: mean cross-entropy of the command tokens (core's
-    embed -> run_blocks -> unembed at the command slots only)."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from jaxlm.core import embed, run_blocks, unembed
-
-    def loss_fn(params, batch, rng):
-        del rng
-        toks = batch["inputs"]
-        pos = jnp.broadcast_to(jnp.arange(toks.shape[1], dtype=jnp.int32), toks.shape)
-        x = run_blocks(params, cfg, embed(params, cfg, toks, pos), positions=pos).x
-        logits = unembed(params, cfg, x, at=batch["at"])  # [B, C, V]
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-        w = jnp.sum(batch["mask"])
-        return jnp.sum(ce * batch["mask"]) / jnp.maximum(w, 1.0), jax.lax.stop_gradient(w)
-
-    return loss_fn
-
-
 def step_accuracy(backend, examples: list[dict[str, Any]]) -> dict[str, Any]:
     """Fraction of states where argmax of summed log-prob over the admissible commands
     is the walkthrough command (the actor's rule without loop breaking), and chance."""
@@ -122,7 +100,7 @@ def main(argv):
     from jaxlm.agents.tips import ActorConfig, expert_examples
     from jaxlm.core.score import bucket_len
     from jaxlm.llm.local import LocalBackend
-    from jaxlm.train import OptimConfig, create_state, make_optimizer
+    from jaxlm.train import OptimConfig, create_state, lm_loss_fn, make_optimizer
     from jaxlm.train import lora as L
 
     from absl import logging
@@ -171,7 +149,7 @@ def main(argv):
                        targets=targets)
     tx, lr_fn = make_optimizer(OptimConfig(name="adamw", lr=f.lr, warmup_steps=min(10, f.steps),
                                            weight_decay=0.0, clip_norm=1.0), f.steps)
-    step = jax.jit(L.lora_train_step(command_loss_fn(cfg), tx, lora, lr_fn=lr_fn),
+    step = jax.jit(L.lora_train_step(lm_loss_fn(cfg), tx, lora, lr_fn=lr_fn),
                    donate_argnums=0)
     state = create_state(lora.weights, tx)
     pad = int(getattr(backend.tokenizer, "pad_id", 0) or 0)

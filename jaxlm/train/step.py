@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxlm.core import ModelConfig, apply
+from jaxlm.core import ModelConfig, apply, embed, run_blocks, unembed
 from jaxlm.train.optim import global_norm
 from jaxlm.train.state import TrainState
 
@@ -37,7 +37,9 @@ def lm_loss_fn(model_cfg: ModelConfig) -> LossFn:
     """Next-token cross-entropy of the jaxlm Transformer.
 
     The batch holds ``inputs`` [B, T] and ``targets`` [B, T] int32 and optionally
-    ``mask`` [B, T] (1 = count this target).
+    ``mask`` [B, T] (1 = count this target). With ``at`` [B, N] (slot predicting each
+    target), ``targets``/``mask`` are [B, N] and the LM head runs at those slots only
+    (e.g. a command after a long prompt: N x V logits instead of T x V).
 
     Returns:
         ``loss_fn(params, batch, rng) -> (mean loss over counted tokens, token count)``.
@@ -45,7 +47,14 @@ def lm_loss_fn(model_cfg: ModelConfig) -> LossFn:
 
     def loss_fn(params, batch: Batch, rng: jax.Array):
         del rng  # the model has no dropout
-        logits = apply(params, model_cfg, batch["inputs"]).logits  # [B, T, V] f32
+        if "at" in batch:  # head only at the scored slots
+            toks = batch["inputs"]
+            pos = jnp.broadcast_to(jnp.arange(toks.shape[1], dtype=jnp.int32), toks.shape)
+            x = run_blocks(params, model_cfg, embed(params, model_cfg, toks, pos),
+                           positions=pos).x
+            logits = unembed(params, model_cfg, x, at=batch["at"])  # [B, N, V]
+        else:
+            logits = apply(params, model_cfg, batch["inputs"]).logits  # [B, T, V] f32
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])  # [B, T]
         mask = batch.get("mask")
         mask = jnp.ones_like(ce) if mask is None else mask.astype(ce.dtype)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.tips.finetune import command_loss_fn, encode_examples, make_batch
+from experiments.tips.finetune import encode_examples, make_batch
 from jaxlm.core import MODELS, init
 from jaxlm.train import lm_loss_fn
 
@@ -32,7 +32,7 @@ def test_command_loss_equals_masked_lm_loss():
     rng = np.random.default_rng(0)
     rows = [(list(rng.integers(3, CFG.vocab_size, n)), n - k) for n, k in ((20, 3), (13, 2))]
     b = make_batch(rows, 24, 4, pad_id=0)
-    got, w = command_loss_fn(CFG)(params, {k: jnp.asarray(v) for k, v in b.items()}, None)
+    got, w = lm_loss_fn(CFG)(params, {k: jnp.asarray(v) for k, v in b.items()}, None)
     # reference: full-sequence loss with a [B, T] mask on the command targets
     x = jnp.asarray(b["inputs"])
     mask = np.zeros((2, 23), np.float32)
