@@ -78,6 +78,11 @@ _ROME = _LOAD + """
 from jaxlm.editing import rome
 from jaxlm.editing.requests import EditRequest
 params = jax.tree.map(jnp.asarray, m.params)
+try:  # the caller owns one layer stack (the old tree cached one per params object itself)
+    from jaxlm.core import stack_layers
+    params = stack_layers(params)
+except ImportError:
+    pass
 req = EditRequest("The capital of {{}} is", "France", " Rome", " Paris")
 hp = rome.RomeConfig(layer=4)
 rome.rome_edit(params, m.cfg, m.tokenizer, req, hp)  # compile

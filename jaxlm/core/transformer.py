@@ -116,6 +116,14 @@ def unstack_layers(params: Params) -> Params:
     return {**params, "layers": [jax.tree.map(lambda x, i=i: x[i], lay) for i in range(n)]}
 
 
+def layer_params(params: Params, i: int) -> Params:
+    """Block ``i``'s params (a per-layer dict) from a listed or stacked ``layers``."""
+    lay = params["layers"]
+    if isinstance(lay, dict):
+        return jax.tree.map(lambda a: a[i], lay)
+    return lay[i]
+
+
 def num_layers(params: Params) -> int:
     lay = params["layers"]
     return jax.tree.leaves(lay)[0].shape[0] if isinstance(lay, dict) else len(lay)
@@ -508,7 +516,8 @@ def run_blocks(
             Cache writes and hook/capture layer indices are absolute.
         scan: run the blocks in a ``lax.scan`` (one compiled block body). Stacks a
             list of layers inside the call (a copy): keep ``stack_layers(params)``
-            around to avoid it. Hooks then see a traced layer index.
+            around to avoid it (a stacked part, ``layers=range(i, j)``, is read in place).
+            Hooks then see a traced layer index.
         cache, write_slots: KV cache to write the new keys into and attend over
             (slots: [B, K, T] or [L, B, K, T]; default append at ``cache.cursor``).
         segment_ids: [B, T] int; a query of segment s > 0 sees keys of segment s and of
@@ -583,9 +592,13 @@ def run_blocks(
     captured = None
     if scan:
         stacked = lay if isinstance(lay, dict) else jax.tree.map(lambda *xs: jnp.stack(xs), *lay)
-        # the whole stack goes in as is (no slice op on it: it may live in host memory)
-        sub = stacked if (rng.start, rng.stop) == (0, n) else jax.tree.map(
-            lambda a: a[rng.start:rng.stop], stacked)
+        whole = (rng.start, rng.stop) == (0, n)
+        # A part of a stack is read one layer per iteration with a dynamic index (slicing
+        # the sub-stack first would copy it on every call). With ``fetch`` (the stack may
+        # live in host memory) the stack or its slice goes in as scanned inputs instead.
+        index_in_body = not whole and fetch is None
+        sub = (None if index_in_body else stacked if whole
+               else jax.tree.map(lambda a: a[rng.start:rng.stop], stacked))
         idx = jnp.arange(rng.start, rng.stop, dtype=jnp.int32)
 
         # the cache goes through the scan one layer at a time (inputs -> outputs), so no
@@ -594,14 +607,23 @@ def run_blocks(
 
         def body(x, xs):
             lp, li, kv_l = xs
+            if lp is None:
+                lp = jax.tree.map(
+                    lambda a: jax.lax.dynamic_index_in_dim(a, li, 0, keepdims=False), stacked)
             slots = None if write_slots is None else (
                 write_slots[li] if write_slots.ndim == 4 else write_slots)
             kv = None if kv_l is None else tuple(a[None] for a in kv_l)
             x, new_kv, rec = one(lp, li, x, kv, slots, cache_li=0)
             return x, (rec, None if new_kv is None else tuple(a[0] for a in new_kv))
 
-        x, (recs, kv_out) = jax.lax.scan(jax.checkpoint(body) if remat else body, x,
-                                         (sub, idx, kv_sub))
+        if remat:
+            body = jax.checkpoint(body)
+        elif index_in_body:
+            # the backward pass re-reads each layer from the stack (and redoes the cheap
+            # non-matmul ops) instead of saving every read layer, reshaped, as a residual:
+            # that would copy the part of the stack on every call
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.dots_saveable)
+        x, (recs, kv_out) = jax.lax.scan(body, x, (sub, idx, kv_sub))
         kv = None
         if kv0 is not None:
             kv = tuple(a if (rng.start, rng.stop) == (0, n) else

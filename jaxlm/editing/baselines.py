@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxlm.core import ModelConfig
-from jaxlm.core.transformer import embed, run_blocks
+from jaxlm.core import ModelConfig, layer_params
+from jaxlm.core.transformer import embed, run_blocks, stack_layers
 from jaxlm.editing import hooks
 from jaxlm.editing.requests import EditRequest, TokenizerLike, encode_prompt, target_ids
 from jaxlm.editing.rome import check_layer, with_w_down
@@ -122,10 +122,12 @@ def ft_edit(
     m = len(tgt)
     b = {"pred_tail": jnp.asarray([[len(e.ids) - 1 + j for j in range(m)]], jnp.int32),
          "tgt": jnp.asarray([tgt], jnp.int32), "tmask": jnp.ones((1, m), jnp.float32)}
-    st = hooks.tail_state(params, cfg, toks, pos, np.zeros((1,), np.int32), start=hp.layer,
+    # stacked once per edit (no copy when the caller's are); the result keeps the layout
+    stacked = stack_layers(params)
+    st = hooks.tail_state(stacked, cfg, toks, pos, np.zeros((1,), np.int32), start=hp.layer,
                           tail_len=toks.shape[1])
-    batch = {**hooks.tail_params(params, hp.layer), "st": st, "b": b}
-    w0 = jnp.asarray(params["layers"][hp.layer]["mlp"]["w_down"])
+    batch = {**hooks.tail_params(stacked, hp.layer), "st": st, "b": b}
+    w0 = jnp.asarray(layer_params(params, hp.layer)["mlp"]["w_down"])
     state = step.create({"w_down": w0})
     key = jax.random.PRNGKey(0)
     losses = []

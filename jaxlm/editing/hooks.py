@@ -9,8 +9,9 @@
   optimisation step runs only a few tail tokens through blocks ``start..L-1``.
 - ``final_logprobs_at``: log-probs at chosen positions from a final residual.
 
-Layer stacking is core's ``stack_layers``; whoever calls ``tail_params`` owns the
-stacked copy (one per edit call; there is no module-level cache).
+Layer stacking is core's ``stack_layers``; whoever owns the params owns the stacked
+copy: pass params with stacked layers and every step reads them in place (a listed
+``layers`` is stacked once per ``tail_params`` call; there is no module-level cache).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from flax import struct
 
 from jaxlm.core import KVCache, ModelConfig, init_cache
-from jaxlm.core.transformer import embed, run_blocks, stack_layers, unembed
+from jaxlm.core.transformer import embed, layer_params, run_blocks, stack_layers, unembed
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -126,9 +127,9 @@ class TailState:
     tail tokens through blocks ``start..L-1`` against the cached prefix.
 
     Attributes:
-        cache: KVCache of blocks start..L-1 (layer axis L - start) holding the prefix
-            keys (slots at or after the cut emptied); ``cursor`` is the first free slot
-            (the tail is appended there).
+        cache: KVCache of all L blocks (``run_tail`` uses blocks start..L-1) holding the
+            prefix keys (slots at or after the cut emptied); ``cursor`` is the first free
+            slot (the tail is appended there).
         h_in: [B, Tt, D] residual entering block ``start`` at the tail positions.
         tokens, positions: [B, Tt] tail tokens and their true positions (-1 pads).
     """
@@ -143,7 +144,7 @@ class TailState:
 def _tail_state(params, tokens, positions, cut, *, cfg, start, tail_len):
     b, t = tokens.shape
     x0 = embed(params, cfg, tokens, positions)
-    # one scanned prefill; run_blocks stacks the layer list inside this call (transient)
+    # one scanned prefill (a listed ``layers`` is stacked inside this call, transiently)
     out = run_blocks(params, cfg, x0, positions=positions, scan=True,
                      cache=init_cache(cfg, b, t + tail_len),
                      capture=(("resid_pre",), (start,)))
@@ -151,8 +152,7 @@ def _tail_state(params, tokens, positions, cut, *, cfg, start, tail_len):
     h_in = out.captured["resid_pre"][0]
     # forget slots at or after the cut: the tail is re-run (and re-written) later
     pos = jnp.where(c.pos >= cut[None, :, None, None], -1, c.pos)
-    cache = KVCache(k=c.k[start:], v=c.v[start:], pos=pos[start:], next_pos=cut,
-                    cursor=jnp.asarray(t, jnp.int32))
+    cache = KVCache(k=c.k, v=c.v, pos=pos, next_pos=cut, cursor=jnp.asarray(t, jnp.int32))
     j = jnp.arange(tail_len)[None, :]
     idx = jnp.clip(cut[:, None] + j, 0, t - 1)  # [B, Tt]
     rows = jnp.arange(b)[:, None]
@@ -164,7 +164,10 @@ def _tail_state(params, tokens, positions, cut, *, cfg, start, tail_len):
 def tail_state(
     params: Params, cfg: ModelConfig, tokens, positions, cut, *, start: int, tail_len: int
 ) -> TailState:
-    """Splits right-padded rows at ``cut`` [B] and prefills the prefix (see ``TailState``)."""
+    """Splits right-padded rows at ``cut`` [B] and prefills the prefix (see ``TailState``).
+
+    ``params`` may hold its layers listed or stacked (``core.stack_layers``); stacked
+    ones are read in place (a list is stacked inside the call, a transient copy)."""
     if not 0 <= start < cfg.n_layers:
         raise ValueError(f"tail_state: start {start} out of range for {cfg.n_layers} layers")
     return _tail_state(params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(cut),
@@ -172,25 +175,25 @@ def tail_state(
 
 
 def tail_params(params: Params, start: int) -> Params:
-    """What ``run_tail`` runs: {"first": block ``start`` (a per-layer dict), "rest": blocks
-    start+1..L-1 stacked by ``core.stack_layers`` (None when ``start`` is the last), "head":
-    everything but the layers (embeddings, final norm, LM head)}.
+    """What ``run_tail`` runs: {"first": block ``start`` (a per-layer dict), "rest": the
+    stacked layers (``core.stack_layers``; ``run_tail`` reads blocks start+1..L-1 of it in
+    place), "head": everything but the layers (embeddings, final norm, LM head)}.
 
-    The stacked "rest" is a copy of those blocks: make it once per edit and pass it to
-    every step (the caller owns it; nothing is cached here).
+    Pass params whose layers are already stacked to share the caller's stack (no copy);
+    a listed ``layers`` is stacked here (a copy: make it once per edit and pass it to
+    every step; nothing is cached here).
     """
-    lay = params["layers"]
-    rest = lay[start + 1 :]
+    stacked = stack_layers(params)
     return {
-        "first": lay[start],
-        "rest": stack_layers({"layers": rest})["layers"] if rest else None,
+        "first": layer_params(params, start),
+        "rest": stacked["layers"],
         "head": {k: v for k, v in params.items() if k != "layers"},
     }
 
 
 def run_tail(
     first: Params,
-    rest: Params | None,
+    rest: Params,
     cfg: ModelConfig,
     start: int,
     st: TailState,
@@ -198,8 +201,8 @@ def run_tail(
     capture: Sequence[str] = (),
 ) -> Array | tuple[Array, dict[str, Array]]:
     """Runs the tail through block ``start`` (params ``first``, intervened on by ``extra``,
-    which sees the true layer index) and then the stacked blocks ``rest`` (start+1..L-1, or
-    None) in a ``lax.scan``; traceable.
+    which sees the true layer index) and then blocks start+1..L-1 of the stacked layers
+    ``rest`` in a ``lax.scan`` (read in place); traceable.
 
     Args:
         capture: sites of block ``start`` to return (``run_blocks``' capture; an
@@ -210,15 +213,17 @@ def run_tail(
         ``capture``, also {site: [B, Tt, X]} of block ``start``.
     """
     c = st.cache
+    n = jax.tree.leaves(rest)[0].shape[0]
     hook = None if extra is None else (lambda s, li, a: extra(s, li + start, a))
     # both calls append at the same cursor (each writes its own layers of the cache)
     out = run_blocks({"layers": [first]}, cfg, st.h_in, positions=st.positions,
-                     cache=c.replace(k=c.k[:1], v=c.v[:1], pos=c.pos[:1]), intervene=hook,
+                     cache=c.replace(k=c.k[start:start + 1], v=c.v[start:start + 1],
+                                     pos=c.pos[start:start + 1]), intervene=hook,
                      capture=(tuple(capture), (0,)) if capture else None)
     x = out.x
-    if rest is not None:
+    if start + 1 < n:
         x = run_blocks({"layers": rest}, cfg, x, positions=st.positions, scan=True,
-                       cache=c.replace(k=c.k[1:], v=c.v[1:], pos=c.pos[1:])).x
+                       layers=range(start + 1, n), cache=c).x
     if capture:
         return x, {s: a[0] for s, a in out.captured.items()}
     return x

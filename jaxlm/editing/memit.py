@@ -29,7 +29,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import ModelConfig
+from jaxlm.core import ModelConfig, layer_params
 from jaxlm.editing.requests import EditRequest, TokenizerLike
 from jaxlm.editing.rome import check_layer, with_w_down
 from jaxlm.editing.value import ValueConfig, optimize_delta, subject_activations
@@ -164,7 +164,7 @@ def spread_edits(
         cur = acts[("resid_post", top)].mean(1)  # [n, D]
         resid = (z - cur) / (len(lays) - i)
         dw = update(lay, keys, resid)
-        w_old = new["layers"][lay]["mlp"]["w_down"]
+        w_old = layer_params(new, lay)["mlp"]["w_down"]
         w = np.asarray(w_old, np.float64)
         new = with_w_down(new, lay, jnp.asarray(w + dw, dtype=jnp.asarray(w_old).dtype))
         dws[lay] = dw

@@ -29,7 +29,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from jaxlm.core import ModelConfig
+from jaxlm.core import ModelConfig, layer_params
 from jaxlm.editing.requests import EditRequest, TokenizerLike
 from jaxlm.editing.value import DeltaResult, ValueConfig, optimize_delta
 
@@ -107,7 +107,15 @@ def rank_one_update(
 
 
 def with_w_down(params: Params, layer: int, w_new) -> Params:
-    """A new params tree with block ``layer``'s w_down replaced; every other leaf is shared."""
+    """A new params tree with block ``layer``'s w_down replaced; every other leaf is shared.
+
+    Stacked layers (``core.stack_layers``) stay stacked: only the w_down stack is renewed.
+    """
+    if isinstance(params["layers"], dict):
+        lay = params["layers"]
+        stack = lay["mlp"]["w_down"]
+        new = stack.at[layer].set(jnp.asarray(w_new, stack.dtype))
+        return {**params, "layers": {**lay, "mlp": {**lay["mlp"], "w_down": new}}}
     layers = list(params["layers"])
     lp = layers[layer]
     layers[layer] = {**lp, "mlp": {**lp["mlp"], "w_down": w_new}}
@@ -128,7 +136,9 @@ def rome_edit(
     """Applies one ROME edit. Pure: returns new params; ``params`` is not modified.
 
     Args:
-        params: model params (device arrays; see ``hooks.as_jax``).
+        params: model params (device arrays; see ``hooks.as_jax``). Layers stacked with
+            ``core.stack_layers`` are read in place and come back stacked: a caller that
+            edits many times keeps one stack (a listed ``layers`` is stacked per edit).
         cfg: model config.
         tok: tokenizer.
         request: the edit.
@@ -156,7 +166,8 @@ def rome_edit(
         params, cfg, tok, request, contexts, layer=hp.layer, site="mlp_out", hp=hp.value)
     # keys read in the same (cached-prefix) forward pass: row 0 is the bare prompt "{}"
     k_star, k_prompt = res.keys.mean(0), res.keys[0]
-    w = np.asarray(params["layers"][hp.layer]["mlp"]["w_down"], np.float64)
+    w_old = layer_params(params, hp.layer)["mlp"]["w_down"]
+    w = np.asarray(w_old, np.float64)
     k_used = k_star if hp.consistent_keys else k_prompt
     v_star = k_used @ w + res.delta
     if hp.consistent_keys:
@@ -165,7 +176,6 @@ def rome_edit(
         # Original ROME: u from the averaged key, residual/denominator from the prompt key.
         u = k_star if not hp.use_cov else np.linalg.solve(cov, k_star)
         dw = np.outer(u, (v_star - k_prompt @ w) / float(u @ k_prompt))
-    w_old = params["layers"][hp.layer]["mlp"]["w_down"]
     w_new = jnp.asarray(np.asarray(w_old, np.float64) + dw, dtype=jnp.asarray(w_old).dtype)
     info = RomeInfo(
         layer=hp.layer, k_star=k_used, v_star=v_star, u=u, delta_w=dw, nll=res.nll,

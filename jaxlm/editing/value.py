@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 from jaxlm.core import ModelConfig
-from jaxlm.core.transformer import embed, run_blocks
+from jaxlm.core.transformer import embed, run_blocks, stack_layers
 from jaxlm.editing import hooks
 from jaxlm.editing.requests import EditRequest, TokenizerLike, encode_prompt, target_ids
 
@@ -317,6 +317,7 @@ def optimize_delta(
     lens = (batch.positions >= 0).sum(1)
     tail_len = int((lens - batch.subj).max())  # 3 for "... {} is" with a one-token target
     b["pred_tail"] = jnp.asarray(batch.pred - batch.subj[:, None])
+    params = stack_layers(params)  # once per call (no copy when the caller's are stacked)
     st = hooks.tail_state(params, cfg, batch.tokens, batch.positions, batch.subj, start=layer,
                           tail_len=tail_len)
     sub = hooks.tail_params(params, layer)

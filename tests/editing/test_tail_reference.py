@@ -111,3 +111,30 @@ def test_rome_edit_equals_full_forward_reference(preset, n_layers, layer):
     for i in range(cfg.n_layers):
         if i != layer:
             assert new["layers"][i] is params["layers"][i]
+
+
+def test_stacked_params_edit_in_place_with_the_same_result():
+    """A caller that owns a layer stack (``core.stack_layers``) gets the same ROME and FT-L
+    edits as with listed layers, and its params come back stacked."""
+    from jaxlm.core import stack_layers, unstack_layers
+    from jaxlm.editing import baselines
+
+    cfg = dataclasses.replace(MODELS.get("smollm2-135m_test"), n_layers=3)
+    params = hooks.as_jax(init(jax.random.PRNGKey(4), cfg))
+    stacked = stack_layers(params)
+    hp = rome.RomeConfig(layer=1, value=HP, consistent_keys=True)
+    new_l, info_l = rome.rome_edit(params, cfg, TOK, REQ, hp, contexts=CTX)
+    new_s, info_s = rome.rome_edit(stacked, cfg, TOK, REQ, hp, contexts=CTX)
+    assert isinstance(new_s["layers"], dict) and isinstance(new_l["layers"], list)
+    assert np.abs(info_l.delta_w).max() > 1e-4
+    _close(info_s.delta_w, info_l.delta_w)
+    for a, b in zip(jax.tree.leaves(unstack_layers(new_s)), jax.tree.leaves(new_l), strict=True):
+        _close(a, b)
+    ft = baselines.FTConfig(layer=1, lr=1e-2, steps=3)
+    step = baselines.make_ft_step(cfg, 1, 1e-2)
+    ft_l, _ = baselines.ft_edit(params, cfg, TOK, REQ, ft, step=step)
+    ft_s, _ = baselines.ft_edit(stacked, cfg, TOK, REQ, ft, step=step)
+    assert isinstance(ft_s["layers"], dict) and isinstance(ft_l["layers"], list)
+    w_l = ft_l["layers"][1]["mlp"]["w_down"]
+    assert float(np.abs(np.asarray(w_l) - np.asarray(params["layers"][1]["mlp"]["w_down"])).max()) > 0
+    _close(ft_s["layers"]["mlp"]["w_down"][1], w_l)
