@@ -59,7 +59,9 @@ class ExplainConfig:
 
 
 EXPLAIN: Registry[ExplainConfig] = Registry("explain")
-EXPLAIN.add("quick", ExplainConfig())
+# quick: the main table at full strength; the study at 16 IG points and the randomization
+# check at its decisive point only (every block re-initialized), ~80 CPU s less than defaults
+EXPLAIN.add("quick", ExplainConfig(study_ig_steps=16, random_points=(1000,)))
 EXPLAIN.add("full", ExplainConfig(n_attr=0, study_ig_steps=64, lime_samples=256,
                                   n_random_prompts=5, random_points=(1, 2, 4, 8, 16, 1000), n_generate=4,
                                   gen_tokens=8, n_trace=6, trace_samples=10))

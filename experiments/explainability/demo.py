@@ -229,7 +229,9 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
         progress: Callable | None = None) -> dict:
     """Runs the demonstration; writes PNGs into ``outdir``; returns tables and metrics."""
     outdir.mkdir(parents=True, exist_ok=True)
+    clock = _Clock()
     items = known_prompts(params, cfg, tok, min_p=rc.min_p)
+    clock.lap("known_prompts")
     if not items:
         raise RuntimeError(f"no capital prompt is answered with p >= {rc.min_p}")
     items_a = items[: rc.n_attr or len(items)]
@@ -267,6 +269,7 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
         maps.append((it, {m: scores[m] for m in METHODS}))
         if bar:
             bar.update(1)
+    clock.lap("attributions_and_faithfulness")
     table = []
     rnd_aopc = np.array([x["aopc_comp"] for x in per_method["random"]])
     for m, rows in per_method.items():
@@ -286,6 +289,7 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
                       "hit@1": float(np.mean([x["hit@1"] for x in per_method[m]]))})
     chance_mean = float(np.mean(chance))
     study = capital_study(params, cfg, items_a, rc, filler_id=filler)
+    clock.lap("capital_study")
     if bar:
         bar.update(1)
     gens = []
@@ -298,6 +302,7 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
         gens.append({"country": it["country"], "ga": ga,
                      "generated": [tok.token_str(int(t)) for t in ga.generated],
                      "mass_on_country": gm, "argmax_agrees": bool(ga.argmax_agrees.all())})
+    clock.lap("generation_attribution")
     if bar:
         bar.update(1)
     n_stages = len(sanity.stage_names(params, cfg))
@@ -305,6 +310,7 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
     rand, rho_last = randomization_table(params, cfg, items_a[: rc.n_random_prompts], rc,
                                          filler_id=filler, points=points,
                                          key=jax.random.fold_in(key, 2000))
+    clock.lap("randomization")
     if bar:
         bar.update(1)
     traces = []
@@ -316,6 +322,7 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
         traces.append((it, res))
         if bar:
             bar.update(1)
+    clock.lap("causal_tracing")
     if bar:
         bar.close()
     lens_traj = [np.exp(lens.logit_lens(params, cfg, it["ids"])[:, it["target"]])
@@ -326,6 +333,7 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
         plot_traces(traces, outdir / "causal_trace.png"),
         plot_lens(lens_traj, [it["country"] for it in items[:n_trace]], outdir / "logit_lens.png"),
     ]
+    clock.lap("logit_lens_and_plots")
     trace_summary = []
     for it, res in traces:
         ks = np.nonzero(it["key"])[0]
@@ -351,7 +359,24 @@ def run(params, cfg, tok, rc: ExplainConfig, *, outdir: pathlib.Path,
         "traces": trace_summary, "plots": plots, "randomization": rand,
         "randomization_last_ci": rho_ci,
         "n_randomization_prompts": min(len(items_a), rc.n_random_prompts),
+        "seconds": clock.laps,
     }
+
+
+class _Clock:
+    """Wall and CPU seconds per phase (``laps``: {phase: [wall, cpu]})."""
+
+    def __init__(self):
+        import time
+
+        self._time = time
+        self.laps: dict[str, list[float]] = {}
+        self._t = (time.perf_counter(), time.process_time())
+
+    def lap(self, name: str) -> None:
+        t = (self._time.perf_counter(), self._time.process_time())
+        self.laps[name] = [round(t[0] - self._t[0], 2), round(t[1] - self._t[1], 2)]
+        self._t = t
 
 
 def plot_attributions(maps, path: pathlib.Path) -> str:
