@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxlm.core import MODELS, apply, init, init_cache
+from jaxlm.core import MODELS, init, init_cache
 from jaxlm.core import generate as gen
 from jaxlm.core.generate import SamplingConfig, generate, sample_logits, score
+from tests._reference import full_recompute_logits, greedy_by_full_recompute
 
 
 @pytest.fixture(scope="module")
@@ -18,11 +19,7 @@ def model():
 
 
 def _greedy_reference(params, cfg, prompt, n):
-    seq = list(prompt)
-    for _ in range(n):
-        logits = apply(params, cfg, jnp.array([seq])).logits[0, -1]
-        seq.append(int(jnp.argmax(logits)))
-    return seq[len(prompt):]
+    return greedy_by_full_recompute(params, cfg, prompt, n)
 
 
 def test_greedy_matches_full_recompute(model):
@@ -93,8 +90,7 @@ def test_score_equals_summed_token_logprobs(model):
     prompt, conts = [3, 4, 5], [[6], [7, 8, 9]]
     total, per_tok = score(params, cfg, prompt, conts)
     for c, tot, pt in zip(conts, total, per_tok):
-        seq = jnp.array([prompt + c])
-        lp = jax.nn.log_softmax(apply(params, cfg, seq).logits[0], -1)
+        lp = jax.nn.log_softmax(full_recompute_logits(params, cfg, prompt + c), -1)
         ref = [float(lp[len(prompt) - 1 + j, tok]) for j, tok in enumerate(c)]
         np.testing.assert_allclose(pt, ref, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(tot, sum(ref), rtol=1e-5, atol=1e-5)
@@ -123,9 +119,7 @@ def test_key_mask_and_positions_equal_a_masked_full_recompute(model):
     for i, (p, m, ps) in enumerate(zip(prompts, masks, pos)):
         seq, sp, keep = list(p), list(ps), list(m)
         for _ in range(5):
-            bias = jnp.where(jnp.asarray(keep), 0.0, -1e9)[None, None, None, :]
-            logits = apply(params, cfg, jnp.asarray([seq]), positions=jnp.asarray([sp]),
-                           attn_bias=bias).logits[0, -1]
+            logits = full_recompute_logits(params, cfg, seq, positions=sp, keep=keep)[-1]
             seq.append(int(jnp.argmax(logits)))
             sp.append(sp[-1] + 1)
             keep.append(True)

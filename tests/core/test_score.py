@@ -9,8 +9,9 @@ import pytest
 
 from jaxlm.core import MODELS, init
 from jaxlm.core.score import bucket_len, prefill_prefix, score_packed
-from jaxlm.core.transformer import apply, cast_params, stack_layers
+from jaxlm.core.transformer import cast_params, stack_layers
 from jaxlm.llm.packing import empty_packed, pack_candidates
+from tests._reference import full_recompute_logits
 
 
 def _packed(cfg, shared=0, seed=0, g=3, t=48, n=24):
@@ -36,13 +37,14 @@ def _packed(cfg, shared=0, seed=0, g=3, t=48, n=24):
 
 
 def _reference(params, cfg, reqs):
-    """Per-token log-probs of every candidate from a full forward of prompt + candidate."""
+    """Per-token log-probs of every candidate from a full forward of prompt + candidate
+    (right-padded to one length: one compile per model, see tests/_reference.py)."""
     out = []
     for p, cs in reqs:
         row = []
         for c in cs:
-            lp = jax.nn.log_softmax(apply(params, cfg, jnp.asarray([p + c])).logits[0], -1)
-            row.append(np.array([float(lp[len(p) - 1 + j, tok]) for j, tok in enumerate(c)]))
+            lp = np.asarray(jax.nn.log_softmax(full_recompute_logits(params, cfg, p + c), -1))
+            row.append(np.array([lp[len(p) - 1 + j, tok] for j, tok in enumerate(c)]))
         out.append(row)
     return out
 

@@ -21,17 +21,27 @@ def test_generation_attribution_rows_match_embedding_gradients(tiny):
     g = len(res.generated)
     assert g == 3 and res.scores.shape == (3, 7)
     assert res.argmax_agrees.all()  # the decode loop's greedy tokens are the forward's argmax
+    # log p(y | ctx) and its gradient w.r.t. the embedding table by a full forward; ctx is
+    # right-padded to one length (one compile): causal attention keeps the pads after the
+    # last context slot out of its logits and their gradients exactly zero
+    T = len(prompt) + g
+
+    @jax.jit
+    def val_grad(embed, toks, last, y):
+        def f(embed):
+            lg = apply(dict(params, embed=embed), cfg, toks[None]).logits[0, last]
+            return jax.nn.log_softmax(lg)[y]
+
+        return jax.value_and_grad(f)(embed)
+
     for j in range(g):
         ctx = np.concatenate([prompt, res.generated[:j]])
         row = res.scores[j]
         assert np.isfinite(row[: len(ctx)]).all() and np.isnan(row[len(ctx):]).all()
         y = int(res.generated[j])
-
-        def f(embed, ctx=ctx, y=y):
-            lg = apply(dict(params, embed=embed), cfg, jnp.asarray(ctx)[None]).logits[0, -1]
-            return jax.nn.log_softmax(lg)[y]
-
-        val, ge = jax.value_and_grad(f)(params["embed"])
+        padded = np.zeros(T, np.int32)
+        padded[: len(ctx)] = ctx
+        val, ge = val_grad(params["embed"], jnp.asarray(padded), len(ctx) - 1, y)
         assert abs(float(val) - res.f[j]) < 1e-4 * max(1.0, abs(float(val)))
         for tok in np.unique(ctx):  # sum over positions of one id = E[id] . dF/dE[id]
             want = float(jnp.dot(params["embed"][tok], ge[tok]))
