@@ -38,8 +38,9 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) -m experiments.reproduce --quick
 
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest tests --durations=30
+	$(PY) -m pytest tests -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # run every quick entry, copy the run to docs/report/ and refresh README's status table from it
 report: $(STAMP)
