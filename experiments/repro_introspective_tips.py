@@ -26,7 +26,6 @@ uses the prompt-only actor (training does not fit its budget).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 
@@ -45,17 +44,11 @@ def find_adapter(quick: bool) -> pathlib.Path | None:
 
     ``$JAXLM_TIPS_ADAPTER`` must name an existing folder when set; otherwise
     ``runs/tips_lora/adapter`` is used if it exists. The quick run never uses one."""
-    if quick:
-        return None
-    env = os.environ.get(ADAPTER_ENV)
-    if env:
-        p = pathlib.Path(env).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"{ADAPTER_ENV}={env}: no such adapter folder; train one "
-                                    "with python -m experiments.tips.finetune or unset it")
-        return p
-    p = pathlib.Path(DEFAULT_ADAPTER)
-    return p if p.is_dir() else None
+    from experiments.tips.heldout import resolve_adapter
+
+    return None if quick else resolve_adapter("auto")
+
+
 TITLE = "Introspective Tips: LLM-written tips on TextWorld (SmolLM2-135M, scoring actor)"
 
 
@@ -102,11 +95,15 @@ def run(ctx: RunContext) -> Section:
         scenarios = ("S1",)
         seeds = [ctx.seed]
     else:
-        specs = game_set("coin_easy", 20, ctx.seed)
-        trials, max_steps = 3, 15
-        methods = ("random", "walkthrough", "none", "tips", "raw", "reflexion", "oracle_tips")
+        from experiments.tips import (FULL_GAME_SET, FULL_MAX_STEPS, FULL_N_GAMES, FULL_SEEDS,
+                                      FULL_TRIALS)
+
+        specs = game_set(FULL_GAME_SET, FULL_N_GAMES, ctx.seed)
+        trials, max_steps = FULL_TRIALS, FULL_MAX_STEPS
+        # the raw-trajectory arm is cut to fit 30 min on 2 cores (tips vs reflexion stays)
+        methods = ("random", "walkthrough", "none", "tips", "reflexion", "oracle_tips")
         scenarios = ("S1", "S2", "S3")
-        seeds = [ctx.seed + k for k in range(3)]
+        seeds = [ctx.seed + k for k in range(FULL_SEEDS)]
     bar = ctx.bar(len(specs), "games")
     paths = make_games(specs, ctx.outdir / "games", bar)
     bar.close()
@@ -189,7 +186,11 @@ def run(ctx: RunContext) -> Section:
     if "S1" in scenarios and "reflexion" in methods:
         diffs["S1_tips_vs_reflexion"] = paired(live_rows, arm("S1", "tips"),
                                                arm("S1", "reflexion"))
+    if "raw" in methods:
         diffs["S1_tips_vs_raw"] = paired(live_rows, arm("S1", "tips"), arm("S1", "raw"))
+    if "reflexion" in methods:
+        diffs["S1_reflexion_vs_none"] = paired(live_rows, arm("S1", "reflexion"),
+                                               arm("S1", "none"))
     if "S2" in scenarios:
         diffs["S2_expert_tips_vs_none"] = paired(live_rows, arm("S2", "tips"),
                                                  arm("S1", "none"))
@@ -256,8 +257,11 @@ def run(ctx: RunContext) -> Section:
             f"one exists. This run: {actor_text}.")
     scale = (f"{len(specs)} games ({', '.join(s.name for s in specs)}), {trials} trials, "
              f"{max_steps} env steps, seed {seeds[0]}" if ctx.quick else
-             f"20 held-out coin_easy games (levels 1-5) x seeds {seeds}, {trials} trials, "
-             f"{max_steps} env steps, S1+S2+S3")
+             f"{len(specs)} held-out {FULL_GAME_SET} games ({specs[0].challenge} levels "
+             f"{min(x.level for x in specs)}-{max(x.level for x in specs)}, game seeds "
+             f"{specs[0].seed}-{specs[-1].seed}) x seeds {seeds}, {trials} trials, "
+             f"{max_steps} env steps, S1 ({', '.join(methods)}) + S2 + S3 (first half of the "
+             f"games train, second half test)")
     return Section(
         title=TITLE,
         claim=("An LLM agent improves its in-context TextWorld play without fine-tuning by "

@@ -100,3 +100,33 @@ def test_repro_finds_the_adapter_only_for_the_full_run(tmp_path, monkeypatch):
     a = ActorConfig(mode="score", **parse_variants("a:" + R.PROMPT_ONLY_ACTOR)["a"])
     assert a == ActorConfig(mode="score", norm="sum", prompt="window", history=0,
                             loop_penalty=1000.0)
+
+
+def test_resolve_adapter_and_the_full_preset(tmp_path, monkeypatch):
+    from experiments.tips import FULL_GAME_SET
+    from experiments.tips.heldout import ADAPTER_ENV, DEFAULT_ADAPTER, resolve_adapter
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ADAPTER_ENV, raising=False)
+    assert resolve_adapter("none") is None and resolve_adapter("") is None
+    assert resolve_adapter("auto") is None
+    with pytest.raises(FileNotFoundError, match="adapter=nowhere"):
+        resolve_adapter("nowhere")
+    (tmp_path / "mine").mkdir()
+    assert str(resolve_adapter("mine")) == "mine"
+    (tmp_path / DEFAULT_ADAPTER).mkdir(parents=True)
+    assert str(resolve_adapter("auto")) == DEFAULT_ADAPTER
+    monkeypatch.setenv(ADAPTER_ENV, str(tmp_path / "mine"))
+    assert resolve_adapter("auto") == tmp_path / "mine"
+
+    from experiments.introspective_tips import presets
+
+    full = presets().get("default")
+    assert (full.game_set, full.adapter) == (FULL_GAME_SET, "auto")
+    assert set(full.scenarios) == {"S1", "S2", "S3"} and full.n_games >= 20
+    assert {"none", "tips", "reflexion", "oracle_tips", "random"} <= set(full.methods)
+    assert presets().get("quick_test").adapter == "none"
+    # an adapter's meta actor spec overrides the prompt fields it names
+    a = full.actor("norm=sum,prompt=window,history=1,loop_penalty=1000")
+    assert (a.history, a.prompt, a.mode) == (1, "window", full.actor_mode)
+    assert full.actor().history == full.history
