@@ -10,5 +10,5 @@ is below its ceiling and above random (probes in ``repro_introspective_tips``'s 
 FULL_GAME_SET = "treasure_mid"
 FULL_N_GAMES = 20
 FULL_TRIALS = 2
-FULL_MAX_STEPS = 15
+FULL_MAX_STEPS = 10
 FULL_SEEDS = 3
