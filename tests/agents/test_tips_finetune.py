@@ -1,6 +1,8 @@
 """Fine-tuning the actor: batches put the loss on the command tokens only, and the
 command loss equals core's masked next-token loss (an independent path: full logits)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +132,27 @@ def test_resolve_adapter_and_the_full_preset(tmp_path, monkeypatch):
     a = full.actor("norm=sum,prompt=window,history=1,loop_penalty=1000")
     assert (a.history, a.prompt, a.mode) == (1, "window", full.actor_mode)
     assert full.actor().history == full.history
+
+
+def test_summarize_reads_a_partial_log(tmp_path, capsys):
+    from experiments.tips.summarize import main
+
+    rows = []
+    for seed, (a, b) in enumerate([(1.0, 0.0), (0.0, 0.0)]):
+        for g, (none, tips) in enumerate([(0.0, 1.0), (1.0, 1.0)]):
+            rows += [{"scenario": "S1", "method": "none", "trial": 0, "game": f"g{g}",
+                      "norm_score": none, "seed": seed},
+                     {"scenario": "S1", "method": "random", "trial": 0, "game": f"g{g}",
+                      "norm_score": (a, b)[g], "seed": seed},
+                     {"scenario": "S1", "method": "tips", "trial": 1, "game": f"g{g}",
+                      "norm_score": tips, "seed": seed}]
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    main(str(path))
+    out = capsys.readouterr().out
+    # random: g0 averages 0.5 over seeds, g1 0.0 -> actor - random = mean(-0.5, +1.0)
+    assert "actor - random           +0.25" in out and "(n=2 games; 0.50 vs 0.25)" in out
+    # tips at trial 1 against none (played once, stands for trial 1): mean(+1, 0)
+    assert "S1 tips - none           +0.50" in out
+    assert "S1/tips/1" in out and "n=  4" in out
+    assert "oracle" not in out  # arms absent from the log are not reported
