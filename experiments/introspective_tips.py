@@ -10,8 +10,13 @@
     python -m experiments.introspective_tips --backend=replay --cassette=runs/it/cassette.jsonl \
         --override=actor_mode=generate
 
-Presets (``--config``, with ``--override=field=value``): ``default`` (20 coin games x 3
-trials), ``quick`` and their seconds-long ``*_test`` twins. The older single-field flags
+Presets (``--config``, with ``--override=field=value``): ``default`` (the full run's
+family: 20 held-out treasure_mid games, 2 trials, 10 steps, S1+S2+S3 with none, tips,
+reflexion, oracle tips, random and walkthrough; one game-set seed per run, ``--seed``),
+``quick`` and their seconds-long ``*_test`` twins. ``adapter=auto`` (default) plays the
+local actor with the LoRA adapter of ``$JAXLM_TIPS_ADAPTER`` or ``runs/tips_lora/adapter``
+when one exists (tips are then written by the base model; ``--record`` records only the
+actor's requests in that case), else the prompt-only actor; it prints which. The older single-field flags
 (``--n_games``, ``--trials``, ``--methods``, ...) still work and override the preset.
 Backend flags come from ``jaxlm.llm.cli``: ``--backend=local|openai|replay|scripted``,
 ``--record=PATH`` records every request of the run, ``--backend=replay --cassette=PATH``
@@ -237,6 +242,8 @@ def main(argv):
     if actor.prompt == "window":
         slots = 0
 
+    writer = {}  # with an adapter, tips are written by the base model (see below)
+
     def local():
         from jaxlm.llm.local import LocalBackend
 
@@ -245,6 +252,9 @@ def main(argv):
         if adapter is not None:
             from experiments.tips.heldout import with_adapter
 
+            # the adapter is trained on command tokens only and writes degenerate tips
+            # ("take passkey take passkey ..."): the actor uses it, the tip writer does not
+            writer["base"] = be
             be = with_adapter(be, adapter, prefix_slots=slots)
         return be
 
@@ -262,7 +272,8 @@ def main(argv):
         with tqdm(desc="env steps") as bar:
             res = run_suite(envs, backend, methods=cfg.methods, trials=cfg.trials,
                             scenarios=cfg.scenarios, actor=actor,
-                            tipgen=TipGenerator(backend, schema=cfg.schema_tips),
+                            tipgen=TipGenerator(writer.get("base", backend),
+                                                schema=cfg.schema_tips),
                             seed=_SEED.value,
                             log=EpisodeLog(log_path), progress=bar.update)
     except BackendError as e:

@@ -115,6 +115,10 @@ def run(ctx: RunContext) -> Section:
     local = LocalBackend("smollm2-135m-instruct", prefix_slots=0)
     adapter = find_adapter(ctx.quick)
     actor_spec = PROMPT_ONLY_ACTOR
+    # tips are written by the base model: the adapter is trained on command tokens only and
+    # writes degenerate text (a first full run with the merged model as the tip writer got
+    # "take passkey take passkey ..." as tips)
+    writer = local
     if adapter is not None:
         from experiments.tips.heldout import with_adapter
         from jaxlm.train.lora import read_lora_meta
@@ -130,11 +134,13 @@ def run(ctx: RunContext) -> Section:
                   f"training games, game seeds 5000+; prompt {actor_spec})" if adapter else
                   f"prompt-only actor (no LoRA adapter found; {actor_spec})")
 
-    def suite(backend, log_name, bar, seed):
+    cassette_tips = ctx.outdir / "cassette_tips.jsonl"
+
+    def suite(backend, tip_backend, log_name, bar, seed):
         gen_cfg = (GenConfig(max_tokens=64) if ctx.quick
                    else GenConfig(max_tokens=96, temperature=0.7, seed=seed))
         return run_suite(envs, backend, methods=methods, trials=trials, scenarios=scenarios,
-                         actor=actor, tipgen=TipGenerator(backend, cfg=gen_cfg), seed=seed,
+                         actor=actor, tipgen=TipGenerator(tip_backend, cfg=gen_cfg), seed=seed,
                          log=EpisodeLog(ctx.outdir / log_name), progress=bar.update)
 
     t1 = time.time()
@@ -149,8 +155,11 @@ def run(ctx: RunContext) -> Section:
             break
         ts = time.time()
         bar = ctx.bar(0, f"env steps (seed {sd})")
-        be = ReplayBackend(cassette, inner=local, record_mode="overwrite") if k == 0 else local
-        per_seed.append(suite(be, "episodes.jsonl", bar, sd))
+        be, tb = local, writer
+        if k == 0:  # the actor's and the tip writer's requests, each in its own cassette
+            be = ReplayBackend(cassette, inner=local, record_mode="overwrite")
+            tb = ReplayBackend(cassette_tips, inner=writer, record_mode="overwrite")
+        per_seed.append(suite(be, tb, "episodes.jsonl", bar, sd))
         bar.close()
         seed_secs = time.time() - ts
     seeds = seeds[: len(per_seed)]
@@ -161,7 +170,8 @@ def run(ctx: RunContext) -> Section:
     t2 = time.time()
     bar = ctx.bar(0, "replay")
     (ctx.outdir / "episodes_replay.jsonl").unlink(missing_ok=True)
-    suite(ReplayBackend(cassette), "episodes_replay.jsonl", bar, seeds[0])
+    suite(ReplayBackend(cassette), ReplayBackend(cassette_tips), "episodes_replay.jsonl", bar,
+          seeds[0])
     bar.close()
     live_rows = [json.loads(x) for x in (ctx.outdir / "episodes.jsonl").read_text().splitlines()]
     first = [json.dumps(r) for r in live_rows[: len(live_rows) // len(seeds)]]
@@ -273,7 +283,8 @@ def run(ctx: RunContext) -> Section:
             "Summed log-prob on the current observation with loop breaking is the actor kept "
             "for the prompt-only runs; the prompt-only actor does not beat random on held-out "
             "games (+0.04 [-0.08, +0.16], 20 games). The full run uses a LoRA adapter when "
-            "one exists (trained on coin_easy walkthroughs, game seeds 5000+). Family probe "
+            "one exists (trained on coin_easy walkthroughs, game seeds 5000+) for the actor "
+            "only; tips and reflections are written by the base model. Family probe "
             "with that adapter (experiments.tips.heldout, 8-10 held-out games each): "
             "coin_easy 1.00 (20 games), coin_distractor 1.00, coin_long (levels 6-10) 1.00, "
             "treasure_easy 0.88 (random 0.45), treasure_mid (treasure hunter levels 5-8) 0.40 "
@@ -303,7 +314,7 @@ def run(ctx: RunContext) -> Section:
                f"(one batched call per lockstep step over all games; repeated prompts are "
                f"memoized: {backend.stats.get('memo_hits')} hits), loop breaking (each command "
                f"of a room is tried before one repeats); tips: <= 5 lines of <= 20 words "
-               f"written by the same model after each trial. {scale}. Route-revealing "
+               f"written by the base model (no adapter) after each trial. {scale}. Route-revealing "
                f"coin-collector objectives are hidden. Controls: random admissible floor, "
                f"walkthrough ceiling, oracle tips. Games made in {t_games:.0f}s, agent loop "
                f"{t_agent:.0f}s."),
