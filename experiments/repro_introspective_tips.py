@@ -288,8 +288,9 @@ def run(ctx: RunContext) -> Section:
             "with that adapter (experiments.tips.heldout, 8-10 held-out games each): "
             "coin_easy 1.00 (20 games), coin_distractor 1.00, coin_long (levels 6-10) 1.00, "
             "treasure_easy 0.88 (random 0.45), treasure_mid (treasure hunter levels 5-8) 0.40 "
-            "[0.10, 0.70] (random 0.18): the full run uses treasure_mid, the one family below "
-            "the ceiling and above random, so tips have room to help or hurt. "
+            "[0.10, 0.70] (random 0.18, difference CI includes 0): the full run uses "
+            "treasure_mid, the one probed family below the ceiling, so tips have room to help "
+            "or hurt; whether the actor beats random there is this run's control claim. "
             f"This run: {actor_text}.")
     if len(seeds) < len(planned):
         note += (f" The run stopped after seeds {seeds} of {planned} "
