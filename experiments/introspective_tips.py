@@ -10,8 +10,13 @@
     python -m experiments.introspective_tips --backend=replay --cassette=runs/it/cassette.jsonl \
         --override=actor_mode=generate
 
-Presets (``--config``, with ``--override=field=value``): ``default`` (20 coin games x 3
-trials), ``quick`` and their seconds-long ``*_test`` twins. The older single-field flags
+Presets (``--config``, with ``--override=field=value``): ``default`` (the full run's
+family: 20 held-out treasure_mid games, 2 trials, 10 steps, S1+S2+S3 with none, tips,
+reflexion, oracle tips, random and walkthrough; one game-set seed per run, ``--seed``),
+``quick`` and their seconds-long ``*_test`` twins. ``adapter=auto`` (default) plays the
+local actor with the LoRA adapter of ``$JAXLM_TIPS_ADAPTER`` or ``runs/tips_lora/adapter``
+when one exists (tips are then written by the base model; ``--record`` records only the
+actor's requests in that case), else the prompt-only actor; it prints which. The older single-field flags
 (``--n_games``, ``--trials``, ``--methods``, ...) still work and override the preset.
 Backend flags come from ``jaxlm.llm.cli``: ``--backend=local|openai|replay|scripted``,
 ``--record=PATH`` records every request of the run, ``--backend=replay --cassette=PATH``
@@ -39,8 +44,9 @@ from jaxlm.utils import cli
 from jaxlm.llm.cli import BackendFlagError, backend_spec_from_flags, define_backend_flags
 from jaxlm.utils.config import ConfigError, Registry, apply_overrides
 
-GAME_SETS = ("coin_easy", "coin_distractor", "treasure_easy", "cooking_l1", "cooking_l2",
-             "mixed_easy")
+from jaxlm.agents.textworld_env import GAME_SETS
+
+from experiments.tips import FULL_GAME_SET, FULL_MAX_STEPS, FULL_N_GAMES, FULL_TRIALS
 METHODS = ("none", "tips", "raw", "reflexion", "oracle_tips", "random", "walkthrough")
 SCENARIOS = ("S1", "S2", "S3")
 
@@ -68,6 +74,11 @@ class TipsExpConfig:
         schema_tips: tips generated as JSON under ``tips_schema`` (response_format).
         prefix_slots, prefix_capacity: local backend prefix KV reuse (-1: one per game).
         hide_objective: hide route-revealing objectives.
+        adapter: LoRA adapter of the local actor (``experiments.tips.finetune``): "auto"
+            ($JAXLM_TIPS_ADAPTER, else runs/tips_lora/adapter if it exists, else none),
+            "none" (prompt-only actor) or a folder. With an adapter the actor's prompt
+            fields (norm, prompt, history, loop_penalty) are the ones it was trained for
+            (its meta's ``actor``).
     """
 
     game_set: str = "coin_easy"
@@ -86,6 +97,7 @@ class TipsExpConfig:
     hide_objective: bool = True
     loop_penalty: float = 1000.0
     schema_tips: bool = False
+    adapter: str = "auto"
 
     def __post_init__(self):
         for f in ("n_games", "trials", "max_steps", "prefix_capacity"):
@@ -111,20 +123,34 @@ class TipsExpConfig:
                              f"{self.prefix_slots}")
         self.actor()  # ActorConfig checks mode, norm, prompt and history
 
-    def actor(self):
+    def actor(self, adapter_actor: str | None = None):
+        """The ActorConfig; ``adapter_actor`` (an adapter's meta ``actor`` spec,
+        field=value,...) overrides the prompt fields it names."""
         from jaxlm.agents.tips import ActorConfig
 
-        return ActorConfig(mode=self.actor_mode, norm=self.norm, prompt=self.prompt,
-                           history=self.history, history_max=self.history_max,
-                           loop_penalty=self.loop_penalty)
+        kw = dict(mode=self.actor_mode, norm=self.norm, prompt=self.prompt,
+                  history=self.history, history_max=self.history_max,
+                  loop_penalty=self.loop_penalty)
+        if adapter_actor:
+            from experiments.tips.diagnose import parse_variants
+
+            kw.update(parse_variants("a:" + adapter_actor)["a"])
+        return ActorConfig(**kw)
 
 
 def presets() -> Registry:
     reg: Registry = Registry("introspective_tips")
-    reg.add("default", TipsExpConfig())
+    # the full run: the held-out family where the LoRA actor is below its ceiling (see
+    # experiments/repro_introspective_tips.py FULL for the measured cost and the cuts)
+    reg.add("default", TipsExpConfig(
+        game_set=FULL_GAME_SET, n_games=FULL_N_GAMES, trials=FULL_TRIALS,
+        max_steps=FULL_MAX_STEPS,
+        scenarios=("S1", "S2", "S3"),
+        methods=("random", "walkthrough", "none", "tips", "reflexion", "oracle_tips")))
     reg.add("quick", TipsExpConfig(n_games=5, trials=2, max_steps=8,
                                    methods=("random", "walkthrough", "none", "tips")))
-    tiny = TipsExpConfig(n_games=2, trials=1, max_steps=3, methods=("random", "none", "tips"))
+    tiny = TipsExpConfig(n_games=2, trials=1, max_steps=3, methods=("random", "none", "tips"),
+                         adapter="none")
     reg.add("default_test", tiny)
     reg.add("quick_test", tiny)
     return reg
@@ -198,10 +224,39 @@ def main(argv):
     if cfg.prompt == "window":
         slots = 0  # window prompts are rebuilt every step: nothing to reuse
 
+    from experiments.tips.heldout import resolve_adapter
+
+    try:
+        adapter = resolve_adapter(cfg.adapter) if spec.kind == "local" else None
+    except FileNotFoundError as e:
+        raise cli.UserError(str(e)) from None
+    adapter_actor = None
+    if adapter is not None:
+        from jaxlm.train.lora import read_lora_meta
+
+        adapter_actor = read_lora_meta(adapter).get("extra", {}).get("actor")
+        print(f"actor: LoRA adapter {adapter} (prompt {adapter_actor})")
+    else:
+        print("actor: prompt-only (no LoRA adapter)")
+    actor = cfg.actor(adapter_actor)
+    if actor.prompt == "window":
+        slots = 0
+
+    writer = {}  # with an adapter, tips are written by the base model (see below)
+
     def local():
         from jaxlm.llm.local import LocalBackend
 
-        return LocalBackend(spec.model, prefix_slots=slots, prefix_capacity=cfg.prefix_capacity)
+        be = LocalBackend(spec.model, prefix_slots=0 if adapter else slots,
+                          prefix_capacity=cfg.prefix_capacity)
+        if adapter is not None:
+            from experiments.tips.heldout import with_adapter
+
+            # the adapter is trained on command tokens only and writes degenerate tips
+            # ("take passkey take passkey ..."): the actor uses it, the tip writer does not
+            writer["base"] = be
+            be = with_adapter(be, adapter, prefix_slots=slots)
+        return be
 
     try:
         backend = build_backend(spec, local=local,
@@ -216,15 +271,18 @@ def main(argv):
         t1 = time.time()
         with tqdm(desc="env steps") as bar:
             res = run_suite(envs, backend, methods=cfg.methods, trials=cfg.trials,
-                            scenarios=cfg.scenarios, actor=cfg.actor(),
-                            tipgen=TipGenerator(backend, schema=cfg.schema_tips),
+                            scenarios=cfg.scenarios, actor=actor,
+                            tipgen=TipGenerator(writer.get("base", backend),
+                                                schema=cfg.schema_tips),
                             seed=_SEED.value,
                             log=EpisodeLog(log_path), progress=bar.update)
     except BackendError as e:
         sys.exit(f"error: backend: {e} (episodes finished so far are in {work})")
     res["timing"].update(games_s=t_games, agent_s=time.time() - t1, total_s=time.time() - t0)
     res["config"] = dict(dataclasses.asdict(cfg), config=_CONFIG.value, backend=spec.kind,
-                         model=spec.model, seed=_SEED.value)
+                         model=spec.model, seed=_SEED.value,
+                         adapter=str(adapter) if adapter else None,
+                         actor=dataclasses.asdict(actor))
     res["backend_stats"] = dict(getattr(backend, "stats", {}))
     inner = getattr(backend, "inner", None) or backend
     if getattr(inner, "prefix", None) is not None:

@@ -9,11 +9,13 @@ before one is repeated).
 Quick (~3 min on 2 CPU cores): 4 tiny games (coin collector L1-L3 with the route
 hidden, cooking L1), 2 trials, 8 env steps; methods: random floor, walkthrough ceiling,
 no tips, LLM tips (S1), oracle tips (the ceiling of the tips pathway); the whole run is
-replayed from its cassette with no model. Full (``--full``): 20 held-out coin_easy games
-x 3 seeds (tip sampling at temperature 0.7 and the random agent's policy use the seed),
-3 trials, 15 steps, S1 (tips, raw, reflexion, oracle tips), S2 (expert tips), S3 (tips
-consolidated over the first half, tested zero-shot on the second half); per-game
-differences averaged over seeds, 95% bootstrap CIs over games.
+replayed from its cassette with no model. Full (not ``--quick``): 20 held-out treasure_mid
+games (treasure hunter levels 5-8, game seeds 0-19; ``experiments.tips.FULL_*``) x 3 seeds
+(tip sampling at temperature 0.7 and the random agent's policy use the seed), 2 trials,
+10 steps, S1 (tips, reflexion, oracle tips; the raw-trajectory arm is cut for time), S2
+(expert tips), S3 (tips consolidated over the first half, tested zero-shot on the second
+half); per-game differences averaged over seeds, 95% bootstrap CIs over games.
+``$JAXLM_TIPS_BUDGET_S`` stops between seeds when the next would end past the budget.
 
 The full run uses a LoRA-fine-tuned actor when an adapter exists (``experiments.tips.
 finetune``, trained on walkthroughs of training games, game seeds 5000+): the folder named
@@ -36,6 +38,7 @@ from jaxlm.utils.report import Claim, RunContext, Section
 
 NAME = "introspective_tips"
 ADAPTER_ENV = "JAXLM_TIPS_ADAPTER"
+BUDGET_ENV = "JAXLM_TIPS_BUDGET_S"
 DEFAULT_ADAPTER = "runs/tips_lora/adapter"
 PROMPT_ONLY_ACTOR = "norm=sum,prompt=window,history=0,loop_penalty=1000"
 
@@ -45,17 +48,11 @@ def find_adapter(quick: bool) -> pathlib.Path | None:
 
     ``$JAXLM_TIPS_ADAPTER`` must name an existing folder when set; otherwise
     ``runs/tips_lora/adapter`` is used if it exists. The quick run never uses one."""
-    if quick:
-        return None
-    env = os.environ.get(ADAPTER_ENV)
-    if env:
-        p = pathlib.Path(env).expanduser()
-        if not p.is_dir():
-            raise FileNotFoundError(f"{ADAPTER_ENV}={env}: no such adapter folder; train one "
-                                    "with python -m experiments.tips.finetune or unset it")
-        return p
-    p = pathlib.Path(DEFAULT_ADAPTER)
-    return p if p.is_dir() else None
+    from experiments.tips.heldout import resolve_adapter
+
+    return None if quick else resolve_adapter("auto")
+
+
 TITLE = "Introspective Tips: LLM-written tips on TextWorld (SmolLM2-135M, scoring actor)"
 
 
@@ -102,11 +99,15 @@ def run(ctx: RunContext) -> Section:
         scenarios = ("S1",)
         seeds = [ctx.seed]
     else:
-        specs = game_set("coin_easy", 20, ctx.seed)
-        trials, max_steps = 3, 15
-        methods = ("random", "walkthrough", "none", "tips", "raw", "reflexion", "oracle_tips")
+        from experiments.tips import (FULL_GAME_SET, FULL_MAX_STEPS, FULL_N_GAMES, FULL_SEEDS,
+                                      FULL_TRIALS)
+
+        specs = game_set(FULL_GAME_SET, FULL_N_GAMES, ctx.seed)
+        trials, max_steps = FULL_TRIALS, FULL_MAX_STEPS
+        # the raw-trajectory arm is cut to fit 30 min on 2 cores (tips vs reflexion stays)
+        methods = ("random", "walkthrough", "none", "tips", "reflexion", "oracle_tips")
         scenarios = ("S1", "S2", "S3")
-        seeds = [ctx.seed + k for k in range(3)]
+        seeds = [ctx.seed + k for k in range(FULL_SEEDS)]
     bar = ctx.bar(len(specs), "games")
     paths = make_games(specs, ctx.outdir / "games", bar)
     bar.close()
@@ -114,6 +115,10 @@ def run(ctx: RunContext) -> Section:
     local = LocalBackend("smollm2-135m-instruct", prefix_slots=0)
     adapter = find_adapter(ctx.quick)
     actor_spec = PROMPT_ONLY_ACTOR
+    # tips are written by the base model: the adapter is trained on command tokens only and
+    # writes degenerate text (a first full run with the merged model as the tip writer got
+    # "take passkey take passkey ..." as tips)
+    writer = local
     if adapter is not None:
         from experiments.tips.heldout import with_adapter
         from jaxlm.train.lora import read_lora_meta
@@ -129,21 +134,35 @@ def run(ctx: RunContext) -> Section:
                   f"training games, game seeds 5000+; prompt {actor_spec})" if adapter else
                   f"prompt-only actor (no LoRA adapter found; {actor_spec})")
 
-    def suite(backend, log_name, bar, seed):
+    cassette_tips = ctx.outdir / "cassette_tips.jsonl"
+
+    def suite(backend, tip_backend, log_name, bar, seed):
         gen_cfg = (GenConfig(max_tokens=64) if ctx.quick
                    else GenConfig(max_tokens=96, temperature=0.7, seed=seed))
         return run_suite(envs, backend, methods=methods, trials=trials, scenarios=scenarios,
-                         actor=actor, tipgen=TipGenerator(backend, cfg=gen_cfg), seed=seed,
+                         actor=actor, tipgen=TipGenerator(tip_backend, cfg=gen_cfg), seed=seed,
                          log=EpisodeLog(ctx.outdir / log_name), progress=bar.update)
 
     t1 = time.time()
     (ctx.outdir / "episodes.jsonl").unlink(missing_ok=True)
     per_seed = []
+    # $JAXLM_TIPS_BUDGET_S: stop between seeds when the next one (timed like the last)
+    # would end past this many seconds since the entry started (the report says so)
+    budget = float(os.environ.get(BUDGET_ENV, "inf"))
+    planned = list(seeds)
     for k, sd in enumerate(seeds):
+        if k and (time.time() - t0) + seed_secs > budget:
+            break
+        ts = time.time()
         bar = ctx.bar(0, f"env steps (seed {sd})")
-        be = ReplayBackend(cassette, inner=local, record_mode="overwrite") if k == 0 else local
-        per_seed.append(suite(be, "episodes.jsonl", bar, sd))
+        be, tb = local, writer
+        if k == 0:  # the actor's and the tip writer's requests, each in its own cassette
+            be = ReplayBackend(cassette, inner=local, record_mode="overwrite")
+            tb = ReplayBackend(cassette_tips, inner=writer, record_mode="overwrite")
+        per_seed.append(suite(be, tb, "episodes.jsonl", bar, sd))
         bar.close()
+        seed_secs = time.time() - ts
+    seeds = seeds[: len(per_seed)]
     res = per_seed[0]
     t_agent = time.time() - t1
     backend = local
@@ -151,7 +170,8 @@ def run(ctx: RunContext) -> Section:
     t2 = time.time()
     bar = ctx.bar(0, "replay")
     (ctx.outdir / "episodes_replay.jsonl").unlink(missing_ok=True)
-    suite(ReplayBackend(cassette), "episodes_replay.jsonl", bar, seeds[0])
+    suite(ReplayBackend(cassette), ReplayBackend(cassette_tips), "episodes_replay.jsonl", bar,
+          seeds[0])
     bar.close()
     live_rows = [json.loads(x) for x in (ctx.outdir / "episodes.jsonl").read_text().splitlines()]
     first = [json.dumps(r) for r in live_rows[: len(live_rows) // len(seeds)]]
@@ -189,7 +209,11 @@ def run(ctx: RunContext) -> Section:
     if "S1" in scenarios and "reflexion" in methods:
         diffs["S1_tips_vs_reflexion"] = paired(live_rows, arm("S1", "tips"),
                                                arm("S1", "reflexion"))
+    if "raw" in methods:
         diffs["S1_tips_vs_raw"] = paired(live_rows, arm("S1", "tips"), arm("S1", "raw"))
+    if "reflexion" in methods:
+        diffs["S1_reflexion_vs_none"] = paired(live_rows, arm("S1", "reflexion"),
+                                               arm("S1", "none"))
     if "S2" in scenarios:
         diffs["S2_expert_tips_vs_none"] = paired(live_rows, arm("S2", "tips"),
                                                  arm("S1", "none"))
@@ -204,7 +228,7 @@ def run(ctx: RunContext) -> Section:
                      "win rate": "", "steps": "", "invalid": ""})
     metrics = {"diffs": {k: {"mean": v[0], "ci": [v[1], v[2]], "n_games": v[3],
                              "a": v[4], "b": v[5]} for k, v in diffs.items()},
-               "seeds": seeds, "agent_seconds": t_agent, "games_seconds": t_games,
+               "seeds": seeds, "seeds_planned": planned, "agent_seconds": t_agent, "games_seconds": t_games,
                "tipgen": res.get("tipgen", {}), "score_calls": backend.stats.get("score_calls"),
                "memo_hits": backend.stats.get("memo_hits"), "replay_exact": replay_exact,
                "replay_seconds": t_replay, "cassette_kb": cassette.stat().st_size / 1024,
@@ -234,6 +258,12 @@ def run(ctx: RunContext) -> Section:
             claims.append(Claim(text, measured=False, ci_or_exact=False, own_paper=True,
                                 circular=False, holds=None, headline=False,
                                 result="not run in the quick preset (full run only)"))
+    if "S1_tips_vs_reflexion" in diffs:
+        p = diffs["S1_tips_vs_reflexion"]
+        claims.append(Claim("S1: tips beat Reflexion-style reflections", measured=True,
+                            ci_or_exact=ci_decides(p), own_paper=True, circular=False,
+                            holds=bool(p[0] > 0), headline=False,
+                            result=f"last trial, tips - reflexion: {fmt(p)}"))
     claims.append(Claim(
         "control: the actor (no tips) beats the random agent on these games", measured=True,
         ci_or_exact=ci_decides(vs_random), own_paper=False, circular=False,
@@ -253,11 +283,25 @@ def run(ctx: RunContext) -> Section:
             "Summed log-prob on the current observation with loop breaking is the actor kept "
             "for the prompt-only runs; the prompt-only actor does not beat random on held-out "
             "games (+0.04 [-0.08, +0.16], 20 games). The full run uses a LoRA adapter when "
-            f"one exists. This run: {actor_text}.")
+            "one exists (trained on coin_easy walkthroughs, game seeds 5000+) for the actor "
+            "only; tips and reflections are written by the base model. Family probe "
+            "with that adapter (experiments.tips.heldout, 8-10 held-out games each): "
+            "coin_easy 1.00 (20 games), coin_distractor 1.00, coin_long (levels 6-10) 1.00, "
+            "treasure_easy 0.88 (random 0.45), treasure_mid (treasure hunter levels 5-8) 0.40 "
+            "[0.10, 0.70] (random 0.18, difference CI includes 0): the full run uses "
+            "treasure_mid, the one probed family below the ceiling, so tips have room to help "
+            "or hurt; whether the actor beats random there is this run's control claim. "
+            f"This run: {actor_text}.")
+    if len(seeds) < len(planned):
+        note += (f" The run stopped after seeds {seeds} of {planned} "
+                 f"(${BUDGET_ENV} time budget).")
     scale = (f"{len(specs)} games ({', '.join(s.name for s in specs)}), {trials} trials, "
              f"{max_steps} env steps, seed {seeds[0]}" if ctx.quick else
-             f"20 held-out coin_easy games (levels 1-5) x seeds {seeds}, {trials} trials, "
-             f"{max_steps} env steps, S1+S2+S3")
+             f"{len(specs)} held-out {FULL_GAME_SET} games ({specs[0].challenge} levels "
+             f"{min(x.level for x in specs)}-{max(x.level for x in specs)}, game seeds "
+             f"{specs[0].seed}-{specs[-1].seed}) x seeds {seeds}, {trials} trials, "
+             f"{max_steps} env steps, S1 ({', '.join(methods)}) + S2 + S3 (first half of the "
+             f"games train, second half test)")
     return Section(
         title=TITLE,
         claim=("An LLM agent improves its in-context TextWorld play without fine-tuning by "
@@ -271,7 +315,7 @@ def run(ctx: RunContext) -> Section:
                f"(one batched call per lockstep step over all games; repeated prompts are "
                f"memoized: {backend.stats.get('memo_hits')} hits), loop breaking (each command "
                f"of a room is tried before one repeats); tips: <= 5 lines of <= 20 words "
-               f"written by the same model after each trial. {scale}. Route-revealing "
+               f"written by the base model (no adapter) after each trial. {scale}. Route-revealing "
                f"coin-collector objectives are hidden. Controls: random admissible floor, "
                f"walkthrough ceiling, oracle tips. Games made in {t_games:.0f}s, agent loop "
                f"{t_agent:.0f}s."),

@@ -50,6 +50,37 @@ def evaluate(backend, envs, actor_kw: dict[str, Any], random_seeds=range(5)) -> 
             "actor_seconds": secs}
 
 
+ADAPTER_ENV = "JAXLM_TIPS_ADAPTER"
+DEFAULT_ADAPTER = "runs/tips_lora/adapter"
+
+
+def resolve_adapter(setting: str = "auto") -> pathlib.Path | None:
+    """The LoRA adapter folder an actor uses (None: prompt-only).
+
+    ``setting``: "none" (or "") -> None; "auto" -> ``$JAXLM_TIPS_ADAPTER`` (must name an
+    existing folder when set), else ``runs/tips_lora/adapter`` if it exists, else None;
+    anything else is a folder that must exist."""
+    import os
+
+    if setting in ("", "none"):
+        return None
+    if setting != "auto":
+        p = pathlib.Path(setting).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"adapter={setting}: no such adapter folder; train one "
+                                    "with python -m experiments.tips.finetune or pass none")
+        return p
+    env = os.environ.get(ADAPTER_ENV)
+    if env:
+        p = pathlib.Path(env).expanduser()
+        if not p.is_dir():
+            raise FileNotFoundError(f"{ADAPTER_ENV}={env}: no such adapter folder; train one "
+                                    "with python -m experiments.tips.finetune or unset it")
+        return p
+    p = pathlib.Path(DEFAULT_ADAPTER)
+    return p if p.is_dir() else None
+
+
 def with_adapter(backend, path, **kw):
     """A ``LocalBackend`` like ``backend`` with a LoRA adapter (``jaxlm.train.lora``
     checkpoint folder) merged into its weights; ``kw`` override constructor arguments

@@ -47,6 +47,8 @@ SIMPLE_LEVELS = {
 GENERIC_GOALS = {
     "coin_collector": "Your task: find the coin and take it.",
 }
+GAME_SETS = ("coin_easy", "coin_long", "coin_distractor", "coin_distractor_long",
+             "treasure_easy", "treasure_mid", "cooking_l1", "cooking_l2", "mixed_easy")
 DEFAULT_CACHE = pathlib.Path(os.environ.get("JAXLM_TW_CACHE", "~/.cache/jaxlm/textworld"))
 
 
@@ -121,8 +123,13 @@ def game_set(name: str, n_games: int, seed: int = 0) -> list[GameSpec]:
     """Named, seeded game sets.
 
     * ``coin_easy``: coin collector levels 1..5 (quest length = level), cycling levels.
+    * ``coin_long``: coin collector levels 6..10 (longer quests, no distractors).
     * ``coin_distractor``: coin collector levels 101..103 (distractor rooms).
+    * ``coin_distractor_long``: coin collector levels 104..108 (quest length 4..8 with
+      distractor rooms).
     * ``treasure_easy``: treasure hunter levels 1..5.
+    * ``treasure_mid``: treasure hunter levels 5..8 (quest length 3..4 in 5 rooms; levels
+      9-10, length 5, fail to generate for some seeds).
     * ``cooking_l1`` / ``cooking_l2``: GATA-style cooking levels 1 / 2.
     * ``mixed_easy``: alternating coin_easy, cooking_l1 and treasure_easy games.
     """
@@ -133,10 +140,16 @@ def game_set(name: str, n_games: int, seed: int = 0) -> list[GameSpec]:
         s = seed * 1000 + i
         if name == "coin_easy":
             specs.append(GameSpec("coin_collector", 1 + i % 5, s))
+        elif name == "coin_long":
+            specs.append(GameSpec("coin_collector", 6 + i % 5, s))
         elif name == "coin_distractor":
             specs.append(GameSpec("coin_collector", 101 + i % 3, s))
+        elif name == "coin_distractor_long":
+            specs.append(GameSpec("coin_collector", 104 + i % 5, s))
         elif name == "treasure_easy":
             specs.append(GameSpec("treasure_hunter", 1 + i % 5, s))
+        elif name == "treasure_mid":
+            specs.append(GameSpec("treasure_hunter", 5 + i % 4, s))
         elif name in ("cooking_l1", "cooking_l2"):
             specs.append(GameSpec("cooking", int(name[-1]), s))
         elif name == "mixed_easy":
@@ -145,8 +158,7 @@ def game_set(name: str, n_games: int, seed: int = 0) -> list[GameSpec]:
                           GameSpec("cooking", 1, s),
                           GameSpec("treasure_hunter", 1 + (i // 3) % 5, s)][kind])
         else:
-            raise ValueError(f"unknown game set {name!r}; use coin_easy, coin_distractor, "
-                             "treasure_easy, cooking_l1, cooking_l2, mixed_easy")
+            raise ValueError(f"unknown game set {name!r}; use one of {', '.join(GAME_SETS)}")
     return specs
 
 

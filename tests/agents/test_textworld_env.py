@@ -3,6 +3,7 @@
 import pytest
 
 from jaxlm.agents.textworld_env import (
+    GAME_SETS,
     GameSpec,
     TextWorldEnv,
     clean_observation,
@@ -41,6 +42,13 @@ def test_specs_and_sets():
     assert len({x.seed for x in specs}) == 7
     with pytest.raises(ValueError, match="unknown game set"):
         game_set("nope", 2)
+    # every named set builds valid specs; the harder families have their levels
+    for name in GAME_SETS:
+        assert len(game_set(name, 6, seed=2)) == 6
+    assert [x.level for x in game_set("treasure_mid", 5)] == [5, 6, 7, 8, 5]
+    assert {x.challenge for x in game_set("treasure_mid", 4)} == {"treasure_hunter"}
+    assert [x.level for x in game_set("coin_long", 5)] == [6, 7, 8, 9, 10]
+    assert [x.seed for x in game_set("coin_distractor_long", 3, seed=4)] == [4000, 4001, 4002]
 
 
 def test_clean_observation():

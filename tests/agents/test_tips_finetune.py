@@ -1,6 +1,8 @@
 """Fine-tuning the actor: batches put the loss on the command tokens only, and the
 command loss equals core's masked next-token loss (an independent path: full logits)."""
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,3 +102,57 @@ def test_repro_finds_the_adapter_only_for_the_full_run(tmp_path, monkeypatch):
     a = ActorConfig(mode="score", **parse_variants("a:" + R.PROMPT_ONLY_ACTOR)["a"])
     assert a == ActorConfig(mode="score", norm="sum", prompt="window", history=0,
                             loop_penalty=1000.0)
+
+
+def test_resolve_adapter_and_the_full_preset(tmp_path, monkeypatch):
+    from experiments.tips import FULL_GAME_SET
+    from experiments.tips.heldout import ADAPTER_ENV, DEFAULT_ADAPTER, resolve_adapter
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(ADAPTER_ENV, raising=False)
+    assert resolve_adapter("none") is None and resolve_adapter("") is None
+    assert resolve_adapter("auto") is None
+    with pytest.raises(FileNotFoundError, match="adapter=nowhere"):
+        resolve_adapter("nowhere")
+    (tmp_path / "mine").mkdir()
+    assert str(resolve_adapter("mine")) == "mine"
+    (tmp_path / DEFAULT_ADAPTER).mkdir(parents=True)
+    assert str(resolve_adapter("auto")) == DEFAULT_ADAPTER
+    monkeypatch.setenv(ADAPTER_ENV, str(tmp_path / "mine"))
+    assert resolve_adapter("auto") == tmp_path / "mine"
+
+    from experiments.introspective_tips import presets
+
+    full = presets().get("default")
+    assert (full.game_set, full.adapter) == (FULL_GAME_SET, "auto")
+    assert set(full.scenarios) == {"S1", "S2", "S3"} and full.n_games >= 20
+    assert {"none", "tips", "reflexion", "oracle_tips", "random"} <= set(full.methods)
+    assert presets().get("quick_test").adapter == "none"
+    # an adapter's meta actor spec overrides the prompt fields it names
+    a = full.actor("norm=sum,prompt=window,history=1,loop_penalty=1000")
+    assert (a.history, a.prompt, a.mode) == (1, "window", full.actor_mode)
+    assert full.actor().history == full.history
+
+
+def test_summarize_reads_a_partial_log(tmp_path, capsys):
+    from experiments.tips.summarize import main
+
+    rows = []
+    for seed, (a, b) in enumerate([(1.0, 0.0), (0.0, 0.0)]):
+        for g, (none, tips) in enumerate([(0.0, 1.0), (1.0, 1.0)]):
+            rows += [{"scenario": "S1", "method": "none", "trial": 0, "game": f"g{g}",
+                      "norm_score": none, "seed": seed},
+                     {"scenario": "S1", "method": "random", "trial": 0, "game": f"g{g}",
+                      "norm_score": (a, b)[g], "seed": seed},
+                     {"scenario": "S1", "method": "tips", "trial": 1, "game": f"g{g}",
+                      "norm_score": tips, "seed": seed}]
+    path = tmp_path / "episodes.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    main(str(path))
+    out = capsys.readouterr().out
+    # random: g0 averages 0.5 over seeds, g1 0.0 -> actor - random = mean(-0.5, +1.0)
+    assert "actor - random           +0.25" in out and "(n=2 games; 0.50 vs 0.25)" in out
+    # tips at trial 1 against none (played once, stands for trial 1): mean(+1, 0)
+    assert "S1 tips - none           +0.50" in out
+    assert "S1/tips/1" in out and "n=  4" in out
+    assert "oracle" not in out  # arms absent from the log are not reported
