@@ -121,7 +121,7 @@ def test_resolve_adapter_and_the_full_preset(tmp_path, monkeypatch):
     monkeypatch.setenv(ADAPTER_ENV, str(tmp_path / "mine"))
     assert resolve_adapter("auto") == tmp_path / "mine"
 
-    from experiments.introspective_tips import presets
+    from experiments.tips.config import presets  # (importing the entrypoint would define flags)
 
     full = presets().get("default")
     assert (full.game_set, full.adapter) == (FULL_GAME_SET, "auto")
