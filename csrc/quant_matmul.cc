@@ -513,15 +513,28 @@ int DefaultThreads() {
   return hw > 0 ? (int)hw : 1;
 }
 
-void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
+// out[i] = x @ ws[i] for n weights of one format sharing K: x is quantized once and the rows
+// of all weights are split into chunks for one pool dispatch (q/k/v or gate/up of a layer in
+// one call: decode pays the dispatch, the quantization and the wake-up once instead of 2-3x).
+void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, int M, int threads) {
   const bool avx2 = Isa() == 1;
   thread_local QuantX scratch;  // reused: no allocation per call once warm
   QuantX& xq = scratch;  // a plain reference, so the pool's lambda reads this thread's copy
-  QuantizeX(x, M, w.K, avx2, &xq);
+  QuantizeX(x, M, ws[0].K, avx2, &xq);
   if (threads <= 0) threads = DefaultThreads();
-  // chunks of rows: several per thread so uneven progress balances out
-  const int chunk = std::max(8, w.N / (threads * 8));
-  const int n_chunks = (w.N + chunk - 1) / chunk;
+  int n_total = 0;
+  for (int i = 0; i < n; ++i) n_total += ws[i].N;
+  // chunks of rows: several per thread so uneven progress balances out; a chunk never spans
+  // two weights
+  const int chunk = std::max(8, n_total / (threads * 8));
+  struct Span {
+    int w, n0, n1;
+  };
+  thread_local std::vector<Span> spans;
+  spans.clear();
+  for (int i = 0; i < n; ++i)
+    for (int n0 = 0; n0 < ws[i].N; n0 += chunk) spans.push_back({i, n0, std::min(ws[i].N, n0 + chunk)});
+  const int n_chunks = (int)spans.size();
   threads = std::min(threads, n_chunks);
   std::unique_lock<std::mutex> lk(g_pool_mu, std::defer_lock);
   bool solo = threads <= 1;
@@ -530,7 +543,7 @@ void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
     solo = true;
   }
   if (solo || !lk.try_lock()) {
-    Rows(w, xq, out, 0, w.N, avx2);
+    for (int i = 0; i < n; ++i) Rows(ws[i], xq, outs[i], 0, ws[i].N, avx2);
     return;
   }
   if (g_pool == nullptr || g_pool->size() != threads - 1) {
@@ -538,32 +551,32 @@ void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
     g_pool = new Pool(threads - 1);
   }
   struct Ctx {
-    const Weights* w;
+    const Weights* ws;
+    float* const* outs;
+    const Span* spans;
     const QuantX* xq;
-    float* out;
-    int chunk;
     bool avx2;
-  } ctx{&w, &xq, out, chunk, avx2};
+  } ctx{ws, outs, spans.data(), &xq, avx2};
   const Job job{[](const void* p, int c) {
                   const Ctx& k = *static_cast<const Ctx*>(p);
-                  const int n0 = c * k.chunk;
-                  Rows(*k.w, *k.xq, k.out, n0, std::min(k.w->N, n0 + k.chunk), k.avx2);
+                  const Span& sp = k.spans[c];
+                  Rows(k.ws[sp.w], *k.xq, k.outs[sp.w], sp.n0, sp.n1, k.avx2);
                 },
                 &ctx};
   if (g_pool->Run(job, n_chunks)) g_solo_calls.store(kSoloCalls, std::memory_order_relaxed);
 }
 
+void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
+  float* outs[1] = {out};
+  ComputeMany(&w, outs, 1, x, M, threads);
+}
+
 // ---------------------------------------------------------------------------------------
 // FFI handlers.
-template <class QB, class DB, class MB>
-ffi::Error QmmImpl(Fmt fmt, ffi::Buffer<ffi::F32> x, const QB& qs, const DB& d, const MB& mins,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
-  int64_t M, K;
-  auto dx = x.dimensions();
-  if (dx.size() != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: x must be 2-D [M, K]");
-  M = dx[0];
-  K = dx[1];
-  if (K % kBlock != 0) return ffi::Error::InvalidArgument("jaxlm quant kernel: K must be a multiple of 32");
+// Checks one weight's buffers against x's K and the output, and fills its view.
+template <class QB, class DB, class MB, class OB>
+ffi::Error MakeWeights(Fmt fmt, int64_t M, int64_t K, const QB& qs, const DB& d, const MB& mins,
+                       const OB& out, Weights* w) {
   auto dq = qs.dimensions();
   if (dq.size() != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: qs must be 2-D [N, bytes]");
   const int64_t N = dq[0];
@@ -574,23 +587,77 @@ ffi::Error QmmImpl(Fmt fmt, ffi::Buffer<ffi::F32> x, const QB& qs, const DB& d, 
     return ffi::Error::InvalidArgument("jaxlm quant kernel: scale array has the wrong size");
   if (fmt == Fmt::kQ4_1 && (int64_t)mins.element_count() != n_scales)
     return ffi::Error::InvalidArgument("jaxlm quant kernel: min array has the wrong size");
-  auto dout = out->dimensions();
+  auto dout = out.dimensions();
   if (dout.size() != 2 || dout[0] != M || dout[1] != N)
     return ffi::Error::InvalidArgument("jaxlm quant kernel: output must be [M, N]");
-  Weights w;
-  w.fmt = fmt;
-  w.N = (int)N;
-  w.K = (int)K;
-  w.nb = (int)(K / kBlock);
-  w.qs = (const uint8_t*)qs.untyped_data();
+  w->fmt = fmt;
+  w->N = (int)N;
+  w->K = (int)K;
+  w->nb = (int)(K / kBlock);
+  w->qs = (const uint8_t*)qs.untyped_data();
   if (fmt == Fmt::kI8) {
-    w.s = (const float*)d.untyped_data();
+    w->s = (const float*)d.untyped_data();
   } else {
-    w.d = (const uint16_t*)d.untyped_data();
+    w->d = (const uint16_t*)d.untyped_data();
   }
-  if (fmt == Fmt::kQ4_1) w.m = (const uint16_t*)mins.untyped_data();
-  if (M == 0 || N == 0) return ffi::Error::Success();
+  if (fmt == Fmt::kQ4_1) w->m = (const uint16_t*)mins.untyped_data();
+  return ffi::Error::Success();
+}
+
+ffi::Error CheckX(ffi::Buffer<ffi::F32> x, int64_t* M, int64_t* K) {
+  auto dx = x.dimensions();
+  if (dx.size() != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: x must be 2-D [M, K]");
+  *M = dx[0];
+  *K = dx[1];
+  if (*K % kBlock != 0) return ffi::Error::InvalidArgument("jaxlm quant kernel: K must be a multiple of 32");
+  return ffi::Error::Success();
+}
+
+template <class QB, class DB, class MB>
+ffi::Error QmmImpl(Fmt fmt, ffi::Buffer<ffi::F32> x, const QB& qs, const DB& d, const MB& mins,
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+  int64_t M, K;
+  if (auto e = CheckX(x, &M, &K); e.failure()) return e;
+  Weights w;
+  if (auto e = MakeWeights(fmt, M, K, qs, d, mins, *out, &w); e.failure()) return e;
+  if (M == 0 || w.N == 0) return ffi::Error::Success();
   Compute(w, x.typed_data(), (int)M, out->typed_data(), (int)threads);
+  return ffi::Error::Success();
+}
+
+// Several weights of one format against the same x: args are (qs, d) per weight, plus m
+// for q4_1; one float32 [M, N_i] result per weight. fmt: 0 q8_0, 1 q4_0, 2 q4_1, 3 int8.
+ffi::Error QmmMulti(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::RemainingRets rets,
+                    int64_t fmt_code, int64_t threads) {
+  if (fmt_code < 0 || fmt_code > 3) return ffi::Error::InvalidArgument("jaxlm quant kernel: unknown format");
+  const Fmt fmt = (Fmt)fmt_code;
+  int64_t M, K;
+  if (auto e = CheckX(x, &M, &K); e.failure()) return e;
+  const size_t per = fmt == Fmt::kQ4_1 ? 3 : 2;
+  const size_t n = rets.size();
+  if (n == 0 || n > 8 || args.size() != per * n)
+    return ffi::Error::InvalidArgument("jaxlm quant kernel: multi call needs 1-8 weights and their arrays");
+  Weights ws[8];
+  float* outs[8];
+  for (size_t i = 0; i < n; ++i) {
+    auto qs = args.get<ffi::AnyBuffer>(per * i);
+    auto d = args.get<ffi::AnyBuffer>(per * i + 1);
+    auto m = args.get<ffi::AnyBuffer>(per * i + per - 1);
+    auto o = rets.get<ffi::AnyBuffer>(i);
+    if (!qs.has_value() || !d.has_value() || !m.has_value() || !o.has_value())
+      return ffi::Error::InvalidArgument("jaxlm quant kernel: could not read a multi-call buffer");
+    if ((*o)->element_type() != ffi::DataType::F32)
+      return ffi::Error::InvalidArgument("jaxlm quant kernel: outputs must be float32");
+    const bool q8 = fmt == Fmt::kQ8_0 || fmt == Fmt::kI8;
+    if (qs->element_type() != (q8 ? ffi::DataType::S8 : ffi::DataType::U8) ||
+        d->element_type() != (fmt == Fmt::kI8 ? ffi::DataType::F32 : ffi::DataType::F16) ||
+        (fmt == Fmt::kQ4_1 && m->element_type() != ffi::DataType::F16))
+      return ffi::Error::InvalidArgument("jaxlm quant kernel: a multi-call array has the wrong dtype");
+    if (auto e = MakeWeights(fmt, M, K, *qs, *d, *m, **o, &ws[i]); e.failure()) return e;
+    outs[i] = (float*)(*o)->untyped_data();
+  }
+  if (M == 0) return ffi::Error::Success();
+  ComputeMany(ws, outs, (int)n, x.typed_data(), (int)M, (int)threads);
   return ffi::Error::Success();
 }
 
@@ -645,9 +712,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmI8, QmmI8,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("num_threads"));
 
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmMulti, QmmMulti,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .RemainingArgs()
+                                  .RemainingRets()
+                                  .Attr<int64_t>("fmt")
+                                  .Attr<int64_t>("num_threads"));
+
 // 1 when the AVX2/FMA/F16C path is in use, 0 for the scalar path.
 JAXLM_EXPORT int jaxlm_quant_isa() { return Isa(); }
 // Threads used when a call passes num_threads = 0.
 JAXLM_EXPORT int jaxlm_quant_default_threads() { return DefaultThreads(); }
 // ABI version of this library, checked by the Python wrapper.
-JAXLM_EXPORT int jaxlm_quant_abi_version() { return 1; }
+JAXLM_EXPORT int jaxlm_quant_abi_version() { return 2; }

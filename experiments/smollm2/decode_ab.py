@@ -98,16 +98,28 @@ def _worker():
 
 # ------------------------------------------------------------------------------ coordinator
 def _extract(ref: str) -> str:
-    """The tree of git ``ref`` (its jaxlm/ package) in a scratch dir, with this tree's kernel."""
+    """The tree of git ``ref`` (its jaxlm/ package) in a scratch dir, with its own kernel.
+
+    The ref's ``csrc/`` is compiled there (``setup.py build_ext --inplace``) so that each
+    version runs the kernel it shipped with (the kernel's ABI changes between versions); a ref
+    without ``csrc/`` gets this tree's kernel."""
     sha = subprocess.check_output(["git", "-C", ROOT, "rev-parse", ref], text=True).strip()
     dest = f"/tmp/decode_ab/{sha[:12]}"
     if not os.path.isdir(os.path.join(dest, "jaxlm")):
         os.makedirs(dest, exist_ok=True)
-        arc = subprocess.run(["git", "-C", ROOT, "archive", sha, "jaxlm"], check=True,
+        have = subprocess.run(["git", "-C", ROOT, "ls-tree", "--name-only", sha], check=True,
+                              capture_output=True, text=True).stdout.split()
+        paths = [p for p in ("jaxlm", "csrc", "setup.py", "setup.cfg", "pyproject.toml") if p in have]
+        arc = subprocess.run(["git", "-C", ROOT, "archive", sha, *paths], check=True,
                              capture_output=True).stdout
         subprocess.run(["tar", "-x", "-C", dest], input=arc, check=True)
+        if "csrc" in paths:
+            subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=dest,
+                           check=True, capture_output=True)
     qdir = os.path.join(ROOT, "jaxlm", "quant")
-    for f in os.listdir(qdir):
+    built = any(f.startswith("_kernel") and f.endswith(".so")
+                for f in os.listdir(os.path.join(dest, "jaxlm", "quant")))
+    for f in os.listdir(qdir) if not built else ():
         if f.startswith("_kernel") and f.endswith(".so"):
             subprocess.run(["cp", os.path.join(qdir, f), os.path.join(dest, "jaxlm", "quant")],
                            check=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -195,10 +196,7 @@ def decode_step(params: Params, cfg: ModelConfig, token: Array, cache: KVCache,
     return out.logits[:, 0], out.cache
 
 
-@functools.partial(
-    jax.jit, static_argnames=("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id"),
-)
-def _generate(params, tokens, mask, key, processor=None, positions=None, key_mask=None, *, cfg,
+def _generate_impl(params, tokens, mask, key, processor=None, positions=None, key_mask=None, *, cfg,
               max_new_tokens, sampling, stop_ids, pad_id):
     b, t = tokens.shape
     cache = init_cache(cfg, b, t + max_new_tokens)
@@ -320,16 +318,65 @@ def generate(
             r = np.asarray(r)
             km[i, t - len(r):] = np.where(r, 0.0, MASKED) if r.dtype == bool else r
         km = jnp.asarray(km)
-    return _generate(
+    run = _generate_nolib if use_library_fusion(params, cfg) is False else _generate
+    return run(
         params, jnp.asarray(toks), jnp.asarray(mask), key, processor, pos, km, cfg=cfg,
         max_new_tokens=max_new_tokens, sampling=sampling,
         stop_ids=tuple(int(s) for s in stop_ids), pad_id=int(pad_id),
     )
 
 
+# ------------------------------------------------------------------ XLA:CPU compile policy
+# XLA:CPU hands dots (and element-wise/reduce chains) to a library (YNNPACK, "ynn_fusion").
+# That is what makes float prefill fast (SmolLM2 f32, 1024 tokens: 716 tok/s with it, 570
+# without; bf16 1493 vs 618), but each library call has a fixed cost: in a batch-1 decode
+# step whose weight products run in the quantized kernel (jaxlm.quant), the 60 tiny attention
+# products (q.k, p.v per layer) are all that is left for it, and profiled they took 7.3 of
+# ~24 ms (60 calls); without it XLA's own loops run them and the q4_1 decode loop went from
+# 13.1 to 9.0 ms per token (quiet 2-core CPU, jax 0.12; experiments/smollm2/decode_ab.py).
+# So programs whose weight products go to the kernel compile without it; float models keep it.
+# ``JAXLM_XLA_LIBRARY_FUSION=on|off`` overrides the choice (benchmarks, A/B).
+NO_LIBRARY_FUSION = {"xla_cpu_experimental_ynn_fusion_type": ""}
+LIBRARY_FUSION_ENV = "JAXLM_XLA_LIBRARY_FUSION"
+
+
+def use_library_fusion(params: Params, cfg: ModelConfig) -> bool | None:
+    """Whether the decode programs of ``params`` compile with XLA:CPU's library fusion.
+
+    None off CPU (no such option there). On CPU: False when weight products run in the
+    quantized kernel (``QuantWeight`` leaves, kernel built, ``cfg.quant_impl`` not "xla"),
+    True otherwise; ``$JAXLM_XLA_LIBRARY_FUSION`` (on/off/auto) overrides."""
+    if jax.default_backend() != "cpu":
+        return None
+    force = os.environ.get(LIBRARY_FUSION_ENV, "auto").lower()
+    if force not in ("auto", "on", "off"):
+        raise ValueError(f"${LIBRARY_FUSION_ENV}={force!r}: use on, off or auto")
+    if force != "auto":
+        return force == "on"
+    from jaxlm.quant.formats import QuantWeight
+    from jaxlm.quant.kernel import kernel_available
+
+    if cfg.quant_impl == "xla" or not kernel_available():
+        return True
+    leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, QuantWeight))
+    return not any(isinstance(x, QuantWeight) for x in leaves)
+
+
+_GEN_STATIC = ("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id")
+_generate = jax.jit(_generate_impl, static_argnames=_GEN_STATIC)
+_generate_nolib = jax.jit(_generate_impl, static_argnames=_GEN_STATIC,
+                          compiler_options=NO_LIBRARY_FUSION)
 _prefill_jit = jax.jit(prefill, static_argnames=("cfg",), donate_argnames=("cache",))
-_decode_jit = jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",))
+_decode_jit_lib = jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",))
+_decode_jit_nolib = jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
+                            compiler_options=NO_LIBRARY_FUSION)
 _sample_jit = jax.jit(sample_logits, static_argnames=("sampling",))
+
+
+def _decode_jit(params, cfg, token, cache, attn_bias=None):
+    """The jitted ``decode_step`` (cache donated) under the compile policy above."""
+    f = _decode_jit_nolib if use_library_fusion(params, cfg) is False else _decode_jit_lib
+    return f(params, cfg, token, cache, attn_bias)
 
 
 def stream(

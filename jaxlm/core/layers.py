@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jaxlm.core.config import ModelConfig
 from jaxlm.quant.formats import QuantWeight
 from jaxlm.quant.matmul import matmul as quant_matmul
+from jaxlm.quant.matmul import matmul_many as quant_matmul_many
 
 Array = jax.Array
 
@@ -39,6 +40,18 @@ def dense(x: Array, w: Array, spec: str, cfg: ModelConfig) -> Array:
     mm = jnp.dtype(cfg.matmul_dtype)
     y = jnp.einsum(spec, x.astype(mm), w.astype(mm), preferred_element_type=jnp.float32)
     return y.astype(cfg.cdtype)
+
+
+def dense_many(x: Array, ws, specs, cfg: ModelConfig) -> tuple:
+    """``tuple(dense(x, w, spec, cfg) for w, spec in zip(ws, specs))``: several products of the
+    same input (q/k/v, gate/up). Quantized weights of one format go to the kernel in one call
+    (x quantized once, one thread-pool dispatch; bit-identical to separate calls); anything
+    else runs product by product, so float models are unchanged."""
+    ws = list(ws)
+    if len(ws) > 1 and all(isinstance(w, QuantWeight) for w in ws):
+        ys = quant_matmul_many(x.astype(jnp.float32), ws, impl=cfg.quant_impl)
+        return tuple(y.astype(cfg.cdtype) for y in ys)
+    return tuple(dense(x, w, spec, cfg) for w, spec in zip(ws, specs))
 
 
 # --------------------------------------------------------------------------- norms
@@ -107,11 +120,13 @@ def alibi_slopes(n_heads: int) -> Array:
 def mlp(p: dict[str, Array], cfg: ModelConfig, x: Array, intervene=None, layer: int = 0) -> Array:
     """SwiGLU (silu(x Wg) * x Wu) Wd or GELU (gelu(x Wu)) Wd; x [B, T, D]."""
     ct = cfg.cdtype
-    up = dense(x, p["w_up"], "...d,df->...f", cfg)
+    if cfg.mlp == "swiglu":
+        up, gate = dense_many(x, (p["w_up"], p["w_gate"]), ("...d,df->...f",) * 2, cfg)
+    else:
+        up = dense(x, p["w_up"], "...d,df->...f", cfg)
     if "b_up" in p:
         up = up + p["b_up"].astype(ct)
     if cfg.mlp == "swiglu":
-        gate = dense(x, p["w_gate"], "...d,df->...f", cfg)
         if "b_gate" in p:
             gate = gate + p["b_gate"].astype(ct)
         h = jax.nn.silu(gate) * up

@@ -83,6 +83,7 @@ init = params_lib.init  # random params from ``param_spec(cfg)`` (see ``jaxlm.co
 
 # --------------------------------------------------------------------------- matmul
 dense = layers.dense  # the one weight product (precision policy: ``cfg.matmul_dtype``)
+dense_many = layers.dense_many  # products of one input (q/k/v, gate/up): one kernel call when quantized
 
 
 def cast_params(params: Params, cfg: ModelConfig) -> Params:
@@ -273,9 +274,8 @@ def attention(
     """
     b, t, _ = x.shape
     nk = cfg.n_kv_heads
-    q = dense(x, p["wq"], "btd,dhe->bthe", cfg)
-    k = dense(x, p["wk"], "btd,dke->btke", cfg)
-    v = dense(x, p["wv"], "btd,dke->btke", cfg)
+    q, k, v = dense_many(x, (p["wq"], p["wk"], p["wv"]),
+                         ("btd,dhe->bthe", "btd,dke->btke", "btd,dke->btke"), cfg)
     ct = cfg.cdtype
     if "bq" in p:
         q, k, v = q + p["bq"].astype(ct), k + p["bk"].astype(ct), v + p["bv"].astype(ct)
@@ -626,7 +626,7 @@ def run_blocks(
         x, (recs, kv_out) = jax.lax.scan(body, x, (sub, idx, kv_sub))
         kv = None
         if kv0 is not None:
-            kv = tuple(a if (rng.start, rng.stop) == (0, n) else
+            kv = tuple(a if whole else
                        jax.lax.dynamic_update_slice_in_dim(full, a, rng.start, axis=0)
                        for full, a in zip(kv0, kv_out))
         if sites:

@@ -26,7 +26,8 @@ import numpy as np
 from flax import struct
 
 from jaxlm.core import KVCache, ModelConfig, init_cache
-from jaxlm.core.transformer import embed, layer_params, run_blocks, stack_layers, unembed
+from jaxlm.core.transformer import (embed, layer_params, num_layers, run_blocks, stack_layers,
+                                    unembed)
 
 Array = jax.Array
 Params = dict[str, Any]
@@ -213,7 +214,7 @@ def run_tail(
         ``capture``, also {site: [B, Tt, X]} of block ``start``.
     """
     c = st.cache
-    n = jax.tree.leaves(rest)[0].shape[0]
+    n = num_layers({"layers": rest})
     hook = None if extra is None else (lambda s, li, a: extra(s, li + start, a))
     # both calls append at the same cursor (each writes its own layers of the cache)
     out = run_blocks({"layers": [first]}, cfg, st.h_in, positions=st.positions,

@@ -25,12 +25,13 @@ from jaxlm.quant.formats import (
 from jaxlm.quant.kernel import (
     kernel_available,
     kernel_matmul,
+    kernel_matmul_many,
     kernel_status,
     kernel_supports,
     quantize_activations_np,
     reference_matmul_np,
 )
-from jaxlm.quant.matmul import IMPLS, choose_impl, matmul, matmul_xla
+from jaxlm.quant.matmul import IMPLS, choose_impl, matmul, matmul_many, matmul_xla
 from jaxlm.quant.params import (
     MATMUL_WEIGHTS,
     abstract_weight,
@@ -64,9 +65,11 @@ __all__ = [
     "is_quantized",
     "kernel_available",
     "kernel_matmul",
+    "kernel_matmul_many",
     "kernel_status",
     "kernel_supports",
     "matmul",
+    "matmul_many",
     "matmul_xla",
     "quantize_activations_np",
     "quantize_weight",

@@ -54,7 +54,10 @@ _TARGETS = {
     "int8": "jaxlm_qmm_i8",
 }
 _SYMBOLS = {"q8_0": "JaxlmQmmQ8_0", "q4_0": "JaxlmQmmQ4_0", "q4_1": "JaxlmQmmQ4_1", "int8": "JaxlmQmmI8"}
-_ABI_VERSION = 1
+_ABI_VERSION = 2
+_MULTI_TARGET = "jaxlm_qmm_multi"
+_FMT_CODE = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3}
+MAX_MULTI = 8  # weights per fused call (csrc/quant_matmul.cc)
 MAX_KERNEL_ROWS = 16  # matmul(impl="auto") uses the kernel for at most this many rows of x
 
 
@@ -84,6 +87,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
             return None, f"{path.name} is stale (ABI {lib.jaxlm_quant_abi_version()}); rebuild it"
         for fmt, sym in _SYMBOLS.items():
             jax.ffi.register_ffi_target(_TARGETS[fmt], jax.ffi.pycapsule(getattr(lib, sym)), platform="cpu")
+        jax.ffi.register_ffi_target(_MULTI_TARGET, jax.ffi.pycapsule(lib.JaxlmQmmMulti), platform="cpu")
     except (OSError, AttributeError) as e:
         return None, f"{path.name} could not be loaded ({e}); rebuild it"
     return lib, "loaded"
@@ -175,6 +179,82 @@ def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0) -> jax.Arr
     arrays = w.arrays()
     y = _kernel_mm(x2, arrays, w.fmt, w.N, int(num_threads), (tuple(w.shape), w.n_in, w.rows_first))
     return y.reshape(*lead, *w.out_shape)
+
+
+def _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads):
+    if not kernel_available():
+        raise QuantError(f"the quantized-matmul kernel is not available: {_load()[1]}.")
+    call = jax.ffi.ffi_call(
+        _MULTI_TARGET,
+        tuple(jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32) for n in ns),
+        vmap_method="sequential",
+    )
+    flat = [a for arrays in arrays_list for a in arrays]
+    return tuple(call(x2, *flat, fmt=np.int64(_FMT_CODE[fmt]), num_threads=np.int64(num_threads)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _kernel_mm_many(x2, arrays_list, fmt, ns, num_threads, shapes):
+    return _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads)
+
+
+def _kernel_mm_many_fwd(x2, arrays_list, fmt, ns, num_threads, shapes):
+    if any(getattr(a, "perturbed", False) for a in jax.tree.leaves(arrays_list, is_leaf=_is_cvjp)):
+        raise QuantError(
+            "gradients with respect to a quantized weight are not defined (the kernel is "
+            "inference only); dequantize the weight (jaxlm.quant.dequantize) to train it."
+        )
+    av = tuple(tuple(_value(a) for a in arrays) for arrays in arrays_list)
+    return _ffi_apply_many(_value(x2), av, fmt, ns, num_threads), av
+
+
+def _kernel_mm_many_bwd(fmt, ns, num_threads, shapes, av, gs):
+    gx = None  # stays None (a zero cotangent) when no output reaches the loss
+    for g, arrays, (fmt_shape, n_in, rows_first) in zip(gs, av, shapes):
+        if isinstance(g, jax.custom_derivatives.SymbolicZero):
+            continue  # this output does not reach the loss
+        part = _kernel_mm_bwd(fmt, None, num_threads, (fmt_shape, n_in, rows_first), arrays, g)[0]
+        gx = part if gx is None else gx + part
+    return gx, tuple(tuple(None for _ in arrays) for arrays in av)
+
+
+_kernel_mm_many.defvjp(_kernel_mm_many_fwd, _kernel_mm_many_bwd, symbolic_zeros=True)
+
+
+def can_fuse(ws) -> bool:
+    """Whether ``kernel_matmul_many`` takes these weights in one call: 1-8 QuantWeights of one
+    kernel format with the same contracted shape."""
+    ws = list(ws)
+    return (
+        0 < len(ws) <= MAX_MULTI
+        and all(isinstance(w, QuantWeight) and kernel_supports(w) for w in ws)
+        and len({(w.fmt, w.in_shape) for w in ws}) == 1
+    )
+
+
+def kernel_matmul_many(x: jax.Array, ws, num_threads: int = 0) -> tuple:
+    """``(x @ W_1, ..., x @ W_n)`` in one kernel call: x is quantized once and the rows of all
+    weights share one thread-pool dispatch (q/k/v, gate/up at decode). Same arithmetic, per
+    output, as :func:`kernel_matmul` (bit-identical results); same custom VJP."""
+    ws = list(ws)
+    if not can_fuse(ws):
+        raise QuantError(
+            "kernel_matmul_many needs 1-8 quantized weights of one kernel format with the same "
+            f"contracted shape; got {[(getattr(w, 'fmt', type(w).__name__), getattr(w, 'shape', None)) for w in ws]}."
+        )
+    w0 = ws[0]
+    lead = x.shape[: x.ndim - w0.n_in]
+    if tuple(x.shape[x.ndim - w0.n_in :]) != w0.in_shape:
+        raise QuantError(
+            f"x of shape {x.shape} does not contract with a weight of shape {w0.shape} "
+            f"(contracted axes {w0.in_shape})."
+        )
+    x2 = jnp.asarray(x, jnp.float32).reshape(-1, w0.K)
+    ys = _kernel_mm_many(
+        x2, tuple(w.arrays() for w in ws), w0.fmt, tuple(w.N for w in ws), int(num_threads),
+        tuple((tuple(w.shape), w.n_in, w.rows_first) for w in ws),
+    )
+    return tuple(y.reshape(*lead, *w.out_shape) for y, w in zip(ys, ws))
 
 
 # ------------------------------------------------------------------------------------------

@@ -75,3 +75,18 @@ def matmul(x: jax.Array, w, *, n_in: int = 1, impl: str = "auto", num_threads: i
     if which == "kernel":
         return _kernel.kernel_matmul(x, w, num_threads=num_threads).astype(x.dtype)
     return matmul_xla(x, w).astype(x.dtype)
+
+
+def matmul_many(x: jax.Array, ws, *, impl: str = "auto", num_threads: int = 0) -> tuple:
+    """``tuple(matmul(x, w) for w in ws)`` for quantized weights sharing ``x``, in one kernel
+    call when every product would take the kernel (same format and contracted shape): x is
+    quantized once and one thread-pool dispatch covers all rows. Results equal the separate
+    calls bit for bit; otherwise (XLA path, mixed formats) the products run one by one."""
+    ws = list(ws)
+    if (
+        len(ws) > 1
+        and _kernel.can_fuse(ws)
+        and all(choose_impl(x, w, impl) == "kernel" for w in ws)
+    ):
+        return tuple(y.astype(x.dtype) for y in _kernel.kernel_matmul_many(x, ws, num_threads=num_threads))
+    return tuple(matmul(x, w, impl=impl, num_threads=num_threads) for w in ws)

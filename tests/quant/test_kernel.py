@@ -149,3 +149,60 @@ def test_kernel_tied_head_rows_first():
     y = Q.kernel_matmul(x, w)
     assert y.shape == (2, 70)
     _check_against_reference(np.asarray(y), x, w)
+
+
+@needs_kernel
+@pytest.mark.parametrize("fmt", Q.FORMATS)
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_fused_call_equals_separate_calls_bit_for_bit(fmt, m):
+    # q/k/v-shaped weights (different widths, a rank-3 output) quantized from fresh random data
+    rng = np.random.default_rng(11 + m)
+    shapes = [(96, 4, 24), (96, 40), (96, 2, 8)]
+    ws = [Q.quantize_weight(rng.standard_normal(s).astype(np.float32), fmt) for s in shapes]
+    x = rng.standard_normal((m, 2, 96)).astype(np.float32) * 2.0
+    for threads in (1, 2, 3):
+        fused = jax.jit(lambda a, t=threads: Q.kernel_matmul_many(a, ws, num_threads=t))(x)
+        assert "jaxlm_qmm_multi" in jax.jit(lambda a: Q.kernel_matmul_many(a, ws)).lower(x).as_text()
+        for y, w in zip(fused, ws):
+            alone = Q.kernel_matmul(x, w, num_threads=threads)
+            assert y.shape == (m, 2, *w.out_shape)
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(alone))
+            _check_against_reference(np.asarray(y).reshape(m * 2, -1), x.reshape(m * 2, -1), w)
+
+
+@needs_kernel
+def test_fused_call_gradient_and_unused_outputs():
+    rng = np.random.default_rng(12)
+    ws = [Q.quantize_weight(rng.standard_normal((64, n)).astype(np.float32), "q4_1") for n in (48, 16, 16)]
+    x = rng.standard_normal((2, 64)).astype(np.float32)
+    gs = [rng.standard_normal((2, w.N)).astype(np.float32) for w in ws]
+
+    def loss(a, use):
+        return sum(jnp.sum(y * g) for y, g, u in zip(Q.kernel_matmul_many(a, ws), gs, use) if u)
+
+    for use in [(1, 1, 1), (1, 0, 1), (0, 1, 0)]:
+        want = sum(g @ Q.dequantize_rows_np(w) for g, w, u in zip(gs, ws, use) if u)
+        gx = jax.grad(loss)(x, use)
+        np.testing.assert_allclose(np.asarray(gx), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_matmul_many_dispatch_and_fallbacks():
+    rng = np.random.default_rng(13)
+    a, b = (Q.quantize_weight(rng.standard_normal((64, 32)).astype(np.float32), "q8_0") for _ in range(2))
+    c = Q.quantize_weight(rng.standard_normal((64, 32)).astype(np.float32), "q4_0")
+    x1 = jnp.asarray(rng.standard_normal((1, 64)), jnp.float32)
+    x2 = jnp.asarray(rng.standard_normal((40, 64)), jnp.float32)  # prefill-sized: XLA
+    assert "jaxlm_qmm_multi" in jax.jit(lambda x: Q.matmul_many(x, [a, b])).lower(x1).as_text()
+    hlo_mixed = jax.jit(lambda x: Q.matmul_many(x, [a, c])).lower(x1).as_text()
+    assert "jaxlm_qmm_multi" not in hlo_mixed and "jaxlm_qmm_q4_0" in hlo_mixed
+    assert "jaxlm_qmm" not in jax.jit(lambda x: Q.matmul_many(x, [a, b])).lower(x2).as_text()
+    for x in (x1, x2):
+        for ws in ([a, b], [a, c]):
+            for y, w in zip(Q.matmul_many(x, ws), ws):
+                np.testing.assert_array_equal(np.asarray(y), np.asarray(Q.matmul(x, w)))
+    with pytest.raises(Q.QuantError, match="one kernel format"):
+        Q.kernel_matmul_many(x1, [a, c])
+    d = Q.quantize_weight(rng.standard_normal((96, 32)).astype(np.float32), "q8_0")
+    with pytest.raises(Q.QuantError, match="same"):
+        Q.kernel_matmul_many(x1, [a, d])

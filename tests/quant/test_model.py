@@ -105,3 +105,70 @@ def test_chat_q4_1_answers_paris():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Paris" in r.stdout, r.stdout
+
+
+def _tiny_quant(fmt="q4_1", seed=7):
+    cfg = dataclasses.replace(MODELS.get("smollm2-135m_test"), n_heads=4, n_kv_heads=2)
+    params = jax.tree.map(np.asarray, transformer.init(jax.random.PRNGKey(seed), cfg))
+    return cfg, params, Q.quantize_params(params, cfg, fmt)
+
+
+def test_fused_qkv_and_gate_up_calls_leave_the_forward_unchanged():
+    """core's dense_many (q/k/v and gate/up of a layer in one kernel call) gives the same
+    logits as one dense per weight, bit for bit; float models never take it."""
+    from jaxlm.core import layers
+
+    cfg, params, qp = _tiny_quant()
+    tokens = jax.random.randint(jax.random.PRNGKey(8), (1, 5), 0, cfg.vocab_size)
+    fused = _forward(qp, cfg, tokens)
+    orig = layers.dense_many
+    try:
+        layers.dense_many = lambda x, ws, specs, c: tuple(
+            layers.dense(x, w, s, c) for w, s in zip(ws, specs))
+        transformer.dense_many = layers.dense_many
+        separate = _forward(qp, cfg, tokens + 0)  # new trace
+    finally:
+        layers.dense_many = transformer.dense_many = orig
+    np.testing.assert_array_equal(np.asarray(fused), np.asarray(separate))
+    hlo = jax.jit(lambda p, t: transformer.apply(p, cfg, t).logits).lower(qp, tokens).as_text()
+    if Q.kernel_available():
+        # one fused call per layer for q/k/v and one for gate/up
+        assert hlo.count("jaxlm_qmm_multi") == 2 * cfg.n_layers, hlo.count("jaxlm_qmm_multi")
+    fhlo = jax.jit(lambda p, t: transformer.apply(p, cfg, t).logits).lower(params, tokens).as_text()
+    assert "jaxlm_qmm" not in fhlo
+
+
+def test_decode_compile_policy(monkeypatch):
+    """Programs whose weight products run in the kernel compile without XLA:CPU's library
+    fusion (ynn); float models and quant_impl="xla" keep it; the env var overrides; the
+    two programs agree on the tokens and closely on the logits."""
+    from jaxlm.core import generate as gen
+    from jaxlm.core.cache import init_cache
+
+    cfg, params, qp = _tiny_quant()
+    monkeypatch.delenv(gen.LIBRARY_FUSION_ENV, raising=False)
+    assert gen.use_library_fusion(params, cfg) is True
+    assert gen.use_library_fusion(qp, dataclasses.replace(cfg, quant_impl="xla")) is True
+    assert gen.use_library_fusion(qp, cfg) is (not Q.kernel_available())
+    monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "off")
+    assert gen.use_library_fusion(params, cfg) is False
+    monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "bogus")
+    with pytest.raises(ValueError, match="on, off or auto"):
+        gen.use_library_fusion(params, cfg)
+    monkeypatch.delenv(gen.LIBRARY_FUSION_ENV)
+    tok = jnp.asarray([3], jnp.int32)
+    lowered = gen._decode_jit_nolib.lower(qp, cfg, tok, init_cache(cfg, 1, 16))
+    assert "ynn" not in lowered.compile().as_text()
+    outs = {}
+    for name, f in (("lib", gen._decode_jit_lib), ("nolib", gen._decode_jit_nolib)):
+        cache = init_cache(cfg, 1, 16)
+        logits, cache = f(qp, cfg, tok, cache)
+        logits2, _ = f(qp, cfg, jnp.argmax(logits, -1).astype(jnp.int32), cache)
+        outs[name] = np.asarray(logits2)
+    np.testing.assert_allclose(outs["nolib"], outs["lib"], rtol=0,
+                               atol=1e-4 * np.abs(outs["lib"]).max())
+    prompts = [[5, 9, 2, 7]]
+    a = gen.generate(qp, cfg, prompts, max_new_tokens=6).tokens
+    monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "on")
+    b = gen.generate(qp, cfg, prompts, max_new_tokens=6).tokens
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
