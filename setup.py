@@ -47,7 +47,7 @@ def _extensions():
             sources=["csrc/quant_matmul.cc"],
             include_dirs=[inc],
             language="c++",
-            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno"],
+            extra_compile_args=["-O3", "-std=c++17", "-fno-math-errno", "-ffp-contract=off"],
             extra_link_args=["-pthread"],
             optional=True,
         )

@@ -9,16 +9,17 @@
 // 4-bit blocks use GGUF's nibble order: byte j of a block holds element j in its low nibble
 // and element j + 16 in its high nibble.
 //
-// Arithmetic (the same as llama.cpp's q8_0 / q8_1 activation scheme, with the activation
-// scales kept in float32 instead of float16):
+// Arithmetic (llama.cpp's q8_0 / q8_1 activation scheme with a second level for the
+// residual, activation scales kept in float32):
 //   1. each row of x is quantized in blocks of 32: amax = max|x|, dx = amax / 127 (float32),
-//      qx = clamp(rint(x * (1 / dx)), -127, 127) (round half to even; qx = 0 when amax = 0),
-//      sx = dx * (float)sum(qx);
-//   2. per block the integer dot product isum = sum_j qw_j * qx_j is exact in int32
-//      (for q4_0, qw_j = q_j - 8);
-//   3. out[m, n] = sum_b (dw_b * dx_b) * isum_b  [+ sum_b mw_b * sx_b for q4_1], the scale
-//      product dw_b * dx_b taken in float32 and the sum accumulated in float32
-//      (i8: dw_b = 1 and the row scale s_n multiplies the sum at the end).
+//      qx = clamp(rint(x * (1 / dx)), -127, 127) (round half to even; qx = 0 when amax = 0);
+//      the residual r = x - dx * qx (float32, two roundings) is quantized the same way to
+//      (qx2, dx2), dx2 <= dx / 254; sx = dx * (float)sum(qx) + dx2 * (float)sum(qx2);
+//   2. per block the integer dot products isum = sum_j qw_j * qx_j and isum2 (with qx2) are
+//      exact in int32 (for q4_0, qw_j = q_j - 8);
+//   3. out[m, n] = sum_b (dw_b * dx_b) * isum_b + (dw_b * dx2_b) * isum2_b
+//      [+ sum_b mw_b * sx_b for q4_1], each scale product in float32 and the sum accumulated
+//      in float32 (i8: dw_b = 1 and the row scale s_n multiplies the sum at the end).
 // The only difference from an exact evaluation of that formula is float32 accumulation order.
 //
 // AVX2/FMA/F16C code is compiled with per-function target attributes and chosen at run time
@@ -80,11 +81,16 @@ float HalfToFloat(uint16_t h) {
 
 // ---------------------------------------------------------------------------------------
 // Activation quantization (shared by both paths; the scalar version is the definition).
+// Two levels: x ~ d * q + d2 * q2, where q2 quantizes the residual x - d * q the same way
+// (its scale d2 <= d / 254, so the activation error drops ~250x against one level).
 struct QuantX {
   int M = 0, K = 0, nb = 0;
+  int levels = 2;          // 1: the residual level is all zero and skipped
   std::vector<int8_t> q;   // [M, K]
   std::vector<float> d;    // [M, nb]
-  std::vector<float> s;    // [M, nb]  d * sum(q)
+  std::vector<int8_t> q2;  // [M, K]  the residual's values
+  std::vector<float> d2;   // [M, nb] the residual's scales
+  std::vector<float> s;    // [M, nb]  d * sum(q) + d2 * sum(q2)
 };
 
 void QuantizeBlockScalar(const float* x, int8_t* q, float* d_out, float* s_out) {
@@ -142,22 +148,42 @@ __attribute__((target("avx2,fma,f16c"))) void QuantizeBlockAvx2(const float* x, 
   *s_out = d * (float)sum;
 }
 
-void QuantizeX(const float* x, int M, int K, bool avx2, QuantX* out) {
+void QuantizeX(const float* x, int M, int K, bool avx2, int levels, QuantX* out) {
+  out->levels = levels;
   out->M = M;
   out->K = K;
   out->nb = K / kBlock;
   out->q.resize((size_t)M * K);
   out->d.resize((size_t)M * out->nb);
+  out->q2.resize((size_t)M * K);
+  out->d2.resize((size_t)M * out->nb);
   out->s.resize((size_t)M * out->nb);
+  float r[kBlock];
   for (int m = 0; m < M; ++m) {
     for (int b = 0; b < out->nb; ++b) {
       const size_t o = (size_t)m * K + (size_t)b * kBlock;
       const size_t ob = (size_t)m * out->nb + b;
+      float s1, s2;
+      int8_t* q = out->q.data() + o;
       if (avx2) {
-        QuantizeBlockAvx2(x + o, out->q.data() + o, &out->d[ob], &out->s[ob]);
+        QuantizeBlockAvx2(x + o, q, &out->d[ob], &s1);
       } else {
-        QuantizeBlockScalar(x + o, out->q.data() + o, &out->d[ob], &out->s[ob]);
+        QuantizeBlockScalar(x + o, q, &out->d[ob], &s1);
       }
+      if (levels == 1) {
+        std::memset(out->q2.data() + o, 0, kBlock);
+        out->d2[ob] = 0.f;
+        out->s[ob] = s1;
+        continue;
+      }
+      const float d = out->d[ob];
+      for (int j = 0; j < kBlock; ++j) r[j] = x[o + j] - d * (float)q[j];  // two roundings
+      if (avx2) {
+        QuantizeBlockAvx2(r, out->q2.data() + o, &out->d2[ob], &s2);
+      } else {
+        QuantizeBlockScalar(r, out->q2.data() + o, &out->d2[ob], &s2);
+      }
+      out->s[ob] = s1 + s2;
     }
   }
 }
@@ -199,12 +225,19 @@ void RowsScalar(const Weights& w, const QuantX& xq, float* out, int n0, int n1) 
             break;
           }
         }
-        const int8_t* qx = xq.q.data() + (size_t)mi * xq.K + (size_t)b * kBlock;
-        int32_t isum = 0;
-        for (int j = 0; j < kBlock; ++j) isum += qw[j] * (int32_t)qx[j];
+        const size_t xo = (size_t)mi * xq.K + (size_t)b * kBlock;
+        const int8_t* qx = xq.q.data() + xo;
+        const int8_t* qx2 = xq.q2.data() + xo;
+        int32_t isum = 0, isum2 = 0;
+        for (int j = 0; j < kBlock; ++j) {
+          isum += qw[j] * (int32_t)qx[j];
+          isum2 += qw[j] * (int32_t)qx2[j];
+        }
         const float dx = xq.d[(size_t)mi * nb + b];
+        const float dx2 = xq.d2[(size_t)mi * nb + b];
         const float dw = w.fmt == Fmt::kI8 ? 1.f : HalfToFloat(w.d[(size_t)n * nb + b]);
         acc += (dw * dx) * (float)isum;
+        acc += (dw * dx2) * (float)isum2;
         if (w.fmt == Fmt::kQ4_1) acc += HalfToFloat(w.m[(size_t)n * nb + b]) * xq.s[(size_t)mi * nb + b];
       }
       if (w.fmt == Fmt::kI8) acc *= w.s[n];
@@ -280,7 +313,7 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(__m256i qw, con
 }
 
 // G rows of x against one weight row n, accumulators in registers (G is a constant).
-template <Fmt F, int G>
+template <Fmt F, int G, bool Two>
 __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, const QuantX& xq,
                                                              const uint8_t* row, int n,
                                                              const float* dwf, const float* mwf,
@@ -289,14 +322,22 @@ __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, 
   __m256 acc[G];
   for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
   const int8_t* qx0 = xq.q.data() + (size_t)m0 * xq.K;
+  const int8_t* qy0 = xq.q2.data() + (size_t)m0 * xq.K;
   const float* dx0 = xq.d.data() + (size_t)m0 * nb;
+  const float* dy0 = xq.d2.data() + (size_t)m0 * nb;
   for (int b = 0; b < nb; ++b) {
     const __m256i qw = LoadW<F>(row, b);
     const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
     for (int g = 0; g < G; ++g) {
-      const __m256i d32 = BlockDot<F>(qw, qx0 + (size_t)g * xq.K + (size_t)b * kBlock);
+      const size_t xo = (size_t)g * xq.K + (size_t)b * kBlock;
+      const __m256i d32 = BlockDot<F>(qw, qx0 + xo);
       const float scv = dw * dx0[(size_t)g * nb + b];
       acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(scv), _mm256_cvtepi32_ps(d32), acc[g]);
+      if constexpr (Two) {
+        const __m256i e32 = BlockDot<F>(qw, qy0 + xo);
+        const float scw = dw * dy0[(size_t)g * nb + b];
+        acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(scw), _mm256_cvtepi32_ps(e32), acc[g]);
+      }
     }
   }
   for (int g = 0; g < G; ++g) {
@@ -308,16 +349,17 @@ __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, 
   }
 }
 
-template <Fmt F>
+template <Fmt F, bool Two>
 __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const QuantX& xq,
                                                        float* out, int n0, int n1) {
   const int nb = w.nb, M = xq.M;
   const size_t rb = w.row_bytes();
   thread_local std::vector<float> buf;
-  buf.resize((size_t)3 * nb);
+  buf.resize((size_t)4 * nb);
   float* dwf = buf.data();       // this row's block scales (f32)
   float* mwf = dwf + nb;         // this row's block mins (q4_1)
   float* sc = mwf + nb;          // dw * dx for M == 1
+  float* sc2 = sc + nb;          // dw * dx2 for M == 1
   for (int n = n0; n < n1; ++n) {
     const uint8_t* row = w.qs + (size_t)n * rb;
     if (n + 1 < n1) {
@@ -330,25 +372,45 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
     if (M == 1) {
       // decode: two independent accumulator chains, scales precomputed 8 at a time
       const float* scp = xq.d.data();
+      const float* scq = xq.d2.data();
       if constexpr (F != Fmt::kI8) {
         int b = 0;
-        for (; b + 8 <= nb; b += 8)
-          _mm256_storeu_ps(sc + b, _mm256_mul_ps(_mm256_loadu_ps(dwf + b), _mm256_loadu_ps(xq.d.data() + b)));
-        for (; b < nb; ++b) sc[b] = dwf[b] * xq.d[b];
+        for (; b + 8 <= nb; b += 8) {
+          const __m256 dv = _mm256_loadu_ps(dwf + b);
+          _mm256_storeu_ps(sc + b, _mm256_mul_ps(dv, _mm256_loadu_ps(xq.d.data() + b)));
+          _mm256_storeu_ps(sc2 + b, _mm256_mul_ps(dv, _mm256_loadu_ps(xq.d2.data() + b)));
+        }
+        for (; b < nb; ++b) {
+          sc[b] = dwf[b] * xq.d[b];
+          sc2[b] = dwf[b] * xq.d2[b];
+        }
         scp = sc;
+        scq = sc2;
       }
       const int8_t* qx = xq.q.data();
+      const int8_t* qy = xq.q2.data();
+      // one weight block against both activation levels; two accumulator chains
       __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      int b = 0;
-      for (; b + 2 <= nb; b += 2) {
-        const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
-        const __m256i d1 = BlockDot<F>(LoadW<F>(row, b + 1), qx + (size_t)(b + 1) * kBlock);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
-        a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b + 1), _mm256_cvtepi32_ps(d1), a1);
-      }
-      if (b < nb) {
-        const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
-        a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+      if constexpr (Two) {
+        for (int b = 0; b < nb; ++b) {
+          const __m256i qw = LoadW<F>(row, b);
+          const __m256i d0 = BlockDot<F>(qw, qx + (size_t)b * kBlock);
+          const __m256i e0 = BlockDot<F>(qw, qy + (size_t)b * kBlock);
+          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+          a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scq + b), _mm256_cvtepi32_ps(e0), a1);
+        }
+      } else {
+        int b = 0;
+        for (; b + 2 <= nb; b += 2) {
+          const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
+          const __m256i d1 = BlockDot<F>(LoadW<F>(row, b + 1), qx + (size_t)(b + 1) * kBlock);
+          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+          a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b + 1), _mm256_cvtepi32_ps(d1), a1);
+        }
+        if (b < nb) {
+          const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
+          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
+        }
       }
       float r = HSum(_mm256_add_ps(a0, a1));
       if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data(), nb);
@@ -357,18 +419,19 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
       continue;
     }
     int m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4>(w, xq, row, n, dwf, mwf, m0, out);
-    for (; m0 < M; ++m0) RowGroup<F, 1>(w, xq, row, n, dwf, mwf, m0, out);
+    for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4, Two>(w, xq, row, n, dwf, mwf, m0, out);
+    for (; m0 < M; ++m0) RowGroup<F, 1, Two>(w, xq, row, n, dwf, mwf, m0, out);
   }
 }
 
 void Rows(const Weights& w, const QuantX& xq, float* out, int n0, int n1, bool avx2) {
   if (!avx2) return RowsScalar(w, xq, out, n0, n1);
+  const bool two = xq.levels == 2;
   switch (w.fmt) {
-    case Fmt::kQ8_0: return RowsAvx2<Fmt::kQ8_0>(w, xq, out, n0, n1);
-    case Fmt::kQ4_0: return RowsAvx2<Fmt::kQ4_0>(w, xq, out, n0, n1);
-    case Fmt::kQ4_1: return RowsAvx2<Fmt::kQ4_1>(w, xq, out, n0, n1);
-    case Fmt::kI8: return RowsAvx2<Fmt::kI8>(w, xq, out, n0, n1);
+    case Fmt::kQ8_0: return two ? RowsAvx2<Fmt::kQ8_0, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kQ8_0, false>(w, xq, out, n0, n1);
+    case Fmt::kQ4_0: return two ? RowsAvx2<Fmt::kQ4_0, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kQ4_0, false>(w, xq, out, n0, n1);
+    case Fmt::kQ4_1: return two ? RowsAvx2<Fmt::kQ4_1, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kQ4_1, false>(w, xq, out, n0, n1);
+    case Fmt::kI8: return two ? RowsAvx2<Fmt::kI8, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kI8, false>(w, xq, out, n0, n1);
   }
 }
 
@@ -516,11 +579,12 @@ int DefaultThreads() {
 // out[i] = x @ ws[i] for n weights of one format sharing K: x is quantized once and the rows
 // of all weights are split into chunks for one pool dispatch (q/k/v or gate/up of a layer in
 // one call: decode pays the dispatch, the quantization and the wake-up once instead of 2-3x).
-void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, int M, int threads) {
+void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, int M, int threads,
+                 int levels) {
   const bool avx2 = Isa() == 1;
   thread_local QuantX scratch;  // reused: no allocation per call once warm
   QuantX& xq = scratch;  // a plain reference, so the pool's lambda reads this thread's copy
-  QuantizeX(x, M, ws[0].K, avx2, &xq);
+  QuantizeX(x, M, ws[0].K, avx2, levels, &xq);
   if (threads <= 0) threads = DefaultThreads();
   int n_total = 0;
   for (int i = 0; i < n; ++i) n_total += ws[i].N;
@@ -566,9 +630,9 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
   if (g_pool->Run(job, n_chunks)) g_solo_calls.store(kSoloCalls, std::memory_order_relaxed);
 }
 
-void Compute(const Weights& w, const float* x, int M, float* out, int threads) {
+void Compute(const Weights& w, const float* x, int M, float* out, int threads, int levels) {
   float* outs[1] = {out};
-  ComputeMany(&w, outs, 1, x, M, threads);
+  ComputeMany(&w, outs, 1, x, M, threads, levels);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -615,20 +679,22 @@ ffi::Error CheckX(ffi::Buffer<ffi::F32> x, int64_t* M, int64_t* K) {
 
 template <class QB, class DB, class MB>
 ffi::Error QmmImpl(Fmt fmt, ffi::Buffer<ffi::F32> x, const QB& qs, const DB& d, const MB& mins,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads, int64_t levels) {
+  if (levels != 1 && levels != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: levels must be 1 or 2");
   int64_t M, K;
   if (auto e = CheckX(x, &M, &K); e.failure()) return e;
   Weights w;
   if (auto e = MakeWeights(fmt, M, K, qs, d, mins, *out, &w); e.failure()) return e;
   if (M == 0 || w.N == 0) return ffi::Error::Success();
-  Compute(w, x.typed_data(), (int)M, out->typed_data(), (int)threads);
+  Compute(w, x.typed_data(), (int)M, out->typed_data(), (int)threads, (int)levels);
   return ffi::Error::Success();
 }
 
 // Several weights of one format against the same x: args are (qs, d) per weight, plus m
 // for q4_1; one float32 [M, N_i] result per weight. fmt: 0 q8_0, 1 q4_0, 2 q4_1, 3 int8.
 ffi::Error QmmMulti(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t fmt_code, int64_t threads) {
+                    int64_t fmt_code, int64_t threads, int64_t levels) {
+  if (levels != 1 && levels != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: levels must be 1 or 2");
   if (fmt_code < 0 || fmt_code > 3) return ffi::Error::InvalidArgument("jaxlm quant kernel: unknown format");
   const Fmt fmt = (Fmt)fmt_code;
   int64_t M, K;
@@ -657,25 +723,29 @@ ffi::Error QmmMulti(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::Remai
     outs[i] = (float*)(*o)->untyped_data();
   }
   if (M == 0) return ffi::Error::Success();
-  ComputeMany(ws, outs, (int)n, x.typed_data(), (int)M, (int)threads);
+  ComputeMany(ws, outs, (int)n, x.typed_data(), (int)M, (int)threads, (int)levels);
   return ffi::Error::Success();
 }
 
 ffi::Error QmmQ8_0(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> qs, ffi::Buffer<ffi::F16> d,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
-  return QmmImpl(Fmt::kQ8_0, x, qs, d, d, out, threads);
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
+                   int64_t levels) {
+  return QmmImpl(Fmt::kQ8_0, x, qs, d, d, out, threads, levels);
 }
 ffi::Error QmmQ4_0(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
-  return QmmImpl(Fmt::kQ4_0, x, qs, d, d, out, threads);
+                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
+                   int64_t levels) {
+  return QmmImpl(Fmt::kQ4_0, x, qs, d, d, out, threads, levels);
 }
 ffi::Error QmmQ4_1(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
-                   ffi::Buffer<ffi::F16> m, ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
-  return QmmImpl(Fmt::kQ4_1, x, qs, d, m, out, threads);
+                   ffi::Buffer<ffi::F16> m, ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
+                   int64_t levels) {
+  return QmmImpl(Fmt::kQ4_1, x, qs, d, m, out, threads, levels);
 }
 ffi::Error QmmI8(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> qs, ffi::Buffer<ffi::F32> s,
-                 ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads) {
-  return QmmImpl(Fmt::kI8, x, qs, s, s, out, threads);
+                 ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
+                   int64_t levels) {
+  return QmmImpl(Fmt::kI8, x, qs, s, s, out, threads, levels);
 }
 
 }  // namespace
@@ -688,14 +758,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ8_0, QmmQ8_0,
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads"));
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("levels"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_0, QmmQ4_0,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::U8>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads"));
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("levels"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_1, QmmQ4_1,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
@@ -703,14 +775,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_1, QmmQ4_1,
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Arg<ffi::Buffer<ffi::F16>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads"));
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("levels"));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmI8, QmmI8,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads"));
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("levels"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmMulti, QmmMulti,
                               ffi::Ffi::Bind()
@@ -718,11 +792,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmMulti, QmmMulti,
                                   .RemainingArgs()
                                   .RemainingRets()
                                   .Attr<int64_t>("fmt")
-                                  .Attr<int64_t>("num_threads"));
+                                  .Attr<int64_t>("num_threads")
+                                  .Attr<int64_t>("levels"));
 
 // 1 when the AVX2/FMA/F16C path is in use, 0 for the scalar path.
 JAXLM_EXPORT int jaxlm_quant_isa() { return Isa(); }
 // Threads used when a call passes num_threads = 0.
 JAXLM_EXPORT int jaxlm_quant_default_threads() { return DefaultThreads(); }
 // ABI version of this library, checked by the Python wrapper.
-JAXLM_EXPORT int jaxlm_quant_abi_version() { return 2; }
+JAXLM_EXPORT int jaxlm_quant_abi_version() { return 3; }

@@ -4,8 +4,9 @@
     python -m experiments.bench_generate --quick                       # ~2 min on a quiet 2-core CPU
 
 For each format (float32, bfloat16, int8, q8_0, q4_1; the quantized ones keep their blocks
-resident and run the C++ kernel at decode, see jaxlm.quant), measured in one process after
-warm-up, medians over repeats:
+resident and run the C++ kernel at decode with two int8 levels of activation rounding, see
+jaxlm.quant.kernel; "q4_1-l1" is Q4_1 with one level, llama.cpp's own arithmetic), measured in
+one process after warm-up, medians over repeats:
   * resident weight bytes, the machine's copy bandwidth and the batch-1 floor
     = bandwidth / weight bytes (every decode step reads every weight once);
   * prefill tok/s at 1024 prompt tokens (batch 1);
@@ -31,7 +32,7 @@ from absl import flags, logging
 from jaxlm.utils import cli
 
 from experiments.smollm2.perf import (  # flag-free pieces (tests import them)
-    ALL_ANCHORS, ALL_FORMATS, heldout_tokens, parse_list, quality_logits)
+    ALL_ANCHORS, ALL_FORMATS, heldout_tokens, parse_list, quality_logits, split_format)
 
 _QUICK = flags.DEFINE_bool(
     "quick", False,
@@ -99,8 +100,9 @@ def main(argv):
             cfg = dataclasses.replace(MODELS.get("smollm2-135m"), param_dtype=fmt, compute_dtype=fmt)
             # eager on purpose: jit(init) compiles every layer's threefry graph for a one-off
             return cfg, jax.block_until_ready(init(jax.random.PRNGKey(0), cfg)), None
-        m = load("smollm2-135m-instruct", dtype=fmt)
-        return m.cfg, jax.device_put(m.params), m
+        dtype, levels = split_format(fmt)
+        m = load("smollm2-135m-instruct", dtype=dtype)
+        return dataclasses.replace(m.cfg, quant_levels=levels), jax.device_put(m.params), m
 
     # ---------------------------------------------------------------- jaxlm, every format
     path = None
@@ -132,9 +134,10 @@ def main(argv):
                 r["quality_text"] = {"source": "pydoc_data.topics (CPython documentation), keys in "
                                      "sorted order", "windows": n_win, "window_tokens": QUALITY_WINDOW}
             qcfg = cfg
-            if fmt in quant.FORMATS and quant.kernel_available() and backend == "cpu":
+            if split_format(fmt)[0] in quant.FORMATS and quant.kernel_available() and backend == "cpu":
                 qcfg = dataclasses.replace(cfg, quant_impl="kernel")
-            f["quality_impl"] = qcfg.quant_impl if fmt in quant.FORMATS else "xla"
+            f["quality_impl"] = qcfg.quant_impl if split_format(fmt)[0] in quant.FORMATS else "xla"
+            f["quant_levels"] = qcfg.quant_levels
             logits = quality_logits(params, qcfg, windows)
             if fmt == "float32":
                 ref_logits = logits
@@ -190,7 +193,7 @@ def main(argv):
     # ---------------------------------------------------------------- targets
     targets = []
     fr = r["formats"]
-    quant_fmts = [k for k in formats if k in quant.FORMATS]
+    quant_fmts = [k for k in formats if split_format(k)[0] in quant.FORMATS]
     best_q = max(quant_fmts, key=lambda k: fr[k]["decode_b1_tok_s"]) if quant_fmts else None
     lca = r["anchors"].get("llamacpp")
     if isinstance(lca, dict) and "decode_b1_ratio" in lca:

@@ -96,7 +96,14 @@ def device_bandwidth_gbs() -> float:
 
 
 # bench_generate's flag-free pieces: its format/anchor lists and the held-out text
-ALL_FORMATS = ("float32", "bfloat16", "int8", "q8_0", "q4_1")
+ALL_FORMATS = ("float32", "bfloat16", "int8", "q8_0", "q4_1", "q4_1-l1")
+ONE_LEVEL = "-l1"  # suffix: the kernel's one-level activation rounding (ModelConfig.quant_levels=1)
+
+
+def split_format(fmt: str) -> tuple[str, int]:
+    """A benchmark format name -> (weight dtype for ``weights.load``, kernel activation levels);
+    "q4_1-l1" is Q4_1 with llama.cpp's one-level int8 activations."""
+    return (fmt[: -len(ONE_LEVEL)], 1) if fmt.endswith(ONE_LEVEL) else (fmt, 2)
 ALL_ANCHORS = ("llamacpp", "hf")
 
 

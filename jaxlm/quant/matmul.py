@@ -63,21 +63,24 @@ def choose_impl(x, w, impl: str = "auto") -> str:
     return "xla"
 
 
-def matmul(x: jax.Array, w, *, n_in: int = 1, impl: str = "auto", num_threads: int = 0) -> jax.Array:
+def matmul(x: jax.Array, w, *, n_in: int = 1, impl: str = "auto", num_threads: int = 0,
+           levels: int = 2) -> jax.Array:
     """``x @ w`` for a float array or a :class:`QuantWeight` (see module docstring).
 
     For a float ``w``, ``n_in`` is the number of its leading axes contracted with the trailing
-    axes of ``x``; a QuantWeight carries its own ``n_in``.
+    axes of ``x``; a QuantWeight carries its own ``n_in``. ``levels``: the kernel's
+    activation rounding (1 or 2 int8 levels, see ``jaxlm.quant.kernel``).
     """
     if not isinstance(w, QuantWeight):
         return jnp.tensordot(x, w.astype(x.dtype), axes=n_in)
     which = choose_impl(x, w, impl)
     if which == "kernel":
-        return _kernel.kernel_matmul(x, w, num_threads=num_threads).astype(x.dtype)
+        return _kernel.kernel_matmul(x, w, num_threads=num_threads, levels=levels).astype(x.dtype)
     return matmul_xla(x, w).astype(x.dtype)
 
 
-def matmul_many(x: jax.Array, ws, *, impl: str = "auto", num_threads: int = 0) -> tuple:
+def matmul_many(x: jax.Array, ws, *, impl: str = "auto", num_threads: int = 0,
+                levels: int = 2) -> tuple:
     """``tuple(matmul(x, w) for w in ws)`` for quantized weights sharing ``x``, in one kernel
     call when every product would take the kernel (same format and contracted shape): x is
     quantized once and one thread-pool dispatch covers all rows. Results equal the separate
@@ -88,5 +91,6 @@ def matmul_many(x: jax.Array, ws, *, impl: str = "auto", num_threads: int = 0) -
         and _kernel.can_fuse(ws)
         and all(choose_impl(x, w, impl) == "kernel" for w in ws)
     ):
-        return tuple(y.astype(x.dtype) for y in _kernel.kernel_matmul_many(x, ws, num_threads=num_threads))
-    return tuple(matmul(x, w, impl=impl, num_threads=num_threads) for w in ws)
+        return tuple(y.astype(x.dtype) for y in _kernel.kernel_matmul_many(
+            x, ws, num_threads=num_threads, levels=levels))
+    return tuple(matmul(x, w, impl=impl, num_threads=num_threads, levels=levels) for w in ws)

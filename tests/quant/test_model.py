@@ -172,3 +172,18 @@ def test_decode_compile_policy(monkeypatch):
     monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "on")
     b = gen.generate(qp, cfg, prompts, max_new_tokens=6).tokens
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_quant_levels_is_checked_and_reaches_the_kernel():
+    from jaxlm.core.config import ConfigError
+
+    cfg, _, qp = _tiny_quant("q8_0", seed=9)
+    for bad in (0, 3, True):
+        with pytest.raises(ConfigError, match="quant_levels must be 1 or 2"):
+            dataclasses.replace(cfg, quant_levels=bad)
+    tokens = jax.random.randint(jax.random.PRNGKey(10), (1, 6), 0, cfg.vocab_size)
+    exact = _forward(qp, dataclasses.replace(cfg, quant_impl="xla"), tokens)
+    two = _forward(qp, cfg, tokens)
+    one = _forward(qp, dataclasses.replace(cfg, quant_levels=1), tokens)
+    if Q.kernel_available():  # the second level brings the kernel much closer to exact
+        assert _rel(two, exact) < _rel(one, exact) / 20, (_rel(two, exact), _rel(one, exact))
