@@ -630,11 +630,6 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
   if (g_pool->Run(job, n_chunks)) g_solo_calls.store(kSoloCalls, std::memory_order_relaxed);
 }
 
-void Compute(const Weights& w, const float* x, int M, float* out, int threads, int levels) {
-  float* outs[1] = {out};
-  ComputeMany(&w, outs, 1, x, M, threads, levels);
-}
-
 // ---------------------------------------------------------------------------------------
 // FFI handlers.
 // Checks one weight's buffers against x's K and the output, and fills its view.
@@ -677,23 +672,11 @@ ffi::Error CheckX(ffi::Buffer<ffi::F32> x, int64_t* M, int64_t* K) {
   return ffi::Error::Success();
 }
 
-template <class QB, class DB, class MB>
-ffi::Error QmmImpl(Fmt fmt, ffi::Buffer<ffi::F32> x, const QB& qs, const DB& d, const MB& mins,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads, int64_t levels) {
-  if (levels != 1 && levels != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: levels must be 1 or 2");
-  int64_t M, K;
-  if (auto e = CheckX(x, &M, &K); e.failure()) return e;
-  Weights w;
-  if (auto e = MakeWeights(fmt, M, K, qs, d, mins, *out, &w); e.failure()) return e;
-  if (M == 0 || w.N == 0) return ffi::Error::Success();
-  Compute(w, x.typed_data(), (int)M, out->typed_data(), (int)threads, (int)levels);
-  return ffi::Error::Success();
-}
-
-// Several weights of one format against the same x: args are (qs, d) per weight, plus m
-// for q4_1; one float32 [M, N_i] result per weight. fmt: 0 q8_0, 1 q4_0, 2 q4_1, 3 int8.
-ffi::Error QmmMulti(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::RemainingRets rets,
-                    int64_t fmt_code, int64_t threads, int64_t levels) {
+// The one handler: 1-8 weights of one format against the same x (a single product is one
+// weight). args are (qs, d) per weight, plus m for q4_1; one float32 [M, N_i] result per
+// weight. fmt: 0 q8_0, 1 q4_0, 2 q4_1, 3 int8.
+ffi::Error Qmm(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::RemainingRets rets,
+               int64_t fmt_code, int64_t threads, int64_t levels) {
   if (levels != 1 && levels != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: levels must be 1 or 2");
   if (fmt_code < 0 || fmt_code > 3) return ffi::Error::InvalidArgument("jaxlm quant kernel: unknown format");
   const Fmt fmt = (Fmt)fmt_code;
@@ -727,66 +710,11 @@ ffi::Error QmmMulti(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::Remai
   return ffi::Error::Success();
 }
 
-ffi::Error QmmQ8_0(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> qs, ffi::Buffer<ffi::F16> d,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
-                   int64_t levels) {
-  return QmmImpl(Fmt::kQ8_0, x, qs, d, d, out, threads, levels);
-}
-ffi::Error QmmQ4_0(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
-                   ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
-                   int64_t levels) {
-  return QmmImpl(Fmt::kQ4_0, x, qs, d, d, out, threads, levels);
-}
-ffi::Error QmmQ4_1(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U8> qs, ffi::Buffer<ffi::F16> d,
-                   ffi::Buffer<ffi::F16> m, ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
-                   int64_t levels) {
-  return QmmImpl(Fmt::kQ4_1, x, qs, d, m, out, threads, levels);
-}
-ffi::Error QmmI8(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> qs, ffi::Buffer<ffi::F32> s,
-                 ffi::Result<ffi::Buffer<ffi::F32>> out, int64_t threads,
-                   int64_t levels) {
-  return QmmImpl(Fmt::kI8, x, qs, s, s, out, threads, levels);
-}
-
 }  // namespace
 
 #define JAXLM_EXPORT extern "C" __attribute__((visibility("default")))
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ8_0, QmmQ8_0,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads")
-                                  .Attr<int64_t>("levels"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_0, QmmQ4_0,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads")
-                                  .Attr<int64_t>("levels"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmQ4_1, QmmQ4_1,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::U8>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Arg<ffi::Buffer<ffi::F16>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads")
-                                  .Attr<int64_t>("levels"));
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmI8, QmmI8,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::S8>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("num_threads")
-                                  .Attr<int64_t>("levels"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmmMulti, QmmMulti,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmm, Qmm,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .RemainingArgs()

@@ -34,8 +34,9 @@ Under ``jax.vmap`` the call runs once per batch element (``vmap_method="sequenti
 batch axes into the rows of ``x`` instead (``kernel_matmul`` accepts any leading axes).
 
 Loading: the extension is ``jaxlm/quant/_kernel*.so`` built by ``setup.py`` (``pip install -e .``
-or ``python setup.py build_ext --inplace``); it is loaded with ``ctypes`` and its four handlers
-are registered for the CPU platform. ``JAXLM_DISABLE_KERNEL=1`` skips it (the pure-XLA path is
+or ``python setup.py build_ext --inplace``); it is loaded with ``ctypes`` and its one handler
+(``jaxlm_qmm``: 1-8 weights of one format against the same x) is registered for the CPU
+platform. ``JAXLM_DISABLE_KERNEL=1`` skips it (the pure-XLA path is
 used); ``JAXLM_KERNEL_SCALAR=1`` forces its portable scalar path; ``JAXLM_KERNEL_THREADS=n`` or
 ``num_threads=n`` sets the thread count (default: the number of cores).
 """
@@ -54,15 +55,8 @@ import numpy as np
 
 from jaxlm.quant.formats import BLOCK, QuantError, QuantWeight, _values_np
 
-_TARGETS = {
-    "q8_0": "jaxlm_qmm_q8_0",
-    "q4_0": "jaxlm_qmm_q4_0",
-    "q4_1": "jaxlm_qmm_q4_1",
-    "int8": "jaxlm_qmm_i8",
-}
-_SYMBOLS = {"q8_0": "JaxlmQmmQ8_0", "q4_0": "JaxlmQmmQ4_0", "q4_1": "JaxlmQmmQ4_1", "int8": "JaxlmQmmI8"}
 _ABI_VERSION = 3
-_MULTI_TARGET = "jaxlm_qmm_multi"
+_TARGET = "jaxlm_qmm"  # one handler: 1-8 weights of one format against the same x
 _FMT_CODE = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3}
 MAX_MULTI = 8  # weights per fused call (csrc/quant_matmul.cc)
 MAX_KERNEL_ROWS = 16  # matmul(impl="auto") uses the kernel for at most this many rows of x
@@ -92,9 +86,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
         lib = ctypes.CDLL(str(path))
         if lib.jaxlm_quant_abi_version() != _ABI_VERSION:
             return None, f"{path.name} is stale (ABI {lib.jaxlm_quant_abi_version()}); rebuild it"
-        for fmt, sym in _SYMBOLS.items():
-            jax.ffi.register_ffi_target(_TARGETS[fmt], jax.ffi.pycapsule(getattr(lib, sym)), platform="cpu")
-        jax.ffi.register_ffi_target(_MULTI_TARGET, jax.ffi.pycapsule(lib.JaxlmQmmMulti), platform="cpu")
+        jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.JaxlmQmm), platform="cpu")
     except (OSError, AttributeError) as e:
         return None, f"{path.name} could not be loaded ({e}); rebuild it"
     return lib, "loaded"
@@ -117,35 +109,10 @@ def kernel_status() -> dict:
 
 def kernel_supports(w: QuantWeight) -> bool:
     """Whether the kernel handles this weight (any format with K a multiple of 32)."""
-    return w.fmt in _TARGETS and w.K % BLOCK == 0
+    return w.fmt in _FMT_CODE and w.K % BLOCK == 0
 
 
 # ------------------------------------------------------------------------------------------
-def _ffi_apply(x2: jax.Array, arrays: tuple, fmt: str, n: int, num_threads: int, levels: int) -> jax.Array:
-    if not kernel_available():
-        raise QuantError(f"the quantized-matmul kernel is not available: {_load()[1]}.")
-    call = jax.ffi.ffi_call(
-        _TARGETS[fmt], jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32), vmap_method="sequential"
-    )
-    return call(x2, *arrays, num_threads=np.int64(num_threads), levels=np.int64(levels))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _kernel_mm(x2, arrays, fmt, n, num_threads, shape_nin, levels):
-    return _ffi_apply(x2, arrays, fmt, n, num_threads, levels)
-
-
-def _kernel_mm_fwd(x2, arrays, fmt, n, num_threads, shape_nin, levels):
-    if any(getattr(a, "perturbed", False) for a in jax.tree.leaves(arrays, is_leaf=_is_cvjp)):
-        raise QuantError(
-            "gradients with respect to a quantized weight are not defined (the kernel is "
-            "inference only); dequantize the weight (jaxlm.quant.dequantize) to train it."
-        )
-    xv = _value(x2)
-    av = tuple(_value(a) for a in arrays)
-    return _ffi_apply(xv, av, fmt, n, num_threads, levels), av
-
-
 def _is_cvjp(a) -> bool:
     return hasattr(a, "perturbed") and hasattr(a, "value")
 
@@ -154,18 +121,15 @@ def _value(a):
     return a.value if _is_cvjp(a) else a
 
 
-def _kernel_mm_bwd(fmt, n, num_threads, shape_nin, levels, av, g):
+def _grad_x(fmt, shape_nin, av, g):
+    """g @ W for the dequantized float32 weight (the straight-through transpose)."""
     from jaxlm.quant.formats import dequantize_rows
 
     shape, n_in, rows_first = shape_nin
     w = QuantWeight(
         qs=av[0], d=av[1], m=av[2] if len(av) > 2 else None, fmt=fmt, shape=shape, n_in=n_in, rows_first=rows_first
     )
-    gx = g.astype(jnp.float32) @ dequantize_rows(w)  # [M, N] @ [N, K]
-    return gx, tuple(None for _ in av)
-
-
-_kernel_mm.defvjp(_kernel_mm_fwd, _kernel_mm_bwd, symbolic_zeros=True)
+    return g.astype(jnp.float32) @ dequantize_rows(w)  # [M, N] @ [N, K]
 
 
 def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0, levels: int = 2) -> jax.Array:
@@ -177,17 +141,7 @@ def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0, levels: in
     """
     if not kernel_supports(w):
         raise QuantError(f"the kernel needs K % {BLOCK} == 0 and a known format; got {w.fmt} K={w.K}.")
-    lead = x.shape[: x.ndim - w.n_in]
-    if tuple(x.shape[x.ndim - w.n_in :]) != w.in_shape:
-        raise QuantError(
-            f"x of shape {x.shape} does not contract with a weight of shape {w.shape} "
-            f"(contracted axes {w.in_shape})."
-        )
-    x2 = jnp.asarray(x, jnp.float32).reshape(-1, w.K)
-    arrays = w.arrays()
-    y = _kernel_mm(x2, arrays, w.fmt, w.N, int(num_threads), (tuple(w.shape), w.n_in, w.rows_first),
-                   _check_levels(levels))
-    return y.reshape(*lead, *w.out_shape)
+    return kernel_matmul_many(x, [w], num_threads=num_threads, levels=levels)[0]
 
 
 def _check_levels(levels) -> int:
@@ -200,7 +154,7 @@ def _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads, levels):
     if not kernel_available():
         raise QuantError(f"the quantized-matmul kernel is not available: {_load()[1]}.")
     call = jax.ffi.ffi_call(
-        _MULTI_TARGET,
+        _TARGET,
         tuple(jax.ShapeDtypeStruct((x2.shape[0], n), jnp.float32) for n in ns),
         vmap_method="sequential",
     )
@@ -229,7 +183,7 @@ def _kernel_mm_many_bwd(fmt, ns, num_threads, shapes, levels, av, gs):
     for g, arrays, (fmt_shape, n_in, rows_first) in zip(gs, av, shapes):
         if isinstance(g, jax.custom_derivatives.SymbolicZero):
             continue  # this output does not reach the loss
-        part = _kernel_mm_bwd(fmt, None, num_threads, (fmt_shape, n_in, rows_first), levels, arrays, g)[0]
+        part = _grad_x(fmt, (fmt_shape, n_in, rows_first), arrays, g)
         gx = part if gx is None else gx + part
     return gx, tuple(tuple(None for _ in arrays) for arrays in av)
 

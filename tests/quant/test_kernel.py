@@ -24,6 +24,10 @@ needs_kernel = pytest.mark.skipif(
 SHAPES = [(1, 576, 1536), (3, 1536, 576), (16, 64, 40), (5, 96, 13), (19, 128, 33)]
 
 
+def _kernel_calls(hlo_text: str) -> int:
+    return hlo_text.count("@jaxlm_qmm(")
+
+
 def _check_against_reference(y, x, w, levels=2):
     ref, scale = Q.reference_matmul_np(x, w, levels)
     nb = w.K // Q.BLOCK
@@ -82,7 +86,7 @@ def test_auto_dispatch_kernel_for_decode_xla_for_prefill():
     assert Q.choose_impl(x1, w) == "kernel" and Q.choose_impl(x2, w) == "xla"
     np.testing.assert_array_equal(np.asarray(jax.jit(Q.matmul)(x1, w)), np.asarray(Q.kernel_matmul(x1, w)))
     assert "jaxlm_qmm" not in jax.jit(Q.matmul).lower(x2, w).as_text()
-    assert "jaxlm_qmm_q4_0" in jax.jit(Q.matmul).lower(x1, w).as_text()
+    assert _kernel_calls(jax.jit(Q.matmul).lower(x1, w).as_text()) == 1
 
 
 _CHILD = r"""
@@ -163,7 +167,7 @@ def test_fused_call_equals_separate_calls_bit_for_bit(fmt, m):
     x = rng.standard_normal((m, 2, 96)).astype(np.float32) * 2.0
     for threads in (1, 2, 3):
         fused = jax.jit(lambda a, t=threads: Q.kernel_matmul_many(a, ws, num_threads=t))(x)
-        assert "jaxlm_qmm_multi" in jax.jit(lambda a: Q.kernel_matmul_many(a, ws)).lower(x).as_text()
+        assert _kernel_calls(jax.jit(lambda a: Q.kernel_matmul_many(a, ws)).lower(x).as_text()) == 1
         for y, w in zip(fused, ws):
             alone = Q.kernel_matmul(x, w, num_threads=threads)
             assert y.shape == (m, 2, *w.out_shape)
@@ -194,9 +198,8 @@ def test_matmul_many_dispatch_and_fallbacks():
     c = Q.quantize_weight(rng.standard_normal((64, 32)).astype(np.float32), "q4_0")
     x1 = jnp.asarray(rng.standard_normal((1, 64)), jnp.float32)
     x2 = jnp.asarray(rng.standard_normal((40, 64)), jnp.float32)  # prefill-sized: XLA
-    assert "jaxlm_qmm_multi" in jax.jit(lambda x: Q.matmul_many(x, [a, b])).lower(x1).as_text()
-    hlo_mixed = jax.jit(lambda x: Q.matmul_many(x, [a, c])).lower(x1).as_text()
-    assert "jaxlm_qmm_multi" not in hlo_mixed and "jaxlm_qmm_q4_0" in hlo_mixed
+    assert _kernel_calls(jax.jit(lambda x: Q.matmul_many(x, [a, b])).lower(x1).as_text()) == 1
+    assert _kernel_calls(jax.jit(lambda x: Q.matmul_many(x, [a, c])).lower(x1).as_text()) == 2
     assert "jaxlm_qmm" not in jax.jit(lambda x: Q.matmul_many(x, [a, b])).lower(x2).as_text()
     for x in (x1, x2):
         for ws in ([a, b], [a, c]):

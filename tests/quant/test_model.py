@@ -132,8 +132,8 @@ def test_fused_qkv_and_gate_up_calls_leave_the_forward_unchanged():
     np.testing.assert_array_equal(np.asarray(fused), np.asarray(separate))
     hlo = jax.jit(lambda p, t: transformer.apply(p, cfg, t).logits).lower(qp, tokens).as_text()
     if Q.kernel_available():
-        # one fused call per layer for q/k/v and one for gate/up
-        assert hlo.count("jaxlm_qmm_multi") == 2 * cfg.n_layers, hlo.count("jaxlm_qmm_multi")
+        # per layer q/k/v, o, gate/up, down: 4 calls (7 unfused), plus the tied head
+        assert hlo.count("@jaxlm_qmm(") == 4 * cfg.n_layers + 1, hlo.count("@jaxlm_qmm(")
     fhlo = jax.jit(lambda p, t: transformer.apply(p, cfg, t).logits).lower(params, tokens).as_text()
     assert "jaxlm_qmm" not in fhlo
 
