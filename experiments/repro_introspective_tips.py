@@ -85,7 +85,7 @@ def paired(rows, a, b, games=None):
 
 def run(ctx: RunContext) -> Section:
     from jaxlm.agents.textworld_env import GameSpec, TextWorldEnv, game_set, make_games
-    from jaxlm.agents.tips import ActorConfig, EpisodeLog, TipGenerator, run_suite
+    from jaxlm.agents.tips import ActorConfig, EpisodeLog, EpisodeMemo, TipGenerator, run_suite
     from jaxlm.llm import GenConfig, ReplayBackend
     from jaxlm.llm.local import LocalBackend
 
@@ -136,12 +136,12 @@ def run(ctx: RunContext) -> Section:
 
     cassette_tips = ctx.outdir / "cassette_tips.jsonl"
 
-    def suite(backend, tip_backend, log_name, bar, seed):
+    def suite(backend, tip_backend, log_name, bar, seed, memo):
         gen_cfg = (GenConfig(max_tokens=64) if ctx.quick
                    else GenConfig(max_tokens=96, temperature=0.7, seed=seed))
         return run_suite(envs, backend, methods=methods, trials=trials, scenarios=scenarios,
                          actor=actor, tipgen=TipGenerator(tip_backend, cfg=gen_cfg), seed=seed,
-                         log=EpisodeLog(ctx.outdir / log_name), progress=bar.update)
+                         log=EpisodeLog(ctx.outdir / log_name), progress=bar.update, memo=memo)
 
     t1 = time.time()
     (ctx.outdir / "episodes.jsonl").unlink(missing_ok=True)
@@ -150,6 +150,9 @@ def run(ctx: RunContext) -> Section:
     # would end past this many seconds since the entry started (the report says so)
     budget = float(os.environ.get(BUDGET_ENV, "inf"))
     planned = list(seeds)
+    # one episode memo for every seed: an episode whose inputs (game, actor, tips text,
+    # weights; the seed only for the random agent) equal an earlier one's is played once
+    memo = EpisodeMemo()
     for k, sd in enumerate(seeds):
         if k and (time.time() - t0) + seed_secs > budget:
             break
@@ -159,7 +162,10 @@ def run(ctx: RunContext) -> Section:
         if k == 0:  # the actor's and the tip writer's requests, each in its own cassette
             be = ReplayBackend(cassette, inner=local, record_mode="overwrite")
             tb = ReplayBackend(cassette_tips, inner=writer, record_mode="overwrite")
-        per_seed.append(suite(be, tb, "episodes.jsonl", bar, sd))
+        st0 = dict(local.stats)
+        per_seed.append(suite(be, tb, "episodes.jsonl", bar, sd, memo))
+        # the actor backend's work in this seed (score_seqs: requests' candidates computed)
+        per_seed[-1]["actor_backend"] = {k: v - st0.get(k, 0) for k, v in local.stats.items()}
         bar.close()
         seed_secs = time.time() - ts
     seeds = seeds[: len(per_seed)]
@@ -167,11 +173,12 @@ def run(ctx: RunContext) -> Section:
     t_agent = time.time() - t1
     backend = local
     # replay the first seed's run from the cassette with no model: it must match exactly
+    # (with a fresh memo, so it makes the recording's requests in the recording's order)
     t2 = time.time()
     bar = ctx.bar(0, "replay")
     (ctx.outdir / "episodes_replay.jsonl").unlink(missing_ok=True)
     suite(ReplayBackend(cassette), ReplayBackend(cassette_tips), "episodes_replay.jsonl", bar,
-          seeds[0])
+          seeds[0], EpisodeMemo())
     bar.close()
     live_rows = [json.loads(x) for x in (ctx.outdir / "episodes.jsonl").read_text().splitlines()]
     first = [json.dumps(r) for r in live_rows[: len(live_rows) // len(seeds)]]
@@ -232,6 +239,9 @@ def run(ctx: RunContext) -> Section:
                "tipgen": res.get("tipgen", {}), "score_calls": backend.stats.get("score_calls"),
                "memo_hits": backend.stats.get("memo_hits"), "replay_exact": replay_exact,
                "replay_seconds": t_replay, "cassette_kb": cassette.stat().st_size / 1024,
+               "episode_memo": [r["memo"] for r in per_seed],
+               "actor_backend_per_seed": [r["actor_backend"] for r in per_seed],
+               "seed_seconds": [sum(r["timing"].values()) for r in per_seed],
                "actor": actor_spec, "adapter": str(adapter) if adapter else None}
 
     def ci_above(p):
