@@ -17,10 +17,12 @@ games (treasure hunter levels 5-8, game seeds 0-19; ``experiments.tips.FULL_*``)
 half); per-game differences averaged over seeds, 95% bootstrap CIs over games.
 ``$JAXLM_TIPS_BUDGET_S`` stops between seeds when the next would end past the budget.
 
-The full run uses a LoRA-fine-tuned actor when an adapter exists (``experiments.tips.
-finetune``, trained on walkthroughs of training games, game seeds 5000+): the folder named
-by the environment variable ``JAXLM_TIPS_ADAPTER``, else ``runs/tips_lora/adapter`` if
-present; the actor then uses the prompt format the adapter was trained for (its meta).
+The full run uses a LoRA-fine-tuned actor when an adapter exists: the folder named by the
+environment variable ``JAXLM_TIPS_ADAPTER``, else ``runs/tips_lora_treasure/adapter`` if
+present, the one ``python -m experiments.tips.finetune`` trains with its defaults (walkthroughs
+of 60 treasure_mid training games, game seeds 5000-5059, disjoint from the evaluation games
+0-19; the run refuses an adapter whose recorded training games overlap the evaluation
+games). The actor then uses the prompt format the adapter was trained for (its meta).
 Without one it runs the prompt-only actor and the report says so. The quick run always
 uses the prompt-only actor (training does not fit its budget).
 """
@@ -34,12 +36,13 @@ import time
 
 import numpy as np
 
+from experiments.tips import TRAIN_WORKDIR
 from jaxlm.utils.report import Claim, RunContext, Section
 
 NAME = "introspective_tips"
 ADAPTER_ENV = "JAXLM_TIPS_ADAPTER"
 BUDGET_ENV = "JAXLM_TIPS_BUDGET_S"
-DEFAULT_ADAPTER = "runs/tips_lora/adapter"
+DEFAULT_ADAPTER = f"{TRAIN_WORKDIR}/adapter"  # experiments.tips.finetune's default output
 PROMPT_ONLY_ACTOR = "norm=sum,prompt=window,history=0,loop_penalty=1000"
 
 
@@ -47,7 +50,8 @@ def find_adapter(quick: bool) -> pathlib.Path | None:
     """The LoRA adapter folder the full run uses (None: prompt-only actor).
 
     ``$JAXLM_TIPS_ADAPTER`` must name an existing folder when set; otherwise
-    ``runs/tips_lora/adapter`` is used if it exists. The quick run never uses one."""
+    ``runs/tips_lora_treasure/adapter`` (treasure_mid training games, game seeds 5000-5059)
+    is used if it exists. The quick run never uses one."""
     from experiments.tips.heldout import resolve_adapter
 
     return None if quick else resolve_adapter("auto")
@@ -119,9 +123,12 @@ def run(ctx: RunContext) -> Section:
     # writes degenerate text (a first full run with the merged model as the tip writer got
     # "take passkey take passkey ..." as tips)
     writer = local
+    trained = ""
     if adapter is not None:
-        from experiments.tips.heldout import with_adapter
+        from experiments.tips.heldout import check_heldout, with_adapter
         from jaxlm.train.lora import read_lora_meta
+
+        trained = check_heldout(adapter, [s.name for s in specs])  # refuses an overlap
 
         actor_spec = read_lora_meta(adapter).get("extra", {}).get("actor", PROMPT_ONLY_ACTOR)
         local = with_adapter(local, adapter)
@@ -130,8 +137,8 @@ def run(ctx: RunContext) -> Section:
     from experiments.tips.diagnose import parse_variants
 
     actor = ActorConfig(mode="score", **parse_variants("a:" + actor_spec)["a"])
-    actor_text = (f"LoRA-fine-tuned actor (adapter {adapter}, trained on walkthroughs of "
-                  f"training games, game seeds 5000+; prompt {actor_spec})" if adapter else
+    actor_text = (f"LoRA-fine-tuned actor (adapter {adapter}, {trained}; prompt "
+                  f"{actor_spec})" if adapter else
                   f"prompt-only actor (no LoRA adapter found; {actor_spec})")
 
     cassette_tips = ctx.outdir / "cassette_tips.jsonl"
