@@ -145,8 +145,10 @@ def main(argv):
     def local():
         from jaxlm.llm.local import LocalBackend
 
+        from experiments.tips import SCORE_BUCKETS
+
         be = LocalBackend(spec.model, prefix_slots=0 if adapter else slots,
-                          prefix_capacity=cfg.prefix_capacity)
+                          prefix_capacity=cfg.prefix_capacity, **SCORE_BUCKETS)
         if adapter is not None:
             from experiments.tips.heldout import with_adapter
 

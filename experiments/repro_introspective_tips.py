@@ -116,7 +116,9 @@ def run(ctx: RunContext) -> Section:
     paths = make_games(specs, ctx.outdir / "games", bar)
     bar.close()
     t_games = time.time() - t0
-    local = LocalBackend("smollm2-135m-instruct", prefix_slots=0)
+    from experiments.tips import SCORE_BUCKETS
+
+    local = LocalBackend("smollm2-135m-instruct", prefix_slots=0, **SCORE_BUCKETS)
     adapter = find_adapter(ctx.quick)
     actor_spec = PROMPT_ONLY_ACTOR
     # tips are written by the base model: the adapter is trained on command tokens only and

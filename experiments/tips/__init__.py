@@ -19,6 +19,9 @@ FULL_EVAL_SEED = 0
 FULL_TRIALS = 2
 FULL_MAX_STEPS = 10
 FULL_SEEDS = 3
+# the actor's scoring shapes (LocalBackend): 20 prompts of ~290 tokens are 20 x 320 computed
+# tokens instead of 32 x 512 with the default power-of-two buckets
+SCORE_BUCKETS = {"score_rows_multiple": 4, "score_len_multiple": 64}
 
 TRAIN_GAME_SET = "treasure_mid"
 TRAIN_SEED = 5

@@ -140,7 +140,9 @@ def with_adapter(backend, path, **kw):
     args = dict(max_tokens_per_call=backend.max_tokens_per_call,
                 prefix_slots=backend.prefix.n_slots if backend.prefix else 0,
                 prefix_capacity=backend.prefix.capacity if backend.prefix else 1536,
-                prefix_min_tokens=backend.prefix_min_tokens, memo_size=backend.memo_size)
+                prefix_min_tokens=backend.prefix_min_tokens, memo_size=backend.memo_size,
+                score_rows_multiple=backend.score_rows_multiple,
+                score_len_multiple=backend.score_len_multiple)
     args.update(kw)
     return LocalBackend(cfg=backend.cfg, params=L.merge(backend.params, L.load_lora(path)),
                         tokenizer=backend.tokenizer, name=f"{backend.name}+lora", **args)
