@@ -14,7 +14,9 @@ Presets (``--config``, with ``--override=field=value``): ``default`` (the full r
 family: 20 held-out treasure_mid games, 2 trials, 10 steps, S1+S2+S3 with none, tips,
 reflexion, oracle tips, random and walkthrough; one game-set seed per run, ``--seed``),
 ``quick`` and their seconds-long ``*_test`` twins. ``adapter=auto`` (default) plays the
-local actor with the LoRA adapter of ``$JAXLM_TIPS_ADAPTER`` or ``runs/tips_lora/adapter``
+local actor with the LoRA adapter of ``$JAXLM_TIPS_ADAPTER`` or
+``runs/tips_lora_treasure/adapter`` (``python -m experiments.tips.finetune``: treasure_mid
+training games, game seeds 5000-5059; an adapter trained on any evaluation game is refused)
 when one exists (tips are then written by the base model; ``--record`` records only the
 actor's requests in that case), else the prompt-only actor; it prints which. The older single-field flags
 (``--n_games``, ``--trials``, ``--methods``, ...) still work and override the preset.
@@ -124,8 +126,14 @@ def main(argv):
     if adapter is not None:
         from jaxlm.train.lora import read_lora_meta
 
+        from experiments.tips.heldout import check_heldout
+
+        try:
+            trained = check_heldout(adapter, [s.name for s in specs])
+        except ValueError as e:
+            raise cli.UserError(str(e)) from None
         adapter_actor = read_lora_meta(adapter).get("extra", {}).get("actor")
-        print(f"actor: LoRA adapter {adapter} (prompt {adapter_actor})")
+        print(f"actor: LoRA adapter {adapter}, {trained} (prompt {adapter_actor})")
     else:
         print("actor: prompt-only (no LoRA adapter)")
     actor = cfg.actor(adapter_actor)
@@ -137,8 +145,10 @@ def main(argv):
     def local():
         from jaxlm.llm.local import LocalBackend
 
+        from experiments.tips import SCORE_BUCKETS
+
         be = LocalBackend(spec.model, prefix_slots=0 if adapter else slots,
-                          prefix_capacity=cfg.prefix_capacity)
+                          prefix_capacity=cfg.prefix_capacity, **SCORE_BUCKETS)
         if adapter is not None:
             from experiments.tips.heldout import with_adapter
 

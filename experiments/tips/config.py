@@ -38,7 +38,8 @@ class TipsExpConfig:
         prefix_slots, prefix_capacity: local backend prefix KV reuse (-1: one per game).
         hide_objective: hide route-revealing objectives.
         adapter: LoRA adapter of the local actor (``experiments.tips.finetune``): "auto"
-            ($JAXLM_TIPS_ADAPTER, else runs/tips_lora/adapter if it exists, else none),
+            ($JAXLM_TIPS_ADAPTER, else runs/tips_lora_treasure/adapter, the
+            treasure_mid-trained one of ``experiments.tips.finetune``, if it exists, else none),
             "none" (prompt-only actor) or a folder. With an adapter the actor's prompt
             fields (norm, prompt, history, loop_penalty) are the ones it was trained for
             (its meta's ``actor``).

@@ -1,11 +1,14 @@
 """Held-out check: does an actor (picked on training games by ``diagnose``) beat random?
 
     python -m experiments.tips.heldout --n_games=20 --variant='norm=sum,prompt=window,history=0,loop_penalty=1000'
-    python -m experiments.tips.heldout --adapter=runs/tips_lora/adapter \
+    python -m experiments.tips.heldout --game_set=treasure_mid --n_games=20 \
+        --adapter=runs/tips_lora_treasure/adapter \
         --variant='norm=sum,prompt=window,history=1,loop_penalty=1000'   # fine-tuned actor
 
 Evaluation games are ``game_set(game_set, n_games, seed=eval_seed)`` (seed 0: game seeds
-0..n-1; ``diagnose`` trains on seed 5: game seeds 5000+, disjoint). The random agent is
+0..n-1; ``diagnose`` and ``finetune`` train on seed 5: game seeds 5000+, disjoint; with
+``--adapter`` the adapter's recorded training games are checked against the evaluation
+games: ``check_heldout``). The random agent is
 averaged over 5 policy seeds per game. Reported: the actor's mean normalized score with
 a 95% bootstrap CI over games, random's mean, and the paired per-game difference
 (actor - random) with its CI. "Beats random" = the actor's CI lies above random's mean
@@ -24,6 +27,8 @@ import time
 from typing import Any
 
 import numpy as np
+
+from experiments.tips import TRAIN_WORKDIR
 
 
 def evaluate(backend, envs, actor_kw: dict[str, Any], random_seeds=range(5)) -> dict[str, Any]:
@@ -51,14 +56,58 @@ def evaluate(backend, envs, actor_kw: dict[str, Any], random_seeds=range(5)) -> 
 
 
 ADAPTER_ENV = "JAXLM_TIPS_ADAPTER"
-DEFAULT_ADAPTER = "runs/tips_lora/adapter"
+# the treasure_mid-trained adapter (experiments.tips.finetune's defaults: TRAIN_*)
+DEFAULT_ADAPTER = f"{TRAIN_WORKDIR}/adapter"
+
+
+def training_games(meta_extra: dict[str, Any]) -> list[str] | None:
+    """Names of the games an adapter was trained on (validation games included), from its
+    meta's ``extra`` (``game_set``, ``n_games``, ``train_seed``, as ``finetune`` writes
+    them); None when the meta does not say."""
+    from jaxlm.agents.textworld_env import game_set
+
+    try:
+        return [g.name for g in game_set(meta_extra["game_set"], int(meta_extra["n_games"]),
+                                         int(meta_extra["train_seed"]))]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_heldout(adapter, eval_names: list[str]) -> str:
+    """Refuses (ValueError) an adapter trained on any of the evaluation games; returns a
+    one-line description of its training games for reports."""
+    from jaxlm.train.lora import read_lora_meta
+
+    extra = read_lora_meta(adapter).get("extra", {})
+    train = training_games(extra)
+    if train is None:
+        return (f"adapter {adapter}: training games not recorded in its meta (cannot check "
+                "that they are disjoint from the evaluation games)")
+    both = sorted(set(train) & set(eval_names))
+    if both:
+        raise ValueError(
+            f"adapter {adapter} was trained on {len(both)} of the evaluation games "
+            f"({', '.join(both[:3])}{', ...' if len(both) > 3 else ''}): evaluate on another "
+            "game-set seed (--seed / --eval_seed) or train with another --train_seed")
+    return describe_training(extra)
+
+
+def describe_training(extra: dict[str, Any]) -> str:
+    """'trained on 60 treasure_mid games (game seeds 5000-5059)' from an adapter's meta."""
+    train = training_games(extra)
+    if train is None:
+        return "training games not recorded"
+    s = int(extra["train_seed"]) * 1000
+    return (f"trained on walkthroughs of {len(train)} {extra['game_set']} games (game seeds "
+            f"{s}-{s + len(train) - 1})")
 
 
 def resolve_adapter(setting: str = "auto") -> pathlib.Path | None:
     """The LoRA adapter folder an actor uses (None: prompt-only).
 
     ``setting``: "none" (or "") -> None; "auto" -> ``$JAXLM_TIPS_ADAPTER`` (must name an
-    existing folder when set), else ``runs/tips_lora/adapter`` if it exists, else None;
+    existing folder when set), else ``runs/tips_lora_treasure/adapter`` (the
+    treasure_mid-trained one, ``experiments.tips.finetune``'s default) if it exists, else None;
     anything else is a folder that must exist."""
     import os
 
@@ -91,7 +140,9 @@ def with_adapter(backend, path, **kw):
     args = dict(max_tokens_per_call=backend.max_tokens_per_call,
                 prefix_slots=backend.prefix.n_slots if backend.prefix else 0,
                 prefix_capacity=backend.prefix.capacity if backend.prefix else 1536,
-                prefix_min_tokens=backend.prefix_min_tokens, memo_size=backend.memo_size)
+                prefix_min_tokens=backend.prefix_min_tokens, memo_size=backend.memo_size,
+                score_rows_multiple=backend.score_rows_multiple,
+                score_len_multiple=backend.score_len_multiple)
     args.update(kw)
     return LocalBackend(cfg=backend.cfg, params=L.merge(backend.params, L.load_lora(path)),
                         tokenizer=backend.tokenizer, name=f"{backend.name}+lora", **args)
@@ -110,6 +161,8 @@ def main(argv):
     envs = [TextWorldEnv(p, max_steps=f.max_steps, hide_objective=True)
             for p in make_games(specs, f.cache_dir)]
     kw = parse_variants("actor:" + f.variant)["actor"]
+    if f.adapter:
+        print(check_heldout(f.adapter, [s.name for s in specs]))
     if f.adapter:  # merged weights, one prefix cache
         base = LocalBackend("smollm2-135m-instruct", prefix_slots=0)
         backend = with_adapter(base, f.adapter, prefix_slots=len(envs), prefix_capacity=1280)

@@ -317,6 +317,21 @@ class TextWorldEnv:
         self.steps += 1
         return self._obs(text, info, done or self.steps >= self.max_steps, valid)
 
+    def fingerprint(self) -> str:
+        """A digest of everything that determines an episode on this env apart from the
+        commands sent: the game files (.z8 and its .json/.ni siblings, by content), the
+        step limit and the goal shown (``hide_objective``, ``challenge``). Computed once."""
+        if getattr(self, "_fingerprint", None) is None:
+            import hashlib
+
+            h = hashlib.blake2b(digest_size=16)
+            h.update(repr((self.max_steps, self.hide_objective, self.challenge)).encode())
+            for ext in (".z8", ".json", ".ni"):
+                f = self.path.with_suffix(ext)
+                h.update(ext.encode() + (f.read_bytes() if f.exists() else b"<absent>"))
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
     def close(self) -> None:
         """Closes the game (idempotent)."""
         if getattr(self, "_closed", False):

@@ -19,6 +19,8 @@ controls and the three scenarios.
   pathway); ``random`` (random admissible command: floor); ``walkthrough`` (follows
   the walkthrough: ceiling).
 * Scenarios: ``run_own_experience`` (S1), ``run_expert`` (S2), ``run_zero_shot`` (S3).
+* ``EpisodeMemo``: an episode whose inputs (game, actor, guidance text, backend weights,
+  and the seed for stochastic policies) equal an earlier one's is played once and reused.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class Trajectory:
     memory: list[str] = dataclasses.field(default_factory=list)  # tips/reflections in prompt
     error: str | None = None
     prompt_cuts: int = 0  # "append" prompts: times the history was cut (prompt re-encoded)
+    reused: bool = False  # taken from an EpisodeMemo (an identical episode was played before)
 
     @property
     def norm_score(self) -> float:
@@ -554,6 +557,97 @@ def _fallback(admissible: Sequence[str]) -> str:
     return "look" if "look" in admissible else admissible[0]
 
 
+def _identity(obj: Any, pinned: dict[int, Any]) -> str:
+    """``obj.fingerprint()`` when it has one (and it is not None), else the object's own
+    identity (the object is kept alive in ``pinned`` so its id is never reused)."""
+    f = getattr(obj, "fingerprint", None)
+    fp = f() if callable(f) else None
+    if fp is not None:
+        return f"{type(obj).__qualname__}:{fp}"
+    pinned[id(obj)] = obj
+    return f"{type(obj).__qualname__}@{id(obj):x}"
+
+
+class EpisodeMemo:
+    """Episodes already played, reused when the same episode is asked for again.
+
+    An episode is a function of: the game (``env.fingerprint()``: file contents, step
+    limit, goal shown), the actor configuration, the guidance the actor sees (memory
+    lines and their title; "none" sees nothing), the backend (``backend.fingerprint()``:
+    model config, tokenizer and weights, adapter merged in) and, for stochastic policies
+    only, the seed. The key holds all of them, so anything that changes an episode
+    changes its key; objects with no fingerprint are keyed by their identity (never
+    shared between two objects). What counts as deterministic: LLM methods with the
+    scoring actor (greedy argmax over log-probs) or greedy generation (temperature 0);
+    they are keyed per game. The random agent, the walkthrough (random after the
+    walkthrough ends) and sampled generation share one generator across the lockstep
+    batch: they are keyed by the whole batch and the seed, except sampled generation,
+    which is never reused (its samples are not tied to the seed here).
+
+    Reused trajectories are copies relabelled with the caller's method and trial and
+    marked ``reused=True``; episodes that ended in a backend error are never stored.
+    The memo belongs to the caller (one per experiment run); a replay check needs its
+    own fresh memo so that it makes the same requests as the recording.
+
+    ``stats``: episodes and LLM actor steps played vs reused.
+    """
+
+    def __init__(self):
+        self._store: dict[str, Trajectory] = {}
+        self._pinned: dict[int, Any] = {}
+        self.stats = {"episodes_played": 0, "episodes_reused": 0, "actor_steps_played": 0,
+                      "actor_steps_reused": 0}
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    def keys(self, envs: Sequence[Any], method: str, backend: Any,
+             memories: Sequence[Sequence[str]], actor: ActorConfig, seed: int
+             ) -> list[str] | None:
+        """One key per env: per game (deterministic policies), or the batch's key and the
+        env's place in it (random / walkthrough); None for sampled generation."""
+        import hashlib
+
+        def digest(obj) -> str:
+            text = json.dumps(obj, sort_keys=True, default=str, ensure_ascii=False)
+            return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+        games = [_identity(e, self._pinned) for e in envs]
+        if method in ("random", "walkthrough"):
+            k = digest({"policy": method, "games": games, "seed": seed,
+                        "max_actions": actor.max_actions})
+            return [f"{k}/{i}" for i in range(len(envs))]
+        if actor.mode != "score" and actor.gen.temperature != 0:
+            return None
+        title = MEMORY_TITLES.get(method, "")
+        who = _identity(backend, self._pinned)
+        conf = dataclasses.asdict(actor)
+        out = []
+        for g, m in zip(games, memories, strict=True):
+            mem = list(m) if method != "none" else []
+            out.append(digest({"policy": "llm", "game": g, "backend": who, "actor": conf,
+                               "title": title if mem else "", "memory": mem,
+                               "system": SYSTEM}))
+        return out
+
+    def get(self, key: str) -> Trajectory | None:
+        return self._store.get(key)
+
+    def put(self, key: str, traj: Trajectory) -> None:
+        if traj.error is None:
+            self._store[key] = _copy_traj(traj)
+
+
+def _copy_traj(t: Trajectory, **changes) -> Trajectory:
+    import copy
+
+    return dataclasses.replace(copy.deepcopy(t), **changes)
+
+
+def _llm_steps(t: Trajectory) -> int:
+    return sum(s.how not in ("random", "walkthrough") for s in t.steps)
+
+
 def run_episodes(
     envs: Sequence[Any],
     method: str,
@@ -564,9 +658,14 @@ def run_episodes(
     actor: ActorConfig = ActorConfig(),
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    memo: EpisodeMemo | None = None,
 ) -> list[Trajectory]:
     """Plays one episode per env in lockstep; LLM actions of all active games are scored
     in one batched call per step.
+
+    ``memo``: episodes already in it (same game, actor, guidance, backend, and seed for
+    stochastic policies; see ``EpisodeMemo``) are reused instead of played; the rest are
+    played together and stored.
 
     A ``BackendError`` ends every unfinished episode with ``error`` set (the steps so far
     are kept) and is then re-raised as ``EpisodeError`` carrying the trajectories.
@@ -576,6 +675,44 @@ def run_episodes(
     memories = memories or [[] for _ in envs]
     if len(memories) != len(envs):
         raise ValueError("run_episodes: one memory list per env")
+    keys = (memo.keys(envs, method, backend, memories, actor, seed) if memo is not None
+            else None)
+    if keys is None:
+        played = _play_lockstep(envs, method, backend, memories, trial, actor, seed, progress)
+        if memo is not None:  # counted, not stored (sampled generation)
+            memo.stats["episodes_played"] += len(played)
+            memo.stats["actor_steps_played"] += sum(_llm_steps(t) for t in played)
+        return played
+    out: list[Trajectory | None] = [None] * len(envs)
+    todo = []
+    for i, k in enumerate(keys):
+        hit = memo.get(k)
+        if hit is None:
+            todo.append(i)
+            continue
+        out[i] = _copy_traj(hit, trial=trial, method=method, memory=list(memories[i]),
+                            reused=True)
+        memo.stats["episodes_reused"] += 1
+        memo.stats["actor_steps_reused"] += _llm_steps(hit)
+    if todo:
+        try:
+            played = _play_lockstep([envs[i] for i in todo], method, backend,
+                                    [memories[i] for i in todo], trial, actor, seed, progress)
+        except EpisodeError as e:
+            for i, t in zip(todo, e.trajectories, strict=True):
+                out[i] = t
+            raise EpisodeError(str(e), out) from e  # type: ignore[arg-type]
+        for i, t in zip(todo, played, strict=True):
+            out[i] = t
+            memo.put(keys[i], t)
+            memo.stats["episodes_played"] += 1
+            memo.stats["actor_steps_played"] += _llm_steps(t)
+    return out  # type: ignore[return-value]
+
+
+def _play_lockstep(envs, method, backend, memories, trial, actor, seed, progress
+                   ) -> list[Trajectory]:
+    """``run_episodes`` without the memo: every env played, in lockstep."""
     rng = np.random.default_rng(seed)
     obs = [e.reset() for e in envs]
     trajs = [Trajectory(game=e.name, trial=trial, method=method, goal=e.goal,
@@ -710,10 +847,11 @@ class EpisodeLog:
                     f.write(json.dumps(row) + "\n")
 
 
-def _play(envs, method, backend, memories, trial, actor, seed, log, progress, scenario):
+def _play(envs, method, backend, memories, trial, actor, seed, log, progress, scenario,
+          memo=None):
     try:
         trajs = run_episodes(envs, method, backend, memories, trial=trial, actor=actor,
-                             seed=seed + 7919 * trial, progress=progress)
+                             seed=seed + 7919 * trial, progress=progress, memo=memo)
     except EpisodeError as e:
         log.write(e.trajectories, scenario=scenario)
         raise
@@ -723,9 +861,11 @@ def _play(envs, method, backend, memories, trial, actor, seed, log, progress, sc
 
 def run_own_experience(envs, method, backend, *, trials=3, actor=ActorConfig(),
                        tipgen: TipGenerator | None = None, seed=0, log: EpisodeLog | None = None,
-                       progress=None, scenario="S1") -> dict[str, Any]:
+                       progress=None, scenario="S1", memo: EpisodeMemo | None = None
+                       ) -> dict[str, Any]:
     """S1: replay each game ``trials`` times; between trials update each game's memory from
-    its own last trajectory. Returns {"trajectories": [[per game] per trial], "memories"}."""
+    its own last trajectory. Returns {"trajectories": [[per game] per trial], "memories"}.
+    ``memo``: identical episodes are played once (``EpisodeMemo``)."""
     log = log or EpisodeLog(None)
     mems = [TipMemory(tipgen.max_tips if tipgen else 5) for _ in envs]
     reflections: list[list[str]] = [[] for _ in envs]
@@ -740,7 +880,8 @@ def run_own_experience(envs, method, backend, *, trials=3, actor=ActorConfig(),
                 m.rewrite(oracle_tips(e.walkthrough), "oracle", [e.name], 0)
         memories = {"tips": [m.texts() for m in mems], "oracle_tips": [m.texts() for m in mems],
                     "reflexion": reflections, "raw": raw_prev}.get(method, [[] for _ in envs])
-        trajs = _play(envs, method, backend, memories, t, actor, seed, log, progress, scenario)
+        trajs = _play(envs, method, backend, memories, t, actor, seed, log, progress, scenario,
+                      memo)
         all_trials.append(trajs)
         for m, tr in zip(mems, trajs, strict=True):
             m.record_outcome(tr)
@@ -761,7 +902,8 @@ def run_own_experience(envs, method, backend, *, trials=3, actor=ActorConfig(),
 
 
 def run_expert(envs, backend, *, trials=3, actor=ActorConfig(), tipgen: TipGenerator,
-               seed=0, log: EpisodeLog | None = None, progress=None) -> dict[str, Any]:
+               seed=0, log: EpisodeLog | None = None, progress=None,
+               memo: EpisodeMemo | None = None) -> dict[str, Any]:
     """S2: tips from the expert walkthrough (trial 0) and from expert-vs-own contrasts
     (later trials)."""
     log = log or EpisodeLog(None)
@@ -773,7 +915,7 @@ def run_expert(envs, backend, *, trials=3, actor=ActorConfig(), tipgen: TipGener
     all_trials = []
     for t in range(trials):
         trajs = _play(envs, "tips", backend, [m.texts() for m in mems], t, actor, seed, log,
-                      progress, "S2")
+                      progress, "S2", memo)
         all_trials.append(trajs)
         for m, tr in zip(mems, trajs, strict=True):
             m.record_outcome(tr)
@@ -786,13 +928,13 @@ def run_expert(envs, backend, *, trials=3, actor=ActorConfig(), tipgen: TipGener
 
 def run_zero_shot(train_envs, test_envs, backend, *, train_trials=2, actor=ActorConfig(),
                   tipgen: TipGenerator, seed=0, log: EpisodeLog | None = None,
-                  progress=None) -> dict[str, Any]:
+                  progress=None, memo: EpisodeMemo | None = None) -> dict[str, Any]:
     """S3: learn tips on training games (S1), consolidate once, play unseen games once with
     the consolidated tips, and once with no tips (paired control)."""
     log = log or EpisodeLog(None)
     s1 = run_own_experience(train_envs, "tips", backend, trials=train_trials, actor=actor,
                             tipgen=tipgen, seed=seed, log=log, progress=progress,
-                            scenario="S3-train")
+                            scenario="S3-train", memo=memo)
     # include the last trial's lesson too
     last = s1["trajectories"][-1]
     new = tipgen.from_self_many(last, [m.texts() for m in s1["memories"]])
@@ -802,11 +944,11 @@ def run_zero_shot(train_envs, test_envs, backend, *, train_trials=2, actor=Actor
     merged.rewrite(tipgen.consolidate([m.texts() for m in s1["memories"]]), "consolidate",
                    [e.name for e in train_envs], train_trials)
     with_tips = _play(test_envs, "tips", backend, [merged.texts()] * len(test_envs), 0, actor,
-                      seed, log, progress, "S3-test")
+                      seed, log, progress, "S3-test", memo)
     for tr in with_tips:
         merged.record_outcome(tr)
     no_tips = _play(test_envs, "none", backend, None, 0, actor, seed, log, progress,
-                    "S3-test-none")
+                    "S3-test-none", memo)
     return {"train": s1, "tips": merged, "test_tips": with_tips, "test_none": no_tips}
 
 
@@ -841,14 +983,23 @@ def trials_to_first_win(per_trial: Sequence[Sequence[Trajectory]]) -> list[int |
 def run_suite(envs, backend, *, methods=("random", "walkthrough", "none", "tips"), trials=3,
               scenarios=("S1",), actor=ActorConfig(), tipgen: TipGenerator | None = None,
               seed=0, log: EpisodeLog | None = None, progress=None,
-              n_train: int | None = None) -> dict[str, Any]:
+              n_train: int | None = None, memo: EpisodeMemo | None = None) -> dict[str, Any]:
     """Runs S1 for each method (all trials), plus S2 (expert tips) and S3 (zero-shot: the
     first ``n_train`` games train, the rest test) when asked. Returns summaries per
-    (scenario, method, trial), trials to first win, tip provenance and tipgen stats."""
+    (scenario, method, trial), trials to first win, tip provenance, tipgen stats and
+    ``memo``: episodes / actor steps played vs reused in this call.
+
+    Every episode goes through ``memo`` (a fresh ``EpisodeMemo`` when None): an episode
+    identical to one already played (e.g. trial 1 of "none", trial 0 of "tips" and
+    "reflexion" before any tip exists, S3's no-tips control, and across seeds every
+    episode whose inputs do not depend on the seed) is played once. Pass one memo to
+    several calls (seeds) to share it."""
     import time
 
     out: dict[str, Any] = {"summary": [], "first_win": {}, "provenance": {}, "timing": {}}
     log = log or EpisodeLog(None)
+    memo = EpisodeMemo() if memo is None else memo
+    before = dict(memo.stats)
 
     def add(scn, method, per_trial):
         for t, trajs in enumerate(per_trial):
@@ -859,25 +1010,16 @@ def run_suite(envs, backend, *, methods=("random", "walkthrough", "none", "tips"
     if "S1" in scenarios:
         for m in methods:
             t0 = time.time()
-            # methods whose prompt never changes across trials replay identically with a
-            # deterministic actor: play one trial and let it stand for all
-            fixed = m in ("random", "walkthrough") or (
-                m in ("none", "oracle_tips")
-                and (actor.mode == "score" or actor.gen.temperature == 0))
-            n_tr = 1 if fixed and trials > 1 else trials
-            r = run_own_experience(envs, m, backend, trials=n_tr, actor=actor, tipgen=tipgen,
-                                   seed=seed, log=log, progress=progress)
-            per = r["trajectories"]
-            if n_tr < trials:
-                per = per * trials
-            add("S1", m, per)
+            r = run_own_experience(envs, m, backend, trials=trials, actor=actor, tipgen=tipgen,
+                                   seed=seed, log=log, progress=progress, memo=memo)
+            add("S1", m, r["trajectories"])
             if m in ("tips", "oracle_tips"):
                 out["provenance"][f"S1/{m}"] = [mem.provenance() for mem in r["memories"]]
             out["timing"][f"S1/{m}"] = time.time() - t0
     if "S2" in scenarios:
         t0 = time.time()
         r = run_expert(envs, backend, trials=trials, actor=actor, tipgen=tipgen, seed=seed,
-                       log=log, progress=progress)
+                       log=log, progress=progress, memo=memo)
         add("S2", "expert_tips", r["trajectories"])
         out["provenance"]["S2/expert_tips"] = [mem.provenance() for mem in r["memories"]]
         out["timing"]["S2"] = time.time() - t0
@@ -887,11 +1029,13 @@ def run_suite(envs, backend, *, methods=("random", "walkthrough", "none", "tips"
         if k >= len(envs):
             raise ValueError("S3 needs at least one test game: n_train < number of games")
         r = run_zero_shot(envs[:k], envs[k:], backend, train_trials=max(1, trials - 1),
-                          actor=actor, tipgen=tipgen, seed=seed, log=log, progress=progress)
+                          actor=actor, tipgen=tipgen, seed=seed, log=log, progress=progress,
+                          memo=memo)
         add("S3", "consolidated_tips", [r["test_tips"]])
         add("S3", "none", [r["test_none"]])
         out["provenance"]["S3/consolidated"] = r["tips"].provenance()
         out["timing"]["S3"] = time.time() - t0
     if tipgen is not None:
         out["tipgen"] = dict(tipgen.stats)
+    out["memo"] = {k: v - before[k] for k, v in memo.stats.items()}
     return out

@@ -167,6 +167,13 @@ class ReplayBackend:
                     f.write(head)
                     f.flush()
 
+    def fingerprint(self) -> str | None:
+        """Recording: the inner backend's fingerprint (the answers are its live answers);
+        replaying: None (answers come from the cassette in recording order, so there is
+        no identity to share; callers fall back to this object's identity)."""
+        f = getattr(self.inner, "fingerprint", None)
+        return f() if self.mode == "record" and callable(f) else None
+
     def _write(self, text: str) -> None:
         """Appends ``text`` (whole lines) in one write and flushes it."""
         with open(self.path, "a", encoding="utf-8") as f:

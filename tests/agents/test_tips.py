@@ -249,3 +249,133 @@ def test_local_backend_scoring_actor(games):
                          tokenizer=ByteTokenizer())
     with pytest.raises(ValueError, match="context"):
         run_episodes(_envs(games[:1], 2), "none", small)
+
+
+# ----------------------------------------------------------------------------- episode memo
+class _Counting(ScriptedBackend):
+    """A scripted scorer that counts the score requests it answers."""
+
+    def __init__(self, **kw):
+        super().__init__(scorer=_oracle_scorer, **kw)
+        self.requests = 0
+
+    def score(self, prefix, conts):
+        self.requests += 1
+        return super().score(prefix, conts)
+
+
+def _same_play(a, b):
+    """Two trajectories equal in everything played (labels aside)."""
+    keep = lambda t: {k: v for k, v in t.to_dict().items()  # noqa: E731
+                      if k not in ("trial", "method", "reused", "memory")}
+    return keep(a) == keep(b)
+
+
+@needs_tw
+def test_episode_memo_reuses_identical_episodes_and_equals_a_recomputation(games):
+    from jaxlm.agents.tips import EpisodeMemo
+
+    envs = _envs(games, steps=6)
+    tips = [oracle_tips(e.walkthrough) if e.reset() else [] for e in envs]
+    b = _Counting()
+    memo = EpisodeMemo()
+    first = run_episodes(envs, "oracle_tips", b, tips, memo=memo, trial=0)
+    n = b.requests
+    assert n > 0 and memo.stats["episodes_played"] == 2 and not any(t.reused for t in first)
+    # same key (another method with the same guidance text and title, another trial): reused
+    again = run_episodes(envs, "tips", b, tips, memo=memo, trial=3)
+    assert b.requests == n and memo.stats["episodes_reused"] == 2
+    assert all(t.reused and t.trial == 3 and t.method == "tips" for t in again)
+    fresh = run_episodes(envs, "tips", _Counting(), tips)  # no memo: a recomputation
+    assert all(_same_play(x, y) for x, y in zip(again, fresh, strict=True))
+    assert all(_same_play(x, y) for x, y in zip(first, again, strict=True))
+    assert memo.stats["actor_steps_reused"] == sum(t.n_steps for t in first)
+
+
+@needs_tw
+def test_episode_memo_recomputes_when_anything_changes(games):
+    from jaxlm.agents.tips import EpisodeMemo
+
+    envs = _envs(games, steps=5)
+    tips = [["Read the cookbook first."], ["Go east first."]]
+    b = _Counting()
+    memo = EpisodeMemo()
+    run_episodes(envs, "tips", b, tips, memo=memo)
+    played = memo.stats["episodes_played"]
+
+    def replays(**kw):
+        before = memo.stats["episodes_played"]
+        args = dict(envs=envs, method="tips", backend=b, memories=tips)
+        args.update(kw)
+        run_episodes(args.pop("envs"), args.pop("method"), args.pop("backend"),
+                     args.pop("memories"), memo=memo, **args)
+        return memo.stats["episodes_played"] - before
+
+    assert replays() == 0 and memo.stats["episodes_played"] == played
+    # one changed tip string: only that game's episode is played again
+    assert replays(memories=[["Read the cookbook first!"], tips[1]]) == 1
+    assert replays(method="reflexion") == 2  # same lines, another title in the prompt
+    assert replays(method="none") == 2  # no guidance at all
+    assert replays(actor=ActorConfig(loop_penalty=5.0)) == 2
+    assert replays(actor=ActorConfig(max_actions=3)) == 2
+    assert replays(backend=_Counting()) == 2  # another backend with no fingerprint
+    assert replays(envs=_envs(games, steps=4)) == 2  # another step limit
+    assert replays(envs=_envs(games, steps=5)) == 0  # a fresh env on the same game file
+    # stochastic policies: the seed is part of the key
+    assert replays(method="random", seed=1) == 2
+    assert replays(method="random", seed=1) == 0
+    assert replays(method="random", seed=2) == 2
+    # sampled generation is never reused
+    gen = ActorConfig(mode="generate", gen=GenConfig(max_tokens=4, temperature=0.7))
+    assert replays(actor=gen) == 2 and replays(actor=gen) == 2
+
+
+@needs_tw
+def test_run_suite_plays_identical_episodes_once(games):
+    from jaxlm.agents.tips import EpisodeMemo, run_suite
+
+    envs = _envs(games, steps=5)
+    b = ScriptedBackend(scorer=_oracle_scorer,
+                        rules=[(r"Write at most|Name what|Merge them", TIP_REPLY),
+                               (r"one sentence", "I wandered; next time read first.")])
+    memo = EpisodeMemo()
+    r = run_suite(envs, b, methods=("none", "tips", "oracle_tips"), trials=2,
+                  tipgen=TipGenerator(b), memo=memo)
+    # none trial 1, tips trial 0 (no tips yet) and oracle trial 1 are reuses: 3 x 2 games
+    assert r["memo"]["episodes_reused"] == 6 and r["memo"]["episodes_played"] == 6
+    r2 = run_suite(envs, b, methods=("none", "tips", "oracle_tips"), trials=2,
+                   tipgen=TipGenerator(b), memo=memo, seed=1)
+    # another seed: the scripted tips do not depend on it, so every episode is a reuse
+    assert r2["memo"]["episodes_played"] == 0 and r2["memo"]["episodes_reused"] == 12
+    assert [x["norm_score"] for x in r["summary"]] == [x["norm_score"] for x in r2["summary"]]
+
+
+@needs_tw
+def test_env_fingerprint_follows_file_and_settings(games):
+    a, b = _envs(games[:1], 5) + _envs(games[:1], 5)
+    assert a.fingerprint() == b.fingerprint()
+    assert _envs(games[:1], 6)[0].fingerprint() != a.fingerprint()
+    assert _envs(games[1:], 5)[0].fingerprint() != a.fingerprint()
+
+
+def test_backend_fingerprints(tmp_path):
+    from jaxlm.core import MODELS, init
+    from jaxlm.llm.local import LocalBackend
+
+    cfg = MODELS.get("smollm2-135m_test")
+    params = init(jax.random.PRNGKey(0), cfg)
+    one = LocalBackend(cfg=cfg, params=params, tokenizer=ByteTokenizer())
+    two = LocalBackend(cfg=cfg, params=params, tokenizer=ByteTokenizer())
+    assert one.fingerprint() == two.fingerprint()
+    # one weight changed slightly -> another fingerprint
+    bumped = jax.tree.map(lambda x: x, params)
+    leaf = bumped["layers"][0]["attn"]["wq"]
+    bumped["layers"][0]["attn"]["wq"] = leaf.at[0, 0, 0].add(1e-3 * (abs(float(leaf[0, 0, 0]))
+                                                                     + 1))
+    assert one.with_params(bumped).fingerprint() != one.fingerprint()
+    other_tok = LocalBackend(cfg=cfg, params=params, tokenizer=ByteTokenizer(offset=3))
+    assert other_tok.fingerprint() != one.fingerprint()
+    rec = ReplayBackend(tmp_path / "c.jsonl", inner=one)
+    assert rec.fingerprint() == one.fingerprint()
+    rec.score("hello", ["a"])
+    assert ReplayBackend(tmp_path / "c.jsonl").fingerprint() is None

@@ -268,3 +268,19 @@ def test_expert_examples_are_the_prompts_the_actor_scores(games, kw):
     assert len(examples) == sum(len(w) for w in wts.values())
     if kw["prompt"] == "window" and kw["history"]:
         assert "> " + wts[envs[0].name][0] in json.dumps(want[(envs[0].name, 1)]["messages"])
+
+
+def test_pooled_arm_averages_seeds_per_game_and_maps_log_arms():
+    from experiments.repro_introspective_tips import pooled_arm
+
+    rows = []
+    for seed in range(3):
+        for g, base in (("g1", 1.0), ("g2", 0.0)):
+            rows.append({"scenario": "S3-test", "method": "tips", "trial": 0, "game": g,
+                         "norm_score": base if seed else 0.5, "won": base == 1.0 and seed > 0,
+                         "n_steps": 3 + seed, "invalid_rate": 0.0})
+    r = pooled_arm(rows, "S3", "consolidated_tips", 0)
+    # g1: (0.5 + 1 + 1) / 3, g2: (0.5 + 0 + 0) / 3 -> mean 0.5
+    assert r["n"] == "2 x 3" and r["trial"] == 1 and r["norm score"] == pytest.approx(0.5)
+    assert r["win rate"] == pytest.approx(2 / 6) and r["steps"] == pytest.approx(4.0)
+    assert pooled_arm(rows, "S2", "expert_tips", 0) is None

@@ -156,3 +156,32 @@ def test_summarize_reads_a_partial_log(tmp_path, capsys):
     assert "S1 tips - none           +0.50" in out
     assert "S1/tips/1" in out and "n=  4" in out
     assert "oracle" not in out  # arms absent from the log are not reported
+
+
+def test_default_adapter_training_games_are_disjoint_from_the_evaluation_games(tmp_path):
+    from experiments.tips import (FULL_EVAL_SEED, FULL_GAME_SET, FULL_N_GAMES, TRAIN_GAME_SET,
+                                  TRAIN_N_GAMES, TRAIN_SEED, TRAIN_WORKDIR)
+    from experiments.tips.heldout import DEFAULT_ADAPTER, check_heldout, training_games
+    from jaxlm.agents.textworld_env import game_set
+    from jaxlm.train import lora as L
+
+    assert DEFAULT_ADAPTER == f"{TRAIN_WORKDIR}/adapter" and TRAIN_GAME_SET == FULL_GAME_SET
+    extra = {"game_set": TRAIN_GAME_SET, "n_games": TRAIN_N_GAMES, "train_seed": TRAIN_SEED}
+    train = training_games(extra)
+    evals = [g.name for g in game_set(FULL_GAME_SET, FULL_N_GAMES, FULL_EVAL_SEED)]
+    assert len(train) == TRAIN_N_GAMES and len(set(train)) == TRAIN_N_GAMES
+    assert not set(train) & set(evals)
+    # the seeds themselves never meet (the same tw-make seed could make the same map)
+    seeds = lambda names: {n.rsplit("-s", 1)[1] for n in names}  # noqa: E731
+    assert not seeds(train) & seeds(evals)
+    assert training_games({"game_set": TRAIN_GAME_SET}) is None  # meta lacks the fields
+    # an adapter whose recorded training games are evaluation games is refused
+    params = init(jax.random.key(0), CFG)
+    ad = L.init_lora(jax.random.key(1), params, CFG, rank=2, targets=(r"attn/wv$",))
+    L.save_lora(tmp_path / "ok", ad, extra=extra)
+    assert "game seeds 5000-5059" in check_heldout(tmp_path / "ok", evals)
+    L.save_lora(tmp_path / "bad", ad, extra=dict(extra, train_seed=FULL_EVAL_SEED))
+    with pytest.raises(ValueError, match="trained on 20 of the evaluation games"):
+        check_heldout(tmp_path / "bad", evals)
+    L.save_lora(tmp_path / "old", ad, extra={"actor": "norm=sum"})
+    assert "not recorded" in check_heldout(tmp_path / "old", evals)

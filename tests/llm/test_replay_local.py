@@ -133,3 +133,35 @@ def test_helpers():
     assert match_action("dance", adm) == (None, "none")
     m, lo, hi = bootstrap_ci([0.0, 1.0, 1.0, 0.0, 1.0])
     assert lo <= m <= hi and m == pytest.approx(0.6)
+
+
+def test_finer_scoring_buckets_compute_fewer_padded_tokens_with_the_same_scores(monkeypatch):
+    import jaxlm.llm.local as local_mod
+
+    cfg = MODELS.get("smollm2-135m_test")
+    params = init(jax.random.PRNGKey(5), cfg)
+    rng = np.random.default_rng(1)
+    reqs = [(rng.integers(1, 256, rng.integers(125, 135)).tolist(),
+             [rng.integers(1, 256, rng.integers(1, 5)).tolist() for _ in range(3)])
+            for _ in range(5)]
+    shapes = []
+    real = local_mod.score_packed
+
+    def spy(params, toks, *a, **kw):
+        shapes.append(tuple(toks.shape))
+        return real(params, toks, *a, **kw)
+
+    monkeypatch.setattr(local_mod, "score_packed", spy)
+    coarse = LocalBackend(cfg=cfg, params=params, tokenizer=ByteTokenizer(), memo_size=0)
+    fine = LocalBackend(cfg=cfg, params=params, tokenizer=ByteTokenizer(), memo_size=0,
+                        score_rows_multiple=3, score_len_multiple=32)
+    a = coarse.score_ids_batch(reqs)
+    b = fine.with_params(params).score_ids_batch(reqs)  # with_params keeps the buckets
+    longest = max(len(p) + sum(map(len, cs)) for p, cs in reqs)
+    assert 128 < longest <= 160
+    assert shapes == [(8, 256), (6, 160)]  # 5 rows: 8 (a power of two) vs 6; 256 vs 160
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose([v.sum() for v in x], [v.sum() for v in y], rtol=1e-5,
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="score_len_multiple"):
+        LocalBackend(cfg=cfg, params=params, tokenizer=ByteTokenizer(), score_len_multiple=0)
