@@ -2,6 +2,8 @@
 
     python -m experiments.reproduce --quick --publish_only     # the last quick run
     python -m experiments.reproduce --quick --publish          # run everything, then copy
+    python -m experiments.reproduce --only=introspective_tips --publish \
+        --publish_dir=docs/report_full                          # one full (not quick) run
 
 What lands in ``docs/report/``: ``report.md`` (section anchors ``#entry-<name>``, image
 links relative to it), ``metrics.json``, the PNGs report.md links to, downscaled and
@@ -92,7 +94,7 @@ def publish(workdir: pathlib.Path, dest: pathlib.Path, registry: Sequence[str] =
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "report.md").write_text(text)
     (dest / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str) + "\n")
-    (dest / "README.md").write_text(_readme(workdir, metrics, registry))
+    (dest / "README.md").write_text(_readme(workdir, metrics, registry, dest))
     for width in (900, 700, 520, 400):
         for rel, src in links.items():
             _shrink(src, dest / rel, width)
@@ -103,18 +105,24 @@ def publish(workdir: pathlib.Path, dest: pathlib.Path, registry: Sequence[str] =
                      f"{max_bytes / 2**20:.1f} MB: drop plots from the entries")
 
 
-def _readme(workdir: pathlib.Path, metrics: dict, registry: Sequence[str]) -> str:
+def _readme(workdir: pathlib.Path, metrics: dict, registry: Sequence[str],
+            dest: pathlib.Path = pathlib.Path("docs/report")) -> str:
     from jaxlm.utils.report import anchor
 
     missing = [n for n in registry if n not in metrics]
     modes = {("quick" if m.get("quick") else "full") for m in metrics.values()}
     partial = bool(missing) or len(modes) > 1
+    if modes == {"quick"}:
+        command = "python -m experiments.reproduce --quick --publish_only"
+    else:  # a full run of some entries, published to its own folder
+        command = (f"python -m experiments.reproduce --only={','.join(metrics)} --publish "
+                   f"--publish_dir={dest}")
     lines = [
         "# Published reproduction report\n",
         ("**PARTIAL: not one fresh run of every entry** (the entries below ran one at a time; "
          "the rest are listed at the end).\n") if partial else "",
         f"Copied from `{workdir}` on {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC by "
-        "`python -m experiments.reproduce --quick --publish_only`. Read "
+        f"`{command}`. Read "
         "[report.md](report.md); the numbers are in [metrics.json](metrics.json), and the "
         "README's status table is checked against them by `tests/test_readme_numbers.py` "
         "(`python scripts/readme_numbers.py --write` rewrites it).\n",

@@ -71,6 +71,36 @@ def find_adapter(quick: bool) -> pathlib.Path | None:
     return None if quick else resolve_adapter("auto")
 
 
+FULL_REPORT = pathlib.Path(__file__).resolve().parents[1] / "docs" / "report_full"
+
+
+def full_run_pointer(folder: pathlib.Path = FULL_REPORT) -> str:
+    """One sentence naming the published full run of this entry (the quick run cannot train
+    the adapter in its budget, so its actor does not beat random): its verdict, actor-vs-
+    random and S1 numbers as recorded in ``folder/metrics.json``, or that none is published.
+    The file is read as untrusted JSON: a malformed one is reported, not raised."""
+    path = folder / "metrics.json"
+    try:
+        m = json.loads(path.read_text())[NAME]
+        d = m["diffs"]
+
+        def one(key):
+            x = d[key]
+            return f"{x['mean']:+.2f} [{x['ci'][0]:+.2f}, {x['ci'][1]:+.2f}]"
+
+        text = (f"The full run ({'adapter' if m.get('adapter') else 'no adapter'}, seeds "
+                f"{m['seeds']} x {d['actor_vs_random']['n_games']} games, "
+                f"{float(m['seconds']) / 60:.0f} min, finished {m['finished_utc']} UTC) is "
+                f"published in docs/report_full/report.md: verdict {m['verdict']}; actor - "
+                f"random {one('actor_vs_random')}, S1 tips - none {one('S1_tips_vs_none')}.")
+    except FileNotFoundError:
+        text = ("No full run is published (docs/report_full/); see the README for its "
+                "command.")
+    except (ValueError, KeyError, TypeError) as e:
+        text = f"docs/report_full/metrics.json is unreadable ({type(e).__name__}: {e})."
+    return text
+
+
 TITLE = "Introspective Tips: LLM-written tips on TextWorld (SmolLM2-135M, scoring actor)"
 
 
@@ -359,6 +389,8 @@ def run(ctx: RunContext) -> Section:
             "+0.76] (experiments.tips.heldout, 15 steps). Whether the actor beats random in "
             "this run is its control claim: only then are the tips claims testable. "
             f"This run: {actor_text}.")
+    if ctx.quick:
+        note += " " + full_run_pointer()
     if len(seeds) < len(planned):
         note += (f" The run stopped after seeds {seeds} of {planned} "
                  f"(${BUDGET_ENV} time budget).")

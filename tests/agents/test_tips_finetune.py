@@ -185,3 +185,22 @@ def test_default_adapter_training_games_are_disjoint_from_the_evaluation_games(t
         check_heldout(tmp_path / "bad", evals)
     L.save_lora(tmp_path / "old", ad, extra={"actor": "norm=sum"})
     assert "not recorded" in check_heldout(tmp_path / "old", evals)
+
+
+def test_quick_section_points_at_the_published_full_run(tmp_path):
+    from experiments import repro_introspective_tips as R
+
+    assert "No full run is published" in R.full_run_pointer(tmp_path)
+    (tmp_path / "metrics.json").write_text("{not json")
+    assert "unreadable" in R.full_run_pointer(tmp_path)
+    (tmp_path / "metrics.json").write_text(json.dumps({R.NAME: {"diffs": {}}}))
+    assert "unreadable" in R.full_run_pointer(tmp_path)  # a missing key is named, not raised
+    diff = {"mean": 0.575, "ci": [0.375, 0.76], "n_games": 20}
+    (tmp_path / "metrics.json").write_text(json.dumps({R.NAME: {
+        "diffs": {"actor_vs_random": diff, "S1_tips_vs_none": {**diff, "mean": -0.004}},
+        "seeds": [0, 1, 2], "adapter": "runs/x/adapter", "seconds": 1462.0,
+        "finished_utc": "2026-12-04 12:00:00", "verdict": "not reproduced"}}))
+    text = R.full_run_pointer(tmp_path)
+    assert "seeds [0, 1, 2] x 20 games, 24 min" in text
+    assert "actor - random +0.57 [+0.38, +0.76]" in text and "-0.00" in text
+    assert "not reproduced" in text
