@@ -95,12 +95,37 @@ def matmul_peak_gflops(n: int = 1024, dtype: str = "float32", repeats: int = 5) 
     return 2 * n**3 / t / 1e9
 
 
+_ISA_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni",
+              "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def cpu_model(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
+    """The CPU's model name and the vector-ISA flags a kernel's speed depends on, read from
+    ``/proc/cpuinfo`` (empty where that file is absent): the same 2-core budget on two hosts
+    of different CPU generations gives different anchors, so records name the CPU."""
+    try:
+        text = pathlib.Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return {}
+    out: dict[str, Any] = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and "cpu_model" not in out:
+            out["cpu_model"] = value.strip()
+        elif key in ("flags", "Features") and "cpu_isa" not in out:
+            have = set(value.split())
+            out["cpu_isa"] = [f for f in _ISA_FLAGS if f in have]
+    return out
+
+
 def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
+        **cpu_model(),
     }
     try:
         import jax
