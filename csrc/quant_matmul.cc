@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -461,6 +462,11 @@ int Isa() {
 // sleep on a condition variable; the caller takes the mutex and notifies only when a worker
 // sleeps (sleepers_ > 0), so back-to-back calls cost no system call. While it waits for
 // claimed chunks the caller spins, then yields its core (a descheduled worker gets it).
+// Every spin limit is a time read from the steady clock, not a count of pause instructions:
+// a pause lasts ~140 cycles on Skylake-class Intel cores and far fewer on others, so the
+// counts tuned on one host (2,000 pauses) made the caller on an AMD EPYC (Zen 4) host treat
+// ordinary waits for a ~100-us chunk as straggling and fall back to one thread (2 threads
+// measured no faster than 1 there; with the clock, batch-1 q4_1 decode went 91 -> 106 tok/s).
 struct Job {
   void (*fn)(const void* ctx, int chunk);
   const void* ctx;
@@ -495,21 +501,26 @@ class Pool {
       cv_.notify_all();
     }
     Work(id);
-    bool straggled = false;
+    if (done_.load(std::memory_order_acquire) == n_chunks) return false;
+    const auto t0 = Clock::now();
+    bool yielding = false;
     for (int spin = 0; done_.load(std::memory_order_acquire) != n_chunks; ++spin) {
-      if (spin < kCallerSpin) {
+      if (!yielding) {
         _mm_pause();
+        if ((spin & 63) == 0 && Clock::now() - t0 > kCallerSpin) yielding = true;
       } else {
-        straggled = true;
         std::this_thread::yield();
       }
     }
-    return straggled;
+    // a wait past a scheduler time slice: a worker was descheduled mid-chunk
+    return Clock::now() - t0 > kStraggle;
   }
 
  private:
-  static constexpr int kSpin = 20000;       // worker: pauses before sleeping (~1 ms)
-  static constexpr int kCallerSpin = 2000;  // caller: pauses before yielding
+  using Clock = std::chrono::steady_clock;
+  static constexpr auto kSpin = std::chrono::microseconds(1000);       // worker: spin, then sleep
+  static constexpr auto kCallerSpin = std::chrono::microseconds(200);  // caller: spin, then yield
+  static constexpr auto kStraggle = std::chrono::microseconds(2000);   // caller: waited too long
 
   // Claims and runs chunks of job `id` until none are left (or the job changed).
   void Work(uint64_t id) {
@@ -531,8 +542,9 @@ class Pool {
     uint64_t seen = ticket_.load() >> 32;
     for (;;) {
       uint64_t id;
+      auto t0 = Clock::now();
       for (int spin = 0; (id = ticket_.load(std::memory_order_acquire) >> 32) == seen; ++spin) {
-        if (spin < kSpin) {
+        if ((spin & 255) != 0 || Clock::now() - t0 < kSpin) {
           _mm_pause();
           continue;
         }
@@ -543,6 +555,7 @@ class Pool {
         }
         sleepers_.fetch_sub(1, std::memory_order_relaxed);
         spin = 0;
+        t0 = Clock::now();
       }
       if (stop_.load()) return;
       seen = id;

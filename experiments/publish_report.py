@@ -117,15 +117,28 @@ def _readme(workdir: pathlib.Path, metrics: dict, registry: Sequence[str],
     else:  # a full run of some entries, published to its own folder
         command = (f"python -m experiments.reproduce --only={','.join(metrics)} --publish "
                    f"--publish_dir={dest}")
-    lines = [
-        "# Published reproduction report\n",
-        ("**PARTIAL: not one fresh run of every entry** (the entries below ran one at a time; "
-         "the rest are listed at the end).\n") if partial else "",
-        f"Copied from `{workdir}` on {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC by "
-        f"`{command}`. Read "
-        "[report.md](report.md); the numbers are in [metrics.json](metrics.json), and the "
-        "README's status table is checked against them by `tests/test_readme_numbers.py` "
-        "(`python scripts/readme_numbers.py --write` rewrites it).\n",
+    if modes == {"quick"}:
+        lines = [
+            "# Published reproduction report\n",
+            ("**PARTIAL: not one fresh run of every entry** (the entries below ran one at a "
+             "time; the rest are listed at the end).\n") if partial else "",
+            f"Copied from `{workdir}` on {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC by "
+            f"`{command}`. Read "
+            "[report.md](report.md); the numbers are in [metrics.json](metrics.json), and the "
+            "README's status table is checked against them by `tests/test_readme_numbers.py` "
+            "(`python scripts/readme_numbers.py --write` rewrites it).\n",
+        ]
+    else:
+        lines = [
+            "# Published full run\n",
+            "A full (not `--quick`) run of the entries below, published on its own; the quick "
+            "run of every entry (the README's status table) is in `docs/report/`.\n",
+            f"Copied from `{workdir}` on {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC; "
+            f"rerun with `{command}`. Read [report.md](report.md); the numbers are in "
+            "[metrics.json](metrics.json).\n",
+        ]
+        missing = []  # a full run of chosen entries is not a partial quick run
+    lines += [
         "| entry | verdict | mode | wall seconds | finished (UTC) | load (1 min) |",
         "|---|---|---|---|---|---|",
     ]

@@ -91,3 +91,19 @@ def test_publish_downscales_relinks_and_marks_partial(tmp_path):
     assert "PARTIAL" in readme and "b" in readme.split("Not in this report")[1]
     with pytest.raises(FileNotFoundError, match="reproduce"):
         publish(tmp_path / "nothing", tmp_path / "pub2")
+
+
+def test_publish_a_full_run_of_one_entry_to_its_own_folder(tmp_path):
+    from experiments.publish_report import publish
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "report.md").write_text('<a id="entry-a"></a>\n## A\n')
+    (run / "metrics.json").write_text(json.dumps(
+        {"a": {"verdict": "not reproduced", "seconds": 1744.0, "quick": False}}))
+    out = publish(run, tmp_path / "full", registry=["a", "b"])
+    readme = (out / "README.md").read_text()
+    assert readme.startswith("# Published full run")
+    assert "PARTIAL" not in readme and "Not in this report" not in readme
+    assert "--only=a --publish --publish_dir=" in readme and "| full | 1744 |" in readme
+    assert json.loads((out / "metrics.json").read_text())["a"]["quick"] is False

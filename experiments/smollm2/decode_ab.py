@@ -196,9 +196,16 @@ def profile(fmt: str, steps: int, batch: int = 1) -> dict:
     from jaxlm.core.cache import init_cache
     from jaxlm.weights import load
 
-    m = load("smollm2-135m-instruct", dtype=fmt)
-    cfg, params = m.cfg, jax.device_put(m.params)
-    step = jax.jit(gen.decode_step, static_argnames=("cfg",), donate_argnames=("cache",))
+    import dataclasses
+
+    levels = 1 if fmt.endswith("-l1") else 2  # "q4_1-l1": one activation level (llama.cpp's)
+    m = load("smollm2-135m-instruct", dtype=fmt.removesuffix("-l1"))
+    cfg = dataclasses.replace(m.cfg, quant_levels=levels)
+    params = jax.device_put(m.params)
+    # the step the library runs: compiled under its XLA:CPU policy (gen.use_library_fusion)
+    opts = gen.NO_LIBRARY_FUSION if gen.use_library_fusion(params, cfg) is False else None
+    step = jax.jit(gen.decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
+                   compiler_options=opts)
     prefill = jax.jit(gen.prefill, static_argnames=("cfg",), donate_argnames=("cache",))
     toks = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, PROMPT)),
                        jnp.int32)
@@ -236,7 +243,7 @@ def profile(fmt: str, steps: int, batch: int = 1) -> dict:
         cat[c] += e["dur"] / 1000 / steps
         cnt[c] += 1 / steps
     top = sorted(cat, key=cat.get, reverse=True)
-    return {"hlo_ops": dict(ops.most_common()),
+    return {"format": fmt, "library_fusion": opts is None, "hlo_ops": dict(ops.most_common()),
             "ms_per_step": {k: round(cat[k], 3) for k in top},
             "calls_per_step": {k: round(cnt[k], 1) for k in top}, "trace": f}
 
