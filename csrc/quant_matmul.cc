@@ -463,8 +463,8 @@ int Isa() {
 // sleeps (sleepers_ > 0), so back-to-back calls cost no system call. While it waits for
 // claimed chunks the caller spins, then yields its core (a descheduled worker gets it).
 // Every spin limit is a time read from the steady clock, not a count of pause instructions:
-// a pause lasts ~140 cycles on Skylake-class Intel cores and far fewer on others, so the
-// counts tuned on one host (2,000 pauses) made the caller on an AMD EPYC (Zen 4) host treat
+// a pause lasts ~140 cycles on Skylake-class Intel cores and several times fewer on other
+// cores, so the counts tuned on one host (2,000 pauses) made the caller on an AMD EPYC host treat
 // ordinary waits for a ~100-us chunk as straggling and fall back to one thread (2 threads
 // measured no faster than 1 there; with the clock, batch-1 q4_1 decode went 91 -> 106 tok/s).
 struct Job {
