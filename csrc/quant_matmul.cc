@@ -9,17 +9,19 @@
 // 4-bit blocks use GGUF's nibble order: byte j of a block holds element j in its low nibble
 // and element j + 16 in its high nibble.
 //
-// Arithmetic (llama.cpp's q8_0 / q8_1 activation scheme with a second level for the
-// residual, activation scales kept in float32):
-//   1. each row of x is quantized in blocks of 32: amax = max|x|, dx = amax / 127 (float32),
-//      qx = clamp(rint(x * (1 / dx)), -127, 127) (round half to even; qx = 0 when amax = 0);
-//      the residual r = x - dx * qx (float32, two roundings) is quantized the same way to
-//      (qx2, dx2), dx2 <= dx / 254; sx = dx * (float)sum(qx) + dx2 * (float)sum(qx2);
-//   2. per block the integer dot products isum = sum_j qw_j * qx_j and isum2 (with qx2) are
-//      exact in int32 (for q4_0, qw_j = q_j - 8);
-//   3. out[m, n] = sum_b (dw_b * dx_b) * isum_b + (dw_b * dx2_b) * isum2_b
-//      [+ sum_b mw_b * sx_b for q4_1], each scale product in float32 and the sum accumulated
-//      in float32 (i8: dw_b = 1 and the row scale s_n multiplies the sum at the end).
+// Arithmetic (llama.cpp's q8_1 activation scheme, optionally at 16 bits; scales in float32):
+//   1. each row of x is rounded in blocks of 32 to act_bits-bit integers, Q = 32767 (16, the
+//      default) or 127 (8, llama.cpp's q8_1): amax = max|x|, dx = amax / Q (float32),
+//      qx = clamp(rint(x * (1 / dx)), -Q, Q) (round half to even; qx = 0 when amax = 0),
+//      sx = dx * (float)sum(qx);
+//   2. per block the integer dot product isum = sum_j qw_j * qx_j is exact in int32 (for
+//      q4_0, qw_j = q_j - 8). 8 bits: vpmaddubsw on the weight bytes (32 products per
+//      instruction); 16 bits: the weight block widened to int16 and vpmaddwd (16 per
+//      instruction), so the weight is still read once and the 16-bit path costs ~1 more
+//      instruction per block;
+//   3. out[m, n] = sum_b (dw_b * dx_b) * isum_b [+ sum_b mw_b * sx_b for q4_1], each scale
+//      product in float32 and the sum accumulated in float32 (i8: dw_b = 1 and the row scale
+//      s_n multiplies the sum at the end).
 // The only difference from an exact evaluation of that formula is float32 accumulation order.
 //
 // AVX2/FMA/F16C code is compiled with per-function target attributes and chosen at run time
@@ -81,37 +83,38 @@ float HalfToFloat(uint16_t h) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Activation quantization (shared by both paths; the scalar version is the definition).
-// Two levels: x ~ d * q + d2 * q2, where q2 quantizes the residual x - d * q the same way
-// (its scale d2 <= d / 254, so the activation error drops ~250x against one level).
+// Activation quantization (shared by both paths; the scalar versions are the definition).
+// Each row of x is rounded in blocks of 32 to int16 (act_bits = 16, the default: scale
+// amax / 32767) or to int8 (act_bits = 8, llama.cpp's q8_1: scale amax / 127).
 struct QuantX {
   int M = 0, K = 0, nb = 0;
-  int levels = 2;          // 1: the residual level is all zero and skipped
-  std::vector<int8_t> q;   // [M, K]
-  std::vector<float> d;    // [M, nb]
-  std::vector<int8_t> q2;  // [M, K]  the residual's values
-  std::vector<float> d2;   // [M, nb] the residual's scales
-  std::vector<float> s;    // [M, nb]  d * sum(q) + d2 * sum(q2)
+  int bits = 16;
+  std::vector<int8_t> q8;    // [M, K] (bits == 8)
+  std::vector<int16_t> q16;  // [M, K] (bits == 16)
+  std::vector<float> d;      // [M, nb] block scales
+  std::vector<float> s;      // [M, nb] d * sum(q)
 };
 
-void QuantizeBlockScalar(const float* x, int8_t* q, float* d_out, float* s_out) {
+template <class Q, int QMAX>
+void QuantizeBlockScalar(const float* x, Q* q, float* d_out, float* s_out) {
   float amax = 0.f;
   for (int j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(x[j]));
-  const float d = amax / 127.f;
+  const float d = amax / (float)QMAX;
   const float id = d != 0.f ? 1.f / d : 0.f;
   int sum = 0;
   for (int j = 0; j < kBlock; ++j) {
     float v = std::nearbyint(x[j] * id);  // default rounding mode: half to even
-    v = std::min(127.f, std::max(-127.f, v));
-    q[j] = (int8_t)v;
+    v = std::min((float)QMAX, std::max(-(float)QMAX, v));
+    q[j] = (Q)v;
     sum += q[j];
   }
   *d_out = d;
-  *s_out = d * (float)sum;
+  *s_out = d * (float)sum;  // |sum| <= 32 * 32767 < 2**24: exact in float32
 }
 
-__attribute__((target("avx2,fma,f16c"))) void QuantizeBlockAvx2(const float* x, int8_t* q,
-                                                                 float* d_out, float* s_out) {
+// Rounds one block to int32 lanes qi[4] (values within +-QMAX); returns d and the int sum.
+template <int QMAX>
+__attribute__((target("avx2,fma,f16c"))) inline float RoundBlockAvx2(const float* x, __m256i* qi, int* sum) {
   const __m256 sign_mask = _mm256_set1_ps(-0.0f);
   __m256 v[4];
   __m256 amax = _mm256_setzero_ps();
@@ -123,22 +126,28 @@ __attribute__((target("avx2,fma,f16c"))) void QuantizeBlockAvx2(const float* x, 
   m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
   m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
   const float am = _mm_cvtss_f32(m4);
-  const float d = am / 127.f;
+  const float d = am / (float)QMAX;
   const float id = d != 0.f ? 1.f / d : 0.f;
   const __m256 vid = _mm256_set1_ps(id);
-  const __m256 lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
-  __m256i qi[4];
+  const __m256 lo = _mm256_set1_ps(-(float)QMAX), hi = _mm256_set1_ps((float)QMAX);
   for (int i = 0; i < 4; ++i) {
     __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     r = _mm256_min_ps(hi, _mm256_max_ps(lo, r));
     qi[i] = _mm256_cvtps_epi32(r);
   }
-  // int32 sum of the quantized values
   __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
   __m128i s4 = _mm_add_epi32(_mm256_extracti128_si256(s32, 1), _mm256_castsi256_si128(s32));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
   s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-  const int sum = _mm_cvtsi128_si32(s4);
+  *sum = _mm_cvtsi128_si32(s4);
+  return d;
+}
+
+__attribute__((target("avx2,fma,f16c"))) void QuantizeBlock8Avx2(const float* x, int8_t* q, float* d_out,
+                                                                  float* s_out) {
+  __m256i qi[4];
+  int sum;
+  const float d = RoundBlockAvx2<127>(x, qi, &sum);
   // pack int32 -> int8 in order (packs interleave 128-bit lanes: fix with a permute)
   __m256i p01 = _mm256_packs_epi32(qi[0], qi[1]);
   __m256i p23 = _mm256_packs_epi32(qi[2], qi[3]);
@@ -149,42 +158,45 @@ __attribute__((target("avx2,fma,f16c"))) void QuantizeBlockAvx2(const float* x, 
   *s_out = d * (float)sum;
 }
 
-void QuantizeX(const float* x, int M, int K, bool avx2, int levels, QuantX* out) {
-  out->levels = levels;
+__attribute__((target("avx2,fma,f16c"))) void QuantizeBlock16Avx2(const float* x, int16_t* q, float* d_out,
+                                                                   float* s_out) {
+  __m256i qi[4];
+  int sum;
+  const float d = RoundBlockAvx2<32767>(x, qi, &sum);
+  // packs_epi32 interleaves 64-bit halves of the two inputs per lane: restore the order
+  const __m256i p01 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[0], qi[1]), 0xD8);
+  const __m256i p23 = _mm256_permute4x64_epi64(_mm256_packs_epi32(qi[2], qi[3]), 0xD8);
+  _mm256_storeu_si256((__m256i*)q, p01);
+  _mm256_storeu_si256((__m256i*)(q + 16), p23);
+  *d_out = d;
+  *s_out = d * (float)sum;
+}
+
+void QuantizeX(const float* x, int M, int K, bool avx2, int bits, QuantX* out) {
+  out->bits = bits;
   out->M = M;
   out->K = K;
   out->nb = K / kBlock;
-  out->q.resize((size_t)M * K);
+  if (bits == 8) {
+    out->q8.resize((size_t)M * K);
+  } else {
+    out->q16.resize((size_t)M * K);
+  }
   out->d.resize((size_t)M * out->nb);
-  out->q2.resize((size_t)M * K);
-  out->d2.resize((size_t)M * out->nb);
   out->s.resize((size_t)M * out->nb);
-  float r[kBlock];
   for (int m = 0; m < M; ++m) {
     for (int b = 0; b < out->nb; ++b) {
       const size_t o = (size_t)m * K + (size_t)b * kBlock;
       const size_t ob = (size_t)m * out->nb + b;
-      float s1, s2;
-      int8_t* q = out->q.data() + o;
-      if (avx2) {
-        QuantizeBlockAvx2(x + o, q, &out->d[ob], &s1);
+      float* d = &out->d[ob];
+      float* s = &out->s[ob];
+      if (bits == 8) {
+        if (avx2) QuantizeBlock8Avx2(x + o, out->q8.data() + o, d, s);
+        else QuantizeBlockScalar<int8_t, 127>(x + o, out->q8.data() + o, d, s);
       } else {
-        QuantizeBlockScalar(x + o, q, &out->d[ob], &s1);
+        if (avx2) QuantizeBlock16Avx2(x + o, out->q16.data() + o, d, s);
+        else QuantizeBlockScalar<int16_t, 32767>(x + o, out->q16.data() + o, d, s);
       }
-      if (levels == 1) {
-        std::memset(out->q2.data() + o, 0, kBlock);
-        out->d2[ob] = 0.f;
-        out->s[ob] = s1;
-        continue;
-      }
-      const float d = out->d[ob];
-      for (int j = 0; j < kBlock; ++j) r[j] = x[o + j] - d * (float)q[j];  // two roundings
-      if (avx2) {
-        QuantizeBlockAvx2(r, out->q2.data() + o, &out->d2[ob], &s2);
-      } else {
-        QuantizeBlockScalar(r, out->q2.data() + o, &out->d2[ob], &s2);
-      }
-      out->s[ob] = s1 + s2;
     }
   }
 }
@@ -227,18 +239,15 @@ void RowsScalar(const Weights& w, const QuantX& xq, float* out, int n0, int n1) 
           }
         }
         const size_t xo = (size_t)mi * xq.K + (size_t)b * kBlock;
-        const int8_t* qx = xq.q.data() + xo;
-        const int8_t* qx2 = xq.q2.data() + xo;
-        int32_t isum = 0, isum2 = 0;
-        for (int j = 0; j < kBlock; ++j) {
-          isum += qw[j] * (int32_t)qx[j];
-          isum2 += qw[j] * (int32_t)qx2[j];
+        int32_t isum = 0;
+        if (xq.bits == 8) {
+          for (int j = 0; j < kBlock; ++j) isum += qw[j] * (int32_t)xq.q8[xo + j];
+        } else {
+          for (int j = 0; j < kBlock; ++j) isum += qw[j] * (int32_t)xq.q16[xo + j];
         }
         const float dx = xq.d[(size_t)mi * nb + b];
-        const float dx2 = xq.d2[(size_t)mi * nb + b];
         const float dw = w.fmt == Fmt::kI8 ? 1.f : HalfToFloat(w.d[(size_t)n * nb + b]);
         acc += (dw * dx) * (float)isum;
-        acc += (dw * dx2) * (float)isum2;
         if (w.fmt == Fmt::kQ4_1) acc += HalfToFloat(w.m[(size_t)n * nb + b]) * xq.s[(size_t)mi * nb + b];
       }
       if (w.fmt == Fmt::kI8) acc *= w.s[n];
@@ -292,29 +301,71 @@ __attribute__((target("avx2,fma,f16c"))) inline float DotF32(const float* a, con
   return r;
 }
 
-template <Fmt F>
-__attribute__((target("avx2,fma,f16c"))) inline __m256i LoadW(const uint8_t* row, int b) {
-  if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
-    return _mm256_loadu_si256((const __m256i*)(row + (size_t)b * kBlock));
+// One weight block, ready for the dot product with one activation block: 32 int8 values for
+// 8-bit activations (4-bit formats unsigned for q4_1), or two registers of 16 int16 values
+// (elements 0-15 and 16-31) for 16-bit activations.
+template <Fmt F, int B>
+struct WBlock {
+  __m256i a, b;
+};
+
+template <Fmt F, int B>
+__attribute__((target("avx2,fma,f16c"))) inline WBlock<F, B> LoadW(const uint8_t* row, int blk) {
+  WBlock<F, B> w;
+  if constexpr (B == 8) {
+    if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
+      w.a = _mm256_loadu_si256((const __m256i*)(row + (size_t)blk * kBlock));
+    } else {
+      w.a = Unpack4(row + (size_t)blk * (kBlock / 2));
+      if constexpr (F == Fmt::kQ4_0) w.a = _mm256_sub_epi8(w.a, _mm256_set1_epi8(8));
+    }
+  } else if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
+    const uint8_t* p = row + (size_t)blk * kBlock;
+    w.a = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)p));
+    w.b = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(p + 16)));
   } else {
-    __m256i q = Unpack4(row + (size_t)b * (kBlock / 2));
-    if constexpr (F == Fmt::kQ4_0) q = _mm256_sub_epi8(q, _mm256_set1_epi8(8));
-    return q;
+    // byte j holds element j (low nibble) and j + 16 (high nibble): widen the bytes to 16
+    // bits, then the low nibbles are elements 0-15 and the bytes shifted right by 4 16-31
+    const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(row + (size_t)blk * (kBlock / 2))));
+    w.a = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
+    w.b = _mm256_srli_epi16(v, 4);
+    if constexpr (F == Fmt::kQ4_0) {
+      w.a = _mm256_sub_epi16(w.a, _mm256_set1_epi16(8));
+      w.b = _mm256_sub_epi16(w.b, _mm256_set1_epi16(8));
+    }
+  }
+  return w;
+}
+
+// 8 int32 partial sums of one weight block against one activation block (exact: 8-bit
+// |sum| <= 32 * 128 * 127; 16-bit |sum| <= 32 * 128 * 32767 < 2**28).
+template <Fmt F, int B>
+__attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(const WBlock<F, B>& w, const void* qx) {
+  if constexpr (B == 8) {
+    const __m256i x = _mm256_loadu_si256((const __m256i*)qx);
+    if constexpr (F == Fmt::kQ4_1) {
+      return DotU4S8(w.a, x);
+    } else {
+      return DotS8(w.a, x);
+    }
+  } else {
+    const __m256i* x = (const __m256i*)qx;
+    return _mm256_add_epi32(_mm256_madd_epi16(w.a, _mm256_loadu_si256(x)),
+                            _mm256_madd_epi16(w.b, _mm256_loadu_si256(x + 1)));
   }
 }
 
-template <Fmt F>
-__attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(__m256i qw, const int8_t* qx) {
-  const __m256i x = _mm256_loadu_si256((const __m256i*)qx);
-  if constexpr (F == Fmt::kQ4_1) {
-    return DotU4S8(qw, x);
+template <int B>
+inline const void* XBlock(const QuantX& xq, size_t offset) {
+  if constexpr (B == 8) {
+    return xq.q8.data() + offset;
   } else {
-    return DotS8(qw, x);
+    return xq.q16.data() + offset;
   }
 }
 
 // G rows of x against one weight row n, accumulators in registers (G is a constant).
-template <Fmt F, int G, bool Two>
+template <Fmt F, int G, int B>
 __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, const QuantX& xq,
                                                              const uint8_t* row, int n,
                                                              const float* dwf, const float* mwf,
@@ -322,23 +373,15 @@ __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, 
   const int nb = w.nb;
   __m256 acc[G];
   for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
-  const int8_t* qx0 = xq.q.data() + (size_t)m0 * xq.K;
-  const int8_t* qy0 = xq.q2.data() + (size_t)m0 * xq.K;
   const float* dx0 = xq.d.data() + (size_t)m0 * nb;
-  const float* dy0 = xq.d2.data() + (size_t)m0 * nb;
   for (int b = 0; b < nb; ++b) {
-    const __m256i qw = LoadW<F>(row, b);
+    const WBlock<F, B> qw = LoadW<F, B>(row, b);
     const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
     for (int g = 0; g < G; ++g) {
-      const size_t xo = (size_t)g * xq.K + (size_t)b * kBlock;
-      const __m256i d32 = BlockDot<F>(qw, qx0 + xo);
+      const size_t xo = (size_t)(m0 + g) * xq.K + (size_t)b * kBlock;
+      const __m256i d32 = BlockDot<F, B>(qw, XBlock<B>(xq, xo));
       const float scv = dw * dx0[(size_t)g * nb + b];
       acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(scv), _mm256_cvtepi32_ps(d32), acc[g]);
-      if constexpr (Two) {
-        const __m256i e32 = BlockDot<F>(qw, qy0 + xo);
-        const float scw = dw * dy0[(size_t)g * nb + b];
-        acc[g] = _mm256_fmadd_ps(_mm256_set1_ps(scw), _mm256_cvtepi32_ps(e32), acc[g]);
-      }
     }
   }
   for (int g = 0; g < G; ++g) {
@@ -350,17 +393,66 @@ __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, 
   }
 }
 
-template <Fmt F, bool Two>
+// The 8 int32 lane vectors of 8 blocks -> one vector of the 8 block sums, in block order.
+__attribute__((target("avx2,fma,f16c"))) inline __m256i Reduce8(const __m256i* v) {
+  const __m256i h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+  const __m256i h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+  // each 128-bit lane of h0123 holds that lane's partial sums of blocks 0-3
+  return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
+                          _mm256_permute2x128_si256(h0123, h4567, 0x31));
+}
+
+__attribute__((target("avx2,fma,f16c"))) inline int HSumI(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
+// One output of a single activation row (decode). Blocks go 8 at a time: their integer sums
+// are reduced to one vector of 8 block sums, which meets the 8 scale products dw_b * dx_b
+// (and the q4_1 mins against sx_b) in one FMA each, instead of a convert, a broadcast and an
+// FMA per block; the blocks past the last multiple of 8 go one at a time.
+template <Fmt F, int B>
+__attribute__((target("avx2,fma,f16c"))) inline float RowDecode(const Weights& w, const QuantX& xq,
+                                                               const uint8_t* row, int n) {
+  const int nb = w.nb;
+  const uint16_t* dw = F == Fmt::kI8 ? nullptr : w.d + (size_t)n * nb;
+  const uint16_t* mw = F == Fmt::kQ4_1 ? w.m + (size_t)n * nb : nullptr;
+  __m256 acc = _mm256_setzero_ps();
+  int b = 0;
+  for (; b + 8 <= nb; b += 8) {
+    __m256i v[8];
+    for (int i = 0; i < 8; ++i)
+      v[i] = BlockDot<F, B>(LoadW<F, B>(row, b + i), XBlock<B>(xq, (size_t)(b + i) * kBlock));
+    const __m256 isum = _mm256_cvtepi32_ps(Reduce8(v));
+    __m256 sc = _mm256_loadu_ps(xq.d.data() + b);
+    if constexpr (F != Fmt::kI8) sc = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(dw + b))), sc);
+    acc = _mm256_fmadd_ps(sc, isum, acc);
+    if constexpr (F == Fmt::kQ4_1)
+      acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(mw + b))),
+                            _mm256_loadu_ps(xq.s.data() + b), acc);
+  }
+  float r = HSum(acc);
+  for (; b < nb; ++b) {
+    const int isum = HSumI(BlockDot<F, B>(LoadW<F, B>(row, b), XBlock<B>(xq, (size_t)b * kBlock)));
+    const float dwb = F == Fmt::kI8 ? 1.f : _cvtsh_ss(dw[b]);
+    r += (dwb * xq.d[b]) * (float)isum;
+    if constexpr (F == Fmt::kQ4_1) r += _cvtsh_ss(mw[b]) * xq.s[b];
+  }
+  if constexpr (F == Fmt::kI8) r *= w.s[n];
+  return r;
+}
+
+template <Fmt F, int B>
 __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const QuantX& xq,
                                                        float* out, int n0, int n1) {
   const int nb = w.nb, M = xq.M;
   const size_t rb = w.row_bytes();
   thread_local std::vector<float> buf;
-  buf.resize((size_t)4 * nb);
+  buf.resize((size_t)2 * nb);
   float* dwf = buf.data();       // this row's block scales (f32)
   float* mwf = dwf + nb;         // this row's block mins (q4_1)
-  float* sc = mwf + nb;          // dw * dx for M == 1
-  float* sc2 = sc + nb;          // dw * dx2 for M == 1
   for (int n = n0; n < n1; ++n) {
     const uint8_t* row = w.qs + (size_t)n * rb;
     if (n + 1 < n1) {
@@ -368,72 +460,32 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
       const char* nx = (const char*)(row + rb);
       for (size_t o = 0; o < rb; o += 64) _mm_prefetch(nx + o, _MM_HINT_T0);
     }
-    if constexpr (F != Fmt::kI8) HalfRowToFloat(w.d + (size_t)n * nb, nb, dwf);
-    if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);
     if (M == 1) {
-      // decode: two independent accumulator chains, scales precomputed 8 at a time
-      const float* scp = xq.d.data();
-      const float* scq = xq.d2.data();
-      if constexpr (F != Fmt::kI8) {
-        int b = 0;
-        for (; b + 8 <= nb; b += 8) {
-          const __m256 dv = _mm256_loadu_ps(dwf + b);
-          _mm256_storeu_ps(sc + b, _mm256_mul_ps(dv, _mm256_loadu_ps(xq.d.data() + b)));
-          _mm256_storeu_ps(sc2 + b, _mm256_mul_ps(dv, _mm256_loadu_ps(xq.d2.data() + b)));
-        }
-        for (; b < nb; ++b) {
-          sc[b] = dwf[b] * xq.d[b];
-          sc2[b] = dwf[b] * xq.d2[b];
-        }
-        scp = sc;
-        scq = sc2;
-      }
-      const int8_t* qx = xq.q.data();
-      const int8_t* qy = xq.q2.data();
-      // one weight block against both activation levels; two accumulator chains
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      if constexpr (Two) {
-        for (int b = 0; b < nb; ++b) {
-          const __m256i qw = LoadW<F>(row, b);
-          const __m256i d0 = BlockDot<F>(qw, qx + (size_t)b * kBlock);
-          const __m256i e0 = BlockDot<F>(qw, qy + (size_t)b * kBlock);
-          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
-          a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scq + b), _mm256_cvtepi32_ps(e0), a1);
-        }
-      } else {
-        int b = 0;
-        for (; b + 2 <= nb; b += 2) {
-          const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
-          const __m256i d1 = BlockDot<F>(LoadW<F>(row, b + 1), qx + (size_t)(b + 1) * kBlock);
-          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
-          a1 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b + 1), _mm256_cvtepi32_ps(d1), a1);
-        }
-        if (b < nb) {
-          const __m256i d0 = BlockDot<F>(LoadW<F>(row, b), qx + (size_t)b * kBlock);
-          a0 = _mm256_fmadd_ps(_mm256_broadcast_ss(scp + b), _mm256_cvtepi32_ps(d0), a0);
-        }
-      }
-      float r = HSum(_mm256_add_ps(a0, a1));
-      if constexpr (F == Fmt::kQ4_1) r += DotF32(mwf, xq.s.data(), nb);
-      if constexpr (F == Fmt::kI8) r *= w.s[n];
-      out[n] = r;
+      out[n] = RowDecode<F, B>(w, xq, row, n);
       continue;
     }
+    if constexpr (F != Fmt::kI8) HalfRowToFloat(w.d + (size_t)n * nb, nb, dwf);
+    if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);
     int m0 = 0;
-    for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4, Two>(w, xq, row, n, dwf, mwf, m0, out);
-    for (; m0 < M; ++m0) RowGroup<F, 1, Two>(w, xq, row, n, dwf, mwf, m0, out);
+    for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4, B>(w, xq, row, n, dwf, mwf, m0, out);
+    for (; m0 < M; ++m0) RowGroup<F, 1, B>(w, xq, row, n, dwf, mwf, m0, out);
+  }
+}
+
+template <int B>
+void RowsAvx2Bits(const Weights& w, const QuantX& xq, float* out, int n0, int n1) {
+  switch (w.fmt) {
+    case Fmt::kQ8_0: return RowsAvx2<Fmt::kQ8_0, B>(w, xq, out, n0, n1);
+    case Fmt::kQ4_0: return RowsAvx2<Fmt::kQ4_0, B>(w, xq, out, n0, n1);
+    case Fmt::kQ4_1: return RowsAvx2<Fmt::kQ4_1, B>(w, xq, out, n0, n1);
+    case Fmt::kI8: return RowsAvx2<Fmt::kI8, B>(w, xq, out, n0, n1);
   }
 }
 
 void Rows(const Weights& w, const QuantX& xq, float* out, int n0, int n1, bool avx2) {
   if (!avx2) return RowsScalar(w, xq, out, n0, n1);
-  const bool two = xq.levels == 2;
-  switch (w.fmt) {
-    case Fmt::kQ8_0: return two ? RowsAvx2<Fmt::kQ8_0, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kQ8_0, false>(w, xq, out, n0, n1);
-    case Fmt::kQ4_0: return two ? RowsAvx2<Fmt::kQ4_0, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kQ4_0, false>(w, xq, out, n0, n1);
-    case Fmt::kQ4_1: return two ? RowsAvx2<Fmt::kQ4_1, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kQ4_1, false>(w, xq, out, n0, n1);
-    case Fmt::kI8: return two ? RowsAvx2<Fmt::kI8, true>(w, xq, out, n0, n1) : RowsAvx2<Fmt::kI8, false>(w, xq, out, n0, n1);
-  }
+  if (xq.bits == 8) return RowsAvx2Bits<8>(w, xq, out, n0, n1);
+  return RowsAvx2Bits<16>(w, xq, out, n0, n1);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -593,11 +645,11 @@ int DefaultThreads() {
 // of all weights are split into chunks for one pool dispatch (q/k/v or gate/up of a layer in
 // one call: decode pays the dispatch, the quantization and the wake-up once instead of 2-3x).
 void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, int M, int threads,
-                 int levels) {
+                 int act_bits) {
   const bool avx2 = Isa() == 1;
   thread_local QuantX scratch;  // reused: no allocation per call once warm
   QuantX& xq = scratch;  // a plain reference, so the pool's lambda reads this thread's copy
-  QuantizeX(x, M, ws[0].K, avx2, levels, &xq);
+  QuantizeX(x, M, ws[0].K, avx2, act_bits, &xq);
   if (threads <= 0) threads = DefaultThreads();
   int n_total = 0;
   for (int i = 0; i < n; ++i) n_total += ws[i].N;
@@ -689,8 +741,8 @@ ffi::Error CheckX(ffi::Buffer<ffi::F32> x, int64_t* M, int64_t* K) {
 // weight). args are (qs, d) per weight, plus m for q4_1; one float32 [M, N_i] result per
 // weight. fmt: 0 q8_0, 1 q4_0, 2 q4_1, 3 int8.
 ffi::Error Qmm(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::RemainingRets rets,
-               int64_t fmt_code, int64_t threads, int64_t levels) {
-  if (levels != 1 && levels != 2) return ffi::Error::InvalidArgument("jaxlm quant kernel: levels must be 1 or 2");
+               int64_t fmt_code, int64_t threads, int64_t act_bits) {
+  if (act_bits != 8 && act_bits != 16) return ffi::Error::InvalidArgument("jaxlm quant kernel: act_bits must be 8 or 16");
   if (fmt_code < 0 || fmt_code > 3) return ffi::Error::InvalidArgument("jaxlm quant kernel: unknown format");
   const Fmt fmt = (Fmt)fmt_code;
   int64_t M, K;
@@ -719,7 +771,7 @@ ffi::Error Qmm(ffi::Buffer<ffi::F32> x, ffi::RemainingArgs args, ffi::RemainingR
     outs[i] = (float*)(*o)->untyped_data();
   }
   if (M == 0) return ffi::Error::Success();
-  ComputeMany(ws, outs, (int)n, x.typed_data(), (int)M, (int)threads, (int)levels);
+  ComputeMany(ws, outs, (int)n, x.typed_data(), (int)M, (int)threads, (int)act_bits);
   return ffi::Error::Success();
 }
 
@@ -734,11 +786,11 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmm, Qmm,
                                   .RemainingRets()
                                   .Attr<int64_t>("fmt")
                                   .Attr<int64_t>("num_threads")
-                                  .Attr<int64_t>("levels"));
+                                  .Attr<int64_t>("act_bits"));
 
 // 1 when the AVX2/FMA/F16C path is in use, 0 for the scalar path.
 JAXLM_EXPORT int jaxlm_quant_isa() { return Isa(); }
 // Threads used when a call passes num_threads = 0.
 JAXLM_EXPORT int jaxlm_quant_default_threads() { return DefaultThreads(); }
 // ABI version of this library, checked by the Python wrapper.
-JAXLM_EXPORT int jaxlm_quant_abi_version() { return 3; }
+JAXLM_EXPORT int jaxlm_quant_abi_version() { return 4; }

@@ -198,9 +198,9 @@ def profile(fmt: str, steps: int, batch: int = 1) -> dict:
 
     import dataclasses
 
-    levels = 1 if fmt.endswith("-l1") else 2  # "q4_1-l1": one activation level (llama.cpp's)
-    m = load("smollm2-135m-instruct", dtype=fmt.removesuffix("-l1"))
-    cfg = dataclasses.replace(m.cfg, quant_levels=levels)
+    bits = 8 if fmt.endswith("-a8") else 16  # "q4_1-a8": int8 activations (llama.cpp's q8_1)
+    m = load("smollm2-135m-instruct", dtype=fmt.removesuffix("-a8"))
+    cfg = dataclasses.replace(m.cfg, quant_act_bits=bits)
     params = jax.device_put(m.params)
     # the step the library runs: compiled under its XLA:CPU policy (gen.use_library_fusion)
     opts = gen.NO_LIBRARY_FUSION if gen.use_library_fusion(params, cfg) is False else None

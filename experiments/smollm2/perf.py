@@ -96,14 +96,14 @@ def device_bandwidth_gbs() -> float:
 
 
 # bench_generate's flag-free pieces: its format/anchor lists and the held-out text
-ALL_FORMATS = ("float32", "bfloat16", "int8", "q8_0", "q4_1", "q4_1-l1")
-ONE_LEVEL = "-l1"  # suffix: the kernel's one-level activation rounding (ModelConfig.quant_levels=1)
+ALL_FORMATS = ("float32", "bfloat16", "int8", "q8_0", "q4_1", "q4_1-a8")
+ACT8 = "-a8"  # suffix: the kernel rounds activations to int8 (ModelConfig.quant_act_bits=8)
 
 
 def split_format(fmt: str) -> tuple[str, int]:
-    """A benchmark format name -> (weight dtype for ``weights.load``, kernel activation levels);
-    "q4_1-l1" is Q4_1 with llama.cpp's one-level int8 activations."""
-    return (fmt[: -len(ONE_LEVEL)], 1) if fmt.endswith(ONE_LEVEL) else (fmt, 2)
+    """A benchmark format name -> (weight dtype for ``weights.load``, kernel activation bits);
+    "q4_1-a8" is Q4_1 with llama.cpp's int8 activations (q8_1), the others use 16 bits."""
+    return (fmt[: -len(ACT8)], 8) if fmt.endswith(ACT8) else (fmt, 16)
 ALL_ANCHORS = ("llamacpp", "hf")
 
 

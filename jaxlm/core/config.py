@@ -55,14 +55,13 @@ class ModelConfig:
             ``compute_dtype``; "bfloat16" = bf16 operands, float32 accumulation.
         quant_impl: how quantized weight leaves (``jaxlm.quant.QuantWeight``) are
             multiplied: "auto" (the C++ kernel on CPU for <= 16 activation rows, with
-            activations rounded to int8 blocks; XLA dequantize + dot otherwise), "xla"
+            activations rounded to integer blocks; XLA dequantize + dot otherwise), "xla"
             (always dequantize + dot: exact f32 product of the dequantized weight) or
             "kernel". Float weights ignore it.
-        quant_levels: int8 levels of the kernel's activation rounding (``jaxlm.quant.kernel``):
-            2 (default: x ~ d q + d2 q2, the residual quantized again; SmolLM2 Q4_1 top-1
-            agreement with the float32 forward of the same weights 100% over 2,044
-            positions) or 1 (llama.cpp's q8_1 scheme: one integer dot per weight block
-            instead of two, 97.0%).
+        quant_act_bits: the integer width the kernel rounds activations to, per block of
+            32 (``jaxlm.quant.kernel``): 16 (default; SmolLM2 Q4_1 top-1 agreement with the
+            float32 forward of the same weights 100% over 2,044 positions) or 8
+            (llama.cpp's q8_1 scheme, 96.5%; faster where the kernel is compute bound).
     """
 
     vocab_size: int = 256
@@ -89,7 +88,7 @@ class ModelConfig:
     matmul_dtype: str | None = None
     attn_dtype: str | None = None
     quant_impl: str = "auto"
-    quant_levels: int = 2
+    quant_act_bits: int = 16
 
     def __post_init__(self):
         self.validate()
@@ -120,8 +119,8 @@ class ModelConfig:
         ]
         checks.append((self.quant_impl in ("auto", "xla", "kernel"),
                        f"quant_impl must be auto|xla|kernel, got {self.quant_impl!r}"))
-        checks.append((self.quant_levels in (1, 2) and not isinstance(self.quant_levels, bool),
-                       f"quant_levels must be 1 or 2, got {self.quant_levels!r}"))
+        checks.append((self.quant_act_bits in (8, 16) and not isinstance(self.quant_act_bits, bool),
+                       f"quant_act_bits must be 8 or 16, got {self.quant_act_bits!r}"))
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"ModelConfig: {msg}")

@@ -35,7 +35,7 @@ def dense(x: Array, w: Array, spec: str, cfg: ModelConfig) -> Array:
     """
     if isinstance(w, QuantWeight):
         return quant_matmul(x.astype(jnp.float32), w, impl=cfg.quant_impl,
-                            levels=cfg.quant_levels).astype(cfg.cdtype)
+                            act_bits=cfg.quant_act_bits).astype(cfg.cdtype)
     if cfg.matmul_dtype is None:
         return jnp.einsum(spec, x, w.astype(cfg.cdtype))
     mm = jnp.dtype(cfg.matmul_dtype)
@@ -51,7 +51,7 @@ def dense_many(x: Array, ws, specs, cfg: ModelConfig) -> tuple:
     ws = list(ws)
     if len(ws) > 1 and all(isinstance(w, QuantWeight) for w in ws):
         ys = quant_matmul_many(x.astype(jnp.float32), ws, impl=cfg.quant_impl,
-                               levels=cfg.quant_levels)
+                               act_bits=cfg.quant_act_bits)
         return tuple(y.astype(cfg.cdtype) for y in ys)
     return tuple(dense(x, w, spec, cfg) for w, spec in zip(ws, specs))
 

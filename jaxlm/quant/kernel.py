@@ -1,29 +1,27 @@
 """The C++ quantized matmul (csrc/quant_matmul.cc) behind ``jax.ffi``, and its numpy reference.
 
-Arithmetic (llama.cpp's q8_0 / q8_1 activation scheme with a second level for the residual,
-activation scales kept in float32):
+Arithmetic (llama.cpp's q8_1 activation scheme, optionally at 16 bits; scales in float32):
 
-1. Each row of ``x`` [M, K] is quantized in blocks of 32 values, twice:
-   ``amax = max|x_j|``, ``dx = amax / 127`` (float32), ``qx_j = clip(rint(x_j * (1/dx)), -127, 127)``
-   (round half to even; all zero when ``amax == 0``); then the residual
-   ``r_j = x_j - dx * qx_j`` (float32) is quantized the same way to ``(qx2, dx2)``, with
-   ``dx2 <= dx / 254``; ``sx = dx * sum_j qx_j + dx2 * sum_j qx2_j``. One level rounds each
-   activation by up to ``dx / 2``, which moved the 135M model's top-1 token away from the
-   float32 forward at ~3% of positions; the second level makes that error ~250x smaller for
-   one more integer dot product per weight block (the weight block is loaded once).
-2. For output channel ``n`` and block ``b`` the integer dot products
-   ``isum = sum_j qw_j * qx_j`` and ``isum2 = sum_j qw_j * qx2_j`` are exact in int32
-   (``qw = q - 8`` for q4_0).
-3. ``out[m, n] = sum_b (dw_b * dx_b) * isum_b + (dw_b * dx2_b) * isum2_b`` (plus
-   ``sum_b mw_b * sx_b`` for q4_1), each scale product taken in float32 and the sum
-   accumulated in float32; int8-per-channel weights use ``dw_b = 1`` and multiply the sum by
-   the channel scale.
+1. Each row of ``x`` [M, K] is rounded in blocks of 32 values to ``act_bits``-bit integers:
+   ``Q = 32767`` (``act_bits=16``, the default) or ``Q = 127`` (``act_bits=8``, llama.cpp's
+   q8_1), ``amax = max|x_j|``, ``dx = amax / Q`` (float32),
+   ``qx_j = clip(rint(x_j * (1/dx)), -Q, Q)`` (round half to even; all zero when
+   ``amax == 0``), ``sx = dx * sum_j qx_j``. Eight bits round each activation by up to
+   ``amax / 254``, which moved the 135M model's top-1 token away from the float32 forward at
+   ~3.5% of positions; sixteen bits make that error 258x smaller. The kernel widens the
+   weight block to int16 and uses ``vpmaddwd`` (16 products per instruction) instead of the
+   8-bit ``vpmaddubsw`` path (32 per instruction), so the weight is still read once.
+2. For output channel ``n`` and block ``b`` the integer dot product
+   ``isum = sum_j qw_j * qx_j`` is exact in int32 (``qw = q - 8`` for q4_0).
+3. ``out[m, n] = sum_b (dw_b * dx_b) * isum_b`` (plus ``sum_b mw_b * sx_b`` for q4_1), each
+   scale product taken in float32 and the sum accumulated in float32; int8-per-channel
+   weights use ``dw_b = 1`` and multiply the sum by the channel scale.
 
 :func:`reference_matmul_np` evaluates the same formula in float64 from the same integers and
 float32 scale products, so the kernel differs from it only by float32 accumulation rounding
-(bounded by ``(3 nb + 8) * 2**-23 * scale``, see :func:`reference_matmul_np`). Against the
-float32 product with the dequantized weight the error is the residual's rounding, at most
-``dx2 / 2`` per value.
+(bounded by ``(2 nb + 8) * 2**-23 * scale``, see :func:`reference_matmul_np`). Against the
+float32 product with the dequantized weight the error is the activations' rounding, at most
+``dx / 2`` per value.
 
 Differentiation: ``kernel_matmul`` has a custom VJP. The gradient with respect to ``x`` is
 ``g @ W.T`` with the *dequantized float32* weight (the straight-through transpose of the
@@ -55,7 +53,7 @@ import numpy as np
 
 from jaxlm.quant.formats import BLOCK, QuantError, QuantWeight, _values_np
 
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 _TARGET = "jaxlm_qmm"  # one handler: 1-8 weights of one format against the same x
 _FMT_CODE = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3}
 MAX_MULTI = 8  # weights per fused call (csrc/quant_matmul.cc)
@@ -132,25 +130,30 @@ def _grad_x(fmt, shape_nin, av, g):
     return g.astype(jnp.float32) @ dequantize_rows(w)  # [M, N] @ [N, K]
 
 
-def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0, levels: int = 2) -> jax.Array:
+def kernel_matmul(x: jax.Array, w: QuantWeight, num_threads: int = 0, act_bits: int = 16) -> jax.Array:
     """``x @ W`` with the C++ kernel: x [..., *w.in_shape] -> float32 [..., *w.out_shape].
 
     ``num_threads=0`` uses the default (``JAXLM_KERNEL_THREADS`` or the number of cores);
-    ``levels``: 2 (default) or 1 int8 levels of activation rounding (module docstring).
+    ``act_bits``: 16 (default) or 8, the integer width x is rounded to (module docstring).
     Any number of rows works; the kernel is meant for M <= 16 (decode), XLA's dot wins above.
     """
     if not kernel_supports(w):
         raise QuantError(f"the kernel needs K % {BLOCK} == 0 and a known format; got {w.fmt} K={w.K}.")
-    return kernel_matmul_many(x, [w], num_threads=num_threads, levels=levels)[0]
+    return kernel_matmul_many(x, [w], num_threads=num_threads, act_bits=act_bits)[0]
 
 
-def _check_levels(levels) -> int:
-    if isinstance(levels, bool) or levels not in (1, 2):
-        raise QuantError(f"levels must be 1 or 2 (int8 levels of activation rounding), got {levels!r}.")
-    return int(levels)
+ACT_BITS = (8, 16)
 
 
-def _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads, levels):
+def check_act_bits(act_bits) -> int:
+    """``act_bits`` as an int, or a QuantError naming the allowed values."""
+    if isinstance(act_bits, bool) or act_bits not in ACT_BITS:
+        raise QuantError(f"act_bits must be 8 or 16 (the integer width activations are rounded to), "
+                         f"got {act_bits!r}.")
+    return int(act_bits)
+
+
+def _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads, act_bits):
     if not kernel_available():
         raise QuantError(f"the quantized-matmul kernel is not available: {_load()[1]}.")
     call = jax.ffi.ffi_call(
@@ -160,25 +163,25 @@ def _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads, levels):
     )
     flat = [a for arrays in arrays_list for a in arrays]
     return tuple(call(x2, *flat, fmt=np.int64(_FMT_CODE[fmt]), num_threads=np.int64(num_threads),
-                      levels=np.int64(levels)))
+                      act_bits=np.int64(act_bits)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _kernel_mm_many(x2, arrays_list, fmt, ns, num_threads, shapes, levels):
-    return _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads, levels)
+def _kernel_mm_many(x2, arrays_list, fmt, ns, num_threads, shapes, act_bits):
+    return _ffi_apply_many(x2, arrays_list, fmt, ns, num_threads, act_bits)
 
 
-def _kernel_mm_many_fwd(x2, arrays_list, fmt, ns, num_threads, shapes, levels):
+def _kernel_mm_many_fwd(x2, arrays_list, fmt, ns, num_threads, shapes, act_bits):
     if any(getattr(a, "perturbed", False) for a in jax.tree.leaves(arrays_list, is_leaf=_is_cvjp)):
         raise QuantError(
             "gradients with respect to a quantized weight are not defined (the kernel is "
             "inference only); dequantize the weight (jaxlm.quant.dequantize) to train it."
         )
     av = tuple(tuple(_value(a) for a in arrays) for arrays in arrays_list)
-    return _ffi_apply_many(_value(x2), av, fmt, ns, num_threads, levels), av
+    return _ffi_apply_many(_value(x2), av, fmt, ns, num_threads, act_bits), av
 
 
-def _kernel_mm_many_bwd(fmt, ns, num_threads, shapes, levels, av, gs):
+def _kernel_mm_many_bwd(fmt, ns, num_threads, shapes, act_bits, av, gs):
     gx = None  # stays None (a zero cotangent) when no output reaches the loss
     for g, arrays, (fmt_shape, n_in, rows_first) in zip(gs, av, shapes):
         if isinstance(g, jax.custom_derivatives.SymbolicZero):
@@ -202,7 +205,7 @@ def can_fuse(ws) -> bool:
     )
 
 
-def kernel_matmul_many(x: jax.Array, ws, num_threads: int = 0, levels: int = 2) -> tuple:
+def kernel_matmul_many(x: jax.Array, ws, num_threads: int = 0, act_bits: int = 16) -> tuple:
     """``(x @ W_1, ..., x @ W_n)`` in one kernel call: x is quantized once and the rows of all
     weights share one thread-pool dispatch (q/k/v, gate/up at decode). Same arithmetic, per
     output, as :func:`kernel_matmul` (bit-identical results); same custom VJP."""
@@ -222,70 +225,54 @@ def kernel_matmul_many(x: jax.Array, ws, num_threads: int = 0, levels: int = 2) 
     x2 = jnp.asarray(x, jnp.float32).reshape(-1, w0.K)
     ys = _kernel_mm_many(
         x2, tuple(w.arrays() for w in ws), w0.fmt, tuple(w.N for w in ws), int(num_threads),
-        tuple((tuple(w.shape), w.n_in, w.rows_first) for w in ws), _check_levels(levels),
+        tuple((tuple(w.shape), w.n_in, w.rows_first) for w in ws), check_act_bits(act_bits),
     )
     return tuple(y.reshape(*lead, *w.out_shape) for y, w in zip(ys, ws))
 
 
 # ------------------------------------------------------------------------------------------
-def _quantize_blocks_np(blk: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One level: blocks [M, nb, 32] -> (q int8, d float32 [M, nb], d * sum(q) float32)."""
-    amax = np.abs(blk).max(axis=-1)
-    d = (amax / np.float32(127)).astype(np.float32)
-    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
-    prod = (blk * inv[..., None]).astype(np.float32)
-    q = np.clip(np.rint(prod), -127, 127).astype(np.int8)
-    s = (d * q.astype(np.int32).sum(-1).astype(np.float32)).astype(np.float32)
-    return q, d, s
-
-
-def quantize_activations_np(x: np.ndarray, levels: int = 2) -> dict[str, np.ndarray]:
-    """Step 1 of the module docstring, both levels: {"q", "d", "q2", "d2", "s"} with q, q2 int8
-    [M, K] and d, d2, s float32 [M, nb]; the residual is ``x - d * q`` in float32 (two
-    roundings, as in the kernel) and ``s = d * sum(q) + d2 * sum(q2)``. ``levels=1``: q2 and d2
-    are zero and ``s = d * sum(q)``."""
+def quantize_activations_np(x: np.ndarray, act_bits: int = 16) -> dict[str, np.ndarray]:
+    """Step 1 of the module docstring: {"q", "d", "s"} with q int16 (``act_bits=16``) or int8
+    [M, K], d = amax / Q and s = d * sum(q) float32 [M, nb]."""
     x = np.asarray(x, np.float32)
     m, k = x.shape
     if k % BLOCK:
         raise QuantError(f"activations need K % {BLOCK} == 0, got K={k}.")
+    qmax = {8: 127, 16: 32767}[check_act_bits(act_bits)]
     blk = x.reshape(m, k // BLOCK, BLOCK)
-    q, d, s1 = _quantize_blocks_np(blk)
-    if _check_levels(levels) == 1:
-        return {"q": q.reshape(m, k), "d": d, "q2": np.zeros((m, k), np.int8),
-                "d2": np.zeros_like(d), "s": s1}
-    resid = (blk - (d[..., None] * q.astype(np.float32)).astype(np.float32)).astype(np.float32)
-    q2, d2, s2 = _quantize_blocks_np(resid)
-    return {"q": q.reshape(m, k), "d": d, "q2": q2.reshape(m, k), "d2": d2,
-            "s": (s1 + s2).astype(np.float32)}
+    amax = np.abs(blk).max(axis=-1)
+    d = (amax / np.float32(qmax)).astype(np.float32)
+    inv = np.divide(np.float32(1), d, out=np.zeros_like(d), where=d != 0).astype(np.float32)
+    prod = (blk * inv[..., None]).astype(np.float32)
+    q = np.clip(np.rint(prod), -qmax, qmax).astype(np.int16 if act_bits == 16 else np.int8)
+    s = (d * q.astype(np.int32).sum(-1).astype(np.float32)).astype(np.float32)
+    return {"q": q.reshape(m, k), "d": d, "s": s}
 
 
-def reference_matmul_np(x: np.ndarray, w: QuantWeight, levels: int = 2) -> tuple[np.ndarray, np.ndarray]:
+def reference_matmul_np(x: np.ndarray, w: QuantWeight, act_bits: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """The kernel's arithmetic in numpy: (out float64 [M, N], magnitude scale [M, N]).
 
     ``x`` is [M, K] float32. Integer block dot products are exact (int64), the scale products are
     float32 as in the kernel, and the sum over blocks is float64. The kernel sums the same
     terms in float32 in its own order (partial integer sums per SIMD lane), so its result lies
-    within ``(3 nb + 8) * 2**-23 * scale`` of ``out`` (at most 3 nb terms per output), with
-    ``scale = sum_b sum_level |dw_b dx_b| * sum_j |qw_j qx_j|  (+ sum_b |mw_b sx_b|)``, the
+    within ``(2 nb + 8) * 2**-23 * scale`` of ``out`` (at most 2 nb terms per output), with
+    ``scale = sum_b |dw_b dx_b| * sum_j |qw_j qx_j|  (+ sum_b |mw_b sx_b|)``, the
     standard float32 summation bound for any order.
     """
     x = np.asarray(x, np.float32)
-    xa = quantize_activations_np(x, levels)
+    xa = quantize_activations_np(x, act_bits)
     m, n, nb = x.shape[0], w.N, w.K // BLOCK
     qw = _values_np(w).reshape(n, nb, BLOCK).astype(np.int64)
     if w.fmt == "int8":
         dw = np.ones((n, nb), np.float32)
     else:
         dw = np.asarray(w.d, np.float32)
-    terms = np.zeros((m, n, nb), np.float64)
-    abs_terms = np.zeros((m, n), np.float64)
-    for qk, dk in (("q", "d"), ("q2", "d2")):
-        qxb = xa[qk].reshape(m, nb, BLOCK).astype(np.int64)
-        isum = np.einsum("mbj,nbj->mnb", qxb, qw)
-        iabs = np.einsum("mbj,nbj->mnb", np.abs(qxb), np.abs(qw))
-        sc = (dw[None, :, :] * xa[dk][:, None, :]).astype(np.float32)
-        terms += sc.astype(np.float64) * isum
-        abs_terms += (np.abs(sc).astype(np.float64) * iabs).sum(-1)
+    qxb = xa["q"].reshape(m, nb, BLOCK).astype(np.int64)
+    isum = np.einsum("mbj,nbj->mnb", qxb, qw)
+    iabs = np.einsum("mbj,nbj->mnb", np.abs(qxb), np.abs(qw))
+    sc = (dw[None, :, :] * xa["d"][:, None, :]).astype(np.float32)
+    terms = sc.astype(np.float64) * isum
+    abs_terms = (np.abs(sc).astype(np.float64) * iabs).sum(-1)
     if w.fmt == "q4_1":
         mterm = (np.asarray(w.m, np.float32)[None, :, :] * xa["s"][:, None, :]).astype(np.float32)
         terms = terms + mterm.astype(np.float64)

@@ -3,7 +3,7 @@
 * float ``w``: ``x @ w`` contracting ``x``'s last ``n_in`` axes (``jnp.tensordot``).
 * :class:`QuantWeight`: ``impl="xla"`` dequantizes inside the jitted function and uses XLA's
   dot (any backend, any M, differentiable in ``x`` and in the float scales); ``impl="kernel"``
-  calls the C++ kernel (CPU only; x quantized to int8 blocks, see ``jaxlm.quant.kernel``);
+  calls the C++ kernel (CPU only; x rounded to int16 or int8 blocks, see ``jaxlm.quant.kernel``);
   ``impl="auto"`` takes the kernel on CPU when it is built, the weight supports it and
   ``x`` has at most ``MAX_KERNEL_ROWS`` rows (decode), and XLA otherwise (prefill is compute
   bound, where XLA's f32 GEMM is faster than re-quantizing activations).
@@ -64,23 +64,23 @@ def choose_impl(x, w, impl: str = "auto") -> str:
 
 
 def matmul(x: jax.Array, w, *, n_in: int = 1, impl: str = "auto", num_threads: int = 0,
-           levels: int = 2) -> jax.Array:
+           act_bits: int = 16) -> jax.Array:
     """``x @ w`` for a float array or a :class:`QuantWeight` (see module docstring).
 
     For a float ``w``, ``n_in`` is the number of its leading axes contracted with the trailing
-    axes of ``x``; a QuantWeight carries its own ``n_in``. ``levels``: the kernel's
-    activation rounding (1 or 2 int8 levels, see ``jaxlm.quant.kernel``).
+    axes of ``x``; a QuantWeight carries its own ``n_in``. ``act_bits``: the integer
+    width (16 or 8) the kernel rounds activations to (see ``jaxlm.quant.kernel``).
     """
     if not isinstance(w, QuantWeight):
         return jnp.tensordot(x, w.astype(x.dtype), axes=n_in)
     which = choose_impl(x, w, impl)
     if which == "kernel":
-        return _kernel.kernel_matmul(x, w, num_threads=num_threads, levels=levels).astype(x.dtype)
+        return _kernel.kernel_matmul(x, w, num_threads=num_threads, act_bits=act_bits).astype(x.dtype)
     return matmul_xla(x, w).astype(x.dtype)
 
 
 def matmul_many(x: jax.Array, ws, *, impl: str = "auto", num_threads: int = 0,
-                levels: int = 2) -> tuple:
+                act_bits: int = 16) -> tuple:
     """``tuple(matmul(x, w) for w in ws)`` for quantized weights sharing ``x``, in one kernel
     call when every product would take the kernel (same format and contracted shape): x is
     quantized once and one thread-pool dispatch covers all rows. Results equal the separate
@@ -92,5 +92,5 @@ def matmul_many(x: jax.Array, ws, *, impl: str = "auto", num_threads: int = 0,
         and all(choose_impl(x, w, impl) == "kernel" for w in ws)
     ):
         return tuple(y.astype(x.dtype) for y in _kernel.kernel_matmul_many(
-            x, ws, num_threads=num_threads, levels=levels))
-    return tuple(matmul(x, w, impl=impl, num_threads=num_threads, levels=levels) for w in ws)
+            x, ws, num_threads=num_threads, act_bits=act_bits))
+    return tuple(matmul(x, w, impl=impl, num_threads=num_threads, act_bits=act_bits) for w in ws)

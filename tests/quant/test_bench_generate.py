@@ -36,8 +36,8 @@ def test_llamacpp_anchor_is_optional():
     assert llamacpp_anchor.available() == (importlib.util.find_spec("llama_cpp") is not None)
 
 
-def test_one_level_format_names():
+def test_int8_activation_format_names():
     from experiments.smollm2.perf import ALL_FORMATS, split_format
 
-    assert split_format("q4_1") == ("q4_1", 2) and split_format("q4_1-l1") == ("q4_1", 1)
-    assert split_format("float32") == ("float32", 2) and "q4_1-l1" in ALL_FORMATS
+    assert split_format("q4_1") == ("q4_1", 16) and split_format("q4_1-a8") == ("q4_1", 8)
+    assert split_format("float32") == ("float32", 16) and "q4_1-a8" in ALL_FORMATS

@@ -21,22 +21,22 @@ needs_kernel = pytest.mark.skipif(
 
 # (M, K, N): decode shapes, small batch, M above the 16-row register block, N not a multiple
 # of the 8-row thread chunk
-SHAPES = [(1, 576, 1536), (3, 1536, 576), (16, 64, 40), (5, 96, 13), (19, 128, 33)]
+SHAPES = [(1, 576, 1536), (1, 1536, 19), (1, 96, 7), (3, 1536, 576), (16, 64, 40), (5, 96, 13), (19, 128, 33)]
 
 
 def _kernel_calls(hlo_text: str) -> int:
     return hlo_text.count("@jaxlm_qmm(")
 
 
-def _check_against_reference(y, x, w, levels=2):
-    ref, scale = Q.reference_matmul_np(x, w, levels)
+def _check_against_reference(y, x, w, act_bits=16):
+    ref, scale = Q.reference_matmul_np(x, w, act_bits)
     nb = w.K // Q.BLOCK
     err = np.abs(np.asarray(y, np.float64) - ref)
     assert np.all(err <= (3 * nb + 8) * 2.0**-23 * scale), (err / np.maximum(scale, 1e-30)).max()
     f32 = x.astype(np.float64) @ Q.dequantize_rows_np(w).astype(np.float64).T
     rel_rms = np.sqrt(np.mean((np.asarray(y) - f32) ** 2) / np.mean(f32**2))
-    # activation rounding: one level ~0.3-1% of the output; two levels ~1/254 of that
-    assert rel_rms < (2e-2 if levels == 1 else 2e-4), rel_rms
+    # activation rounding: 8 bits ~0.3-1% of the output; 16 bits ~1/258 of that
+    assert rel_rms < (2e-2 if act_bits == 8 else 2e-4), rel_rms
 
 
 @needs_kernel
@@ -47,10 +47,10 @@ def test_kernel_equals_reference_arithmetic(fmt, m, k, n):
     w = Q.quantize_weight(rng.standard_normal((k, n)).astype(np.float32), fmt)
     x = rng.standard_normal((m, k)).astype(np.float32) * 3.0
     x[0, :32] = 0.0  # an all-zero activation block (scale 0)
-    for threads, levels in ((1, 2), (2, 2), (3, 2), (2, 1)):
-        y = jax.jit(lambda a, b, t=threads, lv=levels: Q.kernel_matmul(a, b, num_threads=t, levels=lv))(x, w)
+    for threads, bits in ((1, 16), (2, 16), (3, 16), (2, 8)):
+        y = jax.jit(lambda a, b, t=threads, ab=bits: Q.kernel_matmul(a, b, num_threads=t, act_bits=ab))(x, w)
         assert y.shape == (m, n) and y.dtype == jnp.float32
-        _check_against_reference(y, x, w, levels)
+        _check_against_reference(y, x, w, bits)
 
 
 @needs_kernel
@@ -213,18 +213,18 @@ def test_matmul_many_dispatch_and_fallbacks():
 
 
 @needs_kernel
-def test_second_level_shrinks_the_activation_error_and_levels_are_checked():
+def test_16_bit_activations_shrink_the_error_and_act_bits_is_checked():
     rng = np.random.default_rng(14)
     w = Q.quantize_weight(rng.standard_normal((256, 64)).astype(np.float32), "q4_1")
     x = (rng.standard_normal((1, 256)) * np.exp(rng.standard_normal((1, 256)))).astype(np.float32)
     exact = x.astype(np.float64) @ Q.dequantize_rows_np(w).astype(np.float64).T
-    err = {lv: np.abs(np.asarray(Q.kernel_matmul(x, w, levels=lv)) - exact).max() for lv in (1, 2)}
-    assert err[2] < err[1] / 50, err
+    err = {ab: np.abs(np.asarray(Q.kernel_matmul(x, w, act_bits=ab)) - exact).max() for ab in (8, 16)}
+    assert err[16] < err[8] / 50, err
     ws = [w, Q.quantize_weight(rng.standard_normal((256, 16)).astype(np.float32), "q4_1")]
-    for lv in (1, 2):
-        fused = Q.kernel_matmul_many(x, ws, levels=lv)
+    for ab in (8, 16):
+        fused = Q.kernel_matmul_many(x, ws, act_bits=ab)
         for y, wi in zip(fused, ws):
-            np.testing.assert_array_equal(np.asarray(y), np.asarray(Q.kernel_matmul(x, wi, levels=lv)))
-    for bad in (0, 3, True):
-        with pytest.raises(Q.QuantError, match="levels must be 1 or 2"):
-            Q.kernel_matmul(x, w, levels=bad)
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(Q.kernel_matmul(x, wi, act_bits=ab)))
+    for bad in (0, 2, 32, True):
+        with pytest.raises(Q.QuantError, match="act_bits must be 8 or 16"):
+            Q.kernel_matmul(x, w, act_bits=bad)

@@ -174,16 +174,16 @@ def test_decode_compile_policy(monkeypatch):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_quant_levels_is_checked_and_reaches_the_kernel():
+def test_quant_act_bits_is_checked_and_reaches_the_kernel():
     from jaxlm.core.config import ConfigError
 
     cfg, _, qp = _tiny_quant("q8_0", seed=9)
-    for bad in (0, 3, True):
-        with pytest.raises(ConfigError, match="quant_levels must be 1 or 2"):
-            dataclasses.replace(cfg, quant_levels=bad)
+    for bad in (0, 2, 32, True):
+        with pytest.raises(ConfigError, match="quant_act_bits must be 8 or 16"):
+            dataclasses.replace(cfg, quant_act_bits=bad)
     tokens = jax.random.randint(jax.random.PRNGKey(10), (1, 6), 0, cfg.vocab_size)
     exact = _forward(qp, dataclasses.replace(cfg, quant_impl="xla"), tokens)
-    two = _forward(qp, cfg, tokens)
-    one = _forward(qp, dataclasses.replace(cfg, quant_levels=1), tokens)
-    if Q.kernel_available():  # the second level brings the kernel much closer to exact
-        assert _rel(two, exact) < _rel(one, exact) / 20, (_rel(two, exact), _rel(one, exact))
+    wide = _forward(qp, cfg, tokens)
+    narrow = _forward(qp, dataclasses.replace(cfg, quant_act_bits=8), tokens)
+    if Q.kernel_available():  # 16-bit activations bring the kernel much closer to exact
+        assert _rel(wide, exact) < _rel(narrow, exact) / 20, (_rel(wide, exact), _rel(narrow, exact))
