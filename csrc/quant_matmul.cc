@@ -218,6 +218,8 @@ struct Weights {
 // Longer runs of rows per thread and a software prefetch 4 rows ahead (1-3 KB) stream better
 // than 8 chunks per thread and a prefetch of the next row: batch-1 q4_1 decode +10% in
 // session 10 (interleaved in one process: 2/4 vs 8/1, 10 rounds; 2/1 +7.5%, 2/8 +10%, 2/16 +8%).
+// Both apply to M = 1; products with M > 1 are compute bound and keep 8 chunks per thread and a
+// next-row prefetch.
 constexpr int kChunksPerThread = 2;
 constexpr int kPrefetchRows = 4;
 
@@ -463,9 +465,10 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
   float* mwf = dwf + nb;         // this row's block mins (q4_1)
   for (int n = n0; n < n1; ++n) {
     const uint8_t* row = w.qs + (size_t)n * rb;
-    if (n + kPrefetchRows < n1) {
-      // a row kPrefetchRows ahead streams from memory while this one is computed
-      const char* nx = (const char*)(row + (size_t)kPrefetchRows * rb);
+    const int pf = M == 1 ? kPrefetchRows : 1;
+    if (n + pf < n1) {
+      // a row pf ahead streams from memory while this one is computed
+      const char* nx = (const char*)(row + (size_t)pf * rb);
       for (size_t o = 0; o < rb; o += 64) _mm_prefetch(nx + o, _MM_HINT_T0);
     }
     if (M == 1) {
@@ -661,9 +664,10 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
   if (threads <= 0) threads = DefaultThreads();
   int n_total = 0;
   for (int i = 0; i < n; ++i) n_total += ws[i].N;
-  // chunks of rows: two per thread, so each thread streams long runs of rows and uneven
-  // progress still balances out; a chunk never spans two weights
-  const int chunk = std::max(8, n_total / (threads * kChunksPerThread));
+  // chunks of rows: at decode (M = 1) two per thread, so each thread streams long runs of
+  // rows and uneven progress still balances out; for M > 1 (compute bound) eight per
+  // thread; a chunk never spans two weights
+  const int chunk = std::max(8, n_total / (threads * (M == 1 ? kChunksPerThread : 8)));
   struct Span {
     int w, n0, n1;
   };
