@@ -22,7 +22,9 @@
 //   3. out[m, n] = sum_b (dw_b * dx_b) * isum_b [+ sum_b mw_b * sx_b for q4_1], each scale
 //      product in float32 and the sum accumulated in float32 (i8: dw_b = 1 and the row scale
 //      s_n multiplies the sum at the end).
-// The only difference from an exact evaluation of that formula is float32 accumulation order.
+// The only differences from an exact evaluation of that formula are float32 accumulation
+// order and, at batch 1, the conversion of a block's integer sum to float32 (exact below
+// 2**24, which only 8-bit weights against 16-bit activations can exceed).
 //
 // AVX2/FMA/F16C code is compiled with per-function target attributes and chosen at run time
 // with __builtin_cpu_supports, so the library loads and runs (scalar path) on any x86-64 CPU.
@@ -112,6 +114,14 @@ void QuantizeBlockScalar(const float* x, Q* q, float* d_out, float* s_out) {
   *s_out = d * (float)sum;  // |sum| <= 32 * 32767 < 2**24: exact in float32
 }
 
+// Sum of the 8 int32 lanes.
+__attribute__((target("avx2,fma,f16c"))) inline int HSumI(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+  return _mm_cvtsi128_si32(s);
+}
+
 // Rounds one block to int32 lanes qi[4] (values within +-QMAX); returns d and the int sum.
 template <int QMAX>
 __attribute__((target("avx2,fma,f16c"))) inline float RoundBlockAvx2(const float* x, __m256i* qi, int* sum) {
@@ -135,11 +145,7 @@ __attribute__((target("avx2,fma,f16c"))) inline float RoundBlockAvx2(const float
     r = _mm256_min_ps(hi, _mm256_max_ps(lo, r));
     qi[i] = _mm256_cvtps_epi32(r);
   }
-  __m256i s32 = _mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3]));
-  __m128i s4 = _mm_add_epi32(_mm256_extracti128_si256(s32, 1), _mm256_castsi256_si128(s32));
-  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
-  s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
-  *sum = _mm_cvtsi128_si32(s4);
+  *sum = HSumI(_mm256_add_epi32(_mm256_add_epi32(qi[0], qi[1]), _mm256_add_epi32(qi[2], qi[3])));
   return d;
 }
 
@@ -222,6 +228,7 @@ struct Weights {
 // next-row prefetch.
 constexpr int kChunksPerThread = 2;
 constexpr int kPrefetchRows = 4;
+constexpr int kChunksPerThreadBatched = 8;  // M > 1
 
 // Scalar rows [n0, n1).
 void RowsScalar(const Weights& w, const QuantX& xq, float* out, int n0, int n1) {
@@ -314,14 +321,13 @@ __attribute__((target("avx2,fma,f16c"))) inline float DotF32(const float* a, con
 // One weight block, ready for the dot product with one activation block: 32 int8 values for
 // 8-bit activations (4-bit formats unsigned for q4_1), or two registers of 16 int16 values
 // (elements 0-15 and 16-31) for 16-bit activations.
-template <Fmt F, int B>
 struct WBlock {
   __m256i a, b;
 };
 
 template <Fmt F, int B>
-__attribute__((target("avx2,fma,f16c"))) inline WBlock<F, B> LoadW(const uint8_t* row, int blk) {
-  WBlock<F, B> w;
+__attribute__((target("avx2,fma,f16c"))) inline WBlock LoadW(const uint8_t* row, int blk) {
+  WBlock w;
   if constexpr (B == 8) {
     if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
       w.a = _mm256_loadu_si256((const __m256i*)(row + (size_t)blk * kBlock));
@@ -350,7 +356,7 @@ __attribute__((target("avx2,fma,f16c"))) inline WBlock<F, B> LoadW(const uint8_t
 // 8 int32 partial sums of one weight block against one activation block (exact: 8-bit
 // |sum| <= 32 * 128 * 127; 16-bit |sum| <= 32 * 128 * 32767 < 2**28).
 template <Fmt F, int B>
-__attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(const WBlock<F, B>& w, const void* qx) {
+__attribute__((target("avx2,fma,f16c"))) inline __m256i BlockDot(const WBlock& w, const void* qx) {
   if constexpr (B == 8) {
     const __m256i x = _mm256_loadu_si256((const __m256i*)qx);
     if constexpr (F == Fmt::kQ4_1) {
@@ -385,7 +391,7 @@ __attribute__((target("avx2,fma,f16c"))) inline void RowGroup(const Weights& w, 
   for (int g = 0; g < G; ++g) acc[g] = _mm256_setzero_ps();
   const float* dx0 = xq.d.data() + (size_t)m0 * nb;
   for (int b = 0; b < nb; ++b) {
-    const WBlock<F, B> qw = LoadW<F, B>(row, b);
+    const WBlock qw = LoadW<F, B>(row, b);
     const float dw = F == Fmt::kI8 ? 1.f : dwf[b];
     for (int g = 0; g < G; ++g) {
       const size_t xo = (size_t)(m0 + g) * xq.K + (size_t)b * kBlock;
@@ -410,13 +416,6 @@ __attribute__((target("avx2,fma,f16c"))) inline __m256i Reduce8(const __m256i* v
   // each 128-bit lane of h0123 holds that lane's partial sums of blocks 0-3
   return _mm256_add_epi32(_mm256_permute2x128_si256(h0123, h4567, 0x20),
                           _mm256_permute2x128_si256(h0123, h4567, 0x31));
-}
-
-__attribute__((target("avx2,fma,f16c"))) inline int HSumI(__m256i v) {
-  __m128i s = _mm_add_epi32(_mm256_extracti128_si256(v, 1), _mm256_castsi256_si128(v));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-  return _mm_cvtsi128_si32(s);
 }
 
 // One output of a single activation row (decode). Blocks go 8 at a time: their integer sums
@@ -667,7 +666,7 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
   // chunks of rows: at decode (M = 1) two per thread, so each thread streams long runs of
   // rows and uneven progress still balances out; for M > 1 (compute bound) eight per
   // thread; a chunk never spans two weights
-  const int chunk = std::max(8, n_total / (threads * (M == 1 ? kChunksPerThread : 8)));
+  const int chunk = std::max(8, n_total / (threads * (M == 1 ? kChunksPerThread : kChunksPerThreadBatched)));
   struct Span {
     int w, n0, n1;
   };

@@ -5,8 +5,8 @@
 
 For each format (float32, bfloat16, int8, q8_0, q4_1; the quantized ones keep their blocks
 resident and run the C++ kernel at decode with activations rounded to int16 blocks, see
-jaxlm.quant.kernel; "q4_1-a8" is Q4_1 with int8 activations, llama.cpp's own arithmetic), measured in
-one process after warm-up, medians over repeats:
+jaxlm.quant.kernel; "q4_1-a8" is Q4_1 with int8 activations, llama.cpp's own arithmetic),
+measured in one process after warm-up, medians over repeats:
   * resident weight bytes, the machine's copy bandwidth and the batch-1 floor
     = bandwidth / weight bytes (every decode step reads every weight once);
   * prefill tok/s at 1024 prompt tokens (batch 1);
@@ -20,7 +20,8 @@ one process after warm-up, medians over repeats:
 Anchors, in the same process: llama.cpp (``llama-cpp-python`` from the ``bench`` extra) on
 the same GGUF file with the same thread count, batch-1 decode and 1024-token prompt
 processing, interleaved repeat by repeat with jaxlm's fastest format within the quality targets
-(top-1 >= 0.99, KL <= 0.01; ``--anchor_format`` overrides) so that machine load hits both alike (the ratios are medians of per-repeat ratios); HF transformers greedy decode.
+(top-1 >= 0.99, KL <= 0.01; ``--anchor_format`` overrides) so that machine load hits both
+alike (the ratios are medians of per-repeat ratios); HF transformers greedy decode.
 A missing anchor is reported ("anchor not installed") and its targets are left out.
 Writes runs/bench/<name>.json (DESIGN.md format) with the anchors' versions and build flags.
 """

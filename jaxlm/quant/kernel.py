@@ -18,8 +18,10 @@ Arithmetic (llama.cpp's q8_1 activation scheme, optionally at 16 bits; scales in
    weights use ``dw_b = 1`` and multiply the sum by the channel scale.
 
 :func:`reference_matmul_np` evaluates the same formula in float64 from the same integers and
-float32 scale products, so the kernel differs from it only by float32 accumulation rounding
-(bounded by ``(2 nb + 8) * 2**-23 * scale``, see :func:`reference_matmul_np`). Against the
+float32 scale products, so the kernel differs from it only by float32 rounding: the
+accumulation and, for 8-bit weights against 16-bit activations, block sums above 2**24
+converted to float32 (together bounded by ``(3 nb + 8) * 2**-23 * scale``, see
+:func:`reference_matmul_np`). Against the
 float32 product with the dequantized weight the error is the activations' rounding, at most
 ``dx / 2`` per value.
 
@@ -255,7 +257,8 @@ def reference_matmul_np(x: np.ndarray, w: QuantWeight, act_bits: int = 16) -> tu
     ``x`` is [M, K] float32. Integer block dot products are exact (int64), the scale products are
     float32 as in the kernel, and the sum over blocks is float64. The kernel sums the same
     terms in float32 in its own order (partial integer sums per SIMD lane), so its result lies
-    within ``(2 nb + 8) * 2**-23 * scale`` of ``out`` (at most 2 nb terms per output), with
+    within ``(3 nb + 8) * 2**-23 * scale`` of ``out`` (at most 2 nb terms per output, plus one
+    rounding per block where a block sum above 2**24 is converted to float32), with
     ``scale = sum_b |dw_b dx_b| * sum_j |qw_j qx_j|  (+ sum_b |mw_b sx_b|)``, the
     standard float32 summation bound for any order.
     """
