@@ -26,8 +26,9 @@
 // order and, at batch 1, the conversion of a block's integer sum to float32 (exact below
 // 2**24, which only 8-bit weights against 16-bit activations can exceed).
 //
-// AVX2/FMA/F16C code is compiled with per-function target attributes and chosen at run time
-// with __builtin_cpu_supports, so the library loads and runs (scalar path) on any x86-64 CPU.
+// AVX2/FMA/F16C code (and, for products with M > 1, AVX-512 F/BW/VL/VNNI code: see RowsTile)
+// is compiled with per-function target attributes and chosen at run time with
+// __builtin_cpu_supports, so the library loads and runs (scalar path) on any x86-64 CPU.
 // Rows n are split in chunks over a small persistent thread pool (caller thread included).
 
 #include <immintrin.h>
@@ -482,6 +483,153 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
   }
 }
 
+// ---------------------------------------------------------------------------------------
+// Batched products (M > 1) on AVX-512 VNNI: tokens in the vector lanes.
+//
+// The AVX2 path above computes each (row, token, block) dot product inside one register and
+// then reduces it horizontally: ~8 instructions per block and token. Here the activations of
+// up to 16 tokens are transposed so that lane t of a 512-bit register holds token t
+// (XTile): for each block b and pair k = 0..15 one int32 lane packs (qx_t[2k], qx_t[2k+1]) as
+// int16. The weight block of a row is widened to 32 int16 once (a 64-byte scratch row, shared
+// by every token), and one vpdpwssd of the token register against the weight pair broadcast
+// from that scratch adds sum_j qw_j * qx_tj over a pair to all 16 tokens at once: 16 such
+// instructions make the 16 block sums isum_tb, already one per lane, so they meet the scale
+// products dw_b * dx_tb in one convert and one FMA with no horizontal reduction. 8 rows share
+// each token register load. The integer sums are the same exact int32 values as in the other
+// paths; the float32 accumulation is per block in block order (as RowGroup).
+constexpr int kTile = 16;   // tokens per register
+constexpr int kTileRows = 8;  // weight rows per register pass
+
+struct XTile {
+  int M = 0, nb = 0, groups = 0;  // groups = ceil(M / 16)
+  std::vector<int32_t> q;        // [groups, nb, 16 pairs, 16 tokens] packed int16 pairs
+  std::vector<float> d, s;       // [groups, nb, 16 tokens] (0 for padding tokens)
+};
+
+void BuildXTile(const QuantX& xq, XTile* t) {
+  t->M = xq.M;
+  t->nb = xq.nb;
+  t->groups = (xq.M + kTile - 1) / kTile;
+  const size_t nq = (size_t)t->groups * xq.nb * 16 * kTile;
+  t->q.assign(nq, 0);
+  t->d.assign((size_t)t->groups * xq.nb * kTile, 0.f);
+  t->s.assign((size_t)t->groups * xq.nb * kTile, 0.f);
+  for (int m = 0; m < xq.M; ++m) {
+    const int g = m / kTile, lane = m % kTile;
+    for (int b = 0; b < xq.nb; ++b) {
+      const size_t base = ((size_t)g * xq.nb + b);
+      const size_t xo = (size_t)m * xq.K + (size_t)b * kBlock;
+      int32_t* dst = t->q.data() + base * 16 * kTile + lane;
+      for (int k = 0; k < 16; ++k) {
+        const int lo = xq.bits == 8 ? xq.q8[xo + 2 * k] : xq.q16[xo + 2 * k];
+        const int hi = xq.bits == 8 ? xq.q8[xo + 2 * k + 1] : xq.q16[xo + 2 * k + 1];
+        dst[k * kTile] = (int32_t)(((uint32_t)(uint16_t)(int16_t)lo) | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+      }
+      t->d[base * kTile + lane] = xq.d[(size_t)m * xq.nb + b];
+      t->s[base * kTile + lane] = xq.s[(size_t)m * xq.nb + b];
+    }
+  }
+}
+
+#define JAXLM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+// One row's weights widened to int16 in element order, block b at q + b * stride (32 values, so
+// int32 k of a block is the pair (2k, 2k + 1)), and its block scales / mins in float32.
+template <Fmt F>
+JAXLM_AVX512 inline void WidenRow(const Weights& w, int n, int16_t* q, size_t stride, float* dwf, float* mwf) {
+  const int nb = w.nb;
+  const uint8_t* row = w.qs + (size_t)n * w.row_bytes();
+  for (int b = 0; b < nb; ++b) {
+    if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
+      const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(row + (size_t)b * kBlock)));
+      _mm512_storeu_si512((void*)(q + (size_t)b * stride), v);
+    } else {
+      const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(row + (size_t)b * (kBlock / 2))));
+      __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
+      __m256i hi = _mm256_srli_epi16(v, 4);
+      if constexpr (F == Fmt::kQ4_0) {
+        lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
+        hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
+      }
+      _mm256_storeu_si256((__m256i*)(q + (size_t)b * stride), lo);
+      _mm256_storeu_si256((__m256i*)(q + (size_t)b * stride + 16), hi);
+    }
+  }
+  if constexpr (F != Fmt::kI8) HalfRowToFloat(w.d + (size_t)n * nb, nb, dwf);
+  if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);
+}
+
+// R rows (widened in wq [nb, R, 32]: a block's R rows side by side, so every broadcast below
+// is a constant offset from one pointer; scales dwf/mwf [R, nb]) against token group g.
+template <Fmt F, int R>
+JAXLM_AVX512 inline void TileRows(const Weights& w, const XTile& xt, int g, const int16_t* wq,
+                                  const float* dwf, const float* mwf, int n0, float* out) {
+  const int nb = w.nb;
+  __m512 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
+  const int32_t* xg = xt.q.data() + (size_t)g * nb * 16 * kTile;
+  const float* dg = xt.d.data() + (size_t)g * nb * kTile;
+  const float* sg = xt.s.data() + (size_t)g * nb * kTile;
+  for (int b = 0; b < nb; ++b) {
+    __m512i is[R];
+    for (int r = 0; r < R; ++r) is[r] = _mm512_setzero_si512();
+    const int32_t* xb = xg + (size_t)b * 16 * kTile;
+    const int32_t* wb = (const int32_t*)(wq + (size_t)b * R * kBlock);  // [R, 16 pairs]
+#pragma GCC unroll 16
+    for (int k = 0; k < 16; ++k) {
+      const __m512i xv = _mm512_loadu_si512((const void*)(xb + k * kTile));
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) is[r] = _mm512_dpwssd_epi32(is[r], xv, _mm512_set1_epi32(wb[r * 16 + k]));
+    }
+  const __m512 dx = _mm512_loadu_ps(dg + (size_t)b * kTile);
+    for (int r = 0; r < R; ++r) {
+      const __m512 sc = F == Fmt::kI8 ? dx : _mm512_mul_ps(_mm512_set1_ps(dwf[(size_t)r * nb + b]), dx);
+      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[r]), sc, acc[r]);
+      if constexpr (F == Fmt::kQ4_1)
+        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(mwf[(size_t)r * nb + b]), _mm512_loadu_ps(sg + (size_t)b * kTile), acc[r]);
+    }
+  }
+  alignas(64) float res[kTile];
+  const int m_end = std::min(kTile, xt.M - g * kTile);
+  for (int r = 0; r < R; ++r) {
+    __m512 v = acc[r];
+    if constexpr (F == Fmt::kI8) v = _mm512_mul_ps(v, _mm512_set1_ps(w.s[n0 + r]));
+    _mm512_store_ps(res, v);
+    for (int t = 0; t < m_end; ++t) out[(size_t)(g * kTile + t) * w.N + n0 + r] = res[t];
+  }
+}
+
+template <Fmt F>
+JAXLM_AVX512 void RowsTile(const Weights& w, const XTile& xt, float* out, int n0, int n1) {
+  const int nb = w.nb;
+  thread_local std::vector<int16_t> wq;
+  thread_local std::vector<float> sc;
+  wq.resize((size_t)kTileRows * nb * kBlock);
+  sc.resize((size_t)2 * kTileRows * nb);
+  float* dwf = sc.data();
+  float* mwf = dwf + (size_t)kTileRows * nb;
+  int n = n0;
+  for (; n + kTileRows <= n1; n += kTileRows) {
+    for (int r = 0; r < kTileRows; ++r)
+      WidenRow<F>(w, n + r, wq.data() + (size_t)r * kBlock, (size_t)kTileRows * kBlock, dwf + (size_t)r * nb,
+                  mwf + (size_t)r * nb);
+    for (int g = 0; g < xt.groups; ++g) TileRows<F, kTileRows>(w, xt, g, wq.data(), dwf, mwf, n, out);
+  }
+  for (; n < n1; ++n) {
+    WidenRow<F>(w, n, wq.data(), kBlock, dwf, mwf);
+    for (int g = 0; g < xt.groups; ++g) TileRows<F, 1>(w, xt, g, wq.data(), dwf, mwf, n, out);
+  }
+}
+
+void RowsTileFmt(const Weights& w, const XTile& xt, float* out, int n0, int n1) {
+  switch (w.fmt) {
+    case Fmt::kQ8_0: return RowsTile<Fmt::kQ8_0>(w, xt, out, n0, n1);
+    case Fmt::kQ4_0: return RowsTile<Fmt::kQ4_0>(w, xt, out, n0, n1);
+    case Fmt::kQ4_1: return RowsTile<Fmt::kQ4_1>(w, xt, out, n0, n1);
+    case Fmt::kI8: return RowsTile<Fmt::kI8>(w, xt, out, n0, n1);
+  }
+}
+
 template <int B>
 void RowsAvx2Bits(const Weights& w, const QuantX& xq, float* out, int n0, int n1) {
   switch (w.fmt) {
@@ -492,20 +640,38 @@ void RowsAvx2Bits(const Weights& w, const QuantX& xq, float* out, int n0, int n1
   }
 }
 
-void Rows(const Weights& w, const QuantX& xq, float* out, int n0, int n1, bool avx2) {
+// Rows [n0, n1) of one weight: the tile path when xt is set (AVX-512, M > 1), else AVX2 or scalar.
+void Rows(const Weights& w, const QuantX& xq, const XTile* xt, float* out, int n0, int n1, bool avx2) {
+  if (xt != nullptr) return RowsTileFmt(w, *xt, out, n0, n1);
   if (!avx2) return RowsScalar(w, xq, out, n0, n1);
   if (xq.bits == 8) return RowsAvx2Bits<8>(w, xq, out, n0, n1);
   return RowsAvx2Bits<16>(w, xq, out, n0, n1);
 }
 
 // ---------------------------------------------------------------------------------------
-// Capability: 0 = scalar, 1 = AVX2+FMA+F16C. JAXLM_KERNEL_SCALAR=1 forces the scalar path.
+// Capability: 0 = scalar, 1 = AVX2+FMA+F16C, 2 = that plus AVX-512 F/BW/VL/VNNI (used by products
+// with M > 1; batch-1 decode streams rows and keeps the AVX2 code). JAXLM_KERNEL_ISA=scalar|avx2|
+// avx512 caps the level (a level the CPU lacks is never used); JAXLM_KERNEL_SCALAR=1 is the same
+// as JAXLM_KERNEL_ISA=scalar.
 int DetectIsa() {
+  int cap = 2;
   const char* force = std::getenv("JAXLM_KERNEL_SCALAR");
-  if (force != nullptr && force[0] != '\0' && force[0] != '0') return 0;
+  if (force != nullptr && force[0] != '\0' && force[0] != '0') cap = 0;
+  const char* want = std::getenv("JAXLM_KERNEL_ISA");
+  if (want != nullptr) {
+    const std::string v(want);
+    if (v == "scalar") cap = 0;
+    else if (v == "avx2") cap = std::min(cap, 1);
+  }
   __builtin_cpu_init();
-  return (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-          __builtin_cpu_supports("f16c")) ? 1 : 0;
+  int isa = 0;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+    isa = 1;
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni"))
+      isa = 2;
+  }
+  return std::min(isa, cap);
 }
 
 int Isa() {
@@ -656,17 +822,24 @@ int DefaultThreads() {
 // one call: decode pays the dispatch, the quantization and the wake-up once instead of 2-3x).
 void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, int M, int threads,
                  int act_bits) {
-  const bool avx2 = Isa() == 1;
+  const bool avx2 = Isa() >= 1;
   thread_local QuantX scratch;  // reused: no allocation per call once warm
   QuantX& xq = scratch;  // a plain reference, so the pool's lambda reads this thread's copy
   QuantizeX(x, M, ws[0].K, avx2, act_bits, &xq);
+  thread_local XTile tile_scratch;
+  const XTile* xt = nullptr;
+  if (M > 1 && Isa() >= 2) {
+    BuildXTile(xq, &tile_scratch);
+    xt = &tile_scratch;
+  }
   if (threads <= 0) threads = DefaultThreads();
   int n_total = 0;
   for (int i = 0; i < n; ++i) n_total += ws[i].N;
   // chunks of rows: at decode (M = 1) two per thread, so each thread streams long runs of
   // rows and uneven progress still balances out; for M > 1 (compute bound) eight per
   // thread; a chunk never spans two weights
-  const int chunk = std::max(8, n_total / (threads * (M == 1 ? kChunksPerThread : kChunksPerThreadBatched)));
+  int chunk = std::max(8, n_total / (threads * (M == 1 ? kChunksPerThread : kChunksPerThreadBatched)));
+  if (xt != nullptr) chunk = (chunk + kTileRows - 1) / kTileRows * kTileRows;  // whole row passes
   struct Span {
     int w, n0, n1;
   };
@@ -683,7 +856,7 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
     solo = true;
   }
   if (solo || !lk.try_lock()) {
-    for (int i = 0; i < n; ++i) Rows(ws[i], xq, outs[i], 0, ws[i].N, avx2);
+    for (int i = 0; i < n; ++i) Rows(ws[i], xq, xt, outs[i], 0, ws[i].N, avx2);
     return;
   }
   if (g_pool == nullptr || g_pool->size() != threads - 1) {
@@ -695,12 +868,13 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
     float* const* outs;
     const Span* spans;
     const QuantX* xq;
+    const XTile* xt;
     bool avx2;
-  } ctx{ws, outs, spans.data(), &xq, avx2};
+  } ctx{ws, outs, spans.data(), &xq, xt, avx2};
   const Job job{[](const void* p, int c) {
                   const Ctx& k = *static_cast<const Ctx*>(p);
                   const Span& sp = k.spans[c];
-                  Rows(k.ws[sp.w], *k.xq, k.outs[sp.w], sp.n0, sp.n1, k.avx2);
+                  Rows(k.ws[sp.w], *k.xq, k.xt, k.outs[sp.w], sp.n0, sp.n1, k.avx2);
                 },
                 &ctx};
   if (g_pool->Run(job, n_chunks)) g_solo_calls.store(kSoloCalls, std::memory_order_relaxed);
@@ -799,9 +973,9 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JaxlmQmm, Qmm,
                                   .Attr<int64_t>("num_threads")
                                   .Attr<int64_t>("act_bits"));
 
-// 1 when the AVX2/FMA/F16C path is in use, 0 for the scalar path.
+// 2 when batched products use AVX-512 VNNI, 1 for AVX2/FMA/F16C, 0 for the scalar path.
 JAXLM_EXPORT int jaxlm_quant_isa() { return Isa(); }
 // Threads used when a call passes num_threads = 0.
 JAXLM_EXPORT int jaxlm_quant_default_threads() { return DefaultThreads(); }
 // ABI version of this library, checked by the Python wrapper.
-JAXLM_EXPORT int jaxlm_quant_abi_version() { return 4; }
+JAXLM_EXPORT int jaxlm_quant_abi_version() { return 5; }

@@ -135,6 +135,40 @@ def test_scalar_path_matches_reference():
     assert out["impl"] == "kernel" and out["ok"]
 
 
+_CHILD_PATHS = r"""
+import json, numpy as np, jax
+from jaxlm import quant as Q
+out = {"status": Q.kernel_status(), "worst": 0.0, "cases": 0}
+for fmt in Q.FORMATS:
+    for m, k, n in ((2, 64, 9), (16, 96, 40), (19, 128, 33)):
+        rng = np.random.default_rng(m * 100 + n)
+        w = Q.quantize_weight(rng.standard_normal((k, n)).astype(np.float32), fmt)
+        x = rng.standard_normal((m, k)).astype(np.float32) * 3.0
+        for bits in (16, 8):
+            y = np.asarray(Q.kernel_matmul(x, w, num_threads=2, act_bits=bits), np.float64)
+            ref, scale = Q.reference_matmul_np(x, w, bits)
+            out["worst"] = max(out["worst"], float((np.abs(y - ref) / ((3 * (k // 32) + 8) * 2.0**-23 * scale)).max()))
+            out["cases"] += 1
+print(json.dumps(out))
+"""
+
+
+@needs_kernel
+@pytest.mark.parametrize("cap,isa", [("avx2", "avx2+fma+f16c"), ("scalar", "scalar")])
+def test_each_instruction_set_matches_reference_for_batched_products(cap, isa):
+    # in-process runs use the best path of this CPU (the AVX-512 token-lane tile for M > 1 where
+    # the CPU has AVX-512 VNNI); capping the level tests the AVX2 row path and the scalar path
+    e = dict(os.environ, JAX_PLATFORMS="cpu", JAXLM_KERNEL_ISA=cap)
+    r = subprocess.run([sys.executable, "-c", _CHILD_PATHS], cwd=ROOT, env=e, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if cap == "avx2" and Q.kernel_status()["isa"] == "scalar":
+        isa = "scalar"  # a CPU without AVX2 stays scalar
+    assert out["status"]["isa"] == isa
+    assert out["cases"] == len(Q.FORMATS) * 6 and out["worst"] <= 1.0, out
+
+
 @needs_kernel
 def test_vmap_over_x():
     rng = np.random.default_rng(9)
