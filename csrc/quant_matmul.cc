@@ -479,7 +479,12 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
     if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);
     int m0 = 0;
     for (; m0 + 4 <= M; m0 += 4) RowGroup<F, 4, B>(w, xq, row, n, dwf, mwf, m0, out);
-    for (; m0 < M; ++m0) RowGroup<F, 1, B>(w, xq, row, n, dwf, mwf, m0, out);
+    switch (M - m0) {  // the last 1-3 rows of x in one pass over the weight row
+      case 3: RowGroup<F, 3, B>(w, xq, row, n, dwf, mwf, m0, out); break;
+      case 2: RowGroup<F, 2, B>(w, xq, row, n, dwf, mwf, m0, out); break;
+      case 1: RowGroup<F, 1, B>(w, xq, row, n, dwf, mwf, m0, out); break;
+      default: break;
+    }
   }
 }
 
@@ -497,41 +502,82 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
 // products dw_b * dx_tb in one convert and one FMA with no horizontal reduction. 8 rows share
 // each token register load. The integer sums are the same exact int32 values as in the other
 // paths; the float32 accumulation is per block in block order (as RowGroup).
-constexpr int kTile = 16;   // tokens per register
 constexpr int kTileRows = 8;  // weight rows per register pass
 
+// The tile serves M >= kTileMinRows: 16 lanes (zmm) above 8 rows of x, 8 (ymm) for 5-8, so a
+// small batch does not pay for 16 lanes. With 2-4 rows even a 4-lane tile lost to the AVX2 row
+// path, which widens each weight block once for all rows in registers (SmolLM2 q4_1 decode at
+// batch 2, session 11: 30 vs 22 ms per step).
+constexpr int kTileMinRows = 5;
+inline int TileLanes(int M) { return M > 8 ? 16 : 8; }
+
 struct XTile {
-  int M = 0, nb = 0, groups = 0;  // groups = ceil(M / 16)
-  std::vector<int32_t> q;        // [groups, nb, 16 pairs, 16 tokens] packed int16 pairs
-  std::vector<float> d, s;       // [groups, nb, 16 tokens] (0 for padding tokens)
+  int M = 0, nb = 0, V = 16, groups = 0;  // V lanes per register, groups = ceil(M / V)
+  std::vector<int32_t> q;                // [groups, nb, 16 pairs, V] packed int16 pairs
+  std::vector<float> d, s;               // [groups, nb, V] (0 for padding tokens)
 };
 
 void BuildXTile(const QuantX& xq, XTile* t) {
+  const int V = TileLanes(xq.M);
   t->M = xq.M;
   t->nb = xq.nb;
-  t->groups = (xq.M + kTile - 1) / kTile;
-  const size_t nq = (size_t)t->groups * xq.nb * 16 * kTile;
-  t->q.assign(nq, 0);
-  t->d.assign((size_t)t->groups * xq.nb * kTile, 0.f);
-  t->s.assign((size_t)t->groups * xq.nb * kTile, 0.f);
+  t->V = V;
+  t->groups = (xq.M + V - 1) / V;
+  t->q.assign((size_t)t->groups * xq.nb * 16 * V, 0);
+  t->d.assign((size_t)t->groups * xq.nb * V, 0.f);
+  t->s.assign((size_t)t->groups * xq.nb * V, 0.f);
   for (int m = 0; m < xq.M; ++m) {
-    const int g = m / kTile, lane = m % kTile;
+    const int g = m / V, lane = m % V;
     for (int b = 0; b < xq.nb; ++b) {
       const size_t base = ((size_t)g * xq.nb + b);
       const size_t xo = (size_t)m * xq.K + (size_t)b * kBlock;
-      int32_t* dst = t->q.data() + base * 16 * kTile + lane;
+      int32_t* dst = t->q.data() + base * 16 * V + lane;
       for (int k = 0; k < 16; ++k) {
         const int lo = xq.bits == 8 ? xq.q8[xo + 2 * k] : xq.q16[xo + 2 * k];
         const int hi = xq.bits == 8 ? xq.q8[xo + 2 * k + 1] : xq.q16[xo + 2 * k + 1];
-        dst[k * kTile] = (int32_t)(((uint32_t)(uint16_t)(int16_t)lo) | ((uint32_t)(uint16_t)(int16_t)hi << 16));
+        dst[k * V] = (int32_t)(((uint32_t)(uint16_t)(int16_t)lo) | ((uint32_t)(uint16_t)(int16_t)hi << 16));
       }
-      t->d[base * kTile + lane] = xq.d[(size_t)m * xq.nb + b];
-      t->s[base * kTile + lane] = xq.s[(size_t)m * xq.nb + b];
+      t->d[base * V + lane] = xq.d[(size_t)m * xq.nb + b];
+      t->s[base * V + lane] = xq.s[(size_t)m * xq.nb + b];
     }
   }
 }
 
 #define JAXLM_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+// The few vector operations of the tile, per lane count.
+template <int V>
+struct Lanes;
+template <>
+struct Lanes<16> {
+  using I = __m512i;
+  using F = __m512;
+  JAXLM_AVX512 static I Zero() { return _mm512_setzero_si512(); }
+  JAXLM_AVX512 static F ZeroF() { return _mm512_setzero_ps(); }
+  JAXLM_AVX512 static I Load(const int32_t* p) { return _mm512_loadu_si512((const void*)p); }
+  JAXLM_AVX512 static I Dp(I acc, I x, int32_t w) { return _mm512_dpwssd_epi32(acc, x, _mm512_set1_epi32(w)); }
+  JAXLM_AVX512 static F LoadF(const float* p) { return _mm512_loadu_ps(p); }
+  JAXLM_AVX512 static F Set1(float v) { return _mm512_set1_ps(v); }
+  JAXLM_AVX512 static F Cvt(I v) { return _mm512_cvtepi32_ps(v); }
+  JAXLM_AVX512 static F Mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  JAXLM_AVX512 static F Fma(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  JAXLM_AVX512 static void Store(float* p, F v) { _mm512_storeu_ps(p, v); }
+};
+template <>
+struct Lanes<8> {
+  using I = __m256i;
+  using F = __m256;
+  JAXLM_AVX512 static I Zero() { return _mm256_setzero_si256(); }
+  JAXLM_AVX512 static F ZeroF() { return _mm256_setzero_ps(); }
+  JAXLM_AVX512 static I Load(const int32_t* p) { return _mm256_loadu_si256((const __m256i*)p); }
+  JAXLM_AVX512 static I Dp(I acc, I x, int32_t w) { return _mm256_dpwssd_epi32(acc, x, _mm256_set1_epi32(w)); }
+  JAXLM_AVX512 static F LoadF(const float* p) { return _mm256_loadu_ps(p); }
+  JAXLM_AVX512 static F Set1(float v) { return _mm256_set1_ps(v); }
+  JAXLM_AVX512 static F Cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  JAXLM_AVX512 static F Mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  JAXLM_AVX512 static F Fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  JAXLM_AVX512 static void Store(float* p, F v) { _mm256_storeu_ps(p, v); }
+};
 
 // One row's weights widened to int16 in element order, block b at q + b * stride (32 values, so
 // int32 k of a block is the pair (2k, 2k + 1)), and its block scales / mins in float32.
@@ -561,41 +607,60 @@ JAXLM_AVX512 inline void WidenRow(const Weights& w, int n, int16_t* q, size_t st
 
 // R rows (widened in wq [nb, R, 32]: a block's R rows side by side, so every broadcast below
 // is a constant offset from one pointer; scales dwf/mwf [R, nb]) against token group g.
-template <Fmt F, int R>
+template <Fmt F, int R, int V>
 JAXLM_AVX512 inline void TileRows(const Weights& w, const XTile& xt, int g, const int16_t* wq,
                                   const float* dwf, const float* mwf, int n0, float* out) {
+  using L = Lanes<V>;
   const int nb = w.nb;
-  __m512 acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = _mm512_setzero_ps();
-  const int32_t* xg = xt.q.data() + (size_t)g * nb * 16 * kTile;
-  const float* dg = xt.d.data() + (size_t)g * nb * kTile;
-  const float* sg = xt.s.data() + (size_t)g * nb * kTile;
+  typename L::F acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = L::ZeroF();
+  const int32_t* xg = xt.q.data() + (size_t)g * nb * 16 * V;
+  const float* dg = xt.d.data() + (size_t)g * nb * V;
+  const float* sg = xt.s.data() + (size_t)g * nb * V;
   for (int b = 0; b < nb; ++b) {
-    __m512i is[R];
-    for (int r = 0; r < R; ++r) is[r] = _mm512_setzero_si512();
-    const int32_t* xb = xg + (size_t)b * 16 * kTile;
+    typename L::I is[R];
+    for (int r = 0; r < R; ++r) is[r] = L::Zero();
+    const int32_t* xb = xg + (size_t)b * 16 * V;
     const int32_t* wb = (const int32_t*)(wq + (size_t)b * R * kBlock);  // [R, 16 pairs]
 #pragma GCC unroll 16
     for (int k = 0; k < 16; ++k) {
-      const __m512i xv = _mm512_loadu_si512((const void*)(xb + k * kTile));
+      const typename L::I xv = L::Load(xb + k * V);
 #pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) is[r] = _mm512_dpwssd_epi32(is[r], xv, _mm512_set1_epi32(wb[r * 16 + k]));
+      for (int r = 0; r < R; ++r) is[r] = L::Dp(is[r], xv, wb[r * 16 + k]);
     }
-  const __m512 dx = _mm512_loadu_ps(dg + (size_t)b * kTile);
+    const typename L::F dx = L::LoadF(dg + (size_t)b * V);
     for (int r = 0; r < R; ++r) {
-      const __m512 sc = F == Fmt::kI8 ? dx : _mm512_mul_ps(_mm512_set1_ps(dwf[(size_t)r * nb + b]), dx);
-      acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(is[r]), sc, acc[r]);
+      const typename L::F sc = F == Fmt::kI8 ? dx : L::Mul(L::Set1(dwf[(size_t)r * nb + b]), dx);
+      acc[r] = L::Fma(L::Cvt(is[r]), sc, acc[r]);
       if constexpr (F == Fmt::kQ4_1)
-        acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(mwf[(size_t)r * nb + b]), _mm512_loadu_ps(sg + (size_t)b * kTile), acc[r]);
+        acc[r] = L::Fma(L::Set1(mwf[(size_t)r * nb + b]), L::LoadF(sg + (size_t)b * V), acc[r]);
     }
   }
-  alignas(64) float res[kTile];
-  const int m_end = std::min(kTile, xt.M - g * kTile);
+  alignas(64) float res[V];
+  const int m_end = std::min(V, xt.M - g * V);
   for (int r = 0; r < R; ++r) {
-    __m512 v = acc[r];
-    if constexpr (F == Fmt::kI8) v = _mm512_mul_ps(v, _mm512_set1_ps(w.s[n0 + r]));
-    _mm512_store_ps(res, v);
-    for (int t = 0; t < m_end; ++t) out[(size_t)(g * kTile + t) * w.N + n0 + r] = res[t];
+    typename L::F v = acc[r];
+    if constexpr (F == Fmt::kI8) v = L::Mul(v, L::Set1(w.s[n0 + r]));
+    L::Store(res, v);
+    for (int t = 0; t < m_end; ++t) out[(size_t)(g * V + t) * w.N + n0 + r] = res[t];
+  }
+}
+
+// The row passes of one lane count over rows [n0, n1).
+template <Fmt F, int V>
+JAXLM_AVX512 void RowsTileV(const Weights& w, const XTile& xt, float* out, int n0, int n1, int16_t* wq,
+                            float* dwf, float* mwf) {
+  const int nb = w.nb;
+  int n = n0;
+  for (; n + kTileRows <= n1; n += kTileRows) {
+    for (int r = 0; r < kTileRows; ++r)
+      WidenRow<F>(w, n + r, wq + (size_t)r * kBlock, (size_t)kTileRows * kBlock, dwf + (size_t)r * nb,
+                  mwf + (size_t)r * nb);
+    for (int g = 0; g < xt.groups; ++g) TileRows<F, kTileRows, V>(w, xt, g, wq, dwf, mwf, n, out);
+  }
+  for (; n < n1; ++n) {
+    WidenRow<F>(w, n, wq, kBlock, dwf, mwf);
+    for (int g = 0; g < xt.groups; ++g) TileRows<F, 1, V>(w, xt, g, wq, dwf, mwf, n, out);
   }
 }
 
@@ -608,16 +673,9 @@ JAXLM_AVX512 void RowsTile(const Weights& w, const XTile& xt, float* out, int n0
   sc.resize((size_t)2 * kTileRows * nb);
   float* dwf = sc.data();
   float* mwf = dwf + (size_t)kTileRows * nb;
-  int n = n0;
-  for (; n + kTileRows <= n1; n += kTileRows) {
-    for (int r = 0; r < kTileRows; ++r)
-      WidenRow<F>(w, n + r, wq.data() + (size_t)r * kBlock, (size_t)kTileRows * kBlock, dwf + (size_t)r * nb,
-                  mwf + (size_t)r * nb);
-    for (int g = 0; g < xt.groups; ++g) TileRows<F, kTileRows>(w, xt, g, wq.data(), dwf, mwf, n, out);
-  }
-  for (; n < n1; ++n) {
-    WidenRow<F>(w, n, wq.data(), kBlock, dwf, mwf);
-    for (int g = 0; g < xt.groups; ++g) TileRows<F, 1>(w, xt, g, wq.data(), dwf, mwf, n, out);
+  switch (xt.V) {
+    case 8: return RowsTileV<F, 8>(w, xt, out, n0, n1, wq.data(), dwf, mwf);
+    default: return RowsTileV<F, 16>(w, xt, out, n0, n1, wq.data(), dwf, mwf);
   }
 }
 
@@ -828,7 +886,7 @@ void ComputeMany(const Weights* ws, float* const* outs, int n, const float* x, i
   QuantizeX(x, M, ws[0].K, avx2, act_bits, &xq);
   thread_local XTile tile_scratch;
   const XTile* xt = nullptr;
-  if (M > 1 && Isa() >= 2) {
+  if (M >= kTileMinRows && Isa() >= 2) {
     BuildXTile(xq, &tile_scratch);
     xt = &tile_scratch;
   }

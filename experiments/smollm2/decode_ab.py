@@ -202,8 +202,8 @@ def profile(fmt: str, steps: int, batch: int = 1) -> dict:
     m = load("smollm2-135m-instruct", dtype=fmt.removesuffix("-a8"))
     cfg = dataclasses.replace(m.cfg, quant_act_bits=bits)
     params = jax.device_put(m.params)
-    # the step the library runs: compiled under its XLA:CPU policy (gen.use_library_fusion)
-    opts = gen.NO_LIBRARY_FUSION if gen.use_library_fusion(params, cfg) is False else None
+    # the step the library runs: compiled under its XLA:CPU policy (gen.library_fusion)
+    opts = gen.LIBRARY_FUSION_OPTIONS[gen.library_fusion(params, cfg, batch) or "all"]
     step = jax.jit(gen.decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
                    compiler_options=opts)
     prefill = jax.jit(gen.prefill, static_argnames=("cfg",), donate_argnames=("cache",))

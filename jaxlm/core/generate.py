@@ -318,7 +318,7 @@ def generate(
             r = np.asarray(r)
             km[i, t - len(r):] = np.where(r, 0.0, MASKED) if r.dtype == bool else r
         km = jnp.asarray(km)
-    run = _generate_nolib if use_library_fusion(params, cfg) is False else _generate
+    run = _generate_modes[_mode_key(library_fusion(params, cfg, int(toks.shape[0])))]
     return run(
         params, jnp.asarray(toks), jnp.asarray(mask), key, processor, pos, km, cfg=cfg,
         max_new_tokens=max_new_tokens, sampling=sampling,
@@ -334,49 +334,73 @@ def generate(
 # products (q.k, p.v per layer) are all that is left for it, and profiled they took 7.3 of
 # ~24 ms (60 calls); without it XLA's own loops run them and the q4_1 decode loop went from
 # 13.1 to 9.0 ms per token (quiet 2-core CPU, jax 0.12; experiments/smollm2/decode_ab.py).
-# So programs whose weight products go to the kernel compile without it; float models keep it.
-# ``JAXLM_XLA_LIBRARY_FUSION=on|off`` overrides the choice (benchmarks, A/B).
-NO_LIBRARY_FUSION = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# So batch-1 programs whose weight products go to the kernel compile without it. At larger
+# batches the attention products grow with the batch while the library's fixed cost does not,
+# and XLA's own dot loops become the slow part (batch 16, q4_1, 256-slot cache: without the
+# library 68.6 ms per step, with it for dots only (LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT) 55.1,
+# with all of it 62.3, quietest of 3 rounds each, session 11; batch 4: 33.5 vs 34.3 ms, equal
+# within noise; batch 1: 11.3 vs 12.6 vs 14.6 ms). So kernel programs above batch 4 hand only
+# their dots to the library; float models keep all of it.
+# ``JAXLM_XLA_LIBRARY_FUSION=on|dots|off`` overrides the choice (benchmarks, A/B).
+LIBRARY_FUSION_MODES = ("all", "dots", "none")
+LIBRARY_FUSION_OPTIONS = {
+    "all": None,
+    "dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "none": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
+NO_LIBRARY_FUSION = LIBRARY_FUSION_OPTIONS["none"]
 LIBRARY_FUSION_ENV = "JAXLM_XLA_LIBRARY_FUSION"
+DOTS_FUSION_MIN_BATCH = 5  # kernel programs at this batch and above: library fusion for dots
 
 
-def use_library_fusion(params: Params, cfg: ModelConfig) -> bool | None:
-    """Whether the decode programs of ``params`` compile with XLA:CPU's library fusion.
+def library_fusion(params: Params, cfg: ModelConfig, batch: int = 1) -> str | None:
+    """How the decode programs of ``params`` at this batch use XLA:CPU's library fusion.
 
-    None off CPU (no such option there). On CPU: False when weight products run in the
-    quantized kernel (``QuantWeight`` leaves, kernel built, ``cfg.quant_impl`` not "xla"),
-    True otherwise; ``$JAXLM_XLA_LIBRARY_FUSION`` (on/off/auto) overrides."""
+    None off CPU (no such option there). On CPU: "none" at batches below
+    ``DOTS_FUSION_MIN_BATCH`` and "dots" (dot products only) from there when weight products
+    run in the quantized kernel (``QuantWeight`` leaves, kernel built, ``cfg.quant_impl`` not
+    "xla"); "all" otherwise. ``$JAXLM_XLA_LIBRARY_FUSION`` (on/dots/off/auto) overrides."""
     if jax.default_backend() != "cpu":
         return None
     force = os.environ.get(LIBRARY_FUSION_ENV, "auto").lower()
-    if force not in ("auto", "on", "off"):
-        raise ValueError(f"${LIBRARY_FUSION_ENV}={force!r}: use on, off or auto")
+    if force not in ("auto", "on", "dots", "off"):
+        raise ValueError(f"${LIBRARY_FUSION_ENV}={force!r}: use on, dots, off or auto")
     if force != "auto":
-        return force == "on"
+        return {"on": "all", "dots": "dots", "off": "none"}[force]
     from jaxlm.quant.formats import QuantWeight
     from jaxlm.quant.kernel import kernel_available
 
     if cfg.quant_impl == "xla" or not kernel_available():
-        return True
+        return "all"
     leaves = jax.tree.leaves(params, is_leaf=lambda x: isinstance(x, QuantWeight))
-    return not any(isinstance(x, QuantWeight) for x in leaves)
+    if not any(isinstance(x, QuantWeight) for x in leaves):
+        return "all"
+    return "dots" if batch >= DOTS_FUSION_MIN_BATCH else "none"
+
+
+def _mode_key(mode: str | None) -> str:
+    return "all" if mode is None else mode
+
+
+def _jit_options(mode: str | None) -> dict | None:
+    return LIBRARY_FUSION_OPTIONS[_mode_key(mode)]
 
 
 _GEN_STATIC = ("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id")
-_generate = jax.jit(_generate_impl, static_argnames=_GEN_STATIC)
-_generate_nolib = jax.jit(_generate_impl, static_argnames=_GEN_STATIC,
-                          compiler_options=NO_LIBRARY_FUSION)
+_generate_modes = {m: jax.jit(_generate_impl, static_argnames=_GEN_STATIC, compiler_options=_jit_options(m))
+                   for m in LIBRARY_FUSION_MODES}
+_generate = _generate_modes["all"]  # float models' program
 _prefill_jit = jax.jit(prefill, static_argnames=("cfg",), donate_argnames=("cache",))
-_decode_jit_lib = jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",))
-_decode_jit_nolib = jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
-                            compiler_options=NO_LIBRARY_FUSION)
+_decode_jits = {m: jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
+                           compiler_options=_jit_options(m))
+                for m in LIBRARY_FUSION_MODES}
 _sample_jit = jax.jit(sample_logits, static_argnames=("sampling",))
 
 
 def _decode_jit(params, cfg, token, cache, attn_bias=None):
     """The jitted ``decode_step`` (cache donated) under the compile policy above."""
-    f = _decode_jit_nolib if use_library_fusion(params, cfg) is False else _decode_jit_lib
-    return f(params, cfg, token, cache, attn_bias)
+    mode = library_fusion(params, cfg, int(token.shape[0]))
+    return _decode_jits[_mode_key(mode)](params, cfg, token, cache, attn_bias)
 
 
 def stream(

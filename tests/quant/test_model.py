@@ -140,33 +140,40 @@ def test_fused_qkv_and_gate_up_calls_leave_the_forward_unchanged():
 
 def test_decode_compile_policy(monkeypatch):
     """Programs whose weight products run in the kernel compile without XLA:CPU's library
-    fusion (ynn); float models and quant_impl="xla" keep it; the env var overrides; the
-    two programs agree on the tokens and closely on the logits."""
+    fusion (ynn) at small batches and with it for dots only at larger ones; float models and
+    quant_impl="xla" keep all of it; the env var overrides; the programs agree on the tokens
+    and closely on the logits."""
     from jaxlm.core import generate as gen
     from jaxlm.core.cache import init_cache
 
     cfg, params, qp = _tiny_quant()
     monkeypatch.delenv(gen.LIBRARY_FUSION_ENV, raising=False)
-    assert gen.use_library_fusion(params, cfg) is True
-    assert gen.use_library_fusion(qp, dataclasses.replace(cfg, quant_impl="xla")) is True
-    assert gen.use_library_fusion(qp, cfg) is (not Q.kernel_available())
-    monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "off")
-    assert gen.use_library_fusion(params, cfg) is False
+    assert gen.library_fusion(params, cfg) == "all"
+    assert gen.library_fusion(params, cfg, batch=16) == "all"
+    assert gen.library_fusion(qp, dataclasses.replace(cfg, quant_impl="xla")) == "all"
+    kernel = Q.kernel_available()
+    assert gen.library_fusion(qp, cfg) == ("none" if kernel else "all")
+    assert gen.library_fusion(qp, cfg, batch=gen.DOTS_FUSION_MIN_BATCH - 1) == ("none" if kernel else "all")
+    assert gen.library_fusion(qp, cfg, batch=gen.DOTS_FUSION_MIN_BATCH) == ("dots" if kernel else "all")
+    for env, mode in (("off", "none"), ("dots", "dots"), ("on", "all")):
+        monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, env)
+        assert gen.library_fusion(params, cfg) == mode
     monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "bogus")
-    with pytest.raises(ValueError, match="on, off or auto"):
-        gen.use_library_fusion(params, cfg)
+    with pytest.raises(ValueError, match="on, dots, off or auto"):
+        gen.library_fusion(params, cfg)
     monkeypatch.delenv(gen.LIBRARY_FUSION_ENV)
     tok = jnp.asarray([3], jnp.int32)
-    lowered = gen._decode_jit_nolib.lower(qp, cfg, tok, init_cache(cfg, 1, 16))
+    lowered = gen._decode_jits["none"].lower(qp, cfg, tok, init_cache(cfg, 1, 16))
     assert "ynn" not in lowered.compile().as_text()
     outs = {}
-    for name, f in (("lib", gen._decode_jit_lib), ("nolib", gen._decode_jit_nolib)):
+    for name, f in (("lib", gen._decode_jits["all"]), ("nolib", gen._decode_jits["none"]),
+                    ("dots", gen._decode_jits["dots"])):
         cache = init_cache(cfg, 1, 16)
         logits, cache = f(qp, cfg, tok, cache)
         logits2, _ = f(qp, cfg, jnp.argmax(logits, -1).astype(jnp.int32), cache)
         outs[name] = np.asarray(logits2)
-    np.testing.assert_allclose(outs["nolib"], outs["lib"], rtol=0,
-                               atol=1e-4 * np.abs(outs["lib"]).max())
+    for name in ("nolib", "dots"):
+        np.testing.assert_allclose(outs[name], outs["lib"], rtol=0, atol=1e-4 * np.abs(outs["lib"]).max())
     prompts = [[5, 9, 2, 7]]
     a = gen.generate(qp, cfg, prompts, max_new_tokens=6).tokens
     monkeypatch.setenv(gen.LIBRARY_FUSION_ENV, "on")
