@@ -26,7 +26,7 @@
 // order and, at batch 1, the conversion of a block's integer sum to float32 (exact below
 // 2**24, which only 8-bit weights against 16-bit activations can exceed).
 //
-// AVX2/FMA/F16C code (and, for products with M > 1, AVX-512 F/BW/VL/VNNI code: see RowsTile)
+// AVX2/FMA/F16C code (and, for products with M >= 5, AVX-512 F/BW/VL/VNNI code: see RowsTile)
 // is compiled with per-function target attributes and chosen at run time with
 // __builtin_cpu_supports, so the library loads and runs (scalar path) on any x86-64 CPU.
 // Rows n are split in chunks over a small persistent thread pool (caller thread included).
@@ -489,7 +489,7 @@ __attribute__((target("avx2,fma,f16c"))) void RowsAvx2(const Weights& w, const Q
 }
 
 // ---------------------------------------------------------------------------------------
-// Batched products (M > 1) on AVX-512 VNNI: tokens in the vector lanes.
+// Batched products (M >= 5) on AVX-512 VNNI: tokens in the vector lanes.
 //
 // The AVX2 path above computes each (row, token, block) dot product inside one register and
 // then reduces it horizontally: ~8 instructions per block and token. Here the activations of
@@ -698,7 +698,7 @@ void RowsAvx2Bits(const Weights& w, const QuantX& xq, float* out, int n0, int n1
   }
 }
 
-// Rows [n0, n1) of one weight: the tile path when xt is set (AVX-512, M > 1), else AVX2 or scalar.
+// Rows [n0, n1) of one weight: the tile path when xt is set (AVX-512, M >= 5), else AVX2 or scalar.
 void Rows(const Weights& w, const QuantX& xq, const XTile* xt, float* out, int n0, int n1, bool avx2) {
   if (xt != nullptr) return RowsTileFmt(w, *xt, out, n0, n1);
   if (!avx2) return RowsScalar(w, xq, out, n0, n1);
@@ -708,7 +708,7 @@ void Rows(const Weights& w, const QuantX& xq, const XTile* xt, float* out, int n
 
 // ---------------------------------------------------------------------------------------
 // Capability: 0 = scalar, 1 = AVX2+FMA+F16C, 2 = that plus AVX-512 F/BW/VL/VNNI (used by products
-// with M > 1; batch-1 decode streams rows and keeps the AVX2 code). JAXLM_KERNEL_ISA=scalar|avx2|
+// with M >= 5; batch-1 decode streams rows and keeps the AVX2 code). JAXLM_KERNEL_ISA=scalar|avx2|
 // avx512 caps the level (a level the CPU lacks is never used); JAXLM_KERNEL_SCALAR=1 is the same
 // as JAXLM_KERNEL_ISA=scalar.
 int DetectIsa() {

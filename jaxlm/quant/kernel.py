@@ -41,13 +41,13 @@ used); ``JAXLM_KERNEL_THREADS=n`` or ``num_threads=n`` sets the thread count (de
 number of cores).
 
 Instruction sets (chosen at run time, reported by :func:`kernel_status` as ``isa``): products
-with one row of ``x`` (decode) use AVX2/FMA/F16C; products with ``M > 1`` use an AVX-512 VNNI
-tile where the CPU has it (``avx512vnni``: 16 tokens in the lanes of one register, one
-``vpdpwssd`` per weight pair for all of them, no horizontal sums; 1.6-2x the AVX2 path at
-``M = 16`` on an AMD EPYC Zen 4 host) and the AVX2 row path otherwise; a portable scalar path
-runs anywhere. ``JAXLM_KERNEL_ISA=avx2`` or ``=scalar`` caps the level (``JAXLM_KERNEL_SCALAR=1``
-is the same as ``=scalar``); all paths compute the same integer sums and differ only in float32
-summation order.
+with fewer than 5 rows of ``x`` (decode at small batch) use AVX2/FMA/F16C; products with
+``M >= 5`` use an AVX-512 VNNI tile where the CPU has it (``avx512vnni``: 8 or 16 tokens in the
+lanes of one register, one ``vpdpwssd`` per weight pair for all of them, no horizontal sums;
+1.6-2x the AVX2 path at ``M = 16`` on an AMD EPYC Zen 4 host) and the AVX2 row path otherwise;
+a portable scalar path runs anywhere. ``JAXLM_KERNEL_ISA=avx2`` or ``=scalar`` caps the level
+(``JAXLM_KERNEL_SCALAR=1`` is the same as ``=scalar``); all paths compute the same integer sums
+and differ only in float32 summation order.
 """
 
 from __future__ import annotations
