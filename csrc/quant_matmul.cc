@@ -512,7 +512,7 @@ constexpr int kTileMinRows = 5;
 inline int TileLanes(int M) { return M > 8 ? 16 : 8; }
 
 struct XTile {
-  int M = 0, nb = 0, V = 16, groups = 0;  // V lanes per register, groups = ceil(M / V)
+  int M = 0, V = 16, groups = 0;  // V lanes per register, groups = ceil(M / V)
   std::vector<int32_t> q;                // [groups, nb, 16 pairs, V] packed int16 pairs
   std::vector<float> d, s;               // [groups, nb, V] (0 for padding tokens)
 };
@@ -520,7 +520,6 @@ struct XTile {
 void BuildXTile(const QuantX& xq, XTile* t) {
   const int V = TileLanes(xq.M);
   t->M = xq.M;
-  t->nb = xq.nb;
   t->V = V;
   t->groups = (xq.M + V - 1) / V;
   t->q.assign((size_t)t->groups * xq.nb * 16 * V, 0);
@@ -579,27 +578,17 @@ struct Lanes<8> {
   JAXLM_AVX512 static void Store(float* p, F v) { _mm256_storeu_ps(p, v); }
 };
 
-// One row's weights widened to int16 in element order, block b at q + b * stride (32 values, so
-// int32 k of a block is the pair (2k, 2k + 1)), and its block scales / mins in float32.
+// One row's weights widened to int16 in element order (LoadW's 16-bit blocks), block b at
+// q + b * stride (32 values, so int32 k of a block is the pair (2k, 2k + 1)), and its block
+// scales / mins in float32.
 template <Fmt F>
 JAXLM_AVX512 inline void WidenRow(const Weights& w, int n, int16_t* q, size_t stride, float* dwf, float* mwf) {
   const int nb = w.nb;
   const uint8_t* row = w.qs + (size_t)n * w.row_bytes();
   for (int b = 0; b < nb; ++b) {
-    if constexpr (F == Fmt::kQ8_0 || F == Fmt::kI8) {
-      const __m512i v = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i*)(row + (size_t)b * kBlock)));
-      _mm512_storeu_si512((void*)(q + (size_t)b * stride), v);
-    } else {
-      const __m256i v = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i*)(row + (size_t)b * (kBlock / 2))));
-      __m256i lo = _mm256_and_si256(v, _mm256_set1_epi16(0x0f));
-      __m256i hi = _mm256_srli_epi16(v, 4);
-      if constexpr (F == Fmt::kQ4_0) {
-        lo = _mm256_sub_epi16(lo, _mm256_set1_epi16(8));
-        hi = _mm256_sub_epi16(hi, _mm256_set1_epi16(8));
-      }
-      _mm256_storeu_si256((__m256i*)(q + (size_t)b * stride), lo);
-      _mm256_storeu_si256((__m256i*)(q + (size_t)b * stride + 16), hi);
-    }
+    const WBlock wb = LoadW<F, 16>(row, b);
+    _mm256_storeu_si256((__m256i*)(q + (size_t)b * stride), wb.a);
+    _mm256_storeu_si256((__m256i*)(q + (size_t)b * stride + 16), wb.b);
   }
   if constexpr (F != Fmt::kI8) HalfRowToFloat(w.d + (size_t)n * nb, nb, dwf);
   if constexpr (F == Fmt::kQ4_1) HalfRowToFloat(w.m + (size_t)n * nb, nb, mwf);

@@ -203,7 +203,7 @@ def profile(fmt: str, steps: int, batch: int = 1) -> dict:
     cfg = dataclasses.replace(m.cfg, quant_act_bits=bits)
     params = jax.device_put(m.params)
     # the step the library runs: compiled under its XLA:CPU policy (gen.library_fusion)
-    opts = gen.LIBRARY_FUSION_OPTIONS[gen.library_fusion(params, cfg, batch) or "all"]
+    opts = gen.LIBRARY_FUSION_OPTIONS[gen.library_fusion(params, cfg, batch)]
     step = jax.jit(gen.decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
                    compiler_options=opts)
     prefill = jax.jit(gen.prefill, static_argnames=("cfg",), donate_argnames=("cache",))

@@ -318,7 +318,7 @@ def generate(
             r = np.asarray(r)
             km[i, t - len(r):] = np.where(r, 0.0, MASKED) if r.dtype == bool else r
         km = jnp.asarray(km)
-    run = _generate_modes[_mode_key(library_fusion(params, cfg, int(toks.shape[0])))]
+    run = _generate_modes[library_fusion(params, cfg, int(toks.shape[0]))]
     return run(
         params, jnp.asarray(toks), jnp.asarray(mask), key, processor, pos, km, cfg=cfg,
         max_new_tokens=max_new_tokens, sampling=sampling,
@@ -348,20 +348,20 @@ LIBRARY_FUSION_OPTIONS = {
     "dots": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
     "none": {"xla_cpu_experimental_ynn_fusion_type": ""},
 }
-NO_LIBRARY_FUSION = LIBRARY_FUSION_OPTIONS["none"]
 LIBRARY_FUSION_ENV = "JAXLM_XLA_LIBRARY_FUSION"
 DOTS_FUSION_MIN_BATCH = 5  # kernel programs at this batch and above: library fusion for dots
 
 
-def library_fusion(params: Params, cfg: ModelConfig, batch: int = 1) -> str | None:
+def library_fusion(params: Params, cfg: ModelConfig, batch: int = 1) -> str:
     """How the decode programs of ``params`` at this batch use XLA:CPU's library fusion.
 
-    None off CPU (no such option there). On CPU: "none" at batches below
+    "all" (the default compile options) off CPU, where the option does not exist. On CPU:
+    "none" at batches below
     ``DOTS_FUSION_MIN_BATCH`` and "dots" (dot products only) from there when weight products
     run in the quantized kernel (``QuantWeight`` leaves, kernel built, ``cfg.quant_impl`` not
     "xla"); "all" otherwise. ``$JAXLM_XLA_LIBRARY_FUSION`` (on/dots/off/auto) overrides."""
     if jax.default_backend() != "cpu":
-        return None
+        return "all"
     force = os.environ.get(LIBRARY_FUSION_ENV, "auto").lower()
     if force not in ("auto", "on", "dots", "off"):
         raise ValueError(f"${LIBRARY_FUSION_ENV}={force!r}: use on, dots, off or auto")
@@ -378,29 +378,20 @@ def library_fusion(params: Params, cfg: ModelConfig, batch: int = 1) -> str | No
     return "dots" if batch >= DOTS_FUSION_MIN_BATCH else "none"
 
 
-def _mode_key(mode: str | None) -> str:
-    return "all" if mode is None else mode
-
-
-def _jit_options(mode: str | None) -> dict | None:
-    return LIBRARY_FUSION_OPTIONS[_mode_key(mode)]
-
-
 _GEN_STATIC = ("cfg", "max_new_tokens", "sampling", "stop_ids", "pad_id")
-_generate_modes = {m: jax.jit(_generate_impl, static_argnames=_GEN_STATIC, compiler_options=_jit_options(m))
+_generate_modes = {m: jax.jit(_generate_impl, static_argnames=_GEN_STATIC, compiler_options=LIBRARY_FUSION_OPTIONS[m])
                    for m in LIBRARY_FUSION_MODES}
 _generate = _generate_modes["all"]  # float models' program
 _prefill_jit = jax.jit(prefill, static_argnames=("cfg",), donate_argnames=("cache",))
 _decode_jits = {m: jax.jit(decode_step, static_argnames=("cfg",), donate_argnames=("cache",),
-                           compiler_options=_jit_options(m))
+                           compiler_options=LIBRARY_FUSION_OPTIONS[m])
                 for m in LIBRARY_FUSION_MODES}
 _sample_jit = jax.jit(sample_logits, static_argnames=("sampling",))
 
 
 def _decode_jit(params, cfg, token, cache, attn_bias=None):
     """The jitted ``decode_step`` (cache donated) under the compile policy above."""
-    mode = library_fusion(params, cfg, int(token.shape[0]))
-    return _decode_jits[_mode_key(mode)](params, cfg, token, cache, attn_bias)
+    return _decode_jits[library_fusion(params, cfg, int(token.shape[0]))](params, cfg, token, cache, attn_bias)
 
 
 def stream(

@@ -46,7 +46,8 @@ with fewer than 5 rows of ``x`` (decode at small batch) use AVX2/FMA/F16C; produ
 lanes of one register, one ``vpdpwssd`` per weight pair for all of them, no horizontal sums;
 1.6-2x the AVX2 path at ``M = 16`` on an AMD EPYC Zen 4 host) and the AVX2 row path otherwise;
 a portable scalar path runs anywhere. ``JAXLM_KERNEL_ISA=avx2`` or ``=scalar`` caps the level
-(``JAXLM_KERNEL_SCALAR=1`` is the same as ``=scalar``); all paths compute the same integer sums
+(``avx512``, the default, caps nothing; another value raises :class:`QuantError`;
+``JAXLM_KERNEL_SCALAR=1`` is the same as ``=scalar``); all paths compute the same integer sums
 and differ only in float32 summation order.
 """
 
@@ -69,6 +70,8 @@ _TARGET = "jaxlm_qmm"  # one handler: 1-8 weights of one format against the same
 _FMT_CODE = {"q8_0": 0, "q4_0": 1, "q4_1": 2, "int8": 3}
 MAX_MULTI = 8  # weights per fused call (csrc/quant_matmul.cc)
 MAX_KERNEL_ROWS = 16  # matmul(impl="auto") uses the kernel for at most this many rows of x
+ISA_ENV = "JAXLM_KERNEL_ISA"  # caps the kernel's instruction set (read once, when loaded)
+ISA_LEVELS = ("scalar", "avx2", "avx512")
 
 
 def _library_path() -> pathlib.Path | None:
@@ -85,6 +88,10 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     """(library, reason). The library is None when the kernel cannot be used; reason says why."""
     if os.environ.get("JAXLM_DISABLE_KERNEL", "") not in ("", "0"):
         return None, "disabled by JAXLM_DISABLE_KERNEL"
+    isa = os.environ.get(ISA_ENV, "")
+    if isa not in ("",) + ISA_LEVELS:
+        # the library reads it once when loaded; a misspelt cap would silently run the best path
+        raise QuantError(f"${ISA_ENV}={isa!r}: use one of {', '.join(ISA_LEVELS)} (or leave it unset).")
     path = _library_path()
     if path is None:
         return None, (

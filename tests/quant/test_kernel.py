@@ -169,6 +169,14 @@ def test_each_instruction_set_matches_reference_for_batched_products(cap, isa):
     assert out["cases"] == len(Q.FORMATS) * 6 and out["worst"] <= 1.0, out
 
 
+def test_misspelt_isa_cap_is_an_error(monkeypatch):
+    from jaxlm.quant import kernel as K
+
+    monkeypatch.setenv(K.ISA_ENV, "AVX2")
+    with pytest.raises(Q.QuantError, match="JAXLM_KERNEL_ISA='AVX2': use one of scalar, avx2, avx512"):
+        K._load.__wrapped__()  # the uncached loader: the cached library stays as it is
+
+
 @needs_kernel
 def test_vmap_over_x():
     rng = np.random.default_rng(9)
